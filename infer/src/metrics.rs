@@ -1,0 +1,194 @@
+//! Segmentation scores from one confusion matrix accumulated over a whole split, as the
+//! official Cityscapes evaluation computes them: per-class IoU = TP / (TP + FP + FN),
+//! NaN (reported as `None`) when a class occurs in neither ground truth nor prediction,
+//! mIoU = the mean of the defined IoUs of the protocol's classes, pixel accuracy.
+//!
+//! Pixels whose ground truth is 255 or outside `0..n` are not counted; on a valid pixel
+//! a prediction outside `0..n` (void in the official format) counts for no class, as
+//! in `evalPixelLevelSemanticLabeling.py`, and is tallied in [`ConfusionMatrix::unscored`].
+
+use crate::taxonomy::{Protocol, IGNORE};
+
+/// An `n x n` confusion matrix, rows = ground truth, columns = prediction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfusionMatrix {
+    n: usize,
+    counts: Vec<u64>,
+    unscored: u64,
+}
+
+/// Two label maps of different sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("label maps differ in size: ground truth has {gt} pixels, prediction {pred}")]
+pub struct LengthMismatch {
+    /// Ground-truth pixels.
+    pub gt: usize,
+    /// Predicted pixels.
+    pub pred: usize,
+}
+
+impl ConfusionMatrix {
+    /// An empty matrix over `n` classes.
+    pub fn new(n: usize) -> Self {
+        ConfusionMatrix {
+            n,
+            counts: vec![0; n * n],
+            unscored: 0,
+        }
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.n
+    }
+
+    /// Count at (ground truth `gt`, prediction `pred`).
+    pub fn get(&self, gt: usize, pred: usize) -> u64 {
+        self.counts[gt * self.n + pred]
+    }
+
+    /// Valid ground-truth pixels whose prediction was outside `0..n`.
+    pub fn unscored(&self) -> u64 {
+        self.unscored
+    }
+
+    /// Adds one pair of train-id maps of equal length. Returns the pixels counted.
+    pub fn add(&mut self, gt: &[u8], pred: &[u8]) -> Result<u64, LengthMismatch> {
+        if gt.len() != pred.len() {
+            return Err(LengthMismatch {
+                gt: gt.len(),
+                pred: pred.len(),
+            });
+        }
+        let n = self.n;
+        let mut counted = 0;
+        for (&g, &p) in gt.iter().zip(pred) {
+            let (g, p) = (g as usize, p as usize);
+            if g == IGNORE as usize || g >= n {
+                continue;
+            }
+            if p >= n {
+                self.unscored += 1;
+                continue;
+            }
+            self.counts[g * n + p] += 1;
+            counted += 1;
+        }
+        Ok(counted)
+    }
+
+    /// Merges another matrix of the same size (returns false, merging nothing, otherwise).
+    pub fn merge(&mut self, other: &ConfusionMatrix) -> bool {
+        if self.n != other.n {
+            return false;
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.unscored += other.unscored;
+        true
+    }
+
+    /// IoU of class `c`, `None` when TP + FP + FN = 0.
+    pub fn iou(&self, c: usize) -> Option<f64> {
+        let n = self.n;
+        let tp = self.get(c, c);
+        let fn_: u64 = (0..n).filter(|&p| p != c).map(|p| self.get(c, p)).sum();
+        let fp: u64 = (0..n).filter(|&g| g != c).map(|g| self.get(g, c)).sum();
+        let denom = tp + fp + fn_;
+        (denom > 0).then(|| tp as f64 / denom as f64)
+    }
+
+    /// Per-class IoU of all `n` classes.
+    pub fn per_class_iou(&self) -> Vec<Option<f64>> {
+        (0..self.n).map(|c| self.iou(c)).collect()
+    }
+
+    /// Mean of the defined IoUs over `classes` (ids >= n are skipped); `None` if none is defined.
+    pub fn mean_iou_over(&self, classes: &[u8]) -> Option<f64> {
+        let ious: Vec<f64> = classes
+            .iter()
+            .filter(|&&c| (c as usize) < self.n)
+            .filter_map(|&c| self.iou(c as usize))
+            .collect();
+        (!ious.is_empty()).then(|| ious.iter().sum::<f64>() / ious.len() as f64)
+    }
+
+    /// mIoU over all `n` classes.
+    pub fn mean_iou(&self) -> Option<f64> {
+        let all: Vec<u8> = (0..self.n.min(255) as u8).collect();
+        self.mean_iou_over(&all)
+    }
+
+    /// mIoU under a Cityscapes protocol (19, 16 or 13 classes).
+    pub fn mean_iou_protocol(&self, protocol: Protocol) -> Option<f64> {
+        self.mean_iou_over(&protocol.train_ids())
+    }
+
+    /// Correct pixels / counted pixels; `None` when nothing was counted.
+    pub fn pixel_accuracy(&self) -> Option<f64> {
+        let total: u64 = self.counts.iter().sum();
+        let correct: u64 = (0..self.n).map(|c| self.get(c, c)).sum();
+        (total > 0).then(|| correct as f64 / total as f64)
+    }
+
+    /// Pixels counted so far.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_computed_three_classes() {
+        // gt:   0 0 1 1 2 255
+        // pred: 0 1 1 1 0 2
+        // class 0: TP 1, FN 1 (gt0->1), FP 1 (gt2->0) -> 1/3
+        // class 1: TP 2, FP 1 (gt0->1)               -> 2/3
+        // class 2: TP 0, FN 1                        -> 0
+        let mut cm = ConfusionMatrix::new(3);
+        assert_eq!(
+            cm.add(&[0, 0, 1, 1, 2, 255], &[0, 1, 1, 1, 0, 2]).unwrap(),
+            5
+        );
+        let iou = cm.per_class_iou();
+        assert!((iou[0].unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        assert!((iou[1].unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(iou[2], Some(0.0));
+        assert!((cm.mean_iou().unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        assert!((cm.pixel_accuracy().unwrap() - 3.0 / 5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn absent_class_is_undefined_and_skipped() {
+        let mut cm = ConfusionMatrix::new(4);
+        cm.add(&[0, 0, 1], &[0, 0, 1]).unwrap();
+        assert_eq!(cm.iou(2), None);
+        assert_eq!(cm.iou(3), None);
+        assert_eq!(cm.mean_iou(), Some(1.0));
+    }
+
+    #[test]
+    fn all_wrong_and_all_ignored() {
+        let mut cm = ConfusionMatrix::new(2);
+        cm.add(&[0, 0, 1], &[1, 1, 0]).unwrap();
+        assert_eq!(cm.mean_iou(), Some(0.0));
+        assert_eq!(cm.pixel_accuracy(), Some(0.0));
+        let mut empty = ConfusionMatrix::new(2);
+        assert_eq!(empty.add(&[255, 255], &[0, 1]).unwrap(), 0);
+        assert_eq!(empty.mean_iou(), None);
+        assert_eq!(empty.pixel_accuracy(), None);
+    }
+
+    #[test]
+    fn void_predictions_count_for_no_class() {
+        let mut cm = ConfusionMatrix::new(2);
+        cm.add(&[0, 0, 1], &[0, 255, 1]).unwrap();
+        assert_eq!(cm.unscored(), 1);
+        assert_eq!(cm.iou(0), Some(1.0));
+        assert!(cm.add(&[0], &[0, 1]).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! Finding and loading the ONNX Runtime shared library (ort's `load-dynamic`).
+//!
+//! Search order: `ORT_DYLIB_PATH`; the folder `make setup` installed it to (baked in at
+//! build time as `RCCR_ORT_DIR`); the executable's own folder. Loading happens once per
+//! process; later calls return the path that was loaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The ONNX Runtime version this build is made for.
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// The library file name.
+pub fn library_name() -> String {
+    format!("libonnxruntime.so.{ORT_VERSION}")
+}
+
+/// ONNX Runtime could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("ONNX Runtime could not be loaded: {reason}. Looked in: {}. Run `make setup` (or `make setup GPU=1` on a GPU host), or set ORT_DYLIB_PATH to libonnxruntime.so.{ORT_VERSION}", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+pub struct RuntimeError {
+    /// Why.
+    pub reason: String,
+    /// Every path tried.
+    pub searched: Vec<PathBuf>,
+}
+
+/// The candidate library paths, in search order.
+pub fn candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        out.push(PathBuf::from(p));
+        return out;
+    }
+    if let Some(dir) = option_env!("RCCR_ORT_DIR") {
+        out.push(Path::new(dir).join(library_name()));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        out.push(dir.join(library_name()));
+        out.push(dir.join("libonnxruntime.so"));
+    }
+    out
+}
+
+static LOADED: OnceLock<Result<PathBuf, RuntimeError>> = OnceLock::new();
+
+/// Loads ONNX Runtime once and creates its global environment; returns the library path.
+pub fn ensure_loaded() -> Result<PathBuf, RuntimeError> {
+    LOADED
+        .get_or_init(|| {
+            let searched = candidates();
+            let Some(path) = searched.iter().find(|p| p.is_file()).cloned() else {
+                return Err(RuntimeError {
+                    reason: "library not found".into(),
+                    searched,
+                });
+            };
+            let builder = ort::init_from(&path).map_err(|e| RuntimeError {
+                reason: format!("{}: {e}", path.display()),
+                searched: searched.clone(),
+            })?;
+            let env = builder
+                .with_name("rccr")
+                .build()
+                .map_err(|e| RuntimeError {
+                    reason: format!("{}: {e}", path.display()),
+                    searched: searched.clone(),
+                })?;
+            // The environment lives for the whole process; ort only keeps a weak reference.
+            std::mem::forget(env);
+            Ok(path)
+        })
+        .clone()
+}

@@ -1,0 +1,1 @@
+//! The built-in synthetic "game -> real" street-scene benchmark generator.

@@ -39,3 +39,6 @@ else
   install onnxruntime "$DEPS/ort" "onnxruntime==$ORT_VERSION"
 fi
 install python-tools "$DEPS/py" "onnx==$ONNX_VERSION" "cityscapesscripts==$CITYSCAPES_VERSION"
+# cityscapesscripts pulls in the obsolete `typing` backport, which shadows the standard
+# library module on Python 3 and breaks every import: remove it.
+rm -rf "$DEPS/py/typing.py" "$DEPS/py"/typing-*.dist-info "$DEPS/py/__pycache__/typing."*

@@ -1,10 +1,43 @@
 //! rccr-infer: batched semantic segmentation and Cityscapes mIoU scoring on ONNX
 //! Runtime. A library first (embeddable, no libtorch), with the `rccr-infer` CLI on top.
 //!
-//! - [`taxonomy`]: Cityscapes labelId / trainId / name / colour, SYNTHIA map, protocols.
-//! - [`metrics`]: confusion matrix, per-class IoU, mIoU, pixel accuracy.
+//! - [`segmenter`]: [`Segmenter`], an rccr ONNX model ([`model`] contract) on a chosen
+//!   execution [`provider`], images in, train-id [`LabelMap`]s out.
+//! - [`pipeline`]: the CLI's pipelined folder run (decode workers, model, writers).
+//! - [`score`]: official-Cityscapes scoring of prediction folders; [`metrics`]: the
+//!   confusion matrix, IoU, mIoU, pixel accuracy; [`taxonomy`]: labelId / trainId / name /
+//!   colour, SYNTHIA map, 19 / 16 / 13-class protocols.
+//! - [`files`], [`imageio`], [`labelmap`], [`report`]: folders and pairing, PNG I/O,
+//!   label-map operations, the JSON report.
 //! - [`runtime`]: finding and loading the ONNX Runtime library.
+//!
+//! ```no_run
+//! use rccr_infer::{Segmenter, SegmenterOptions};
+//! # fn main() -> Result<(), rccr_infer::InferError> {
+//! let mut seg = Segmenter::open("model.onnx".as_ref(), &SegmenterOptions::default())?;
+//! let image = rccr_infer::imageio::read_rgb("frame.png".as_ref())?;
+//! let labels = seg.segment_original(&[image])?; // train ids at the image's own size
+//! println!("{} classes, pixel 0 is class {}", seg.info().num_classes, labels[0].data[0]);
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod error;
+pub mod files;
+pub mod imageio;
+pub mod labelmap;
 pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod provider;
+pub mod report;
 pub mod runtime;
+pub mod score;
+pub mod segmenter;
 pub mod taxonomy;
+
+pub use error::InferError;
+pub use labelmap::LabelMap;
+pub use model::ModelInfo;
+pub use provider::{Provider, SessionOptions};
+pub use segmenter::{Batch, Segmenter, SegmenterOptions};

@@ -3,9 +3,12 @@
 //! NaN (reported as `None`) when a class occurs in neither ground truth nor prediction,
 //! mIoU = the mean of the defined IoUs of the protocol's classes, pixel accuracy.
 //!
-//! Pixels whose ground truth is 255 or outside `0..n` are not counted; on a valid pixel
-//! a prediction outside `0..n` (void in the official format) counts for no class, as
-//! in `evalPixelLevelSemanticLabeling.py`, and is tallied in [`ConfusionMatrix::unscored`].
+//! Pixels whose ground truth is 255 or outside `0..n` are not counted. On a valid pixel a
+//! prediction outside `0..n` (a void labelId in the official format) is a false negative
+//! of the ground-truth class and a false positive of no class, exactly as in
+//! `evalPixelLevelSemanticLabeling.py` (its FN is the whole ground-truth row of the labelId
+//! matrix, void columns included; its FP only sums rows of evaluated classes). Such pixels
+//! are also tallied in [`ConfusionMatrix::unscored`].
 
 use crate::taxonomy::{Protocol, IGNORE};
 
@@ -14,6 +17,8 @@ use crate::taxonomy::{Protocol, IGNORE};
 pub struct ConfusionMatrix {
     n: usize,
     counts: Vec<u64>,
+    /// Per ground-truth class: pixels predicted as void (outside `0..n`).
+    void_pred: Vec<u64>,
     unscored: u64,
 }
 
@@ -33,6 +38,7 @@ impl ConfusionMatrix {
         ConfusionMatrix {
             n,
             counts: vec![0; n * n],
+            void_pred: vec![0; n],
             unscored: 0,
         }
     }
@@ -47,12 +53,35 @@ impl ConfusionMatrix {
         self.counts[gt * self.n + pred]
     }
 
-    /// Valid ground-truth pixels whose prediction was outside `0..n`.
+    /// Valid ground-truth pixels whose prediction was outside `0..n` (void): false
+    /// negatives of their ground-truth class, false positives of none.
     pub fn unscored(&self) -> u64 {
         self.unscored
     }
 
-    /// Adds one pair of train-id maps of equal length. Returns the pixels counted.
+    /// Pixels of ground-truth class `gt` predicted as void (outside `0..n`).
+    pub fn void_predictions(&self, gt: usize) -> u64 {
+        self.void_pred[gt]
+    }
+
+    /// Adds `count` pixels of ground truth `gt` predicted as `pred` (train ids; `gt` 255 or
+    /// `>= n` is ignored, `pred >= n` is void). Returns the pixels counted.
+    pub fn add_count(&mut self, gt: u8, pred: u8, count: u64) -> u64 {
+        let (g, p) = (gt as usize, pred as usize);
+        if gt == IGNORE || g >= self.n {
+            return 0;
+        }
+        if p >= self.n {
+            self.void_pred[g] += count;
+            self.unscored += count;
+        } else {
+            self.counts[g * self.n + p] += count;
+        }
+        count
+    }
+
+    /// Adds one pair of train-id maps of equal length. Returns the pixels counted (every
+    /// pixel with a valid ground truth, void predictions included).
     pub fn add(&mut self, gt: &[u8], pred: &[u8]) -> Result<u64, LengthMismatch> {
         if gt.len() != pred.len() {
             return Err(LengthMismatch {
@@ -67,12 +96,13 @@ impl ConfusionMatrix {
             if g == IGNORE as usize || g >= n {
                 continue;
             }
+            counted += 1;
             if p >= n {
+                self.void_pred[g] += 1;
                 self.unscored += 1;
                 continue;
             }
             self.counts[g * n + p] += 1;
-            counted += 1;
         }
         Ok(counted)
     }
@@ -85,15 +115,26 @@ impl ConfusionMatrix {
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
+        for (a, b) in self.void_pred.iter_mut().zip(&other.void_pred) {
+            *a += b;
+        }
         self.unscored += other.unscored;
         true
     }
 
-    /// IoU of class `c`, `None` when TP + FP + FN = 0.
+    /// IoU of class `c`, `None` when TP + FP + FN = 0 (or `c >= n`). FN includes the
+    /// class's void predictions.
     pub fn iou(&self, c: usize) -> Option<f64> {
         let n = self.n;
+        if c >= n {
+            return None;
+        }
         let tp = self.get(c, c);
-        let fn_: u64 = (0..n).filter(|&p| p != c).map(|p| self.get(c, p)).sum();
+        let fn_: u64 = (0..n)
+            .filter(|&p| p != c)
+            .map(|p| self.get(c, p))
+            .sum::<u64>()
+            + self.void_pred[c];
         let fp: u64 = (0..n).filter(|&g| g != c).map(|g| self.get(g, c)).sum();
         let denom = tp + fp + fn_;
         (denom > 0).then(|| tp as f64 / denom as f64)
@@ -125,16 +166,17 @@ impl ConfusionMatrix {
         self.mean_iou_over(&protocol.train_ids())
     }
 
-    /// Correct pixels / counted pixels; `None` when nothing was counted.
+    /// Correct pixels / counted pixels (void predictions count as wrong); `None` when
+    /// nothing was counted.
     pub fn pixel_accuracy(&self) -> Option<f64> {
-        let total: u64 = self.counts.iter().sum();
+        let total = self.total();
         let correct: u64 = (0..self.n).map(|c| self.get(c, c)).sum();
         (total > 0).then(|| correct as f64 / total as f64)
     }
 
-    /// Pixels counted so far.
+    /// Pixels counted so far (every pixel with a valid ground truth).
     pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().sum::<u64>() + self.unscored
     }
 }
 
@@ -184,11 +226,57 @@ mod tests {
     }
 
     #[test]
-    fn void_predictions_count_for_no_class() {
+    fn void_predictions_are_false_negatives_only() {
+        // gt:   0   0 1 1
+        // pred: 0 255 1 255
+        // class 0: TP 1, FN 1 (void) -> 1/2; class 1: TP 1, FN 1 (void) -> 1/2.
+        // No class gets a false positive from the void pixels.
         let mut cm = ConfusionMatrix::new(2);
-        cm.add(&[0, 0, 1], &[0, 255, 1]).unwrap();
-        assert_eq!(cm.unscored(), 1);
-        assert_eq!(cm.iou(0), Some(1.0));
+        assert_eq!(cm.add(&[0, 0, 1, 1], &[0, 255, 1, 255]).unwrap(), 4);
+        assert_eq!(cm.unscored(), 2);
+        assert_eq!(cm.void_predictions(0), 1);
+        assert_eq!(cm.iou(0), Some(0.5));
+        assert_eq!(cm.iou(1), Some(0.5));
+        assert_eq!(cm.pixel_accuracy(), Some(0.5));
+        assert_eq!(cm.total(), 4);
         assert!(cm.add(&[0], &[0, 1]).is_err());
+    }
+
+    #[test]
+    fn add_count_and_merge_equal_pixelwise_adds() {
+        let gt = [0u8, 1, 2, 2, 255, 7, 1];
+        let pred = [0u8, 2, 2, 9, 1, 1, 1];
+        let mut a = ConfusionMatrix::new(3);
+        a.add(&gt[..3], &pred[..3]).unwrap();
+        let mut b = ConfusionMatrix::new(3);
+        b.add(&gt[3..], &pred[3..]).unwrap();
+        assert!(a.merge(&b));
+        let mut c = ConfusionMatrix::new(3);
+        for (&g, &p) in gt.iter().zip(&pred) {
+            c.add_count(g, p, 1);
+        }
+        assert_eq!(a, c);
+        // gt 255 and gt 7 (>= n) ignored: 5 pixels counted, one of them void (pred 9).
+        assert_eq!(c.total(), 5);
+        assert_eq!(c.unscored(), 1);
+        assert!(!a.merge(&ConfusionMatrix::new(4)));
+    }
+
+    #[test]
+    fn protocol_mean_skips_excluded_classes() {
+        // Class 9 (terrain) all wrong, everything else perfect: 19-class mIoU = 18/19 (the
+        // wrong class-9 pixels are predicted as 0, so class 0 gets FP: IoU 1/2).
+        let mut cm = ConfusionMatrix::new(19);
+        let mut gt = Vec::new();
+        let mut pred = Vec::new();
+        for c in 0..19u8 {
+            gt.push(c);
+            pred.push(if c == 9 { 0 } else { c });
+        }
+        cm.add(&gt, &pred).unwrap();
+        let m19 = cm.mean_iou_protocol(Protocol::Classes19).unwrap();
+        assert!((m19 - (17.0 + 0.5) / 19.0).abs() < 1e-12);
+        let m16 = cm.mean_iou_protocol(Protocol::Classes16).unwrap();
+        assert!((m16 - (15.0 + 0.5) / 16.0).abs() < 1e-12);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Search order: `ORT_DYLIB_PATH`; the folder `make setup` installed it to (baked in at
 //! build time as `RCCR_ORT_DIR`); the executable's own folder. Loading happens once per
-//! process; later calls return the path that was loaded.
+//! process; later calls return the path that was loaded. The process-wide ONNX Runtime
+//! environment created then is kept here ([`environment`]) for every session to share.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -45,10 +46,21 @@ pub fn candidates() -> Vec<PathBuf> {
     out
 }
 
-static LOADED: OnceLock<Result<PathBuf, RuntimeError>> = OnceLock::new();
+static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), RuntimeError>> =
+    OnceLock::new();
 
 /// Loads ONNX Runtime once and creates its global environment; returns the library path.
 pub fn ensure_loaded() -> Result<PathBuf, RuntimeError> {
+    load().map(|(path, _)| path.clone())
+}
+
+/// The process-wide ONNX Runtime environment (loading the library first if needed); pass
+/// it to `ort::session::Session::builder`.
+pub fn environment() -> Result<ort::environment::Environment, RuntimeError> {
+    load().map(|(_, env)| env.clone())
+}
+
+fn load() -> Result<&'static (PathBuf, ort::environment::Environment), RuntimeError> {
     LOADED
         .get_or_init(|| {
             let searched = candidates();
@@ -69,9 +81,10 @@ pub fn ensure_loaded() -> Result<PathBuf, RuntimeError> {
                     reason: format!("{}: {e}", path.display()),
                     searched: searched.clone(),
                 })?;
-            // The environment lives for the whole process; ort only keeps a weak reference.
-            std::mem::forget(env);
-            Ok(path)
+            // The environment lives for the whole process (ort itself only keeps a weak
+            // reference), so every later session shares it.
+            Ok((path, env))
         })
-        .clone()
+        .as_ref()
+        .map_err(Clone::clone)
 }

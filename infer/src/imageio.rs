@@ -1,0 +1,234 @@
+//! Reading images and label maps, writing PNGs atomically.
+//!
+//! Label maps are read with the `png` crate directly and without colour expansion, so a
+//! palette (indexed) PNG yields its indices, as `numpy.array(PIL.Image.open(f))` does in the
+//! official Cityscapes evaluation; multi-channel files are rejected as it rejects them.
+//! Every write goes to a temporary file in the destination folder that is then renamed,
+//! so an interrupted run never leaves a partial output.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Cursor, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{InferError, Result};
+use crate::labelmap::LabelMap;
+
+/// Decodes a PNG or JPEG file (format from its content) into 8-bit RGB.
+pub fn read_rgb(path: &Path) -> Result<image::RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| InferError::io("cannot read image", path, e))?;
+    decode_rgb(path, &bytes)
+}
+
+/// Decodes image bytes (PNG or JPEG) that came from `path` into 8-bit RGB.
+pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
+    let err = |reason: String| InferError::ImageDecode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(err("unknown file format".into()));
+    }
+    let img = reader.decode().map_err(|e| err(e.to_string()))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(err("image has no pixels".into()));
+    }
+    Ok(img.into_rgb8())
+}
+
+/// Reads a single-channel label PNG: 8-bit grayscale, 8-bit indexed (the indices) or
+/// 16-bit grayscale with values below 256.
+pub fn read_label_png(path: &Path) -> Result<LabelMap> {
+    let file = File::open(path).map_err(|e| InferError::io("cannot read label map", path, e))?;
+    decode_label_png(path, BufReader::new(file))
+}
+
+/// [`read_label_png`] on bytes already in memory (`path` names them in errors).
+pub fn decode_label_bytes(path: &Path, bytes: &[u8]) -> Result<LabelMap> {
+    decode_label_png(path, Cursor::new(bytes))
+}
+
+fn decode_label_png<R: std::io::BufRead + std::io::Seek>(path: &Path, r: R) -> Result<LabelMap> {
+    let bad = |reason: String| InferError::LabelFormat {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut decoder = png::Decoder::new(r);
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| bad(format!("not a readable PNG ({e})")))?;
+    let (color, depth) = reader.output_color_type();
+    let single = matches!(color, png::ColorType::Grayscale | png::ColorType::Indexed);
+    if !single {
+        return Err(bad(format!(
+            "it has colour type {color:?}; a label map must be a single-channel (grayscale) PNG of ids"
+        )));
+    }
+    if !matches!(depth, png::BitDepth::Eight | png::BitDepth::Sixteen) {
+        return Err(bad(format!(
+            "bit depth {depth:?} is not supported; write 8-bit ids"
+        )));
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| bad("image too large".into()))?;
+    let mut buf = vec![0u8; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| bad(format!("corrupt or truncated PNG ({e})")))?;
+    let (w, h) = (info.width, info.height);
+    let n = w as usize * h as usize;
+    let data = if depth == png::BitDepth::Sixteen {
+        let mut out = Vec::with_capacity(n);
+        for (i, px) in buf[..n * 2].chunks_exact(2).enumerate() {
+            let v = u16::from_be_bytes([px[0], px[1]]);
+            if v > 255 {
+                return Err(bad(format!(
+                    "16-bit value {v} at pixel ({}, {}) does not fit a label id",
+                    i % w as usize,
+                    i / w as usize
+                )));
+            }
+            out.push(v as u8);
+        }
+        out
+    } else {
+        // Rows of 8-bit single-channel PNGs are packed: line size = width.
+        buf.truncate(n);
+        buf
+    };
+    Ok(LabelMap {
+        width: w,
+        height: h,
+        data,
+    })
+}
+
+/// Encodes 8-bit grayscale (`channels == 1`) or RGB (`channels == 3`) pixels as PNG bytes.
+pub fn encode_png(width: u32, height: u32, channels: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, width, height);
+        enc.set_color(if channels == 1 {
+            png::ColorType::Grayscale
+        } else {
+            png::ColorType::Rgb
+        });
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        // Writing into a Vec cannot fail for consistent sizes, which the callers guarantee.
+        let mut writer = enc.write_header().expect("PNG header into memory");
+        writer
+            .write_image_data(data)
+            .expect("PNG data of the declared size into memory");
+    }
+    out
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder (parents are
+/// created) renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| InferError::io("cannot create folder", dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = BufWriter::new(File::create(&tmp)?);
+        f.write_all(bytes)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        InferError::io("cannot write", path, e)
+    })
+}
+
+/// Writes a label map as an 8-bit grayscale PNG, atomically.
+pub fn write_label_png(path: &Path, map: &LabelMap) -> Result<()> {
+    write_atomic(path, &encode_png(map.width, map.height, 1, &map.data))
+}
+
+/// Writes RGB bytes as a PNG, atomically.
+pub fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
+    write_atomic(path, &encode_png(width, height, 3, rgb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_png_round_trip_and_rejections() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = LabelMap {
+            width: 3,
+            height: 2,
+            data: vec![0, 7, 33, 255, 1, 2],
+        };
+        let p = dir.path().join("sub/a.png");
+        write_label_png(&p, &map).unwrap();
+        assert_eq!(read_label_png(&p).unwrap(), map);
+        // No temporary file left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.png")]);
+
+        // RGB is rejected, naming the file.
+        let rgb = dir.path().join("rgb.png");
+        write_rgb_png(&rgb, 1, 1, &[1, 2, 3]).unwrap();
+        let e = read_label_png(&rgb).unwrap_err().to_string();
+        assert!(e.contains("rgb.png") && e.contains("single-channel"), "{e}");
+
+        // Truncated file.
+        let bytes = std::fs::read(&p).unwrap();
+        let cut = dir.path().join("cut.png");
+        std::fs::write(&cut, &bytes[..bytes.len() - 20]).unwrap();
+        let e = read_label_png(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.png"), "{e}");
+
+        // Missing file.
+        let e = read_label_png(&dir.path().join("nope.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.png"), "{e}");
+    }
+
+    #[test]
+    fn indexed_png_yields_indices() {
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, 2, 1);
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_palette(vec![0u8, 0, 0, 255, 0, 0, 0, 255, 0]);
+            let mut w = enc.write_header().unwrap();
+            w.write_image_data(&[2, 1]).unwrap();
+        }
+        let m = decode_label_bytes(Path::new("p.png"), &out).unwrap();
+        assert_eq!(m.data, vec![2, 1]);
+    }
+
+    #[test]
+    fn corrupt_image_is_a_named_error() {
+        let e = decode_rgb(Path::new("x/broken.png"), b"\x89PNG\r\n\x1a\nxxxx")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("broken.png"), "{e}");
+        let e = decode_rgb(Path::new("x/text.png"), b"hello")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("text.png"), "{e}");
+    }
+}

@@ -1,0 +1,458 @@
+//! The `rccr-infer` run: a folder of images through a [`Segmenter`], with outputs written
+//! and, given ground truth, a Cityscapes score — pipelined so the model never waits for the
+//! disk:
+//!
+//! ```text
+//! decode workers (read + decode image and label, resize, to CHW f32)
+//!     --bounded channel--> model thread (batches of N, one ORT run each)
+//!     --bounded channel--> post workers (resize back with nearest, score, write PNGs)
+//! ```
+//!
+//! A bad input (unreadable, corrupt, label of another size, label ids outside the table) is
+//! reported and skipped, or aborts the run with `strict`. Output files are written
+//! atomically under `out/{trainIds,labelIds,color,overlay}/` with the input's relative path
+//! (see [`files::output_path`]), so `out/labelIds` is a valid `CITYSCAPES_RESULTS` folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+use image::RgbImage;
+
+use crate::error::{InferError, Result};
+use crate::files;
+use crate::imageio;
+use crate::labelmap::{self, LabelMap};
+use crate::provider::physical_cores;
+use crate::report::{Report, Skipped, StageTimes};
+use crate::score::{self, IdFormat, PairHistogram, Scores};
+use crate::segmenter::{preprocess, Segmenter, SegmenterOptions};
+use crate::taxonomy::{self, Protocol};
+
+/// Folder names of the outputs under `--out`.
+pub mod kinds {
+    /// Train-id PNGs (0..19, 255 void).
+    pub const TRAIN_IDS: &str = "trainIds";
+    /// Official Cityscapes labelId PNGs (the evaluation's result format).
+    pub const LABEL_IDS: &str = "labelIds";
+    /// Colour PNGs in the model's palette.
+    pub const COLOR: &str = "color";
+    /// Colour blended over the input image.
+    pub const OVERLAY: &str = "overlay";
+}
+
+/// Options of [`run`].
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Folder of input images (walked recursively).
+    pub images: PathBuf,
+    /// Output folder; nothing is written when `None`. Default `None`.
+    pub out: Option<PathBuf>,
+    /// Ground-truth labelIds folder; scores the predictions when given. Default `None`.
+    pub labels: Option<PathBuf>,
+    /// Model / provider / batch / input-size options.
+    pub segmenter: SegmenterOptions,
+    /// Classes averaged into the mIoU. Default 19.
+    pub protocol: Protocol,
+    /// Abort on the first bad input instead of skipping it. Default false.
+    pub strict: bool,
+    /// Also write the colour map blended over the input. Default false.
+    pub overlay: bool,
+    /// Decode / post-process threads each. Default none: half the physical cores, at
+    /// least 1 (the model uses all cores while they wait on I/O).
+    pub workers: Option<usize>,
+    /// Show a progress bar. Default true in the CLI.
+    pub progress: bool,
+}
+
+impl PipelineOptions {
+    /// Options for `model` on `images` with everything else at its default.
+    pub fn new(model: impl Into<PathBuf>, images: impl Into<PathBuf>) -> Self {
+        PipelineOptions {
+            model: model.into(),
+            images: images.into(),
+            out: None,
+            labels: None,
+            segmenter: SegmenterOptions::default(),
+            protocol: Protocol::Classes19,
+            strict: false,
+            overlay: false,
+            workers: None,
+            progress: false,
+        }
+    }
+}
+
+struct Prepared {
+    path: PathBuf,
+    size: (u32, u32),
+    chw: Vec<f32>,
+    original: Option<RgbImage>,
+    label: Option<(PathBuf, LabelMap)>,
+}
+
+#[derive(Default)]
+struct Acc {
+    hist: PairHistogram,
+    decode: Duration,
+    preprocess: Duration,
+    post: Duration,
+    write: Duration,
+    done: usize,
+}
+
+/// Reads, checks and preprocesses one input.
+fn load(
+    path: &Path,
+    label: Option<&Path>,
+    input: (u32, u32),
+    keep_original: bool,
+    acc: &mut Acc,
+) -> Result<Prepared> {
+    let t = Instant::now();
+    let img = imageio::read_rgb(path)?;
+    let label = match label {
+        Some(lp) => {
+            let l = imageio::read_label_png(lp)?;
+            if (l.width, l.height) != img.dimensions() {
+                return Err(InferError::SizeMismatch {
+                    a: path.to_path_buf(),
+                    aw: img.width(),
+                    ah: img.height(),
+                    b: lp.to_path_buf(),
+                    bw: l.width,
+                    bh: l.height,
+                });
+            }
+            score::validate_ids(&l, lp, IdFormat::LabelIds)?;
+            Some((lp.to_path_buf(), l))
+        }
+        None => None,
+    };
+    acc.decode += t.elapsed();
+    let t = Instant::now();
+    let chw = preprocess(&img, input.0, input.1);
+    acc.preprocess += t.elapsed();
+    Ok(Prepared {
+        path: path.to_path_buf(),
+        size: img.dimensions(),
+        chw,
+        original: keep_original.then_some(img),
+        label,
+    })
+}
+
+struct PostContext<'a> {
+    out: Option<&'a Path>,
+    root: &'a Path,
+    palette: &'a [[u8; 3]],
+    label_ids: bool,
+}
+
+/// Resizes a prediction back, scores and writes it.
+fn post(ctx: &PostContext<'_>, item: Prepared, pred: LabelMap, acc: &mut Acc) -> Result<()> {
+    let t = Instant::now();
+    let full = pred.resize_nearest(item.size.0, item.size.1);
+    if let Some((lp, label)) = &item.label {
+        let h = score::score_pair(
+            label,
+            lp,
+            IdFormat::LabelIds,
+            &full,
+            &item.path,
+            IdFormat::TrainIds,
+        )?;
+        acc.hist.merge(&h);
+    }
+    acc.post += t.elapsed();
+    if let Some(out) = ctx.out {
+        let t = Instant::now();
+        let dest = |kind: &str| files::output_path(out, kind, ctx.root, &item.path);
+        imageio::write_label_png(&dest(kinds::TRAIN_IDS), &full)?;
+        if ctx.label_ids {
+            imageio::write_label_png(&dest(kinds::LABEL_IDS), &full.train_to_label_ids())?;
+        }
+        let colour = full.colorize(ctx.palette);
+        imageio::write_rgb_png(&dest(kinds::COLOR), full.width, full.height, &colour)?;
+        if let Some(orig) = &item.original {
+            let blended = labelmap::blend(orig.as_raw(), &colour, 0.5);
+            imageio::write_rgb_png(&dest(kinds::OVERLAY), full.width, full.height, &blended)?;
+        }
+        acc.write += t.elapsed();
+    }
+    acc.done += 1;
+    Ok(())
+}
+
+fn progress_bar(len: usize, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images ({per_sec}, eta {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// Runs the model over every image of `opts.images`; see the module docs.
+pub fn run(opts: &PipelineOptions) -> Result<Report> {
+    let list = files::list_images(&opts.images)?;
+    for s in &list.skipped {
+        tracing::warn!("skipping {}: not a .png/.jpg/.jpeg image", s.display());
+    }
+    let labels: Vec<Option<PathBuf>> = match &opts.labels {
+        Some(dir) => {
+            let map = files::list_labels(dir)?;
+            let mut missing = Vec::new();
+            let v = list
+                .images
+                .iter()
+                .map(|p| {
+                    let found = map.get(&files::pair_key(p)).cloned();
+                    if found.is_none() {
+                        missing.push(p.display().to_string());
+                    }
+                    found
+                })
+                .collect();
+            if !missing.is_empty() {
+                return Err(InferError::Missing {
+                    what: "labels",
+                    dir: dir.clone(),
+                    missing,
+                });
+            }
+            v
+        }
+        None => vec![None; list.images.len()],
+    };
+
+    let mut seg = Segmenter::open(&opts.model, &opts.segmenter)?;
+    let cityscapes = seg.info().num_classes == taxonomy::NUM_CLASSES;
+    if opts.labels.is_some() && !cityscapes {
+        return Err(InferError::Invalid(format!(
+            "{} predicts {} classes; scoring against Cityscapes labelIds needs the 19 Cityscapes classes",
+            opts.model.display(),
+            seg.info().num_classes
+        )));
+    }
+    if opts.out.is_some() && !cityscapes {
+        tracing::warn!("the model is not a 19-class Cityscapes model: no labelIds outputs");
+    }
+    println!(
+        "rccr-infer: {} images, provider {}, input {}x{}, batch {}",
+        list.images.len(),
+        seg.provider(),
+        seg.input_size().0,
+        seg.input_size().1,
+        seg.batch_size()
+    );
+
+    let workers = opts
+        .workers
+        .unwrap_or_else(|| (physical_cores() / 2).max(1))
+        .max(1);
+    let batch_size = seg.batch_size();
+    let input = seg.input_size();
+    let palette = seg.info().palette.clone();
+    let ctx = PostContext {
+        out: opts.out.as_deref(),
+        root: &opts.images,
+        palette: &palette,
+        label_ids: cityscapes,
+    };
+    let pb = progress_bar(list.images.len(), opts.progress);
+    let abort = AtomicBool::new(false);
+    let skipped: Mutex<Vec<Skipped>> = Mutex::new(Vec::new());
+    let fatal: Mutex<Option<InferError>> = Mutex::new(None);
+    let fail = |path: &Path, e: InferError, fatal_anyway: bool| {
+        if opts.strict || fatal_anyway {
+            abort.store(true, Ordering::SeqCst);
+            let mut f = fatal.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(e);
+            }
+        } else {
+            pb.suspend(|| tracing::warn!("skipped {}: {e}", path.display()));
+            skipped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Skipped {
+                    file: path.display().to_string(),
+                    error: e.to_string(),
+                });
+            pb.inc(1);
+        }
+    };
+
+    let start = Instant::now();
+    let (job_tx, job_rx) = crossbeam_channel::unbounded::<(PathBuf, Option<PathBuf>)>();
+    for (p, l) in list.images.iter().zip(&labels) {
+        let _ = job_tx.send((p.clone(), l.clone()));
+    }
+    drop(job_tx);
+    let (load_tx, load_rx) = bounded::<Prepared>(2 * batch_size + workers);
+    let (post_tx, post_rx) = bounded::<(Prepared, LabelMap)>(2 * batch_size + workers);
+    let mut model_time = Duration::ZERO;
+
+    let accs: Vec<Acc> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let (job_rx, load_tx) = (job_rx.clone(), load_tx.clone());
+            let (abort, fail) = (&abort, &fail);
+            handles.push(s.spawn(move || {
+                let mut acc = Acc::default();
+                for (path, label) in job_rx.iter() {
+                    if abort.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match load(&path, label.as_deref(), input, opts.overlay, &mut acc) {
+                        Ok(p) => {
+                            if load_tx.send(p).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => fail(&path, e, false),
+                    }
+                }
+                acc
+            }));
+        }
+        drop(load_tx);
+        for _ in 0..workers {
+            let post_rx = post_rx.clone();
+            let (abort, fail, ctx, pb) = (&abort, &fail, &ctx, &pb);
+            handles.push(s.spawn(move || {
+                let mut acc = Acc::default();
+                // Always drain the channel so the model thread never blocks on a dead stage.
+                for (item, pred) in post_rx.iter() {
+                    if abort.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let path = item.path.clone();
+                    // Scoring errors are bad inputs; write errors end the run.
+                    match post(ctx, item, pred, &mut acc) {
+                        Ok(()) => pb.inc(1),
+                        Err(e) => {
+                            let is_io = matches!(e, InferError::Io { .. });
+                            fail(&path, e, is_io);
+                        }
+                    }
+                }
+                acc
+            }));
+        }
+        drop(post_rx);
+
+        // The model stage, on this thread.
+        let mut batch = seg.new_batch();
+        let mut items: Vec<Prepared> = Vec::with_capacity(batch_size);
+        let mut rx = Some(load_rx);
+        loop {
+            let next = rx.as_ref().and_then(|r| r.recv().ok());
+            if abort.load(Ordering::SeqCst) {
+                break;
+            }
+            let closed = next.is_none();
+            if let Some(item) = next {
+                batch.push_preprocessed(&item.chw);
+                items.push(item);
+            }
+            if items.len() == batch_size || (closed && !items.is_empty()) {
+                let t = Instant::now();
+                let result = seg.run(&batch);
+                model_time += t.elapsed();
+                batch.clear();
+                match result {
+                    Ok(maps) => {
+                        for (mut item, map) in items.drain(..).zip(maps) {
+                            item.chw = Vec::new();
+                            if post_tx.send((item, map)).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let first = items[0].path.clone();
+                        items.clear();
+                        fail(&first, e, true);
+                        break;
+                    }
+                }
+            }
+            if closed {
+                break;
+            }
+        }
+        // Unblock decode workers still sending, then let post workers finish.
+        drop(rx.take());
+        drop(post_tx);
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    pb.finish_and_clear();
+    if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+
+    let mut total = Acc::default();
+    for a in &accs {
+        total.hist.merge(&a.hist);
+        total.decode += a.decode;
+        total.preprocess += a.preprocess;
+        total.post += a.post;
+        total.write += a.write;
+        total.done += a.done;
+    }
+    let done = total.done;
+    let per = |d: Duration| {
+        if done == 0 {
+            0.0
+        } else {
+            d.as_secs_f64() * 1e3 / done as f64
+        }
+    };
+    let mut skipped = skipped.into_inner().unwrap_or_else(|p| p.into_inner());
+    skipped.sort_by(|a, b| a.file.cmp(&b.file));
+    let mut report = Report {
+        images: done,
+        skipped,
+        provider: Some(seg.provider().name().to_string()),
+        images_per_second: if seconds > 0.0 {
+            done as f64 / seconds
+        } else {
+            0.0
+        },
+        seconds,
+        model: Some(opts.model.display().to_string()),
+        input_size: Some([input.0, input.1]),
+        batch_size: Some(batch_size),
+        stage_ms: Some(StageTimes {
+            decode_ms: per(total.decode),
+            preprocess_ms: per(total.preprocess),
+            model_ms: per(model_time),
+            postprocess_ms: per(total.post),
+            write_ms: per(total.write),
+        }),
+        classes: opts.protocol.count(),
+        ..Report::default()
+    };
+    if opts.labels.is_some() {
+        report.set_scores(&Scores {
+            confusion: total.hist.confusion(IdFormat::LabelIds, IdFormat::TrainIds),
+            protocol: opts.protocol,
+        });
+    }
+    Ok(report)
+}

@@ -1,1 +1,531 @@
-//! The built-in synthetic "game -> real" street-scene benchmark generator.
+//! The built-in synthetic "game -> real" street-scene benchmark (issue 4), a stand-in for
+//! GTA5 -> Cityscapes (paper Section 4) that runs on a laptop CPU: procedural scenes
+//! ([`scene`]) rasterised into label canvases ([`raster`]) and rendered in two domains
+//! ([`style`]), written in the real on-disk layouts so the real loaders read them:
+//!
+//! - `DIR/gta5/{images,labels}/NNNNN.png`: source train ("game": flat colours), labels as
+//!   paletted labelId PNGs like the real GTA5 release;
+//! - `DIR/gta5-val/{images,labels}/`: held-out source validation (same layout);
+//! - `DIR/cityscapes/leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png`
+//!   and `DIR/cityscapes/gtFine/{train,val}/<city>/..._gtFine_labelIds.png`: target ("real").
+//! - `DIR/synth.json`: the arguments and the [`SynthReport`].
+//!
+//! Every image is a function of (seed, set, index) only, so the same seed gives the same
+//! bytes whatever the thread count. Files are written to a temporary name and renamed.
+
+pub mod raster;
+pub mod scene;
+pub mod style;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use rccr_infer::taxonomy::{train_to_label, CLASSES, NUM_CLASSES};
+
+use crate::data::augment::rng_for;
+use scene::Scene;
+use style::{render, Domain};
+
+/// An image size written `WxH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageSize {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
+impl FromStr for ImageSize {
+    type Err = SynthError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || SynthError::BadSize {
+            text: s.to_string(),
+        };
+        let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+        let width: u32 = w.trim().parse().map_err(|_| bad())?;
+        let height: u32 = h.trim().parse().map_err(|_| bad())?;
+        if !(32..=8192).contains(&width) || !(32..=8192).contains(&height) {
+            return Err(bad());
+        }
+        Ok(ImageSize { width, height })
+    }
+}
+
+impl fmt::Display for ImageSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+impl serde::Serialize for ImageSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ImageSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `rccr-train synth`: generate the synthetic benchmark.
+#[derive(clap::Args, Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SynthArgs {
+    /// Output folder (created; a folder holding other data is refused).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed: the same seed writes the same bytes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Training images per domain (source `gta5/` and target `cityscapes/.../train`).
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// Validation images per domain (source `gta5-val/` and target `cityscapes/.../val`).
+    #[arg(long, default_value_t = 50)]
+    pub val_count: usize,
+    /// Image size WxH.
+    #[arg(long, default_value = "512x256")]
+    pub size: ImageSize,
+    /// Strength of the target domain's shift: 0 renders the target like the source,
+    /// 1 (default) is the benchmark; values above 1 exaggerate it.
+    #[arg(long, default_value_t = 1.0)]
+    pub shift: f32,
+}
+
+impl SynthArgs {
+    /// The default arguments writing to `out`.
+    pub fn new(out: impl Into<PathBuf>) -> SynthArgs {
+        SynthArgs {
+            out: out.into(),
+            seed: 0,
+            count: 200,
+            val_count: 50,
+            size: ImageSize {
+                width: 512,
+                height: 256,
+            },
+            shift: 1.0,
+        }
+    }
+}
+
+/// What a run wrote, and how fast.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SynthReport {
+    /// The output folder.
+    pub out: PathBuf,
+    /// The seed.
+    pub seed: u64,
+    /// Image size.
+    pub size: ImageSize,
+    /// Target shift strength.
+    pub shift: f32,
+    /// Source training pairs (`gta5/`).
+    pub source_train: usize,
+    /// Source validation pairs (`gta5-val/`).
+    pub source_val: usize,
+    /// Target training pairs (`cityscapes/.../train`).
+    pub target_train: usize,
+    /// Target validation pairs (`cityscapes/.../val`).
+    pub target_val: usize,
+    /// Dataset spec of the source training set (`gta5:DIR/gta5`).
+    pub source_spec: String,
+    /// Dataset spec of the source validation set (`gta5:DIR/gta5-val`).
+    pub source_val_spec: String,
+    /// Dataset spec of the target (`cityscapes:DIR/cityscapes`).
+    pub target_spec: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Image/label pairs written per second.
+    pub images_per_second: f64,
+    /// Pixel fraction of each of the 19 classes in the source images (train + val).
+    pub source_class_fraction: Vec<f64>,
+    /// Pixel fraction of each of the 19 classes in the target images (train + val).
+    pub target_class_fraction: Vec<f64>,
+    /// Names of the classes present in the source images.
+    pub source_classes: Vec<String>,
+    /// Names of the classes present in the target images.
+    pub target_classes: Vec<String>,
+}
+
+/// Errors of the generator.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    /// A size that is not `WxH` with sides in 32..=8192.
+    #[error("invalid size '{text}': write WxH, e.g. 512x256, each side 32..=8192")]
+    BadSize {
+        /// The text given.
+        text: String,
+    },
+    /// Arguments that cannot work.
+    #[error("invalid synth arguments: {reason}")]
+    BadArgs {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The output folder already holds data this generator did not write.
+    #[error("{path} already holds data that rccr-train synth did not write; choose an empty or new --out folder")]
+    NotOurs {
+        /// The conflicting folder.
+        path: PathBuf,
+    },
+    /// A file or folder could not be written.
+    #[error("cannot write {path}: {source}; check the permissions and free space")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// PNG encoding failed.
+    #[error("cannot encode {path}: {reason}")]
+    Encode {
+        /// The path.
+        path: PathBuf,
+        /// The encoder's message.
+        reason: String,
+    },
+}
+
+/// The four sets written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Set {
+    SourceTrain,
+    SourceVal,
+    TargetTrain,
+    TargetVal,
+}
+
+impl Set {
+    fn domain(self) -> Domain {
+        match self {
+            Set::SourceTrain | Set::SourceVal => Domain::Source,
+            Set::TargetTrain | Set::TargetVal => Domain::Target,
+        }
+    }
+    fn tag(self) -> u64 {
+        match self {
+            Set::SourceTrain => 0x5_0001,
+            Set::SourceVal => 0x5_0002,
+            Set::TargetTrain => 0x5_0003,
+            Set::TargetVal => 0x5_0004,
+        }
+    }
+}
+
+/// Made-up city names of the target domain's train and val splits.
+pub const TRAIN_CITIES: [&str; 3] = ["arkham", "brisbury", "coldharbour"];
+/// Made-up city names of the target's val split.
+pub const VAL_CITIES: [&str; 2] = ["dunwich", "eastmarch"];
+
+/// The (image, label) paths of sample `i` of `set` under `out`.
+fn paths(out: &Path, set: Set, i: usize) -> (PathBuf, PathBuf) {
+    match set {
+        Set::SourceTrain | Set::SourceVal => {
+            let dir = out.join(if set == Set::SourceTrain {
+                "gta5"
+            } else {
+                "gta5-val"
+            });
+            let file = format!("{:05}.png", i + 1);
+            (
+                dir.join("images").join(&file),
+                dir.join("labels").join(&file),
+            )
+        }
+        Set::TargetTrain | Set::TargetVal => {
+            let (split, cities): (&str, &[&str]) = if set == Set::TargetTrain {
+                ("train", &TRAIN_CITIES)
+            } else {
+                ("val", &VAL_CITIES)
+            };
+            let city = cities[i % cities.len()];
+            let stem = format!("{city}_{:06}_{:06}", i / cities.len(), 19);
+            let root = out.join("cityscapes");
+            (
+                root.join("leftImg8bit")
+                    .join(split)
+                    .join(city)
+                    .join(format!("{stem}_leftImg8bit.png")),
+                root.join("gtFine")
+                    .join(split)
+                    .join(city)
+                    .join(format!("{stem}_gtFine_labelIds.png")),
+            )
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
+    move |e| SynthError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        SynthError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
+}
+
+/// PNG bytes of an 8-bit image with `color` (grey, RGB or paletted with `palette`).
+fn encode_png(
+    path: &Path,
+    data: &[u8],
+    width: u32,
+    height: u32,
+    color: png::ColorType,
+    palette: Option<&[u8]>,
+) -> Result<Vec<u8>, SynthError> {
+    let enc_err = |e: png::EncodingError| SynthError::Encode {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut bytes = Vec::with_capacity(data.len() / 2);
+    {
+        let mut enc = png::Encoder::new(&mut bytes, width, height);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        if let Some(p) = palette {
+            enc.set_palette(p.to_vec());
+        }
+        let mut writer = enc.write_header().map_err(enc_err)?;
+        writer.write_image_data(data).map_err(enc_err)?;
+        writer.finish().map_err(enc_err)?;
+    }
+    Ok(bytes)
+}
+
+/// The GTA5-style palette: index = labelId, colour = the Cityscapes colour of its class.
+fn label_palette() -> Vec<u8> {
+    let mut pal = vec![0u8; 256 * 3];
+    for c in CLASSES.iter() {
+        let i = c.label_id as usize * 3;
+        pal[i..i + 3].copy_from_slice(&c.color);
+    }
+    pal
+}
+
+/// Generates, writes and returns the class histogram of one sample.
+fn generate_one(
+    args: &SynthArgs,
+    set: Set,
+    i: usize,
+    palette: &[u8],
+) -> Result<[u64; NUM_CLASSES], SynthError> {
+    let (w, h) = (args.size.width as usize, args.size.height as usize);
+    let mut rng = rng_for(args.seed, set.tag(), i as u64);
+    let scene = Scene::sample(&mut rng, w, h);
+    let canvas = scene.draw(w, h);
+    let image_seed = crate::data::augment::mix(args.seed, set.tag() ^ 0xC0_1005, i as u64);
+    let rgb = render(&canvas, scene.cam.hy, set.domain(), args.shift, image_seed);
+    let mut hist = [0u64; NUM_CLASSES];
+    let labels: Vec<u8> = canvas
+        .class
+        .iter()
+        .map(|&t| {
+            if let Some(slot) = hist.get_mut(t as usize) {
+                *slot += 1;
+            }
+            train_to_label(t).unwrap_or(0)
+        })
+        .collect();
+    let (image_path, label_path) = paths(&args.out, set, i);
+    let (wu, hu) = (args.size.width, args.size.height);
+    let img = encode_png(&image_path, &rgb, wu, hu, png::ColorType::Rgb, None)?;
+    let lbl = match set.domain() {
+        Domain::Source => encode_png(
+            &label_path,
+            &labels,
+            wu,
+            hu,
+            png::ColorType::Indexed,
+            Some(palette),
+        )?,
+        Domain::Target => encode_png(
+            &label_path,
+            &labels,
+            wu,
+            hu,
+            png::ColorType::Grayscale,
+            None,
+        )?,
+    };
+    write_atomic(&image_path, &img)?;
+    write_atomic(&label_path, &lbl)?;
+    Ok(hist)
+}
+
+/// Refuses an output folder holding data we did not write; clears ours.
+fn prepare_out(out: &Path) -> Result<(), SynthError> {
+    let marker = out.join("synth.json");
+    let ours = marker.is_file();
+    for sub in ["gta5", "gta5-val", "cityscapes"] {
+        let dir = out.join(sub);
+        if !dir.exists() {
+            continue;
+        }
+        if !ours {
+            let empty = std::fs::read_dir(&dir).map_err(io(&dir))?.next().is_none();
+            if !empty {
+                return Err(SynthError::NotOurs { path: dir });
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    if ours {
+        std::fs::remove_file(&marker).map_err(io(&marker))?;
+    }
+    Ok(())
+}
+
+fn class_fraction(hist: &[u64; NUM_CLASSES]) -> Vec<f64> {
+    let total: u64 = hist.iter().sum();
+    hist.iter()
+        .map(|&n| {
+            if total == 0 {
+                0.0
+            } else {
+                n as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
+fn class_names_present(hist: &[u64; NUM_CLASSES]) -> Vec<String> {
+    hist.iter()
+        .zip(CLASSES.iter())
+        .filter(|(&n, _)| n > 0)
+        .map(|(_, c)| c.name.to_string())
+        .collect()
+}
+
+/// Generates the benchmark described in the module doc; returns (and writes as
+/// `DIR/synth.json`) the report.
+pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
+    if args.count == 0 {
+        return Err(SynthError::BadArgs {
+            reason: "--count must be at least 1".into(),
+        });
+    }
+    if !args.shift.is_finite() || args.shift < 0.0 {
+        return Err(SynthError::BadArgs {
+            reason: format!("--shift {} must be a finite number >= 0", args.shift),
+        });
+    }
+    let start = Instant::now();
+    std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
+    prepare_out(&args.out)?;
+    // The marker goes first, so that an interrupted run can be overwritten by the next one.
+    let marker = args.out.join("synth.json");
+    let pending = serde_json::json!({ "args": args, "report": null }).to_string();
+    write_atomic(&marker, pending.as_bytes())?;
+    let mut jobs = Vec::new();
+    for (set, n) in [
+        (Set::SourceTrain, args.count),
+        (Set::SourceVal, args.val_count),
+        (Set::TargetTrain, args.count),
+        (Set::TargetVal, args.val_count),
+    ] {
+        for i in 0..n {
+            jobs.push((set, i));
+        }
+    }
+    let mut dirs: Vec<PathBuf> = jobs
+        .iter()
+        .flat_map(|&(set, i)| {
+            let (a, b) = paths(&args.out, set, i);
+            [a, b]
+        })
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+    }
+    let palette = label_palette();
+    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "synth {bar:40} {pos}/{len} images, {per_sec}, eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let results: Vec<(Set, [u64; NUM_CLASSES])> = jobs
+        .par_iter()
+        .map(|&(set, i)| {
+            let hist = generate_one(args, set, i, &palette)?;
+            bar.inc(1);
+            Ok((set, hist))
+        })
+        .collect::<Result<_, SynthError>>()?;
+    bar.finish_and_clear();
+    let (mut src, mut tgt) = ([0u64; NUM_CLASSES], [0u64; NUM_CLASSES]);
+    for (set, hist) in &results {
+        let acc = if set.domain() == Domain::Source {
+            &mut src
+        } else {
+            &mut tgt
+        };
+        for (a, h) in acc.iter_mut().zip(hist) {
+            *a += h;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let images = jobs.len();
+    let report = SynthReport {
+        out: args.out.clone(),
+        seed: args.seed,
+        size: args.size,
+        shift: args.shift,
+        source_train: args.count,
+        source_val: args.val_count,
+        target_train: args.count,
+        target_val: args.val_count,
+        source_spec: format!("gta5:{}", args.out.join("gta5").display()),
+        source_val_spec: format!("gta5:{}", args.out.join("gta5-val").display()),
+        target_spec: format!("cityscapes:{}", args.out.join("cityscapes").display()),
+        seconds,
+        images_per_second: images as f64 / seconds.max(1e-9),
+        source_class_fraction: class_fraction(&src),
+        target_class_fraction: class_fraction(&tgt),
+        source_classes: class_names_present(&src),
+        target_classes: class_names_present(&tgt),
+    };
+    let json = serde_json::json!({ "args": args, "report": &report });
+    let text = serde_json::to_string_pretty(&json).map_err(|e| SynthError::Encode {
+        path: marker.clone(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(&marker, text.as_bytes())?;
+    tracing::info!(
+        out = %args.out.display(),
+        images,
+        seconds = format!("{seconds:.2}"),
+        images_per_second = format!("{:.1}", report.images_per_second),
+        "synthetic benchmark written"
+    );
+    Ok(report)
+}

@@ -1,0 +1,385 @@
+//! The training loader: an infinite, epoch-reshuffled, deterministic stream of batches
+//! (the x_s / y_s and x_t of paper Algorithm 1), decoded and augmented on worker threads
+//! ahead of training.
+//!
+//! Determinism: the batch of iteration i holds the global samples g = i*B .. i*B + B - 1.
+//! Sample g is element g mod N of the permutation of epoch g / N, drawn from (seed, epoch);
+//! its crop comes from an RNG seeded by (seed, g). A corrupt file is replaced by candidates
+//! drawn from (seed, g) as well, so a loader started at iteration k yields exactly the
+//! batches an uninterrupted one yields from k on, whatever the worker timing. Workers take
+//! jobs in any order; results are re-ordered before delivery; at most `prefetch * B` samples
+//! are in flight (the bounded queue).
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use image::imageops::FilterType;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rccr_infer::taxonomy::IGNORE;
+use tch::{Kind, Tensor};
+
+use super::augment::{crop_chw, random_crop_origin, resize_nearest, resize_rgb, rng_for};
+use super::decode::{decode_label, decode_rgb};
+use super::layout::{discover, Pair};
+use super::{DataError, DatasetKind, DatasetSpec, LoaderConfig};
+
+/// RNG stream tags (see [`super::augment::mix`]).
+const TAG_PERMUTATION: u64 = 1;
+const TAG_CROP: u64 = 2;
+const TAG_FALLBACK: u64 = 3;
+/// Random replacement draws for a corrupt sample before a linear scan.
+const FALLBACK_DRAWS: usize = 32;
+
+/// One training batch.
+#[derive(Debug)]
+pub struct Batch {
+    /// N x 3 x crop x crop, float32 RGB in 0..255.
+    pub images: Tensor,
+    /// N x crop x crop, int64 trainIds, 255 = ignore.
+    pub labels: Tensor,
+    /// The sample names (file stems), in batch order.
+    pub names: Vec<String>,
+}
+
+/// A decoded, augmented sample, before batching.
+struct Prepared {
+    image: Vec<f32>,
+    label: Vec<u8>,
+    name: String,
+}
+
+/// The dataset and augmentation shared by the workers.
+struct Shared {
+    kind: DatasetKind,
+    pairs: Vec<Pair>,
+    size: (u32, u32),
+    filter: FilterType,
+    crop: u32,
+    seed: u64,
+    bad: Vec<AtomicBool>,
+    skipped: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// The image filter of a dataset's resize: bicubic for the source games (notes, "Data"),
+/// bilinear for Cityscapes (as the DACS loader).
+pub(crate) fn filter_for(kind: DatasetKind) -> FilterType {
+    match kind {
+        DatasetKind::Cityscapes => FilterType::Triangle,
+        DatasetKind::Gta5 | DatasetKind::Synthia => FilterType::CatmullRom,
+    }
+}
+
+impl Shared {
+    /// Decodes, resizes and crops pair `index` with the crop of global sample `g`.
+    fn prepare(&self, index: usize, g: u64) -> Result<Prepared, DataError> {
+        let pair = &self.pairs[index];
+        let img = decode_rgb(&pair.image)?;
+        let (w, h) = self.size;
+        let label = match &pair.label {
+            Some(path) => {
+                let map = decode_label(path, self.kind)?;
+                if map.width == 0 || map.height == 0 {
+                    return Err(DataError::Decode {
+                        path: path.clone(),
+                        reason: "empty label image".into(),
+                    });
+                }
+                resize_nearest(&map.ids, map.width, map.height, w, h)
+            }
+            None => vec![IGNORE; w as usize * h as usize],
+        };
+        if img.width() == 0 || img.height() == 0 {
+            return Err(DataError::Decode {
+                path: pair.image.clone(),
+                reason: "empty image".into(),
+            });
+        }
+        let img = resize_rgb(img, self.size, self.filter);
+        let mut rng = rng_for(self.seed, TAG_CROP, g);
+        let origin = random_crop_origin(&mut rng, w, h, self.crop);
+        let (mut image, mut lbl) = (Vec::new(), Vec::new());
+        crop_chw(&img, &label, origin, self.crop, &mut image, &mut lbl);
+        Ok(Prepared {
+            image,
+            label: lbl,
+            name: pair.name.clone(),
+        })
+    }
+
+    /// Tries `index`; marks, logs and counts it when corrupt.
+    fn try_index(&self, index: usize, g: u64) -> Option<Prepared> {
+        if self.bad[index].load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.prepare(index, g) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                if !self.bad[index].swap(true, Ordering::Relaxed) {
+                    self.skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "skipping unreadable sample");
+                }
+                None
+            }
+        }
+    }
+
+    /// Global sample `g`, drawn as pair `first`, or its deterministic replacement.
+    fn produce(&self, g: u64, first: usize) -> Result<Prepared, DataError> {
+        if let Some(p) = self.try_index(first, g) {
+            return Ok(p);
+        }
+        let n = self.pairs.len();
+        let mut rng = rng_for(self.seed, TAG_FALLBACK, g);
+        for _ in 0..FALLBACK_DRAWS {
+            if let Some(p) = self.try_index(rng.gen_range(0..n), g) {
+                return Ok(p);
+            }
+        }
+        for k in 1..n {
+            if let Some(p) = self.try_index((first + k) % n, g) {
+                return Ok(p);
+            }
+        }
+        Err(DataError::NoSamples {
+            kind: self.kind,
+            root: self
+                .pairs
+                .first()
+                .and_then(|p| p.image.parent())
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default(),
+            detail: format!(": all {n} samples are corrupt or unreadable (see the warnings)"),
+            expected: self.kind.expected_layout(),
+        })
+    }
+}
+
+type Outcome = (u64, Result<Prepared, DataError>);
+
+/// Infinite, epoch-reshuffled, deterministic batches of a dataset (see the module doc).
+pub struct TrainLoader {
+    shared: Arc<Shared>,
+    batch_size: usize,
+    in_flight: u64,
+    jobs: Option<Sender<(u64, usize)>>,
+    results: Receiver<Outcome>,
+    pending: HashMap<u64, Result<Prepared, DataError>>,
+    next_sample: u64,
+    next_dispatch: u64,
+    permutation: (u64, Vec<usize>),
+    workers: Vec<JoinHandle<()>>,
+    waited: Duration,
+}
+
+fn worker_loop(shared: Arc<Shared>, jobs: Receiver<(u64, usize)>, results: Sender<Outcome>) {
+    while let Ok((g, first)) = jobs.recv() {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let out = std::panic::catch_unwind(AssertUnwindSafe(|| shared.produce(g, first)))
+            .unwrap_or_else(|_| {
+                Err(DataError::Worker {
+                    reason: format!("panic while preparing sample {g}"),
+                })
+            });
+        if results.send((g, out)).is_err() {
+            break;
+        }
+    }
+}
+
+impl TrainLoader {
+    /// Finds the dataset's pairs (an error naming the expected layout if there are none),
+    /// starts the workers and queues the samples of `start_iteration` onwards.
+    pub fn open(
+        spec: &DatasetSpec,
+        cfg: &LoaderConfig,
+        start_iteration: u64,
+    ) -> Result<TrainLoader, DataError> {
+        if cfg.crop == 0 || cfg.batch_size == 0 {
+            return Err(DataError::Config {
+                reason: format!(
+                    "crop ({}) and batch size ({}) must be at least 1",
+                    cfg.crop, cfg.batch_size
+                ),
+            });
+        }
+        let size = cfg.resize.unwrap_or(spec.kind.paper_size());
+        if size.0 == 0 || size.1 == 0 {
+            return Err(DataError::Config {
+                reason: format!("resize {}x{} must be at least 1x1", size.0, size.1),
+            });
+        }
+        let found = discover(spec, cfg.split, false)?;
+        let n = found.pairs.len();
+        tracing::info!(
+            dataset = %spec,
+            samples = n,
+            unpaired = found.unpaired,
+            resize = format!("{}x{}", size.0, size.1),
+            crop = cfg.crop,
+            "training data"
+        );
+        let shared = Arc::new(Shared {
+            kind: spec.kind,
+            bad: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            pairs: found.pairs,
+            size,
+            filter: filter_for(spec.kind),
+            crop: cfg.crop,
+            seed: cfg.seed,
+            skipped: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let (job_tx, job_rx) = crossbeam_channel::unbounded();
+        let (res_tx, res_rx) = crossbeam_channel::unbounded();
+        let workers = (0..cfg.workers.max(1))
+            .map(|i| {
+                let (s, j, r) = (shared.clone(), job_rx.clone(), res_tx.clone());
+                std::thread::Builder::new()
+                    .name(format!("rccr-data-{i}"))
+                    .spawn(move || worker_loop(s, j, r))
+                    .map_err(|e| DataError::Worker {
+                        reason: format!("cannot start a worker thread: {e}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = start_iteration.saturating_mul(cfg.batch_size as u64);
+        let mut loader = TrainLoader {
+            shared,
+            batch_size: cfg.batch_size,
+            in_flight: (cfg.prefetch.max(1) * cfg.batch_size) as u64,
+            jobs: Some(job_tx),
+            results: res_rx,
+            pending: HashMap::new(),
+            next_sample: first,
+            next_dispatch: first,
+            permutation: (u64::MAX, Vec::new()),
+            workers,
+            waited: Duration::ZERO,
+        };
+        loader.fill_queue();
+        Ok(loader)
+    }
+
+    /// The pair index of global sample `g` (element g mod N of epoch g / N's permutation).
+    fn sample_index(&mut self, g: u64) -> usize {
+        let n = self.shared.pairs.len() as u64;
+        let (epoch, pos) = (g / n, (g % n) as usize);
+        if self.permutation.0 != epoch {
+            let mut perm: Vec<usize> = (0..n as usize).collect();
+            perm.shuffle(&mut rng_for(self.shared.seed, TAG_PERMUTATION, epoch));
+            self.permutation = (epoch, perm);
+        }
+        self.permutation.1[pos]
+    }
+
+    fn fill_queue(&mut self) {
+        while self.next_dispatch < self.next_sample + self.in_flight {
+            let g = self.next_dispatch;
+            let index = self.sample_index(g);
+            if let Some(jobs) = &self.jobs {
+                // Cannot fail while the workers hold the receiver; a dead pool shows up
+                // as a disconnected result channel in `next_batch`.
+                let _ = jobs.send((g, index));
+            }
+            self.next_dispatch += 1;
+        }
+    }
+
+    fn take(&mut self, g: u64) -> Result<Prepared, DataError> {
+        loop {
+            if let Some(r) = self.pending.remove(&g) {
+                return r;
+            }
+            let start = Instant::now();
+            let got = self.results.recv();
+            self.waited += start.elapsed();
+            match got {
+                Ok((k, r)) => {
+                    self.pending.insert(k, r);
+                }
+                Err(_) => {
+                    return Err(DataError::Worker {
+                        reason: "all data workers exited".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The batch of the next iteration (start_iteration, start_iteration + 1, ...).
+    pub fn next_batch(&mut self) -> Result<Batch, DataError> {
+        let c = self.shared.crop as usize;
+        let b = self.batch_size;
+        let mut images = Vec::with_capacity(b * 3 * c * c);
+        let mut labels = Vec::with_capacity(b * c * c);
+        let mut names = Vec::with_capacity(b);
+        for _ in 0..b {
+            let g = self.next_sample;
+            let sample = self.take(g)?;
+            self.next_sample += 1;
+            self.fill_queue();
+            images.extend_from_slice(&sample.image);
+            labels.extend_from_slice(&sample.label);
+            names.push(sample.name);
+        }
+        let terr = |what: &str| {
+            let what = what.to_string();
+            move |e: tch::TchError| DataError::Tensor {
+                what,
+                reason: e.to_string(),
+            }
+        };
+        let (bi, ci) = (b as i64, c as i64);
+        let images = Tensor::f_from_slice(&images)
+            .and_then(|t| t.f_view([bi, 3, ci, ci]))
+            .map_err(terr("batch images"))?;
+        let labels = Tensor::f_from_slice(&labels)
+            .and_then(|t| t.f_view([bi, ci, ci]))
+            .and_then(|t| t.f_to_kind(Kind::Int64))
+            .map_err(terr("batch labels"))?;
+        Ok(Batch {
+            images,
+            labels,
+            names,
+        })
+    }
+
+    /// Usable samples: pairs found minus those found corrupt so far.
+    pub fn len(&self) -> usize {
+        self.shared.pairs.len() - self.skipped()
+    }
+
+    /// Whether no usable sample is left (never true right after a successful `open`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Corrupt or unreadable files skipped so far (each counted once).
+    pub fn skipped(&self) -> usize {
+        self.shared.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Total time `next_batch` has spent waiting for the workers (0 when decoding keeps up).
+    pub fn wait_time(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl Drop for TrainLoader {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}

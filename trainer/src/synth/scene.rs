@@ -1,0 +1,900 @@
+//! Procedural street scenes: a pinhole camera one unit above a flat ground plane looking
+//! down a straight street (road to a vanishing point, sidewalks, optional terrain strips,
+//! facades of buildings with windows, walls and hedges, a far skyline, sky), populated
+//! with poles carrying traffic signs and lights, trees, fences, cars, trucks, buses,
+//! persons and riders on bicycles or motorcycles. The same sampler (the same layout
+//! statistics) serves both domains of the benchmark (issue 4); only the rendering
+//! differs. Everything is a function of the RNG, so a seed fixes the scene.
+//!
+//! World units: the camera height is 1 (about 1.5 m); X is lateral (negative = left),
+//! Y is the height above the ground, d the depth. A point projects to
+//! x = vx + X f / d, y = hy + (1 - Y) f / d.
+
+use rand::Rng;
+
+use super::raster::{Canvas, Paint, TONE_ACCENT, TONE_ACCENT2, TONE_BASE, TONE_DARK};
+
+/// trainIds of the classes drawn.
+pub mod ids {
+    /// road
+    pub const ROAD: u8 = 0;
+    /// sidewalk
+    pub const SIDEWALK: u8 = 1;
+    /// building
+    pub const BUILDING: u8 = 2;
+    /// wall
+    pub const WALL: u8 = 3;
+    /// fence
+    pub const FENCE: u8 = 4;
+    /// pole
+    pub const POLE: u8 = 5;
+    /// traffic light
+    pub const LIGHT: u8 = 6;
+    /// traffic sign
+    pub const SIGN: u8 = 7;
+    /// vegetation
+    pub const VEGETATION: u8 = 8;
+    /// terrain
+    pub const TERRAIN: u8 = 9;
+    /// sky
+    pub const SKY: u8 = 10;
+    /// person
+    pub const PERSON: u8 = 11;
+    /// rider
+    pub const RIDER: u8 = 12;
+    /// car
+    pub const CAR: u8 = 13;
+    /// truck
+    pub const TRUCK: u8 = 14;
+    /// bus
+    pub const BUS: u8 = 15;
+    /// motorcycle
+    pub const MOTORCYCLE: u8 = 17;
+    /// bicycle
+    pub const BICYCLE: u8 = 18;
+}
+use ids::*;
+
+/// Depth beyond which facades give way to the far skyline.
+const FAR: f32 = 120.0;
+
+/// The pinhole camera of a scene.
+#[derive(Debug, Clone, Copy)]
+pub struct Camera {
+    /// Image width.
+    pub w: f32,
+    /// Image height.
+    pub h: f32,
+    /// Horizon row.
+    pub hy: f32,
+    /// Vanishing-point column.
+    pub vx: f32,
+    /// Focal length in pixels.
+    pub f: f32,
+}
+
+impl Camera {
+    /// Column of lateral position `x` at depth `d`.
+    pub fn px(&self, x: f32, d: f32) -> f32 {
+        self.vx + x * self.f / d
+    }
+    /// Row of height `y` at depth `d`.
+    pub fn py(&self, y: f32, d: f32) -> f32 {
+        self.hy + (1.0 - y) * self.f / d
+    }
+    /// Pixels per world unit at depth `d`.
+    pub fn s(&self, d: f32) -> f32 {
+        self.f / d
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SegKind {
+    Building,
+    Vegetation,
+    /// A wall in front of a hedge of the given height.
+    Wall(f32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    d0: f32,
+    d1: f32,
+    kind: SegKind,
+    height: f32,
+    phase: f32,
+    window_spacing: f32,
+    floor: f32,
+    inst: u16,
+}
+
+/// One side of the street (|X| distances).
+#[derive(Debug, Clone)]
+struct Side {
+    sign: f32,
+    road: f32,
+    walk: f32,
+    facade: f32,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Attachment {
+    None,
+    Sign(u8),
+    Light,
+    SignAndLight(u8),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Object {
+    Vehicle {
+        x: f32,
+        d: f32,
+        class: u8,
+        width: f32,
+        inst: u16,
+    },
+    Person {
+        x: f32,
+        d: f32,
+        height: f32,
+        stride: f32,
+        inst: u16,
+    },
+    Cyclist {
+        x: f32,
+        d: f32,
+        motor: bool,
+        facing: f32,
+        rider: u16,
+        bike: u16,
+    },
+    Pole {
+        x: f32,
+        d: f32,
+        height: f32,
+        toward: f32,
+        top: Attachment,
+        inst: u16,
+    },
+    Tree {
+        x: f32,
+        d: f32,
+        trunk: f32,
+        crown: f32,
+        seed: u32,
+    },
+}
+
+impl Object {
+    fn depth(&self) -> f32 {
+        match *self {
+            Object::Vehicle { d, .. }
+            | Object::Person { d, .. }
+            | Object::Cyclist { d, .. }
+            | Object::Pole { d, .. }
+            | Object::Tree { d, .. } => d,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Fence {
+    sign: f32,
+    x: f32,
+    d0: f32,
+    d1: f32,
+    inst: u16,
+}
+
+/// A sampled scene, ready to rasterise.
+#[derive(Debug, Clone)]
+pub struct Scene {
+    /// The camera.
+    pub cam: Camera,
+    sides: [Side; 2],
+    centre_line: Option<f32>,
+    skyline: Vec<(f32, f32)>,
+    fences: Vec<Fence>,
+    objects: Vec<Object>,
+}
+
+struct Instances(u16);
+
+impl Instances {
+    fn next(&mut self) -> u16 {
+        self.0 = self.0.saturating_add(1);
+        self.0
+    }
+}
+
+fn sample_segments(rng: &mut impl Rng, ids: &mut Instances) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut d = 0.5;
+    while d < FAR {
+        let len = rng.gen_range(4.0..14.0);
+        let r: f32 = rng.gen();
+        let (kind, height) = if r < 0.6 {
+            (SegKind::Building, rng.gen_range(3.0..14.0))
+        } else if r < 0.82 {
+            (SegKind::Vegetation, rng.gen_range(1.6..4.5))
+        } else {
+            (
+                SegKind::Wall(rng.gen_range(1.6..3.5)),
+                rng.gen_range(0.6..1.4),
+            )
+        };
+        out.push(Segment {
+            d0: d,
+            d1: d + len,
+            kind,
+            height,
+            phase: rng.gen_range(0.0..std::f32::consts::TAU),
+            window_spacing: rng.gen_range(1.2..2.2),
+            floor: rng.gen_range(1.8..2.4),
+            inst: ids.next(),
+        });
+        d += len;
+    }
+    out
+}
+
+fn sample_side(rng: &mut impl Rng, sign: f32, ids: &mut Instances) -> Side {
+    let road = rng.gen_range(2.5..5.0);
+    let walk = road + rng.gen_range(1.2..3.0);
+    let facade = if rng.gen_bool(0.4) {
+        walk + rng.gen_range(1.0..3.0)
+    } else {
+        walk
+    };
+    Side {
+        sign,
+        road,
+        walk,
+        facade,
+        segments: sample_segments(rng, ids),
+    }
+}
+
+impl Scene {
+    /// Samples a scene for a `width x height` image.
+    pub fn sample(rng: &mut impl Rng, width: usize, height: usize) -> Scene {
+        let (w, h) = (width as f32, height as f32);
+        let hy = h * rng.gen_range(0.36..0.48);
+        let cam = Camera {
+            w,
+            h,
+            hy,
+            vx: w * rng.gen_range(0.38..0.62),
+            f: (h - hy) * rng.gen_range(2.0..3.0),
+        };
+        let mut ids = Instances(0);
+        let sides = [
+            sample_side(rng, -1.0, &mut ids),
+            sample_side(rng, 1.0, &mut ids),
+        ];
+        let centre_line = rng
+            .gen_bool(0.7)
+            .then(|| (sides[1].road - sides[0].road) * 0.5 + rng.gen_range(-0.3..0.3));
+        let mut skyline = Vec::new();
+        let mut x = 0.0;
+        while x < w {
+            let bw = rng.gen_range(0.01..0.05) * w;
+            skyline.push((x + bw, rng.gen_range(1.5..14.0)));
+            x += bw;
+        }
+        let mut fences = Vec::new();
+        for side in &sides {
+            if rng.gen_bool(0.45) {
+                let d0 = rng.gen_range(2.0..20.0);
+                let x = if side.facade > side.walk + 0.5 {
+                    side.walk + 0.1
+                } else {
+                    side.facade - 0.1
+                };
+                fences.push(Fence {
+                    sign: side.sign,
+                    x,
+                    d0,
+                    d1: d0 + rng.gen_range(5.0..30.0),
+                    inst: ids.next(),
+                });
+            }
+        }
+        let mut objects = Vec::new();
+        let (left, right) = (&sides[0], &sides[1]);
+        // Vehicles on the road.
+        for _ in 0..rng.gen_range(1..8) {
+            let r: f32 = rng.gen();
+            let (class, width) = if r < 0.8 {
+                (CAR, rng.gen_range(1.1..1.3))
+            } else if r < 0.9 {
+                (TRUCK, rng.gen_range(1.6..1.8))
+            } else {
+                (BUS, rng.gen_range(1.7..1.85))
+            };
+            let x = rng.gen_range(-left.road + 0.5 * width + 0.1..right.road - 0.5 * width - 0.1);
+            objects.push(Object::Vehicle {
+                x,
+                d: rng.gen_range(3.0..50.0),
+                class,
+                width,
+                inst: ids.next(),
+            });
+        }
+        // Pedestrians, mostly on the sidewalks.
+        for _ in 0..rng.gen_range(0..7) {
+            let side = if rng.gen_bool(0.5) { left } else { right };
+            let x = if rng.gen_bool(0.15) {
+                rng.gen_range(-left.road..right.road)
+            } else {
+                side.sign * rng.gen_range(side.road + 0.3..side.walk - 0.1)
+            };
+            objects.push(Object::Person {
+                x,
+                d: rng.gen_range(3.0..35.0),
+                height: rng.gen_range(1.0..1.25),
+                stride: rng.gen_range(0.0..0.25),
+                inst: ids.next(),
+            });
+        }
+        // Riders near the road edges.
+        let riders = if rng.gen_bool(0.65) {
+            rng.gen_range(1..3)
+        } else {
+            0
+        };
+        for _ in 0..riders {
+            let side = if rng.gen_bool(0.5) { left } else { right };
+            objects.push(Object::Cyclist {
+                x: side.sign * (side.road - rng.gen_range(0.5..1.2)),
+                d: rng.gen_range(3.0..30.0),
+                motor: rng.gen_bool(0.4),
+                facing: if rng.gen_bool(0.5) { 1.0 } else { -1.0 },
+                rider: ids.next(),
+                bike: ids.next(),
+            });
+        }
+        // Poles and trees along the sidewalks.
+        for side in [left, right] {
+            for _ in 0..rng.gen_range(1..5) {
+                let r: f32 = rng.gen();
+                let top = if r < 0.35 {
+                    Attachment::Sign(rng.gen_range(0..3))
+                } else if r < 0.65 {
+                    Attachment::Light
+                } else if r < 0.8 {
+                    Attachment::SignAndLight(rng.gen_range(0..3))
+                } else {
+                    Attachment::None
+                };
+                objects.push(Object::Pole {
+                    x: side.sign * (side.road + (side.walk - side.road) * rng.gen_range(0.6..0.9)),
+                    d: rng.gen_range(3.0..40.0),
+                    height: rng.gen_range(3.0..4.5),
+                    toward: -side.sign,
+                    top,
+                    inst: ids.next(),
+                });
+            }
+            for _ in 0..rng.gen_range(0..4) {
+                let x = if side.facade > side.walk + 0.5 {
+                    rng.gen_range(side.walk + 0.3..side.facade - 0.2)
+                } else {
+                    side.walk - rng.gen_range(0.2..0.5)
+                };
+                objects.push(Object::Tree {
+                    x: side.sign * x,
+                    d: rng.gen_range(3.0..45.0),
+                    trunk: rng.gen_range(1.2..2.2),
+                    crown: rng.gen_range(0.6..1.2),
+                    seed: rng.gen(),
+                });
+            }
+        }
+        objects.sort_by(|a, b| b.depth().total_cmp(&a.depth()));
+        Scene {
+            cam,
+            sides,
+            centre_line,
+            skyline,
+            fences,
+            objects,
+        }
+    }
+
+    /// Rasterises the scene into a label canvas.
+    pub fn draw(&self, width: usize, height: usize) -> Canvas {
+        let mut c = Canvas::new(width, height, Paint::new(SKY, 0));
+        self.draw_skyline(&mut c);
+        self.draw_ground(&mut c);
+        self.draw_facades(&mut c);
+        for f in &self.fences {
+            self.draw_fence(&mut c, f);
+        }
+        for o in &self.objects {
+            self.draw_object(&mut c, o);
+        }
+        c
+    }
+
+    fn draw_skyline(&self, c: &mut Canvas) {
+        let cam = &self.cam;
+        let mut x0 = 0.0;
+        for (k, &(x1, hgt)) in self.skyline.iter().enumerate() {
+            let top = cam.py(hgt, FAR);
+            let p = Paint::new(BUILDING, 1000 + k as u16);
+            c.rect(x0, top, x1, cam.hy + 1.0, p);
+            x0 = x1;
+        }
+    }
+
+    fn draw_ground(&self, c: &mut Canvas) {
+        let cam = self.cam;
+        let y_start = (cam.hy - 0.5).ceil().max(0.0) as usize;
+        let [left, right] = &self.sides;
+        for y in y_start..c.height {
+            let yc = y as f32 + 0.5;
+            if yc <= cam.hy {
+                continue;
+            }
+            let d = cam.f / (yc - cam.hy);
+            let row = y * c.width;
+            for x in 0..c.width {
+                let xw = (x as f32 + 0.5 - cam.vx) * d / cam.f;
+                let side = if xw < 0.0 { left } else { right };
+                let a = xw.abs();
+                let (class, tone) = if a < side.road {
+                    let marking = (side.road - a) < 0.06
+                        || self
+                            .centre_line
+                            .is_some_and(|cl| (xw - cl).abs() < 0.07 && (d / 4.0).fract() < 0.45);
+                    (ROAD, if marking { TONE_ACCENT } else { TONE_BASE })
+                } else if a < side.walk {
+                    (
+                        SIDEWALK,
+                        if a - side.road < 0.15 {
+                            TONE_DARK
+                        } else {
+                            TONE_BASE
+                        },
+                    )
+                } else {
+                    (TERRAIN, TONE_BASE)
+                };
+                c.class[row + x] = class;
+                c.tone[row + x] = tone;
+                c.inst[row + x] = 0;
+            }
+        }
+    }
+
+    fn draw_facades(&self, c: &mut Canvas) {
+        let cam = self.cam;
+        for x in 0..c.width {
+            let dx = x as f32 + 0.5 - cam.vx;
+            let side = if dx < 0.0 {
+                &self.sides[0]
+            } else {
+                &self.sides[1]
+            };
+            if dx.abs() < 1e-3 {
+                continue;
+            }
+            let d = side.facade * cam.f / dx.abs();
+            if d > FAR {
+                continue;
+            }
+            let Some(seg) = side.segments.iter().find(|s| d >= s.d0 && d < s.d1) else {
+                continue;
+            };
+            let bottom = cam.py(0.0, d);
+            match seg.kind {
+                SegKind::Building => {
+                    let top = cam.py(seg.height, d);
+                    self.facade_column(c, x, top, bottom, d, seg);
+                }
+                SegKind::Vegetation => {
+                    let hgt = seg.height
+                        * (1.0
+                            + 0.12 * (d * 2.3 + seg.phase).sin()
+                            + 0.07 * (d * 5.7 + 2.0 * seg.phase).sin());
+                    c.rect(
+                        x as f32,
+                        cam.py(hgt, d),
+                        x as f32 + 1.0,
+                        bottom,
+                        Paint::new(VEGETATION, seg.inst),
+                    );
+                }
+                SegKind::Wall(hedge) => {
+                    let hgt = hedge * (1.0 + 0.1 * (d * 3.1 + seg.phase).sin());
+                    c.rect(
+                        x as f32,
+                        cam.py(hgt, d),
+                        x as f32 + 1.0,
+                        bottom,
+                        Paint::new(VEGETATION, seg.inst),
+                    );
+                    c.rect(
+                        x as f32,
+                        cam.py(seg.height, d),
+                        x as f32 + 1.0,
+                        bottom,
+                        Paint::new(WALL, seg.inst),
+                    );
+                }
+            }
+        }
+    }
+
+    /// One column of a building facade with its window grid.
+    fn facade_column(&self, c: &mut Canvas, x: usize, top: f32, bottom: f32, d: f32, s: &Segment) {
+        let cam = self.cam;
+        let y0 = (top - 0.5).ceil().max(0.0) as usize;
+        let y1 = ((bottom - 0.5).ceil().min(c.height as f32)).max(0.0) as usize;
+        let col = ((d / s.window_spacing) + s.phase).fract();
+        let window_col = (0.25..0.7).contains(&col);
+        let base = Paint::new(BUILDING, s.inst);
+        for y in y0..y1 {
+            let yw = 1.0 - (y as f32 + 0.5 - cam.hy) * d / cam.f;
+            let row = (yw / s.floor).fract();
+            let window =
+                window_col && yw > 1.3 && yw < s.height - 0.5 && (0.35..0.8).contains(&row);
+            c.put(x, y, if window { base.tone(TONE_DARK) } else { base });
+        }
+    }
+
+    fn draw_fence(&self, c: &mut Canvas, f: &Fence) {
+        let cam = self.cam;
+        let p = Paint::new(FENCE, f.inst);
+        for x in 0..c.width {
+            let dx = x as f32 + 0.5 - cam.vx;
+            if dx * f.sign <= 1e-3 {
+                continue;
+            }
+            let d = f.x * cam.f / dx.abs();
+            if d < f.d0 || d > f.d1 {
+                continue;
+            }
+            let (xf, x1) = (x as f32, x as f32 + 1.0);
+            if (d / 0.4).fract() < 0.4 {
+                c.rect(xf, cam.py(0.8, d), x1, cam.py(0.0, d), p);
+            } else {
+                c.rect(xf, cam.py(0.72, d), x1, cam.py(0.64, d), p);
+                c.rect(xf, cam.py(0.22, d), x1, cam.py(0.15, d), p);
+            }
+        }
+    }
+
+    fn draw_object(&self, c: &mut Canvas, o: &Object) {
+        match *o {
+            Object::Vehicle {
+                x,
+                d,
+                class,
+                width,
+                inst,
+            } => self.draw_vehicle(c, x, d, class, width, inst),
+            Object::Person {
+                x,
+                d,
+                height,
+                stride,
+                inst,
+            } => self.draw_person(c, x, d, height, stride, inst),
+            Object::Cyclist {
+                x,
+                d,
+                motor,
+                facing,
+                rider,
+                bike,
+            } => self.draw_cyclist(c, x, d, motor, facing, rider, bike),
+            Object::Pole {
+                x,
+                d,
+                height,
+                toward,
+                top,
+                inst,
+            } => self.draw_pole(c, x, d, height, toward, top, inst),
+            Object::Tree {
+                x,
+                d,
+                trunk,
+                crown,
+                seed,
+            } => self.draw_tree(c, x, d, trunk, crown, seed),
+        }
+    }
+
+    /// A vehicle seen from behind.
+    fn draw_vehicle(&self, c: &mut Canvas, x: f32, d: f32, class: u8, w: f32, inst: u16) {
+        let cam = self.cam;
+        let p = Paint::new(class, inst);
+        let (l, r) = (cam.px(x - w / 2.0, d), cam.px(x + w / 2.0, d));
+        let u = |fx: f32| cam.px(x + fx * w / 2.0, d);
+        let v = |y: f32| cam.py(y, d);
+        // Wheels.
+        let wheel = p.tone(TONE_DARK);
+        c.rect(u(-0.95), v(0.35), u(-0.6), v(0.0), wheel);
+        c.rect(u(0.6), v(0.35), u(0.95), v(0.0), wheel);
+        match class {
+            CAR => {
+                c.rect(l, v(0.72), r, v(0.18), p);
+                c.polygon(
+                    &[
+                        (u(-0.9), v(0.72)),
+                        (u(0.9), v(0.72)),
+                        (u(0.7), v(1.08)),
+                        (u(-0.7), v(1.08)),
+                    ],
+                    p,
+                );
+                c.polygon(
+                    &[
+                        (u(-0.78), v(0.76)),
+                        (u(0.78), v(0.76)),
+                        (u(0.62), v(1.02)),
+                        (u(-0.62), v(1.02)),
+                    ],
+                    p.tone(TONE_DARK),
+                );
+                c.rect(l, v(0.26), r, v(0.18), p.tone(TONE_DARK));
+                c.rect(u(-0.95), v(0.65), u(-0.7), v(0.52), p.tone(TONE_ACCENT));
+                c.rect(u(0.7), v(0.65), u(0.95), v(0.52), p.tone(TONE_ACCENT));
+            }
+            TRUCK => {
+                c.rect(l, v(2.4), r, v(0.35), p);
+                c.rect(u(-0.03), v(2.3), u(0.03), v(0.45), p.tone(TONE_DARK));
+                c.rect(l, v(0.45), r, v(0.35), p.tone(TONE_DARK));
+                c.rect(u(-0.98), v(0.62), u(-0.82), v(0.5), p.tone(TONE_ACCENT));
+                c.rect(u(0.82), v(0.62), u(0.98), v(0.5), p.tone(TONE_ACCENT));
+            }
+            _ => {
+                c.rect(l, v(2.3), r, v(0.25), p);
+                c.rect(u(-0.85), v(2.0), u(0.85), v(1.35), p.tone(TONE_DARK));
+                c.rect(u(-0.96), v(0.7), u(-0.8), v(0.5), p.tone(TONE_ACCENT));
+                c.rect(u(0.8), v(0.7), u(0.96), v(0.5), p.tone(TONE_ACCENT));
+            }
+        }
+    }
+
+    /// A standing or walking person.
+    fn draw_person(&self, c: &mut Canvas, x: f32, d: f32, hgt: f32, stride: f32, inst: u16) {
+        let cam = self.cam;
+        let p = Paint::new(PERSON, inst);
+        let s = cam.s(d);
+        let pt = |fx: f32, y: f32| (cam.px(x + fx, d), cam.py(y * hgt, d));
+        let limb = 0.09 * hgt * s;
+        // Legs (dark), arms, torso, head (accent: skin).
+        c.segment(
+            pt(-0.05, 0.48),
+            pt(-0.05 - stride, 0.0),
+            limb * 1.2,
+            p.tone(TONE_DARK),
+        );
+        c.segment(
+            pt(0.05, 0.48),
+            pt(0.05 + stride, 0.0),
+            limb * 1.2,
+            p.tone(TONE_DARK),
+        );
+        c.segment(pt(-0.17, 0.8), pt(-0.2 - stride * 0.5, 0.48), limb, p);
+        c.segment(pt(0.17, 0.8), pt(0.2 + stride * 0.5, 0.48), limb, p);
+        c.polygon(
+            &[
+                pt(-0.17, 0.82),
+                pt(0.17, 0.82),
+                pt(0.13, 0.46),
+                pt(-0.13, 0.46),
+            ],
+            p,
+        );
+        let (hx, hy) = pt(0.0, 0.905);
+        c.ellipse(
+            hx,
+            hy,
+            0.075 * hgt * s,
+            0.095 * hgt * s,
+            p.tone(TONE_ACCENT),
+        );
+    }
+
+    /// A rider on a bicycle or motorcycle, seen from the side.
+    #[allow(clippy::too_many_arguments)]
+    fn draw_cyclist(
+        &self,
+        c: &mut Canvas,
+        x: f32,
+        d: f32,
+        motor: bool,
+        facing: f32,
+        rider: u16,
+        bike: u16,
+    ) {
+        let cam = self.cam;
+        let s = cam.s(d);
+        let pt = |fx: f32, y: f32| (cam.px(x + fx * facing, d), cam.py(y, d));
+        let (radius, base) = if motor { (0.33, 0.7) } else { (0.34, 0.55) };
+        let class = if motor { MOTORCYCLE } else { BICYCLE };
+        let bp = Paint::new(class, bike);
+        let (rear, front) = (pt(-base, radius), pt(base, radius));
+        if motor {
+            c.ellipse(rear.0, rear.1, radius * s, radius * s, bp.tone(TONE_DARK));
+            c.ellipse(front.0, front.1, radius * s, radius * s, bp.tone(TONE_DARK));
+            c.polygon(
+                &[
+                    pt(-0.75, 0.55),
+                    pt(0.55, 0.5),
+                    pt(0.45, 0.95),
+                    pt(-0.5, 0.9),
+                ],
+                bp,
+            );
+            c.segment(pt(0.45, 0.9), front, 0.07 * s, bp);
+        } else {
+            c.ring(
+                rear.0,
+                rear.1,
+                radius * s,
+                radius * s,
+                0.8,
+                bp.tone(TONE_DARK),
+            );
+            c.ring(
+                front.0,
+                front.1,
+                radius * s,
+                radius * s,
+                0.8,
+                bp.tone(TONE_DARK),
+            );
+            let seat = pt(-0.15, 0.95);
+            let crank = pt(0.0, radius);
+            let bar = pt(0.4, 1.0);
+            let t = 0.05 * s;
+            c.segment(rear, seat, t, bp);
+            c.segment(seat, crank, t, bp);
+            c.segment(crank, rear, t, bp);
+            c.segment(seat, bar, t, bp);
+            c.segment(bar, front, t, bp);
+            c.segment(crank, bar, t, bp);
+        }
+        let rp = Paint::new(RIDER, rider);
+        let limb = 0.1 * s;
+        let hip = pt(-0.15, 1.0);
+        let shoulder = pt(0.1, 1.55);
+        c.segment(hip, pt(0.05, 0.5), limb * 1.2, rp.tone(TONE_DARK));
+        c.segment(hip, shoulder, 0.3 * s, rp);
+        c.segment(shoulder, pt(0.4, 1.05), limb, rp);
+        let head = pt(0.16, 1.74);
+        c.ellipse(head.0, head.1, 0.11 * s, 0.12 * s, rp.tone(TONE_ACCENT));
+    }
+
+    /// A pole, possibly carrying a traffic sign and/or a traffic light.
+    #[allow(clippy::too_many_arguments)]
+    fn draw_pole(
+        &self,
+        c: &mut Canvas,
+        x: f32,
+        d: f32,
+        hgt: f32,
+        toward: f32,
+        top: Attachment,
+        inst: u16,
+    ) {
+        let cam = self.cam;
+        let s = cam.s(d);
+        let p = Paint::new(POLE, inst);
+        c.rect(
+            cam.px(x - 0.045, d),
+            cam.py(hgt, d),
+            cam.px(x + 0.045, d),
+            cam.py(0.0, d),
+            p,
+        );
+        let sign = |c: &mut Canvas, shape: u8, y: f32| {
+            let sp = Paint::new(SIGN, inst);
+            let (cx, cy) = (cam.px(x, d), cam.py(y, d));
+            let r = 0.28 * s;
+            match shape {
+                0 => {
+                    c.ellipse(cx, cy, r, r, sp.tone(TONE_ACCENT));
+                    c.ellipse(cx, cy, r * 0.72, r * 0.72, sp);
+                }
+                1 => {
+                    let tri = |k: f32| {
+                        [
+                            (cx, cy - r * k),
+                            (cx + r * k, cy + 0.8 * r * k),
+                            (cx - r * k, cy + 0.8 * r * k),
+                        ]
+                    };
+                    c.polygon(&tri(1.15), sp.tone(TONE_ACCENT));
+                    c.polygon(&tri(0.75), sp);
+                }
+                _ => {
+                    c.rect(
+                        cx - r,
+                        cy - 0.75 * r,
+                        cx + r,
+                        cy + 0.75 * r,
+                        sp.tone(TONE_ACCENT),
+                    );
+                    c.rect(cx - 0.8 * r, cy - 0.55 * r, cx + 0.8 * r, cy + 0.55 * r, sp);
+                }
+            }
+        };
+        let light = |c: &mut Canvas| {
+            let lp = Paint::new(LIGHT, inst);
+            let lx = x + toward * 0.25;
+            c.rect(
+                cam.px(x, d),
+                cam.py(hgt - 0.05, d),
+                cam.px(lx, d),
+                cam.py(hgt - 0.12, d),
+                p,
+            );
+            let (l, r) = (cam.px(lx - 0.14, d), cam.px(lx + 0.14, d));
+            c.rect(l.min(r), cam.py(hgt, d), l.max(r), cam.py(hgt - 0.8, d), lp);
+            let cx = cam.px(lx, d);
+            for k in 0..3 {
+                let cy = cam.py(hgt - 0.15 - 0.25 * k as f32, d);
+                let tone = if k == 2 { TONE_ACCENT } else { TONE_ACCENT2 };
+                c.ellipse(cx, cy, 0.075 * s, 0.075 * s, lp.tone(tone));
+            }
+        };
+        match top {
+            Attachment::None => {
+                c.segment(
+                    (cam.px(x, d), cam.py(hgt, d)),
+                    (cam.px(x + toward * 0.9, d), cam.py(hgt + 0.15, d)),
+                    0.07 * s,
+                    p,
+                );
+            }
+            Attachment::Sign(shape) => sign(c, shape, hgt - 0.3),
+            Attachment::Light => light(c),
+            Attachment::SignAndLight(shape) => {
+                light(c);
+                sign(c, shape, hgt - 1.4);
+            }
+        }
+    }
+
+    /// A tree: trunk and a crown of overlapping ellipses (all vegetation).
+    fn draw_tree(&self, c: &mut Canvas, x: f32, d: f32, trunk: f32, crown: f32, seed: u32) {
+        let cam = self.cam;
+        let s = cam.s(d);
+        let p = Paint::new(VEGETATION, 0);
+        c.rect(
+            cam.px(x - 0.08, d),
+            cam.py(trunk + 0.3, d),
+            cam.px(x + 0.08, d),
+            cam.py(0.0, d),
+            p.tone(TONE_DARK),
+        );
+        let mut h = seed | 1;
+        let mut next = || {
+            h ^= h << 13;
+            h ^= h >> 17;
+            h ^= h << 5;
+            (h % 1000) as f32 / 1000.0
+        };
+        for _ in 0..4 {
+            let ox = (next() - 0.5) * 1.2 * crown;
+            let oy = (next() - 0.5) * 0.8 * crown;
+            let r = crown * (0.6 + 0.5 * next());
+            c.ellipse(
+                cam.px(x + ox, d),
+                cam.py(trunk + crown * 0.7 + oy, d),
+                r * s,
+                r * 0.9 * s,
+                p,
+            );
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Rendering a label canvas into the two domains of the synthetic benchmark (issue 4):
+//! the source "game" domain (flat, saturated colours per class, sharp edges, no noise) and
+//! the target "real" domain (other per-class and per-instance colours, lighting, shadows,
+//! textures, vignetting, lens blur and sensor noise). `shift` in [0, 1] interpolates the
+//! target's colours and scales its effects: 0 renders the target like the source, 1 is the
+//! default shift. Geometry is untouched, so classes stay recognisable by shape and context.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::raster::{Canvas, TONE_ACCENT, TONE_ACCENT2, TONE_DARK};
+use crate::data::augment::splitmix;
+
+/// The two domains of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Domain {
+    /// The "game" domain (written in the GTA5 layout).
+    Source,
+    /// The "real" domain (written in the Cityscapes layout).
+    Target,
+}
+
+type Rgb = [u8; 3];
+
+/// Source base colour per trainId (16 = train is never drawn).
+const SRC: [Rgb; 19] = [
+    [100, 90, 130],  // road
+    [200, 170, 140], // sidewalk
+    [190, 95, 55],   // building
+    [215, 215, 170], // wall
+    [150, 100, 50],  // fence
+    [140, 140, 150], // pole
+    [45, 45, 45],    // traffic light
+    [240, 210, 0],   // traffic sign
+    [40, 170, 40],   // vegetation
+    [160, 215, 90],  // terrain
+    [80, 170, 255],  // sky
+    [225, 35, 60],   // person
+    [250, 130, 20],  // rider
+    [30, 60, 210],   // car
+    [30, 130, 130],  // truck
+    [210, 50, 210],  // bus
+    [0, 0, 0],       // train
+    [100, 30, 160],  // motorcycle
+    [160, 20, 45],   // bicycle
+];
+
+/// Source colour of the dark parts (windows, wheels, legs, curbs, trunks).
+const SRC_DARK: [Rgb; 19] = [
+    [60, 55, 80],
+    [130, 110, 90],
+    [35, 45, 90],
+    [150, 150, 120],
+    [90, 60, 30],
+    [90, 90, 100],
+    [20, 20, 20],
+    [150, 130, 0],
+    [110, 70, 30],
+    [100, 140, 60],
+    [60, 130, 200],
+    [40, 40, 120],
+    [40, 40, 120],
+    [25, 25, 35],
+    [25, 25, 35],
+    [25, 25, 35],
+    [0, 0, 0],
+    [25, 25, 35],
+    [25, 25, 35],
+];
+
+/// Source accents (road markings, skin, tail lights, sign rims, lit lamps).
+const SRC_ACCENT: [Rgb; 19] = [
+    [245, 245, 245],
+    [200, 170, 140],
+    [190, 95, 55],
+    [215, 215, 170],
+    [150, 100, 50],
+    [140, 140, 150],
+    [40, 255, 80],
+    [230, 20, 20],
+    [40, 170, 40],
+    [160, 215, 90],
+    [80, 170, 255],
+    [255, 205, 160],
+    [255, 205, 160],
+    [255, 40, 40],
+    [255, 40, 40],
+    [255, 40, 40],
+    [0, 0, 0],
+    [25, 25, 35],
+    [25, 25, 35],
+];
+
+/// Source second accent (the unlit lamps of a traffic light).
+const SRC_ACCENT2: [u8; 3] = [120, 30, 20];
+
+/// Target base colour per trainId (things also draw from the instance lists below).
+const TGT: [Rgb; 19] = [
+    [112, 108, 104], // road: grey asphalt
+    [150, 152, 160], // sidewalk: blue-grey slabs
+    [128, 122, 112], // building: concrete
+    [150, 120, 100], // wall
+    [95, 100, 95],   // fence: metal
+    [80, 85, 70],    // pole: dark olive
+    [30, 45, 35],    // traffic light
+    [55, 85, 190],   // traffic sign: blue
+    [70, 105, 45],   // vegetation: dark olive green
+    [150, 135, 90],  // terrain: dry grass
+    [205, 212, 225], // sky: overcast
+    [70, 70, 80],    // person
+    [70, 70, 80],    // rider
+    [150, 155, 160], // car
+    [200, 200, 190], // truck
+    [190, 45, 40],   // bus
+    [0, 0, 0],       // train
+    [40, 40, 45],    // motorcycle
+    [60, 60, 65],    // bicycle
+];
+
+const TGT_DARK: [Rgb; 19] = [
+    [80, 78, 76],
+    [110, 110, 115],
+    [70, 90, 110],
+    [110, 90, 75],
+    [60, 62, 60],
+    [50, 55, 45],
+    [15, 20, 15],
+    [30, 50, 120],
+    [75, 60, 45],
+    [110, 100, 70],
+    [180, 190, 210],
+    [35, 35, 45],
+    [35, 35, 45],
+    [20, 22, 25],
+    [20, 22, 25],
+    [20, 22, 25],
+    [0, 0, 0],
+    [20, 22, 25],
+    [20, 22, 25],
+];
+
+const TGT_ACCENT: [Rgb; 19] = [
+    [205, 205, 195],
+    [150, 152, 160],
+    [128, 122, 112],
+    [150, 120, 100],
+    [95, 100, 95],
+    [80, 85, 70],
+    [170, 255, 200],
+    [235, 235, 235],
+    [70, 105, 45],
+    [150, 135, 90],
+    [205, 212, 225],
+    [190, 150, 125],
+    [190, 150, 125],
+    [170, 30, 30],
+    [170, 30, 30],
+    [170, 30, 30],
+    [0, 0, 0],
+    [20, 22, 25],
+    [20, 22, 25],
+];
+
+const TGT_ACCENT2: [u8; 3] = [70, 40, 30];
+
+const TGT_CARS: [Rgb; 7] = [
+    [205, 205, 210],
+    [35, 35, 40],
+    [150, 155, 160],
+    [130, 25, 25],
+    [35, 45, 90],
+    [90, 95, 100],
+    [180, 170, 140],
+];
+const TGT_CLOTHES: [Rgb; 7] = [
+    [60, 60, 70],
+    [120, 40, 40],
+    [40, 60, 100],
+    [150, 140, 120],
+    [30, 30, 30],
+    [90, 110, 80],
+    [170, 160, 150],
+];
+const TGT_BUILDINGS: [Rgb; 6] = [
+    [130, 125, 115],
+    [150, 140, 130],
+    [110, 105, 100],
+    [165, 150, 130],
+    [120, 110, 120],
+    [140, 110, 95],
+];
+
+/// Fine (per-pixel) and coarse (8-pixel value noise) texture amplitude per class, target.
+const TEXTURE: [(f32, f32); 19] = [
+    (10.0, 10.0),
+    (6.0, 8.0),
+    (5.0, 12.0),
+    (8.0, 10.0),
+    (4.0, 4.0),
+    (3.0, 3.0),
+    (3.0, 3.0),
+    (2.0, 2.0),
+    (26.0, 26.0),
+    (18.0, 18.0),
+    (2.0, 16.0),
+    (5.0, 5.0),
+    (5.0, 5.0),
+    (4.0, 4.0),
+    (4.0, 4.0),
+    (4.0, 4.0),
+    (0.0, 0.0),
+    (4.0, 4.0),
+    (4.0, 4.0),
+];
+
+fn is_ground(class: u8) -> bool {
+    class <= 1 || class == 9
+}
+
+/// A hash of (a, b) uniform in [0, 1).
+#[inline]
+fn unit(a: u64, b: u64) -> f32 {
+    (splitmix(a ^ splitmix(b)) >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// Smooth value noise at cell size 8 pixels, in [0, 1).
+fn value_noise(seed: u64, x: usize, y: usize) -> f32 {
+    let (cx, cy) = ((x >> 3) as u64, (y >> 3) as u64);
+    let (fx, fy) = ((x & 7) as f32 / 8.0, (y & 7) as f32 / 8.0);
+    let (sx, sy) = (fx * fx * (3.0 - 2.0 * fx), fy * fy * (3.0 - 2.0 * fy));
+    let corner = |i: u64, j: u64| unit(seed, (cx + i) | ((cy + j) << 32));
+    let top = corner(0, 0) * (1.0 - sx) + corner(1, 0) * sx;
+    let bottom = corner(0, 1) * (1.0 - sx) + corner(1, 1) * sx;
+    top * (1.0 - sy) + bottom * sy
+}
+
+fn jitter(base: Rgb, h: u64, amount: f32) -> [f32; 3] {
+    let mut out = [0.0; 3];
+    for (k, o) in out.iter_mut().enumerate() {
+        let j = ((h >> (8 * k)) & 255) as f32 / 255.0 - 0.5;
+        *o = base[k] as f32 + 2.0 * amount * j;
+    }
+    out
+}
+
+fn f3(c: Rgb) -> [f32; 3] {
+    [c[0] as f32, c[1] as f32, c[2] as f32]
+}
+
+fn source_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
+    let c = class as usize;
+    match tone {
+        TONE_DARK => f3(SRC_DARK[c]),
+        TONE_ACCENT => f3(SRC_ACCENT[c]),
+        TONE_ACCENT2 => f3(SRC_ACCENT2),
+        _ if inst > 0 => jitter(SRC[c], splitmix(seed ^ inst as u64), 12.0),
+        _ => f3(SRC[c]),
+    }
+}
+
+fn target_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
+    let c = class as usize;
+    let h = splitmix(seed ^ 0xA5A5 ^ inst as u64);
+    match tone {
+        TONE_DARK => jitter(TGT_DARK[c], h, 6.0),
+        TONE_ACCENT => f3(TGT_ACCENT[c]),
+        TONE_ACCENT2 => f3(TGT_ACCENT2),
+        _ => {
+            let pick = (h >> 32) as usize;
+            let base = match class {
+                13 => TGT_CARS[pick % TGT_CARS.len()],
+                11 | 12 => TGT_CLOTHES[pick % TGT_CLOTHES.len()],
+                2 if inst > 0 => TGT_BUILDINGS[pick % TGT_BUILDINGS.len()],
+                _ => TGT[c],
+            };
+            if inst > 0 {
+                jitter(base, h, 10.0)
+            } else {
+                f3(base)
+            }
+        }
+    }
+}
+
+/// Per-image photometric conditions of the target domain.
+struct Lighting {
+    gain: [f32; 3],
+    shadow: Option<(f32, f32)>,
+    vignette: f32,
+    noise: f32,
+    blur_passes: usize,
+}
+
+impl Lighting {
+    fn sample(rng: &mut ChaCha8Rng, shift: f32, width: f32) -> Lighting {
+        let g = 1.0 + shift * rng.gen_range(-0.35f32..0.12);
+        let mut gain = [g; 3];
+        for v in &mut gain {
+            *v *= 1.0 + shift * rng.gen_range(-0.07f32..0.07);
+        }
+        // A cast shadow on the ground: pixels left (or right) of a line through
+        // (x0, horizon) with the given slope.
+        let shadow = rng
+            .gen_bool(0.6)
+            .then(|| (rng.gen_range(0.0..width), rng.gen_range(-2.5f32..2.5)));
+        Lighting {
+            gain,
+            shadow,
+            vignette: 0.3 * shift,
+            noise: 6.0 * shift,
+            blur_passes: (2.0 * shift).round() as usize,
+        }
+    }
+}
+
+/// One [1 2 1] / 4 pass horizontally and vertically over an RGB float image.
+fn blur_121(img: &mut [f32], tmp: &mut Vec<f32>, w: usize, h: usize) {
+    tmp.clear();
+    tmp.extend_from_slice(img);
+    for y in 0..h {
+        for x in 0..w {
+            let (l, r) = (x.saturating_sub(1), (x + 1).min(w - 1));
+            for k in 0..3 {
+                let i = (y * w + x) * 3 + k;
+                img[i] =
+                    0.25 * (tmp[(y * w + l) * 3 + k] + 2.0 * tmp[i] + tmp[(y * w + r) * 3 + k]);
+            }
+        }
+    }
+    tmp.clear();
+    tmp.extend_from_slice(img);
+    for y in 0..h {
+        let (u, d) = (y.saturating_sub(1), (y + 1).min(h - 1));
+        for i in 0..w * 3 {
+            img[y * w * 3 + i] =
+                0.25 * (tmp[u * w * 3 + i] + 2.0 * tmp[y * w * 3 + i] + tmp[d * w * 3 + i]);
+        }
+    }
+}
+
+/// Renders `canvas` (horizon at row `hy`) in `domain`; returns 8-bit RGB, row-major.
+pub fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -> Vec<u8> {
+    let (w, h) = (canvas.width, canvas.height);
+    let mut out = vec![0u8; w * h * 3];
+    if domain == Domain::Source {
+        for i in 0..w * h {
+            let c = source_colour(canvas.class[i], canvas.tone[i], canvas.inst[i], seed);
+            for k in 0..3 {
+                out[i * 3 + k] = c[k].clamp(0.0, 255.0) as u8;
+            }
+        }
+        return out;
+    }
+    let shift = shift.max(0.0);
+    let mut rng = crate::data::augment::rng_for(seed, 0x5717, 0);
+    let light = Lighting::sample(&mut rng, shift, w as f32);
+    let mut img = vec![0f32; w * h * 3];
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    let diag2 = cx * cx + cy * cy;
+    let tex_seed = splitmix(seed ^ 0x7E57);
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let (class, tone, inst) = (canvas.class[i], canvas.tone[i], canvas.inst[i]);
+            let s = source_colour(class, tone, inst, seed);
+            let t = target_colour(class, tone, inst, seed);
+            let (fine, coarse) = TEXTURE[class as usize];
+            let mut tex = fine * 2.0 * (unit(tex_seed, i as u64) - 0.5)
+                + coarse * 2.0 * (value_noise(tex_seed ^ class as u64, x, y) - 0.5);
+            if class == 10 {
+                // Sky brightens towards the horizon.
+                tex += 30.0 * ((y as f32 + 0.5) / hy.max(1.0)).min(1.0) - 15.0;
+            }
+            let mut factor = 1.0;
+            if let Some((x0, slope)) = light.shadow {
+                if is_ground(class) && (x as f32 - x0) < (y as f32 - hy) * slope {
+                    factor = 0.62;
+                }
+            }
+            let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+            let vig = 1.0 - light.vignette * (dx * dx + dy * dy) / diag2;
+            for k in 0..3 {
+                let base = s[k] + shift * (t[k] - s[k]) + shift * tex;
+                let lit = base * (1.0 + shift * (factor - 1.0)) * light.gain[k] * vig;
+                img[i * 3 + k] = lit;
+            }
+        }
+    }
+    let mut tmp = Vec::new();
+    for _ in 0..light.blur_passes {
+        blur_121(&mut img, &mut tmp, w, h);
+    }
+    let noise_seed = splitmix(seed ^ 0x0015E);
+    for (i, v) in img.iter().enumerate() {
+        // Triangular noise (sum of two uniforms), standard deviation ~ light.noise.
+        let n = unit(noise_seed, i as u64) + unit(noise_seed ^ 1, i as u64) - 1.0;
+        out[i] = (v + n * light.noise * 2.45).round().clamp(0.0, 255.0) as u8;
+    }
+    out
+}

@@ -1,1 +1,196 @@
-fn main() {}
+//! `rccr-export`: freezes the teacher of a trainer checkpoint into an ONNX model
+//! (see the library docs for the model contract) and optionally verifies it against
+//! libtorch with ONNX Runtime before writing it.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rccr_exporter::network::{Outputs, Shape, OPSETS};
+use rccr_exporter::verify::{self, Tolerance, VerifyOptions};
+use rccr_exporter::{export, ExportOptions};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Export the RCCR teacher (encoder + segmentation head) of a checkpoint to ONNX.
+#[derive(Debug, Parser)]
+#[command(name = "rccr-export", version)]
+struct Cli {
+    /// Trainer checkpoint (RUN_DIR/checkpoints/*.safetensors) or bare model file.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The ONNX model to write (written to a temporary file, then renamed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Graph outputs: `labels` (int64 N x H x W), `logits` (float32 N x C x H x W) or `both`.
+    #[arg(long, default_value = "labels")]
+    outputs: Outputs,
+    /// Store the weights as float16 (Cast to float32 in the graph; I/O and arithmetic
+    /// stay float32). Halves the file.
+    #[arg(long)]
+    fp16: bool,
+    /// Fixed input shape NxHxW (or Nx3xHxW) instead of dynamic N, H, W, for TensorRT
+    /// engines built ahead of time.
+    #[arg(long, alias = "input-size", value_name = "NxHxW")]
+    fixed_shape: Option<Shape>,
+    /// ONNX opset (17 to 21).
+    #[arg(long, default_value_t = rccr_exporter::network::DEFAULT_OPSET)]
+    opset: i64,
+    /// Compare libtorch and ONNX Runtime (CPU) outputs before writing; the model is not
+    /// written and the exit status is 1 when they differ beyond the bound.
+    #[arg(long)]
+    verify: bool,
+    /// Also verify on the images (.png/.jpg) of this folder (implies --verify).
+    #[arg(long, value_name = "DIR")]
+    verify_images: Option<PathBuf>,
+    /// At most this many images of --verify-images.
+    #[arg(long, default_value_t = 4)]
+    verify_max_images: usize,
+    /// Scale verification images down to at most this many pixels on the longer side.
+    #[arg(long, default_value_t = 512)]
+    verify_max_side: u32,
+    /// Random verification shapes NxHxW (repeatable); default 1x64x96, 2x80x80, 1x65x65.
+    #[arg(long = "verify-shape", value_name = "NxHxW")]
+    verify_shapes: Vec<Shape>,
+    /// Override the absolute pass bound on max |logit diff| (default 1e-4; with --fp16
+    /// the default is 1e-2 x max |logit|).
+    #[arg(long)]
+    tolerance: Option<f32>,
+    /// Print the result as JSON on stdout (logs stay on stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if !OPSETS.contains(&cli.opset) {
+        bail!(
+            "--opset {} is not supported: use {} to {}",
+            cli.opset,
+            OPSETS.start(),
+            OPSETS.end()
+        );
+    }
+    // Fail on an unusable output path before the (long) load.
+    export::check_output_path(&cli.out)?;
+    let opts = ExportOptions {
+        outputs: cli.outputs,
+        fp16: cli.fp16,
+        fixed_shape: cli.fixed_shape,
+        opset: cli.opset,
+    };
+
+    let t0 = Instant::now();
+    let loaded = export::load_teacher(&cli.checkpoint)
+        .with_context(|| format!("loading the teacher from {}", cli.checkpoint.display()))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    tracing::info!(
+        backbone = %loaded.info.model.backbone,
+        classes = loaded.info.model.num_classes,
+        iteration = loaded.info.iteration,
+        "loaded {} in {load_s:.2} s",
+        cli.checkpoint.display()
+    );
+
+    let t1 = Instant::now();
+    let model = export::export_loaded(&loaded, &cli.checkpoint, &opts)?;
+    let bytes = export::encode(&model)?;
+    let build_s = t1.elapsed().as_secs_f64();
+    let graph = model.graph.as_ref();
+    tracing::info!(
+        nodes = graph.map_or(0, |g| g.node.len()),
+        initializers = graph.map_or(0, |g| g.initializer.len()),
+        bytes = bytes.len(),
+        "built the ONNX graph in {build_s:.2} s"
+    );
+
+    let mut report = None;
+    if cli.verify || cli.verify_images.is_some() {
+        let images = match &cli.verify_images {
+            Some(dir) => verify::list_images(dir, cli.verify_max_images)?,
+            None => Vec::new(),
+        };
+        let mut tolerance = Tolerance::default_for(cli.fp16);
+        if let Some(t) = cli.tolerance {
+            tolerance = Tolerance { abs: t, rel: 0.0 };
+        }
+        let vopts = VerifyOptions {
+            shapes: if cli.verify_shapes.is_empty() {
+                verify::default_shapes()
+            } else {
+                cli.verify_shapes.clone()
+            },
+            images,
+            max_side: cli.verify_max_side,
+            tolerance,
+            progress: true,
+            ..Default::default()
+        };
+        let r = verify::verify(&loaded.net.seg, &bytes, &vopts).context("verifying the model")?;
+        eprintln!("{}", r.summary());
+        report = Some(r);
+    }
+    if let Some(r) = report.as_ref().filter(|r| !r.passed) {
+        if cli.json {
+            println!(
+                "{}",
+                json_result(&cli, &opts, bytes.len(), load_s, build_s, Some(r))?
+            );
+        }
+        bail!(
+            "verification failed: max |logit diff| {:.3e} beyond the bound; {} was not written",
+            r.max_abs_diff,
+            cli.out.display()
+        );
+    }
+
+    export::write_model(&cli.out, &bytes)?;
+    eprintln!(
+        "wrote {} ({:.1} MB, {} nodes, outputs {:?}{})",
+        cli.out.display(),
+        bytes.len() as f64 / 1e6,
+        graph.map_or(0, |g| g.node.len()),
+        opts.outputs.names(),
+        if opts.fp16 { ", fp16 weights" } else { "" }
+    );
+    if cli.json {
+        println!(
+            "{}",
+            json_result(&cli, &opts, bytes.len(), load_s, build_s, report.as_ref())?
+        );
+    }
+    Ok(())
+}
+
+fn json_result(
+    cli: &Cli,
+    opts: &ExportOptions,
+    bytes: usize,
+    load_s: f64,
+    build_s: f64,
+    report: Option<&verify::VerifyReport>,
+) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&serde_json::json!({
+        "checkpoint": cli.checkpoint,
+        "out": cli.out,
+        "options": opts,
+        "bytes": bytes,
+        "load_s": load_s,
+        "build_s": build_s,
+        "verify": report,
+    }))?)
+}

@@ -1,0 +1,61 @@
+//! The errors of the exporter library: every one names the file or option at fault and,
+//! where there is one, the fix.
+
+use rccr_models::ModelError;
+use std::path::PathBuf;
+
+/// Errors of `rccr-exporter`.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The checkpoint could not be read or is not a complete rccr checkpoint.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// An export or verification option out of range.
+    #[error("invalid option: {0}")]
+    Options(String),
+    /// A network tensor whose shape or type the exporter does not expect.
+    #[error("unexpected network tensor: {0}")]
+    Network(String),
+    /// The output file cannot be written.
+    #[error("{}: cannot write the ONNX model here: {reason}", path.display())]
+    Output {
+        /// The requested output path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A file that could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An image given for verification that could not be decoded.
+    #[error("{}: not a readable image ({reason})", path.display())]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// A serialised model that could not be decoded.
+    #[error("not a readable ONNX model: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// ONNX Runtime could not be loaded.
+    #[error(transparent)]
+    Runtime(#[from] rccr_infer::runtime::RuntimeError),
+    /// ONNX Runtime rejected the model or failed to run it.
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+    /// libtorch failed while running the reference network.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl From<ort::Error> for ExportError {
+    fn from(e: ort::Error) -> Self {
+        ExportError::Ort(e.to_string())
+    }
+}

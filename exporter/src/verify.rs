@@ -1,0 +1,470 @@
+//! Verification of an exported model: the tch teacher (inference mode, running batch-norm
+//! statistics; `normalize` then `forward_upsampled`) and ONNX Runtime on the CPU run the
+//! same inputs (random images of several sizes, and optionally real images); the report
+//! gives the largest absolute logit difference and the share of pixels whose argmax agrees.
+//!
+//! The model is run as serialised. When it has no `logits` output, the graph's internal
+//! `logits` value (the input to the final ArgMax) is exposed as an extra output for the
+//! comparison; nothing else changes.
+
+use crate::network::{Shape, INPUT, LABELS, LOGITS};
+use crate::onnx::{ModelProto, ValueInfoProto};
+use crate::ExportError;
+use indicatif::{ProgressBar, ProgressStyle};
+use prost::Message;
+use rccr_models::DeepLabV2;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Pass bound for fp32 weights: the largest absolute logit difference allowed.
+pub const FP32_ABS_TOLERANCE: f32 = 1e-4;
+/// Pass bound for fp16 weights, relative to the largest absolute reference logit: each
+/// weight is rounded to 11 significant bits (relative error up to 2^-11 ~ 4.9e-4), and the
+/// errors of ~100 layers add up; 1e-2 of the logit range leaves the argmax essentially
+/// unchanged while catching any structural error (which gives O(1) relative differences).
+pub const FP16_REL_TOLERANCE: f32 = 1e-2;
+
+/// When a comparison passes: `max |diff| <= abs + rel * max |reference logit|`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Tolerance {
+    /// Absolute part.
+    pub abs: f32,
+    /// Part relative to the largest absolute reference logit of the case.
+    pub rel: f32,
+}
+
+impl Tolerance {
+    /// The default bound: [`FP32_ABS_TOLERANCE`] for fp32 weights, [`FP16_REL_TOLERANCE`]
+    /// (relative) for fp16 weights.
+    pub fn default_for(fp16: bool) -> Tolerance {
+        if fp16 {
+            Tolerance {
+                abs: 0.0,
+                rel: FP16_REL_TOLERANCE,
+            }
+        } else {
+            Tolerance {
+                abs: FP32_ABS_TOLERANCE,
+                rel: 0.0,
+            }
+        }
+    }
+
+    /// The bound for a case whose largest absolute reference logit is `max_abs_logit`.
+    pub fn bound(&self, max_abs_logit: f32) -> f32 {
+        self.abs + self.rel * max_abs_logit
+    }
+}
+
+/// What to verify on.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Random-input shapes. For a fixed-shape model only that shape is used.
+    pub shapes: Vec<Shape>,
+    /// Real images (PNG / JPEG), each run as a batch of one (or of the fixed N).
+    pub images: Vec<PathBuf>,
+    /// Images larger than this (longer side) are scaled down for a dynamic-shape model;
+    /// a fixed-shape model gets every image resized to its H x W. Default: 512.
+    pub max_side: u32,
+    /// Seed of the random inputs. Default: 0.
+    pub seed: i64,
+    /// Pass bound.
+    pub tolerance: Tolerance,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// The default random shapes: two sizes other than any training crop, one of them odd
+/// (exercising the ceil-mode pool and the align-corners resize) and one batched.
+pub fn default_shapes() -> Vec<Shape> {
+    vec![
+        Shape { n: 1, h: 64, w: 96 },
+        Shape { n: 2, h: 80, w: 80 },
+        Shape { n: 1, h: 65, w: 65 },
+    ]
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            shapes: default_shapes(),
+            images: Vec::new(),
+            max_side: 512,
+            seed: 0,
+            tolerance: Tolerance::default_for(false),
+            progress: false,
+        }
+    }
+}
+
+/// The comparison on one input batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseReport {
+    /// `random (seed S)` or the image path.
+    pub input: String,
+    /// `[N, 3, H, W]`.
+    pub shape: [i64; 4],
+    /// Largest |ORT logit - tch logit|.
+    pub max_abs_diff: f32,
+    /// Mean |ORT logit - tch logit|.
+    pub mean_abs_diff: f64,
+    /// Largest |tch logit| (the scale of the logits).
+    pub max_abs_logit: f32,
+    /// The bound this case had to meet.
+    pub bound: f32,
+    /// Share of pixels where the ORT label (the `labels` output, or the argmax of the
+    /// ORT logits when the model has no `labels`) equals the tch argmax.
+    pub argmax_agreement: f64,
+    /// Whether `max_abs_diff <= bound` (false for NaN).
+    pub passed: bool,
+    /// tch forward time.
+    pub tch_ms: f64,
+    /// ONNX Runtime run time.
+    pub ort_ms: f64,
+}
+
+/// The whole verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// One entry per input batch.
+    pub cases: Vec<CaseReport>,
+    /// Largest `max_abs_diff` over the cases.
+    pub max_abs_diff: f32,
+    /// Smallest `argmax_agreement` over the cases.
+    pub min_argmax_agreement: f64,
+    /// The pass rule.
+    pub tolerance: Tolerance,
+    /// Every case passed.
+    pub passed: bool,
+    /// The ONNX Runtime library used.
+    pub ort_library: String,
+}
+
+impl VerifyReport {
+    /// One line per case plus a verdict, for the terminal.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for c in &self.cases {
+            s.push_str(&format!(
+                "  {:<40} {:>16}  max|diff| {:.3e} (bound {:.1e}, max|logit| {:.3})  argmax agree {:.4}%  tch {:.0} ms  ort {:.0} ms{}\n",
+                c.input,
+                format!("{}x{}x{}x{}", c.shape[0], c.shape[1], c.shape[2], c.shape[3]),
+                c.max_abs_diff,
+                c.bound,
+                c.max_abs_logit,
+                100.0 * c.argmax_agreement,
+                c.tch_ms,
+                c.ort_ms,
+                if c.passed { "" } else { "  FAILED" }
+            ));
+        }
+        s.push_str(&format!(
+            "verify {}: max |logit diff| {:.3e}, min argmax agreement {:.4}% over {} cases",
+            if self.passed { "passed" } else { "FAILED" },
+            self.max_abs_diff,
+            100.0 * self.min_argmax_agreement,
+            self.cases.len()
+        ));
+        s
+    }
+}
+
+/// The model's input shape if it is fixed (`None` for dynamic N, H, W).
+pub fn fixed_input_shape(model: &ModelProto) -> Option<Shape> {
+    use crate::onnx::{tensor_shape_proto::dimension::Value, type_proto};
+    let input = model
+        .graph
+        .as_ref()?
+        .input
+        .iter()
+        .find(|i| i.name == INPUT)?;
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    let dims: Vec<i64> = t
+        .shape
+        .as_ref()?
+        .dim
+        .iter()
+        .map(|d| match d.value {
+            Some(Value::DimValue(v)) => Some(v),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    match dims.as_slice() {
+        [n, 3, h, w] => Some(Shape {
+            n: *n,
+            h: *h,
+            w: *w,
+        }),
+        _ => None,
+    }
+}
+
+/// The image files (`.png`, `.jpg`, `.jpeg`) of `dir`, sorted by name, at most `limit`.
+pub fn list_images(dir: &Path, limit: usize) -> Result<Vec<PathBuf>, ExportError> {
+    let io = |e| ExportError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                })
+        })
+        .collect();
+    files.sort();
+    files.truncate(limit);
+    if files.is_empty() {
+        return Err(ExportError::Options(format!(
+            "{}: no .png / .jpg images to verify on",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// An image as `N x 3 x H x W` float RGB 0..255 (the model's input format), resized to
+/// `fixed` (and repeated to its N) or scaled down to at most `max_side`.
+fn load_image(path: &Path, fixed: Option<Shape>, max_side: u32) -> Result<Tensor, ExportError> {
+    use image::imageops::FilterType;
+    let img = image::open(path)
+        .map_err(|e| ExportError::Image {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    let (img, n) = match fixed {
+        Some(s) => (
+            image::imageops::resize(&img, s.w as u32, s.h as u32, FilterType::Triangle),
+            s.n,
+        ),
+        None if w.max(h) > max_side => {
+            let scale = max_side as f64 / w.max(h) as f64;
+            let (nw, nh) = (
+                ((w as f64 * scale).round() as u32).max(1),
+                ((h as f64 * scale).round() as u32).max(1),
+            );
+            (
+                image::imageops::resize(&img, nw, nh, FilterType::Triangle),
+                1,
+            )
+        }
+        None => (img, 1),
+    };
+    let (w, h) = img.dimensions();
+    let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
+    let chw = hwc.permute([2, 0, 1]).to_kind(Kind::Float).unsqueeze(0);
+    Ok(chw.repeat([n, 1, 1, 1]).contiguous())
+}
+
+/// Adds the internal `logits` value as a graph output when the model lacks it.
+fn with_logits_output(model: &ModelProto) -> Result<(ModelProto, bool), ExportError> {
+    let mut m = model.clone();
+    let graph = m
+        .graph
+        .as_mut()
+        .ok_or_else(|| ExportError::Network("the model has no graph".into()))?;
+    let has = graph.output.iter().any(|o| o.name == LOGITS);
+    if !has {
+        graph.output.push(ValueInfoProto {
+            name: LOGITS.into(),
+            ..Default::default()
+        });
+    }
+    let has_labels = graph.output.iter().any(|o| o.name == LABELS);
+    Ok((m, has_labels))
+}
+
+fn tensor_vec<T: tch::kind::Element + Copy>(t: &Tensor) -> Result<Vec<T>, ExportError> {
+    Ok(Vec::<T>::try_from(&t.contiguous().view(-1))?)
+}
+
+/// Runs `net` (tch, CPU) and the serialised `model` (ONNX Runtime, CPU) on the inputs of
+/// `opts` and compares them. Errors are for inputs or runtimes that fail; a numerical
+/// mismatch is reported (`passed: false`), not an error.
+pub fn verify(
+    net: &DeepLabV2,
+    model_bytes: &[u8],
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, ExportError> {
+    let model = ModelProto::decode(model_bytes)?;
+    let fixed = fixed_input_shape(&model);
+    let (run_model, has_labels) = with_logits_output(&model)?;
+    let bytes = run_model.encode_to_vec();
+
+    let library = rccr_infer::runtime::ensure_loaded()?;
+    let env = rccr_infer::runtime::environment()?;
+    let ort_err =
+        |e: ort::Error<ort::session::builder::SessionBuilder>| ExportError::Ort(e.to_string());
+    let mut session = ort::session::Session::builder(&env)?
+        .with_intra_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .map_err(ort_err)?
+        .commit_from_memory(&bytes)?;
+
+    // Inputs: random batches, then the images.
+    let mut inputs: Vec<(String, Tensor)> = Vec::new();
+    let shapes = match fixed {
+        Some(s) => vec![s],
+        None => opts.shapes.clone(),
+    };
+    for (i, s) in shapes.iter().enumerate() {
+        tch::manual_seed(opts.seed + i as i64);
+        let x = Tensor::rand(s.nchw(), (Kind::Float, tch::Device::Cpu)) * 255.0;
+        inputs.push((format!("random (seed {})", opts.seed + i as i64), x));
+    }
+    for p in &opts.images {
+        inputs.push((
+            p.display().to_string(),
+            load_image(p, fixed, opts.max_side)?,
+        ));
+    }
+
+    let bar = if opts.progress {
+        ProgressBar::new(inputs.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("verify {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let c = net.config.num_classes;
+    let mut cases = Vec::new();
+    for (name, x) in inputs {
+        bar.set_message(name.clone());
+        let size = x.size();
+        let (n, h, w) = (size[0], size[2], size[3]);
+
+        let t0 = Instant::now();
+        let reference = tch::no_grad(|| net.forward_upsampled(&net.normalize(&x), false));
+        let ref_labels = reference.argmax(1, false);
+        let ref_logits: Vec<f32> = tensor_vec(&reference)?;
+        let ref_labels: Vec<i64> = tensor_vec(&ref_labels)?;
+        let tch_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+        let data: Vec<f32> = tensor_vec(&x)?;
+        let t0 = Instant::now();
+        let input = ort::value::Tensor::from_array((size.clone(), data))?;
+        let outputs = session.run(ort::inputs![INPUT => input])?;
+        let ort_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let logits_v = outputs
+            .get(LOGITS)
+            .ok_or_else(|| ExportError::Ort("no `logits` output".into()))?;
+        let (lshape, logits) = logits_v.try_extract_tensor::<f32>()?;
+        if **lshape != [n, c, h, w] {
+            return Err(ExportError::Ort(format!(
+                "`logits` has shape {:?}, expected [{n}, {c}, {h}, {w}]",
+                &**lshape
+            )));
+        }
+        let labels: Vec<i64> = if has_labels {
+            let v = outputs
+                .get(LABELS)
+                .ok_or_else(|| ExportError::Ort("no `labels` output".into()))?;
+            let (shape, labels) = v.try_extract_tensor::<i64>()?;
+            if **shape != [n, h, w] {
+                return Err(ExportError::Ort(format!(
+                    "`labels` has shape {:?}, expected [{n}, {h}, {w}]",
+                    &**shape
+                )));
+            }
+            labels.to_vec()
+        } else {
+            argmax_nchw(logits, n as usize, c as usize, (h * w) as usize)
+        };
+
+        let mut max_abs_diff = 0f32;
+        let mut sum = 0f64;
+        let mut nan = false;
+        for (a, b) in logits.iter().zip(&ref_logits) {
+            let d = (a - b).abs();
+            nan |= d.is_nan();
+            max_abs_diff = max_abs_diff.max(d);
+            sum += d as f64;
+        }
+        if nan {
+            max_abs_diff = f32::NAN;
+        }
+        let max_abs_logit = ref_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let agree = labels
+            .iter()
+            .zip(&ref_labels)
+            .filter(|(a, b)| a == b)
+            .count();
+        let bound = opts.tolerance.bound(max_abs_logit);
+        cases.push(CaseReport {
+            input: name,
+            shape: [n, 3, h, w],
+            max_abs_diff,
+            mean_abs_diff: sum / ref_logits.len().max(1) as f64,
+            max_abs_logit,
+            bound,
+            argmax_agreement: agree as f64 / ref_labels.len().max(1) as f64,
+            passed: max_abs_diff <= bound,
+            tch_ms,
+            ort_ms,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let max_abs_diff = cases.iter().fold(0f32, |m, c| {
+        if c.max_abs_diff.is_nan() || m.is_nan() {
+            f32::NAN
+        } else {
+            m.max(c.max_abs_diff)
+        }
+    });
+    Ok(VerifyReport {
+        passed: !cases.is_empty() && cases.iter().all(|c| c.passed),
+        min_argmax_agreement: cases.iter().map(|c| c.argmax_agreement).fold(1.0, f64::min),
+        max_abs_diff,
+        cases,
+        tolerance: opts.tolerance,
+        ort_library: library.display().to_string(),
+    })
+}
+
+/// First-maximum argmax over the channel axis of `N x C x P` logits.
+pub fn argmax_nchw(logits: &[f32], n: usize, c: usize, pixels: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n * pixels);
+    for b in 0..n {
+        let base = b * c * pixels;
+        for p in 0..pixels {
+            let mut best = 0;
+            for k in 1..c {
+                if logits[base + k * pixels + p] > logits[base + best * pixels + p] {
+                    best = k;
+                }
+            }
+            out.push(best as i64);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_by_hand() {
+        // N = 1, C = 3, 2 pixels: pixel 0 -> class 2, pixel 1 ties 0 and 1 -> first (0).
+        let logits = [0.0, 5.0, 1.0, 5.0, 2.0, -1.0];
+        assert_eq!(argmax_nchw(&logits, 1, 3, 2), vec![2, 0]);
+    }
+
+    #[test]
+    fn tolerance_bounds() {
+        assert_eq!(Tolerance::default_for(false).bound(1000.0), 1e-4);
+        assert_eq!(Tolerance::default_for(true).bound(10.0), 0.1);
+    }
+}

@@ -1,4 +1,27 @@
 //! rccr-trainer: the RCCR training method (paper Algorithm 1) and its data pipeline.
+//!
+//! - [`config`]: every setting of a run, with the paper's defaults.
+//! - [`schedule`]: poly learning rate, mu(t), EMA alpha(t).
+//! - [`mixing`]: ClassMix, CutMix and the strong augmentation of mixed images.
+//! - [`contrastive`], [`memory_bank`]: L_cont (Eq. 4-8), its sampling and the memory bank.
+//! - [`ema`], [`optim`]: the mean teacher (Eq. 2, 10) and SGD with two lr groups.
+//! - [`trainer`]: one iteration of Algorithm 1 and the training run.
+//! - [`checkpoint`], [`metrics`], [`validate`], [`bench`]: run outputs and measurements.
+//! - [`data`], [`synth`]: dataset loaders and the synthetic benchmark.
 
+pub mod checkpoint;
+pub mod bench;
+pub mod config;
+pub mod contrastive;
 pub mod data;
+pub mod dataio;
+pub mod ema;
+pub mod memory_bank;
+pub mod metrics;
+pub mod mixing;
+pub mod optim;
+pub mod run;
+pub mod schedule;
 pub mod synth;
+pub mod trainer;
+pub mod validate;

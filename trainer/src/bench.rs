@@ -1,0 +1,292 @@
+//! `rccr-train bench`: times full training iterations (Algorithm 1, Eq. 9) on random
+//! tensors, no data needed. After `warmup` untimed iterations, `iterations` are timed
+//! end to end (device synchronised), then the same number again with per-phase timing.
+//! In mode `rccr` a baseline (mean teacher + ClassMix) is measured in the same process,
+//! so the cost of the contrastive branch is the ratio of the two.
+//!
+//! Peak memory: on the CPU the process's resident high-water mark (`VmHWM` of
+//! `/proc/self/status`); on CUDA the memory `nvidia-smi` attributes to this process
+//! after the measurement, which is what libtorch's caching allocator holds (its peak
+//! reservation, since it does not give memory back) plus the CUDA context. libtorch's
+//! allocator statistics are C++-only and not reachable through tch. Both figures are
+//! cumulative over the process, so the second (rccr) figure is the peak of both modes.
+
+use crate::config::{Components, Mode, Precision, TrainConfig};
+use crate::trainer::{Phases, Trainer};
+use anyhow::{Context, Result};
+use rccr_models::Backbone;
+use serde::Serialize;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Encoder.
+    pub backbone: Backbone,
+    /// Classes.
+    pub num_classes: i64,
+    /// Square crop side.
+    pub crop: u32,
+    /// Images per domain.
+    pub batch_size: usize,
+    /// Device.
+    pub device: Device,
+    /// Mode measured (rccr also measures baseline).
+    pub mode: Mode,
+    /// Precision.
+    pub precision: Precision,
+    /// Timed iterations.
+    pub iterations: usize,
+    /// Untimed warm-up iterations.
+    pub warmup: usize,
+    /// Table 3 switches.
+    pub components: Components,
+    /// Anchor chunk.
+    pub anchor_chunk: usize,
+}
+
+/// One mode's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeBench {
+    /// The mode.
+    pub mode: String,
+    /// Mean milliseconds per iteration.
+    pub ms_per_iteration: f64,
+    /// Fastest iteration.
+    pub ms_min: f64,
+    /// Mean phase times in milliseconds (profiled pass, with synchronisation).
+    pub phases_ms: Phases,
+    /// Peak memory after this mode in MiB (see the module doc), if known.
+    pub peak_memory_mib: Option<f64>,
+    /// Anchors per iteration (rccr).
+    pub mean_kept_anchors: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Device name.
+    pub device: String,
+    /// Backbone.
+    pub backbone: String,
+    /// Crop.
+    pub crop: u32,
+    /// Batch per domain.
+    pub batch_size: usize,
+    /// Precision.
+    pub precision: String,
+    /// Timed iterations per mode.
+    pub iterations: usize,
+    /// Warm-up iterations per mode.
+    pub warmup: usize,
+    /// libtorch CPU threads.
+    pub threads: i32,
+    /// Per mode.
+    pub modes: Vec<ModeBench>,
+    /// ms(rccr) / ms(baseline), when both ran.
+    pub rccr_over_baseline: Option<f64>,
+    /// How peak memory was measured.
+    pub memory_source: String,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "bench: {} crop {} batch {} {} on {} ({} timed after {} warm-up iterations)",
+            self.backbone,
+            self.crop,
+            self.batch_size,
+            self.precision,
+            self.device,
+            self.iterations,
+            self.warmup
+        )?;
+        writeln!(
+            f,
+            "{:<12} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10}",
+            "mode", "ms/iter", "min ms", "peak MiB", "teacher", "classmix", "cut fwd", "L_cont"
+        )?;
+        for m in &self.modes {
+            writeln!(
+                f,
+                "{:<12} {:>10.1} {:>10.1} {:>12} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                m.mode,
+                m.ms_per_iteration,
+                m.ms_min,
+                m.peak_memory_mib
+                    .map_or("n/a".to_string(), |v| format!("{v:.0}")),
+                m.phases_ms.teacher,
+                m.phases_ms.classmix,
+                m.phases_ms.cutmix_forward,
+                m.phases_ms.contrastive_loss
+            )?;
+        }
+        if let Some(r) = self.rccr_over_baseline {
+            writeln!(f, "rccr / baseline iteration time: {r:.3}")?;
+        }
+        write!(f, "peak memory: {}", self.memory_source)
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), MiB.
+pub fn cpu_peak_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// GPU memory nvidia-smi attributes to this process, MiB.
+pub fn cuda_process_mib() -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let me = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut it = l.split(',').map(str::trim);
+        (it.next()? == me).then(|| it.next()?.parse().ok())?
+    })
+}
+
+fn synthetic(cfg: &BenchConfig) -> (Tensor, Tensor, Tensor) {
+    let (b, c) = (cfg.batch_size as i64, cfg.crop as i64);
+    let opts = (Kind::Float, cfg.device);
+    let xs = Tensor::rand([b, 3, c, c], opts) * 255.0;
+    let xt = Tensor::rand([b, 3, c, c], opts) * 255.0;
+    // Labels: a random class per 32 x 32 block (a few classes per crop), some ignored.
+    let blocks = (c / 32).max(1);
+    let coarse = Tensor::randint(
+        cfg.num_classes + 1,
+        [b, 1, blocks, blocks],
+        (Kind::Int64, cfg.device),
+    );
+    let coarse = coarse.where_self(
+        &coarse.lt(cfg.num_classes),
+        &Tensor::from(255i64).to_device(cfg.device),
+    );
+    let ys = coarse
+        .to_kind(Kind::Float)
+        .upsample_nearest2d([c, c], None, None)
+        .squeeze_dim(1)
+        .to_kind(Kind::Int64);
+    (xs, ys, xt)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
+    let tc = TrainConfig {
+        mode,
+        backbone: cfg.backbone,
+        num_classes: cfg.num_classes,
+        crop: cfg.crop,
+        batch_size: cfg.batch_size,
+        precision: cfg.precision,
+        components: cfg.components,
+        anchor_chunk: cfg.anchor_chunk,
+        iterations: 250_000,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(tc, cfg.device)?;
+    let (xs, ys, xt) = synthetic(cfg);
+    for _ in 0..cfg.warmup {
+        trainer.step(&xs, &ys, Some(&xt)).context("warm-up step")?;
+    }
+    sync(cfg.device);
+    let mut times = Vec::with_capacity(cfg.iterations);
+    let mut anchors = 0i64;
+    for _ in 0..cfg.iterations {
+        let t0 = Instant::now();
+        let s = trainer.step(&xs, &ys, Some(&xt)).context("timed step")?;
+        sync(cfg.device);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        anchors += s.kept_anchors;
+    }
+    trainer.profile = true;
+    let mut ph = Phases::default();
+    for _ in 0..cfg.iterations {
+        let s = trainer.step(&xs, &ys, Some(&xt)).context("profiled step")?;
+        if let Some(p) = s.phases {
+            for (acc, v) in [
+                (&mut ph.teacher, p.teacher),
+                (&mut ph.source, p.source),
+                (&mut ph.classmix, p.classmix),
+                (&mut ph.cutmix_forward, p.cutmix_forward),
+                (&mut ph.contrastive_loss, p.contrastive_loss),
+                (&mut ph.cutmix_backward, p.cutmix_backward),
+                (&mut ph.update, p.update),
+            ] {
+                *acc += v * 1e3 / cfg.iterations as f64;
+            }
+        }
+    }
+    let n = times.len().max(1) as f64;
+    let peak = if cfg.device.is_cuda() {
+        cuda_process_mib()
+    } else {
+        cpu_peak_mib()
+    };
+    Ok(ModeBench {
+        mode: mode.name().into(),
+        ms_per_iteration: times.iter().sum::<f64>() / n,
+        ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
+        phases_ms: ph,
+        peak_memory_mib: peak,
+        mean_kept_anchors: anchors as f64 / n,
+    })
+}
+
+/// Runs the benchmark.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    let modes: Vec<Mode> = match cfg.mode {
+        Mode::Rccr => vec![Mode::Baseline, Mode::Rccr],
+        m => vec![m],
+    };
+    let mut results = Vec::new();
+    for m in modes {
+        tracing::info!(mode = %m, "benchmarking");
+        results.push(bench_mode(cfg, m)?);
+    }
+    let ms = |name: &str| {
+        results
+            .iter()
+            .find(|r| r.mode == name)
+            .map(|r| r.ms_per_iteration)
+    };
+    let ratio = match (ms("rccr"), ms("baseline")) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let memory_source = if cfg.device.is_cuda() {
+        if results.iter().any(|r| r.peak_memory_mib.is_some()) {
+            "nvidia-smi per-process used memory (caching-allocator reservation + CUDA context), cumulative".into()
+        } else {
+            "unavailable: nvidia-smi not found or did not list this process".into()
+        }
+    } else {
+        "process resident high-water mark (VmHWM), cumulative".into()
+    };
+    Ok(BenchReport {
+        device: rccr_models::device::device_name(cfg.device),
+        backbone: cfg.backbone.name().into(),
+        crop: cfg.crop,
+        batch_size: cfg.batch_size,
+        precision: format!("{:?}", cfg.precision).to_lowercase(),
+        iterations: cfg.iterations,
+        warmup: cfg.warmup,
+        threads: tch::get_num_threads(),
+        modes: results,
+        rccr_over_baseline: ratio,
+        memory_source,
+    })
+}

@@ -1,0 +1,387 @@
+//! Training checkpoints: one safetensors file per save,
+//! `RUN_DIR/checkpoints/iter_<NNNNNNN>.safetensors`, written atomically (temporary file,
+//! then rename), holding everything `--resume` needs to continue exactly:
+//!
+//! - `student.<var>` and `teacher.<var>`: both networks (encoder, classifier `layer5`,
+//!   projector, BN running statistics); the exporter reads `teacher.` with
+//!   `rccr_models::checkpoint::load_network`;
+//! - `optim.momentum.<var>`: the SGD momentum buffers;
+//! - `bank.<i>.embeddings`, `bank.<i>.labels`: the memory bank, oldest first;
+//! - metadata: `rccr.format` / `rccr.model_config` / `rccr.iteration` (the models-crate
+//!   contract), `rccr.train_config` (the resolved [`TrainConfig`] as JSON), `rccr.rng`
+//!   (the ChaCha8 state of the mixing and sampling choices) and `rccr.best` (the best
+//!   validation so far).
+//!
+//! The folder keeps the last `keep_last` checkpoints and the best one by validation
+//! mIoU; `checkpoints/index.json` names the latest and the best.
+
+use crate::config::TrainConfig;
+use crate::memory_bank::{BankEntry, MemoryBank};
+use crate::optim::Sgd;
+use rand_chacha::ChaCha8Rng;
+use rccr_models::checkpoint::{file_info, model_metadata, CHECKPOINT_FORMAT, STUDENT, TEACHER};
+use rccr_models::weights::{self, TensorFile};
+use rccr_models::ModelError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{nn, Tensor};
+
+/// Metadata key of the training configuration.
+pub const META_TRAIN_CONFIG: &str = "rccr.train_config";
+/// Metadata key of the RNG state.
+pub const META_RNG: &str = "rccr.rng";
+/// Metadata key of the best validation.
+pub const META_BEST: &str = "rccr.best";
+/// Prefix of the momentum buffers.
+pub const OPTIM: &str = "optim.momentum.";
+/// Prefix of the memory bank.
+pub const BANK: &str = "bank.";
+
+/// Errors reading or writing checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// From the models crate (I/O, format, shapes).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A checkpoint that is not a training checkpoint or is incomplete.
+    #[error("{}: {msg}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        msg: String,
+    },
+    /// A folder operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The state of the ChaCha8 generator, exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// The 32-byte key, hex.
+    pub seed: String,
+    /// The stream id.
+    pub stream: u64,
+    /// The word position (a u128, as decimal text).
+    pub word_pos: String,
+}
+
+impl RngState {
+    /// Captures `rng`.
+    pub fn of(rng: &ChaCha8Rng) -> RngState {
+        RngState {
+            seed: rng.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
+    }
+
+    /// Rebuilds the generator.
+    pub fn restore(&self) -> Result<ChaCha8Rng, String> {
+        use rand::SeedableRng;
+        if self.seed.len() != 64 {
+            return Err("rng seed must be 64 hex digits".into());
+        }
+        let mut seed = [0u8; 32];
+        for (i, b) in seed.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&self.seed[2 * i..2 * i + 2], 16)
+                .map_err(|_| "rng seed is not hex".to_string())?;
+        }
+        let word_pos: u128 = self
+            .word_pos
+            .parse()
+            .map_err(|_| "rng word position is not a number".to_string())?;
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        rng.set_stream(self.stream);
+        rng.set_word_pos(word_pos);
+        Ok(rng)
+    }
+}
+
+/// The best validation so far.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    /// Iterations completed at that validation.
+    pub iteration: u64,
+    /// Its mIoU (0..1).
+    pub miou: f64,
+}
+
+/// What a checkpoint holds besides the networks.
+#[derive(Debug)]
+pub struct Saved<'a> {
+    /// Student variables.
+    pub student: &'a nn::VarStore,
+    /// Teacher variables.
+    pub teacher: &'a nn::VarStore,
+    /// Optimiser.
+    pub optim: &'a Sgd,
+    /// Memory bank.
+    pub bank: &'a MemoryBank,
+    /// Generator of the random choices.
+    pub rng: &'a ChaCha8Rng,
+    /// Iterations completed.
+    pub iteration: u64,
+    /// The run's configuration.
+    pub config: &'a TrainConfig,
+    /// Best validation so far.
+    pub best: Option<Best>,
+}
+
+/// Writes a checkpoint to `path` atomically.
+pub fn save(path: &Path, s: &Saved) -> Result<(), CheckpointError> {
+    let model = s.config.model_config();
+    let mut meta: HashMap<String, String> = model_metadata(CHECKPOINT_FORMAT, &model, s.iteration);
+    meta.insert(
+        META_TRAIN_CONFIG.into(),
+        serde_json::to_string(s.config).expect("config serialises"),
+    );
+    meta.insert(
+        META_RNG.into(),
+        serde_json::to_string(&RngState::of(s.rng)).expect("rng serialises"),
+    );
+    if let Some(b) = s.best {
+        meta.insert(
+            META_BEST.into(),
+            serde_json::to_string(&b).expect("best serialises"),
+        );
+    }
+    let student = s.student.variables();
+    let teacher = s.teacher.variables();
+    let mut tensors: BTreeMap<String, &Tensor> = BTreeMap::new();
+    for (n, t) in &student {
+        tensors.insert(format!("{STUDENT}{n}"), t);
+    }
+    for (n, t) in &teacher {
+        tensors.insert(format!("{TEACHER}{n}"), t);
+    }
+    for (n, t) in s.optim.state() {
+        tensors.insert(format!("{OPTIM}{n}"), t);
+    }
+    for (i, e) in s.bank.entries().enumerate() {
+        tensors.insert(format!("{BANK}{i}.embeddings"), &e.embeddings);
+        tensors.insert(format!("{BANK}{i}.labels"), &e.labels);
+    }
+    weights::write_tensors(path, tensors, &meta)?;
+    Ok(())
+}
+
+/// A checkpoint read back.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The file.
+    pub path: PathBuf,
+    /// Iterations completed.
+    pub iteration: u64,
+    /// The configuration it was trained with.
+    pub config: TrainConfig,
+    /// The generator state.
+    pub rng: ChaCha8Rng,
+    /// Best validation so far.
+    pub best: Option<Best>,
+    /// The raw tensors.
+    pub file: TensorFile,
+}
+
+impl Loaded {
+    /// The tensors under `prefix`, prefix removed.
+    pub fn with_prefix(&self, prefix: &str) -> BTreeMap<String, Tensor> {
+        self.file
+            .tensors
+            .iter()
+            .filter_map(|(n, t)| {
+                n.strip_prefix(prefix)
+                    .map(|s| (s.to_string(), t.shallow_clone()))
+            })
+            .collect()
+    }
+
+    /// The memory bank entries, oldest first.
+    pub fn bank(&self) -> Vec<BankEntry> {
+        let mut out = Vec::new();
+        for i in 0.. {
+            let e = self.file.tensors.get(&format!("{BANK}{i}.embeddings"));
+            let l = self.file.tensors.get(&format!("{BANK}{i}.labels"));
+            match (e, l) {
+                (Some(e), Some(l)) => out.push(BankEntry {
+                    embeddings: e.shallow_clone(),
+                    labels: l.shallow_clone(),
+                }),
+                _ => break,
+            }
+        }
+        out
+    }
+}
+
+/// Reads a training checkpoint (not a bare model file).
+pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
+    let file = weights::read_tensors(path)?;
+    let info = file_info(path, &file)?;
+    let invalid = |msg: String| CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if info.format != CHECKPOINT_FORMAT {
+        return Err(invalid(format!(
+            "is a `{}` file, not a training checkpoint; --resume needs \
+             RUN_DIR/checkpoints/iter_*.safetensors",
+            info.format
+        )));
+    }
+    let config: TrainConfig = file
+        .metadata
+        .get(META_TRAIN_CONFIG)
+        .ok_or_else(|| invalid("no rccr.train_config metadata".into()))
+        .and_then(|j| {
+            serde_json::from_str(j).map_err(|e| invalid(format!("unreadable train config: {e}")))
+        })?;
+    let rng = file
+        .metadata
+        .get(META_RNG)
+        .ok_or_else(|| invalid("no rccr.rng metadata".into()))
+        .and_then(|j| {
+            serde_json::from_str::<RngState>(j)
+                .map_err(|e| invalid(format!("unreadable rng state: {e}")))
+        })?
+        .restore()
+        .map_err(invalid)?;
+    let best = match file.metadata.get(META_BEST) {
+        Some(j) => {
+            Some(serde_json::from_str(j).map_err(|e| invalid(format!("unreadable best: {e}")))?)
+        }
+        None => None,
+    };
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        iteration: info.iteration,
+        config,
+        rng,
+        best,
+        file,
+    })
+}
+
+/// Copies `tensors` into `vs`, requiring every variable of `vs` to be present.
+pub fn load_vars(
+    vs: &nn::VarStore,
+    tensors: &BTreeMap<String, Tensor>,
+    path: &Path,
+    what: &str,
+) -> Result<(), CheckpointError> {
+    let report = weights::load_into(vs, tensors, |_| true, path)?;
+    if let Some(m) = report.missing.first() {
+        return Err(CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            msg: format!(
+                "the {what} network lacks `{m}` ({} missing): wrong backbone or classes?",
+                report.missing.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The checkpoint folder of a run: naming, the index, and pruning.
+#[derive(Debug)]
+pub struct CheckpointDir {
+    /// `RUN_DIR/checkpoints`.
+    pub dir: PathBuf,
+    /// Periodic checkpoints kept.
+    pub keep_last: usize,
+}
+
+/// `checkpoints/index.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Index {
+    /// The newest checkpoint file name.
+    pub latest: Option<String>,
+    /// The best checkpoint by validation mIoU.
+    pub best: Option<BestFile>,
+}
+
+/// The best checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BestFile {
+    /// File name.
+    pub file: String,
+    /// Iterations completed.
+    pub iteration: u64,
+    /// mIoU (0..1).
+    pub miou: f64,
+}
+
+impl CheckpointDir {
+    /// Creates the folder if needed.
+    pub fn create(dir: PathBuf, keep_last: usize) -> Result<CheckpointDir, CheckpointError> {
+        std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(CheckpointDir { dir, keep_last })
+    }
+
+    /// `iter_<NNNNNNN>.safetensors`.
+    pub fn file_name(iteration: u64) -> String {
+        format!("iter_{iteration:07}.safetensors")
+    }
+
+    /// The path of a checkpoint.
+    pub fn path(&self, iteration: u64) -> PathBuf {
+        self.dir.join(Self::file_name(iteration))
+    }
+
+    /// Iterations of the checkpoints present, ascending.
+    pub fn present(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("iter_")?
+                    .strip_suffix(".safetensors")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Saves, then deletes periodic checkpoints beyond the last `keep_last` (never the
+    /// best) and rewrites the index.
+    pub fn save(&self, s: &Saved) -> Result<PathBuf, CheckpointError> {
+        let path = self.path(s.iteration);
+        save(&path, s)?;
+        let keep_best = s.best.map(|b| b.iteration);
+        let present = self.present();
+        let n = present.len();
+        for (i, it) in present.iter().enumerate() {
+            let recent = i + self.keep_last.max(1) >= n;
+            if !recent && Some(*it) != keep_best {
+                let p = self.path(*it);
+                std::fs::remove_file(&p)
+                    .map_err(|source| CheckpointError::Io { path: p, source })?;
+            }
+        }
+        let index = Index {
+            latest: Some(Self::file_name(s.iteration)),
+            best: s.best.map(|b| BestFile {
+                file: Self::file_name(b.iteration),
+                iteration: b.iteration,
+                miou: b.miou,
+            }),
+        };
+        let json = serde_json::to_vec_pretty(&index).expect("index serialises");
+        weights::write_atomic(&self.dir.join("index.json"), &json)?;
+        Ok(path)
+    }
+}

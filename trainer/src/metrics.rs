@@ -1,0 +1,93 @@
+//! `RUN_DIR/metrics.jsonl`: one JSON object per line, `"kind": "train"` for each logged
+//! iteration (iteration, every loss term of Eq. 9, lr, mu, kept anchors, q, seconds per
+//! iteration) and `"kind": "val"` for each validation (iteration, mIoU, per-class IoU).
+//! Lines are appended and flushed as they are written, so a stopped run keeps its log.
+
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// The log of one training iteration.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrainRecord {
+    /// Always "train".
+    pub kind: &'static str,
+    /// Iterations completed (1-based index of the iteration just run).
+    pub iteration: u64,
+    /// L_CE (Eq. 1) on the source crops.
+    pub loss_ce: f64,
+    /// L_cons on the ClassMix crops (0 in mode source-only).
+    pub loss_cons: f64,
+    /// L_cont (Eq. 4) (0 unless mode rccr with RWC).
+    pub loss_cont: f64,
+    /// L = L_CE + lambda L_cons + mu L_cont (Eq. 9).
+    pub loss_total: f64,
+    /// Backbone learning rate (the head's is 10x).
+    pub lr: f64,
+    /// mu(t).
+    pub mu: f64,
+    /// EMA alpha(t) used after the step.
+    pub alpha: f64,
+    /// Anchors that entered L_cont (after positive sampling).
+    pub kept_anchors: i64,
+    /// Anchors in the CutMix box before positive sampling.
+    pub box_anchors: i64,
+    /// Negatives offered per anchor before the per-anchor masks (current + bank).
+    pub negatives: i64,
+    /// q: share of confident target pixels, the weight of L_cons on target pixels.
+    pub q: f64,
+    /// Wall time of this iteration (data wait included).
+    pub seconds_per_iteration: f64,
+}
+
+/// One validation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ValRecord {
+    /// Always "val".
+    pub kind: &'static str,
+    /// Iterations completed.
+    pub iteration: u64,
+    /// mIoU over the 19 classes (0..1).
+    pub miou: f64,
+    /// mIoU over SYNTHIA's 16 classes, when the source is SYNTHIA.
+    pub miou_16: Option<f64>,
+    /// mIoU over SYNTHIA's 13 classes, when the source is SYNTHIA.
+    pub miou_13: Option<f64>,
+    /// IoU per class name (null when the class is absent from labels and predictions).
+    pub per_class_iou: Vec<(String, Option<f64>)>,
+    /// Images scored.
+    pub images: usize,
+    /// Wall time of the validation.
+    pub seconds: f64,
+}
+
+/// Appends JSON lines to a file.
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending (created if needed).
+    pub fn open(path: &Path) -> std::io::Result<MetricsLog> {
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            out: BufWriter::new(f),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one record as a line and flushes.
+    pub fn write<T: Serialize>(&mut self, record: &T) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}

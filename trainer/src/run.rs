@@ -1,0 +1,332 @@
+//! A whole training run (`rccr-train train`): Algorithm 1's loop over t = 1..N around
+//! [`Trainer::step`], with the data loaders, the resolved configuration in
+//! `RUN_DIR/config.json`, the metrics log, a progress bar, validation of the teacher
+//! every `val_every` iterations and at the end, and checkpoints every `save_every`
+//! iterations, at each validation and at the end (`--resume` continues exactly).
+
+use crate::checkpoint::{self, Best, CheckpointDir, Saved};
+use crate::config::{Mode, TrainConfig};
+use crate::dataio::{is_synthia, LoaderConfig, Split, TrainLoader, ValSet};
+use crate::ema;
+use crate::metrics::{MetricsLog, TrainRecord};
+use crate::trainer::{StepStats, Trainer};
+use crate::validate;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rccr_models::device::device_name;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Device;
+
+/// What a finished run reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Iterations completed.
+    pub iterations: u64,
+    /// The last checkpoint written.
+    pub last_checkpoint: Option<PathBuf>,
+    /// The best validation.
+    pub best: Option<Best>,
+    /// The final validation mIoU.
+    pub final_miou: Option<f64>,
+    /// Mean seconds per iteration in this process.
+    pub seconds_per_iteration: f64,
+}
+
+/// Options of a run that are not part of the method's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The run folder.
+    pub out: PathBuf,
+    /// A checkpoint to continue from.
+    pub resume: Option<PathBuf>,
+    /// Stop after this many iterations of the schedule (the schedule still spans
+    /// `iterations`); used to interrupt runs in tests. Default: run to the end.
+    pub stop_at: Option<u64>,
+    /// Hide the progress bar.
+    pub quiet: bool,
+}
+
+/// Builds the trainer: fresh (with `--init`) or from `--resume`.
+pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -> Result<Trainer> {
+    let mut trainer = Trainer::new(cfg.clone(), device)?;
+    match resume {
+        Some(path) => {
+            let ck = checkpoint::load(path)
+                .with_context(|| format!("cannot resume from {}", path.display()))?;
+            if ck.config.model_config() != cfg.model_config() {
+                bail!(
+                    "{}: the checkpoint's network ({} / {} classes / {} ASPP branches) differs \
+                     from the requested one; drop --backbone/--num-classes/--aspp-branches \
+                     when resuming",
+                    path.display(),
+                    ck.config.backbone,
+                    ck.config.num_classes,
+                    ck.config.aspp_branches
+                );
+            }
+            checkpoint::load_vars(
+                &trainer.student_vs,
+                &ck.with_prefix(rccr_models::checkpoint::STUDENT),
+                path,
+                "student",
+            )?;
+            checkpoint::load_vars(
+                &trainer.teacher_vs,
+                &ck.with_prefix(rccr_models::checkpoint::TEACHER),
+                path,
+                "teacher",
+            )?;
+            trainer
+                .opt
+                .load_state(&ck.with_prefix(checkpoint::OPTIM))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let bank: Vec<_> = ck
+                .bank()
+                .into_iter()
+                .map(|e| crate::memory_bank::BankEntry {
+                    embeddings: e.embeddings.to_device(device),
+                    labels: e.labels.to_device(device),
+                })
+                .collect();
+            trainer.bank.restore(bank);
+            trainer.rng = ck.rng;
+            trainer.iteration = ck.iteration;
+            tracing::info!(checkpoint = %path.display(), iteration = ck.iteration, "resumed");
+        }
+        None => {
+            if let Some(init) = &cfg.init {
+                let report = rccr_models::weights::import_torchvision(&trainer.student_vs, init)
+                    .with_context(|| format!("cannot import the backbone {}", init.display()))?;
+                tracing::info!(
+                    file = %init.display(),
+                    loaded = report.loaded,
+                    missing = report.missing.len(),
+                    unexpected = report.unexpected.len(),
+                    "imported backbone"
+                );
+                if !report.missing.is_empty() {
+                    tracing::warn!(missing = ?report.missing, "backbone tensors missing from --init (left at random init)");
+                }
+                if !report.unexpected.is_empty() {
+                    tracing::warn!(unexpected = ?report.unexpected, "tensors in --init the network does not have (ignored)");
+                }
+                ema::copy_all(&trainer.teacher_vs, &trainer.student_vs);
+            }
+        }
+    }
+    Ok(trainer)
+}
+
+fn loader_config(cfg: &TrainConfig, size: Option<crate::config::Size>, seed: u64) -> LoaderConfig {
+    LoaderConfig {
+        resize: size.map(|s| s.pair()),
+        crop: cfg.crop,
+        batch_size: cfg.batch_size,
+        seed,
+        workers: cfg.workers.max(1),
+        prefetch: cfg.prefetch.max(1),
+        split: Split::Train,
+    }
+}
+
+/// Runs (or continues) training as configured.
+pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    cfg.validate()?;
+    let device = rccr_models::device::parse_device(&cfg.device)?;
+    let source = cfg
+        .source
+        .clone()
+        .context("no source data: pass --source gta5:DIR | synthia:DIR | cityscapes:DIR")?;
+    let target = match (&cfg.target, cfg.mode) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Mode::SourceOnly) => None,
+        (None, m) => bail!("mode {m} needs target data: pass --target cityscapes:DIR"),
+    };
+    let val_spec = cfg.val.clone().or_else(|| target.clone());
+    let run_dir = opts.out.clone();
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
+    let cfg_json = serde_json::to_vec_pretty(cfg)?;
+    rccr_models::weights::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+
+    let mut trainer = build_trainer(cfg, device, opts.resume.as_deref())?;
+    let mut best = match &opts.resume {
+        Some(p) => checkpoint::load(p)?.best,
+        None => None,
+    };
+    let start = trainer.iteration;
+    if start >= cfg.iterations {
+        bail!(
+            "the checkpoint is at iteration {start}, the run has {} iterations: nothing to do \
+             (raise --iterations to continue)",
+            cfg.iterations
+        );
+    }
+    tracing::info!(
+        device = %device_name(device),
+        mode = %cfg.mode,
+        backbone = %cfg.backbone,
+        start,
+        iterations = cfg.iterations,
+        run_dir = %run_dir.display(),
+        "training"
+    );
+
+    let mut src_loader = TrainLoader::open(
+        &source,
+        &loader_config(cfg, cfg.source_size, cfg.seed),
+        start,
+    )
+    .with_context(|| format!("source data {source}"))?;
+    let mut tgt_loader = match &target {
+        Some(t) if cfg.mode != Mode::SourceOnly => Some(
+            TrainLoader::open(
+                t,
+                &loader_config(cfg, cfg.target_size, cfg.seed.wrapping_add(1)),
+                start,
+            )
+            .with_context(|| format!("target data {t}"))?,
+        ),
+        _ => None,
+    };
+    let val_set = match &val_spec {
+        Some(v) => Some(
+            ValSet::open(v, cfg.val_size.map(|s| s.pair()), cfg.val_limit)
+                .with_context(|| format!("validation data {v}"))?,
+        ),
+        None => None,
+    };
+    let synthia = is_synthia(&source);
+
+    let ckdir = CheckpointDir::create(run_dir.join("checkpoints"), cfg.keep_last)?;
+    let mut log = MetricsLog::open(&run_dir.join("metrics.jsonl"))
+        .with_context(|| format!("cannot open {}", run_dir.join("metrics.jsonl").display()))?;
+
+    let end = opts.stop_at.unwrap_or(cfg.iterations).min(cfg.iterations);
+    let pb = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(cfg.iterations)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    pb.set_position(start);
+    let t0 = Instant::now();
+    let mut last_checkpoint = None;
+    let mut final_miou = None;
+    let mut validated_at = None;
+
+    while trainer.iteration < end {
+        let it_start = Instant::now();
+        let sb = src_loader.next_batch().context("reading a source batch")?;
+        let tb = match &mut tgt_loader {
+            Some(l) => Some(l.next_batch().context("reading a target batch")?),
+            None => None,
+        };
+        let stats = trainer
+            .step(&sb.images, &sb.labels, tb.as_ref().map(|b| &b.images))
+            .context("training step failed")?;
+        let secs = it_start.elapsed().as_secs_f64();
+        let it = stats.iteration;
+        pb.set_position(it);
+        pb.set_message(format!(
+            "ce {:.3} cons {:.3} cont {:.3}",
+            stats.loss_ce, stats.loss_cons, stats.loss_cont
+        ));
+        if it % cfg.log_every == 0 || it == end {
+            log.write(&record(&stats, secs))?;
+        }
+        let last = it == cfg.iterations;
+        let do_val = val_set.is_some() && ((cfg.val_every > 0 && it % cfg.val_every == 0) || last);
+        if do_val {
+            let set = val_set.as_ref().expect("checked");
+            let vpb = pb.clone();
+            vpb.set_message(format!("validating {} images", set.len()));
+            let res = validate::evaluate(
+                &trainer.teacher,
+                set,
+                device,
+                cfg.precision == crate::config::Precision::Bf16,
+                synthia,
+                None,
+            )
+            .context("validation failed")?;
+            log.write(&res.record(it))?;
+            pb.println(format!(
+                "iteration {it}: teacher mIoU {:.2}%",
+                res.miou * 100.0
+            ));
+            tracing::info!(iteration = it, miou = res.miou, "validation");
+            if best.is_none_or(|b| res.miou > b.miou) {
+                best = Some(Best {
+                    iteration: it,
+                    miou: res.miou,
+                });
+            }
+            final_miou = Some(res.miou);
+            validated_at = Some(it);
+        }
+        let do_save =
+            (cfg.save_every > 0 && it % cfg.save_every == 0) || do_val || last || it == end;
+        if do_save {
+            let path = ckdir.save(&Saved {
+                student: &trainer.student_vs,
+                teacher: &trainer.teacher_vs,
+                optim: &trainer.opt,
+                bank: &trainer.bank,
+                rng: &trainer.rng,
+                iteration: it,
+                config: cfg,
+                best,
+            })?;
+            last_checkpoint = Some(path);
+        }
+    }
+    pb.finish_and_clear();
+    let done = trainer.iteration - start;
+    let summary = RunSummary {
+        run_dir,
+        iterations: trainer.iteration,
+        last_checkpoint,
+        best,
+        final_miou: if validated_at == Some(trainer.iteration) {
+            final_miou
+        } else {
+            None
+        },
+        seconds_per_iteration: t0.elapsed().as_secs_f64() / done.max(1) as f64,
+    };
+    tracing::info!(
+        skipped_source = src_loader.skipped(),
+        skipped_target = tgt_loader.as_ref().map_or(0, |l| l.skipped()),
+        "data files skipped (corrupt or unreadable)"
+    );
+    Ok(summary)
+}
+
+/// The metrics.jsonl line of a step.
+pub fn record(s: &StepStats, seconds: f64) -> TrainRecord {
+    TrainRecord {
+        kind: "train",
+        iteration: s.iteration,
+        loss_ce: s.loss_ce,
+        loss_cons: s.loss_cons,
+        loss_cont: s.loss_cont,
+        loss_total: s.loss_total,
+        lr: s.lr,
+        mu: s.mu,
+        alpha: s.alpha,
+        kept_anchors: s.kept_anchors,
+        box_anchors: s.box_anchors,
+        negatives: s.negatives,
+        q: s.q,
+        seconds_per_iteration: seconds,
+    }
+}

@@ -1,0 +1,182 @@
+//! Validation of the teacher (Algorithm 1 returns the teacher encoder and head): on each
+//! image of the validation split, the teacher in evaluation mode (BN running
+//! statistics), logits bilinearly upsampled (align_corners = true) to the label's size,
+//! argmax; one confusion matrix over the split gives per-class IoU and mIoU with the
+//! official Cityscapes semantics (`rccr_infer::metrics`), on 19 classes and, for SYNTHIA
+//! runs, on the 16- and 13-class protocols as well.
+
+use crate::dataio::{DataError, ValSet};
+use crate::metrics::ValRecord;
+use rccr_infer::metrics::ConfusionMatrix;
+use rccr_infer::taxonomy::{class_names, Protocol};
+use rccr_models::deeplab::upsample_logits;
+use rccr_models::RccrNet;
+use serde::Serialize;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Errors of a validation pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    /// A sample could not be read.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A label whose size differs from its image.
+    #[error("validation sample {name}: {msg}")]
+    Sample {
+        /// The sample.
+        name: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// The scores of one pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValResult {
+    /// mIoU over all classes (0..1).
+    pub miou: f64,
+    /// SYNTHIA's 16-class mIoU, when asked for.
+    pub miou_16: Option<f64>,
+    /// SYNTHIA's 13-class mIoU, when asked for.
+    pub miou_13: Option<f64>,
+    /// Per-class (name, IoU).
+    pub per_class_iou: Vec<(String, Option<f64>)>,
+    /// Pixel accuracy.
+    pub pixel_accuracy: Option<f64>,
+    /// Images scored.
+    pub images: usize,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+impl ValResult {
+    /// As a metrics.jsonl record.
+    pub fn record(&self, iteration: u64) -> ValRecord {
+        ValRecord {
+            kind: "val",
+            iteration,
+            miou: self.miou,
+            miou_16: self.miou_16,
+            miou_13: self.miou_13,
+            per_class_iou: self.per_class_iou.clone(),
+            images: self.images,
+            seconds: self.seconds,
+        }
+    }
+}
+
+impl std::fmt::Display for ValResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{:<16} {:>7}", "class", "IoU %")?;
+        for (name, iou) in &self.per_class_iou {
+            match iou {
+                Some(v) => writeln!(f, "{name:<16} {:>7.2}", v * 100.0)?,
+                None => writeln!(f, "{name:<16} {:>7}", "-")?,
+            }
+        }
+        write!(f, "{:<16} {:>7.2}", "mIoU", self.miou * 100.0)?;
+        if let Some(m) = self.miou_16 {
+            write!(f, "\n{:<16} {:>7.2}", "mIoU (16)", m * 100.0)?;
+        }
+        if let Some(m) = self.miou_13 {
+            write!(f, "\n{:<16} {:>7.2}", "mIoU (13)", m * 100.0)?;
+        }
+        write!(f, "\n({} images, {:.1} s)", self.images, self.seconds)
+    }
+}
+
+/// Predicted train ids (`H x W`, row-major) of one image `1 x 3 x h x w` (RGB 0..255)
+/// for a label of `height x width`.
+pub fn predict(
+    net: &RccrNet,
+    image: &Tensor,
+    height: usize,
+    width: usize,
+    device: Device,
+    bf16: bool,
+) -> Result<Vec<u8>, ValidateError> {
+    let pred = tch::no_grad(|| {
+        let x = net.seg.normalize(&image.to_device(device));
+        let logits = tch::autocast(bf16, || net.seg.forward_t(&x, false).logits);
+        let up = upsample_logits(&logits.to_kind(Kind::Float), height as i64, width as i64);
+        up.argmax(1, false)
+            .to_kind(Kind::Uint8)
+            .flatten(0, -1)
+            .to_device(Device::Cpu)
+    });
+    Ok(Vec::<u8>::try_from(&pred)?)
+}
+
+/// Scores `net` (in evaluation mode) on `set`. `synthia` adds the 16 / 13-class mIoUs.
+pub fn evaluate(
+    net: &RccrNet,
+    set: &ValSet,
+    device: Device,
+    bf16: bool,
+    synthia: bool,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<ValResult, ValidateError> {
+    let start = Instant::now();
+    let n = net.seg.config.num_classes as usize;
+    let mut cm = ConfusionMatrix::new(n);
+    let mut images = 0;
+    for sample in set.iter() {
+        let s = sample?;
+        if s.label.len() != s.height * s.width {
+            return Err(ValidateError::Sample {
+                name: s.name,
+                msg: format!(
+                    "label has {} pixels for {}x{}",
+                    s.label.len(),
+                    s.width,
+                    s.height
+                ),
+            });
+        }
+        let pred = predict(net, &s.image, s.height, s.width, device, bf16)?;
+        cm.add(&s.label, &pred).map_err(|e| ValidateError::Sample {
+            name: s.name.clone(),
+            msg: e.to_string(),
+        })?;
+        images += 1;
+        if let Some(pb) = progress {
+            pb.inc(1);
+        }
+    }
+    Ok(scores(&cm, synthia, images, start.elapsed().as_secs_f64()))
+}
+
+/// Per-class IoU and mIoUs of a confusion matrix.
+pub fn scores(cm: &ConfusionMatrix, synthia: bool, images: usize, seconds: f64) -> ValResult {
+    let n = cm.num_classes();
+    let names = class_names();
+    let per_class_iou = cm
+        .per_class_iou()
+        .into_iter()
+        .enumerate()
+        .map(|(c, v)| {
+            let name = if n == names.len() {
+                names[c].to_string()
+            } else {
+                format!("class_{c}")
+            };
+            (name, v)
+        })
+        .collect();
+    let cityscapes = n == names.len();
+    ValResult {
+        miou: cm.mean_iou().unwrap_or(0.0),
+        miou_16: (synthia && cityscapes)
+            .then(|| cm.mean_iou_protocol(Protocol::Classes16).unwrap_or(0.0)),
+        miou_13: (synthia && cityscapes)
+            .then(|| cm.mean_iou_protocol(Protocol::Classes13).unwrap_or(0.0)),
+        per_class_iou,
+        pixel_accuracy: cm.pixel_accuracy(),
+        images,
+        seconds,
+    }
+}

@@ -346,7 +346,7 @@ pub fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -
         for i in 0..w * h {
             let c = source_colour(canvas.class[i], canvas.tone[i], canvas.inst[i], seed);
             for k in 0..3 {
-                out[i * 3 + k] = c[k].clamp(0.0, 255.0) as u8;
+                out[i * 3 + k] = c[k].round().clamp(0.0, 255.0) as u8;
             }
         }
         return out;

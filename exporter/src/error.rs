@@ -25,12 +25,12 @@ pub enum ExportError {
         reason: String,
     },
     /// A file that could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message; not chained, so it is printed once).
+        cause: std::io::Error,
     },
     /// An image given for verification that could not be decoded.
     #[error("{}: not a readable image ({reason})", path.display())]

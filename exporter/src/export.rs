@@ -20,7 +20,7 @@ pub fn load_teacher(path: &Path) -> Result<LoadedNet, ExportError> {
     if !path.is_file() {
         return Err(ExportError::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::new(
+            cause: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "no such checkpoint file (pass RUN_DIR/checkpoints/*.safetensors written by `rccr-train`)",
             ),

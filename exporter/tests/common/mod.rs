@@ -6,55 +6,88 @@
 use rccr_models::checkpoint::{model_metadata, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::{ModelConfig, RccrNet};
 use std::path::{Path, PathBuf};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 /// The workspace root (for `.deps/py`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A network in its own VarStore, BN statistics / affine parameters and ASPP biases
-/// randomised (seeded), the stem scaled to the 0..255 input range.
-pub fn random_net(config: &ModelConfig, seed: i64) -> (nn::VarStore, RccrNet) {
-    tch::manual_seed(seed);
+/// SplitMix64: a local, seeded generator (tch's global RNG is shared by the test threads).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        (lo + (hi - lo) * u) as f32
+    }
+    /// `shape` values uniform in [lo, hi).
+    pub fn tensor(&mut self, shape: &[i64], lo: f64, hi: f64) -> Tensor {
+        let n: i64 = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.uniform(lo, hi)).collect();
+        Tensor::from_slice(&v).view(shape)
+    }
+}
+
+/// A network in its own VarStore with every variable drawn from a seeded local
+/// generator: convolutions kaiming-uniform (bound sqrt(6 / fan_in)), the stem scaled to
+/// the 0..255 input range, BN statistics and affine parameters randomised so that folding
+/// is exercised, the last BN of each residual branch small (as in trained ResNets, so 33
+/// stacked blocks keep activations O(1)), the ASPP weights at DACS's scale (std 0.01).
+pub fn random_net(config: &ModelConfig, seed: u64) -> (nn::VarStore, RccrNet) {
     let vs = nn::VarStore::new(Device::Cpu);
     let net = RccrNet::new(&vs.root(), config);
-    let uniform = |t: &Tensor, lo: f64, hi: f64| {
-        Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) * (hi - lo) + lo
-    };
-    // The last BN of each residual branch: small scales (as in trained ResNets), so that
-    // 33 stacked blocks keep the activations O(1) instead of doubling their variance.
+    let mut rng = Rng::new(seed);
     let last_bn = if config.backbone.bottleneck() {
         ".bn3.weight"
     } else {
         ".bn2.weight"
     };
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, var) in vs.variables() {
+        for (name, var) in vars {
+            let shape = var.size();
             let is_bn =
                 name.contains(".bn") || name.starts_with("bn") || name.contains("downsample.1");
-            let value = if name == "conv1.weight" {
-                // Trained stems see the 0..255 range (mean-subtracted only, DACS) with
-                // small weights; scale the kaiming init so activations stay O(1) and the
-                // logits have a trained network's magnitude (a few units to tens).
-                &var / 128.0
+            let (lo, hi) = if shape.len() == 4 {
+                let fan_in = (shape[1] * shape[2] * shape[3]) as f64;
+                let b = if name.starts_with("layer5.") {
+                    0.01 * 3f64.sqrt()
+                } else if name == "conv1.weight" {
+                    (6.0 / fan_in).sqrt() / 128.0
+                } else {
+                    (6.0 / fan_in).sqrt()
+                };
+                (-b, b)
             } else if name.ends_with("running_mean") {
-                uniform(&var, -0.2, 0.2)
+                (-0.2, 0.2)
             } else if name.ends_with("running_var") {
-                uniform(&var, 0.5, 2.0)
+                (0.5, 2.0)
             } else if name.starts_with("layer") && name.ends_with(last_bn) {
-                uniform(&var, 0.05, 0.2)
+                (0.05, 0.2)
             } else if is_bn && name.ends_with(".weight") {
-                uniform(&var, 0.5, 1.5)
+                (0.5, 1.5)
             } else if is_bn && name.ends_with(".bias") {
-                uniform(&var, -0.2, 0.2)
-            } else if name.starts_with("layer5.") && name.ends_with(".bias") {
-                uniform(&var, -0.5, 0.5)
+                (-0.2, 0.2)
+            } else if name.ends_with(".bias") {
+                (-0.05, 0.05)
             } else {
-                continue;
+                panic!("unexpected variable {name}");
             };
             let mut v = var.shallow_clone();
-            v.copy_(&value);
+            v.copy_(&rng.tensor(&shape, lo, hi));
         }
     });
     (vs, net)
@@ -91,7 +124,7 @@ pub fn write_checkpoint(
 }
 
 /// A random network written as a checkpoint in `dir`; returns the path and the network.
-pub fn checkpoint(dir: &Path, config: &ModelConfig, seed: i64) -> (PathBuf, nn::VarStore, RccrNet) {
+pub fn checkpoint(dir: &Path, config: &ModelConfig, seed: u64) -> (PathBuf, nn::VarStore, RccrNet) {
     let (vs, net) = random_net(config, seed);
     let path = dir.join(format!("ckpt-{}-{seed}.safetensors", config.backbone));
     write_checkpoint(&path, &vs, config, 1234, true, true);

@@ -1,0 +1,128 @@
+//! Metadata round trip: what the exporter writes into `metadata_props` is what ONNX
+//! Runtime (the reader `rccr-infer` uses) reads back, and it parses into the typed
+//! [`Metadata`] again; values checked against the contract by hand.
+
+mod common;
+
+use rccr_exporter::metadata::Metadata;
+use rccr_exporter::network::{ExportOptions, Outputs};
+use rccr_exporter::{encode, export_loaded, load_teacher, write_model};
+use rccr_models::{Backbone, ModelConfig};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn read_with_ort(path: &Path) -> (BTreeMap<String, String>, Option<String>, Option<i64>) {
+    rccr_infer::runtime::ensure_loaded().unwrap();
+    let env = rccr_infer::runtime::environment().unwrap();
+    let session = ort::session::Session::builder(&env)
+        .unwrap()
+        .commit_from_file(path)
+        .unwrap();
+    let meta = session.metadata().unwrap();
+    let map = meta
+        .custom_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| {
+            let v = meta.custom(&k).unwrap();
+            (k, v)
+        })
+        .collect();
+    (map, meta.producer(), meta.version())
+}
+
+#[test]
+fn metadata_round_trips_through_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ModelConfig::new(Backbone::Small, 19);
+    config.aspp_branches = 2;
+    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &config, 9);
+    let loaded = load_teacher(&ckpt).unwrap();
+    let opts = ExportOptions {
+        outputs: Outputs::Both,
+        fp16: true,
+        ..Default::default()
+    };
+    let out = dir.path().join("m.onnx");
+    write_model(
+        &out,
+        &encode(&export_loaded(&loaded, &ckpt, &opts).unwrap()).unwrap(),
+    )
+    .unwrap();
+
+    let (props, producer, version) = read_with_ort(&out);
+    assert_eq!(producer.as_deref(), Some("rccr-export"));
+    assert_eq!(version, Some(1234)); // model_version = the checkpoint's iteration
+    let keys: Vec<&str> = props.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "rccr.backbone",
+            "rccr.checkpoint",
+            "rccr.class_names",
+            "rccr.input_format",
+            "rccr.iteration",
+            "rccr.label_set",
+            "rccr.model_config",
+            "rccr.num_classes",
+            "rccr.outputs",
+            "rccr.palette",
+            "rccr.weights",
+        ]
+    );
+    assert_eq!(props["rccr.num_classes"], "19");
+    assert_eq!(props["rccr.label_set"], "cityscapes19");
+    assert_eq!(props["rccr.backbone"], "small");
+    assert_eq!(props["rccr.iteration"], "1234");
+    assert_eq!(props["rccr.checkpoint"], ckpt.display().to_string());
+    assert_eq!(props["rccr.outputs"], r#"["labels","logits"]"#);
+    assert_eq!(props["rccr.input_format"], "float32 RGB 0..255 NCHW");
+    assert_eq!(props["rccr.weights"], "float16");
+    assert!(props["rccr.class_names"]
+        .starts_with(r#"["road","sidewalk","building","wall","fence","pole","traffic light""#));
+    assert!(props["rccr.palette"].starts_with("[[128,64,128],[244,35,232],[70,70,70]"));
+    let cfg: ModelConfig = serde_json::from_str(&props["rccr.model_config"]).unwrap();
+    assert_eq!(cfg, config);
+
+    let parsed = Metadata::from_props(|k| props.get(k).cloned()).unwrap();
+    assert_eq!(
+        parsed,
+        Metadata::new(
+            &config,
+            &ckpt.display().to_string(),
+            1234,
+            &["labels", "logits"],
+            true
+        )
+    );
+}
+
+#[test]
+fn custom_label_sets_get_generic_names_and_distinct_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ModelConfig::new(Backbone::Small, 12);
+    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &config, 9);
+    let loaded = load_teacher(&ckpt).unwrap();
+    let out = dir.path().join("m.onnx");
+    write_model(
+        &out,
+        &encode(&export_loaded(&loaded, &ckpt, &ExportOptions::default()).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let (props, _, _) = read_with_ort(&out);
+    assert_eq!(props["rccr.label_set"], "custom12");
+    assert_eq!(props["rccr.num_classes"], "12");
+    let names: Vec<String> = serde_json::from_str(&props["rccr.class_names"]).unwrap();
+    assert_eq!(names.first().map(String::as_str), Some("class_0"));
+    assert_eq!(names.last().map(String::as_str), Some("class_11"));
+    let palette: Vec<[u8; 3]> = serde_json::from_str(&props["rccr.palette"]).unwrap();
+    assert_eq!(palette.len(), 12);
+    let distinct: std::collections::BTreeSet<[u8; 3]> = palette.iter().copied().collect();
+    assert_eq!(distinct.len(), 12);
+    assert_eq!(props["rccr.weights"], "float32");
+    assert!(Metadata::from_props(|k| (k != "rccr.palette")
+        .then(|| props.get(k).cloned())
+        .flatten())
+    .unwrap_err()
+    .contains("rccr.palette"));
+}

@@ -31,8 +31,8 @@ enum Command {
     Train(Box<TrainArgs>),
     /// Score the teacher of a checkpoint (or a bare model file) on a validation split.
     Eval(EvalArgs),
-    // SYNTH-WIRE: /// Generate the synthetic "game -> real" benchmark.
-    // SYNTH-WIRE: Synth(rccr_trainer::synth::SynthArgs),
+    /// Generate the synthetic "game -> real" benchmark.
+    Synth(rccr_trainer::synth::SynthArgs),
     /// Time training iterations on random tensors (no data needed).
     Bench(BenchArgs),
 }
@@ -329,11 +329,12 @@ fn main() -> Result<()> {
         Command::Describe(a) => describe(&a),
         Command::Train(a) => train(&a),
         Command::Eval(a) => eval(&a),
-        // SYNTH-WIRE: Command::Synth(a) => {
-        // SYNTH-WIRE:     let report = rccr_trainer::synth::run(&a).context("synthetic benchmark generation failed")?;
-        // SYNTH-WIRE:     println!("{report}");
-        // SYNTH-WIRE:     Ok(())
-        // SYNTH-WIRE: }
+        Command::Synth(a) => {
+            let report =
+                rccr_trainer::synth::run(&a).context("synthetic benchmark generation failed")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::Bench(a) => bench_cmd(&a),
     }
 }

@@ -54,12 +54,28 @@ pub struct ValRecord {
     pub miou_16: Option<f64>,
     /// mIoU over SYNTHIA's 13 classes, when the source is SYNTHIA.
     pub miou_13: Option<f64>,
-    /// IoU per class name (null when the class is absent from labels and predictions).
-    pub per_class_iou: Vec<(String, Option<f64>)>,
+    /// IoU per class name, in train-id order (null when the class is absent from both
+    /// labels and predictions).
+    pub per_class_iou: ClassIous,
     /// Images scored.
     pub images: usize,
     /// Wall time of the validation.
     pub seconds: f64,
+}
+
+/// Per-class IoUs, serialised as one JSON object `{"road": 0.97, ...}` in class order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClassIous(pub Vec<(String, Option<f64>)>);
+
+impl Serialize for ClassIous {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
 }
 
 /// Appends JSON lines to a file.

@@ -6,7 +6,7 @@
 //! runs, on the 16- and 13-class protocols as well.
 
 use crate::dataio::{DataError, ValSet};
-use crate::metrics::ValRecord;
+use crate::metrics::{ClassIous, ValRecord};
 use rccr_infer::metrics::ConfusionMatrix;
 use rccr_infer::taxonomy::{class_names, Protocol};
 use rccr_models::deeplab::upsample_logits;
@@ -43,8 +43,8 @@ pub struct ValResult {
     pub miou_16: Option<f64>,
     /// SYNTHIA's 13-class mIoU, when asked for.
     pub miou_13: Option<f64>,
-    /// Per-class (name, IoU).
-    pub per_class_iou: Vec<(String, Option<f64>)>,
+    /// Per-class (name, IoU), in train-id order.
+    pub per_class_iou: ClassIous,
     /// Pixel accuracy.
     pub pixel_accuracy: Option<f64>,
     /// Images scored.
@@ -72,7 +72,7 @@ impl ValResult {
 impl std::fmt::Display for ValResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{:<16} {:>7}", "class", "IoU %")?;
-        for (name, iou) in &self.per_class_iou {
+        for (name, iou) in &self.per_class_iou.0 {
             match iou {
                 Some(v) => writeln!(f, "{name:<16} {:>7.2}", v * 100.0)?,
                 None => writeln!(f, "{name:<16} {:>7}", "-")?,
@@ -154,19 +154,20 @@ pub fn evaluate(
 pub fn scores(cm: &ConfusionMatrix, synthia: bool, images: usize, seconds: f64) -> ValResult {
     let n = cm.num_classes();
     let names = class_names();
-    let per_class_iou = cm
-        .per_class_iou()
-        .into_iter()
-        .enumerate()
-        .map(|(c, v)| {
-            let name = if n == names.len() {
-                names[c].to_string()
-            } else {
-                format!("class_{c}")
-            };
-            (name, v)
-        })
-        .collect();
+    let per_class_iou = ClassIous(
+        cm.per_class_iou()
+            .into_iter()
+            .enumerate()
+            .map(|(c, v)| {
+                let name = if n == names.len() {
+                    names[c].to_string()
+                } else {
+                    format!("class_{c}")
+                };
+                (name, v)
+            })
+            .collect(),
+    );
     let cityscapes = n == names.len();
     ValResult {
         miou: cm.mean_iou().unwrap_or(0.0),

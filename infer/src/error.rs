@@ -119,6 +119,14 @@ pub enum InferError {
     /// ONNX Runtime itself could not be loaded.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// An external tool (the official Python evaluation) failed.
+    #[error("{tool} failed: {reason}")]
+    External {
+        /// The tool.
+        tool: &'static str,
+        /// Its output.
+        reason: String,
+    },
     /// A bad option value.
     #[error("invalid option: {0}")]
     Invalid(String),

@@ -40,15 +40,24 @@ fn walk_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
         .follow_links(true)
         .sort_by_file_name()
     {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(dir).to_path_buf();
-            InferError::io(
-                "cannot walk",
-                path,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
-            )
-        })?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            // An entry below the root that cannot be followed (a dangling link, a folder
+            // without permission): keep its path so the caller reports it as unreadable.
+            Err(e) if e.depth() > 0 && e.path().is_some() => {
+                out.push(e.path().unwrap_or(dir).to_path_buf());
+                continue;
+            }
+            Err(e) => {
+                let path = e.path().unwrap_or(dir).to_path_buf();
+                return Err(InferError::io(
+                    "cannot walk",
+                    path,
+                    e.into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+                ));
+            }
+        };
         if entry.file_type().is_file() {
             out.push(entry.into_path());
         }

@@ -50,61 +50,123 @@ pub fn decode_label_bytes(path: &Path, bytes: &[u8]) -> Result<LabelMap> {
     decode_label_png(path, Cursor::new(bytes))
 }
 
-fn decode_label_png<R: std::io::BufRead + std::io::Seek>(path: &Path, r: R) -> Result<LabelMap> {
-    let bad = |reason: String| InferError::LabelFormat {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut decoder = png::Decoder::new(r);
-    decoder.set_transformations(png::Transformations::IDENTITY);
-    let mut reader = decoder
-        .read_info()
-        .map_err(|e| bad(format!("not a readable PNG ({e})")))?;
-    let (color, depth) = reader.output_color_type();
-    let single = matches!(color, png::ColorType::Grayscale | png::ColorType::Indexed);
-    if !single {
-        return Err(bad(format!(
-            "it has colour type {color:?}; a label map must be a single-channel (grayscale) PNG of ids"
-        )));
+/// An opened, validated single-channel label PNG whose rows can be streamed.
+pub struct LabelReader<R: std::io::BufRead + std::io::Seek> {
+    path: PathBuf,
+    reader: png::Reader<R>,
+    sixteen: bool,
+}
+
+impl LabelReader<BufReader<File>> {
+    /// Opens `path` and checks it is a single-channel 8- or 16-bit PNG.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file =
+            File::open(path).map_err(|e| InferError::io("cannot read label map", path, e))?;
+        LabelReader::new(path, BufReader::new(file))
     }
-    if !matches!(depth, png::BitDepth::Eight | png::BitDepth::Sixteen) {
-        return Err(bad(format!(
-            "bit depth {depth:?} is not supported; write 8-bit ids"
-        )));
-    }
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| bad("image too large".into()))?;
-    let mut buf = vec![0u8; size];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| bad(format!("corrupt or truncated PNG ({e})")))?;
-    let (w, h) = (info.width, info.height);
-    let n = w as usize * h as usize;
-    let data = if depth == png::BitDepth::Sixteen {
-        let mut out = Vec::with_capacity(n);
-        for (i, px) in buf[..n * 2].chunks_exact(2).enumerate() {
-            let v = u16::from_be_bytes([px[0], px[1]]);
-            if v > 255 {
-                return Err(bad(format!(
-                    "16-bit value {v} at pixel ({}, {}) does not fit a label id",
-                    i % w as usize,
-                    i / w as usize
-                )));
-            }
-            out.push(v as u8);
+}
+
+impl<R: std::io::BufRead + std::io::Seek> LabelReader<R> {
+    /// Reads the header of a label PNG from `r` (`path` names it in errors).
+    pub fn new(path: &Path, r: R) -> Result<Self> {
+        let bad = |reason: String| InferError::LabelFormat {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut decoder = png::Decoder::new(r);
+        decoder.set_transformations(png::Transformations::IDENTITY);
+        let reader = decoder
+            .read_info()
+            .map_err(|e| bad(format!("not a readable PNG ({e})")))?;
+        let (color, depth) = reader.output_color_type();
+        if !matches!(color, png::ColorType::Grayscale | png::ColorType::Indexed) {
+            return Err(bad(format!(
+                "it has colour type {color:?}; a label map must be a single-channel (grayscale) PNG of ids"
+            )));
         }
-        out
-    } else {
-        // Rows of 8-bit single-channel PNGs are packed: line size = width.
-        buf.truncate(n);
-        buf
-    };
-    Ok(LabelMap {
-        width: w,
-        height: h,
-        data,
-    })
+        if !matches!(depth, png::BitDepth::Eight | png::BitDepth::Sixteen) {
+            return Err(bad(format!(
+                "bit depth {depth:?} is not supported; write 8-bit ids"
+            )));
+        }
+        Ok(LabelReader {
+            path: path.to_path_buf(),
+            reader,
+            sixteen: depth == png::BitDepth::Sixteen,
+        })
+    }
+
+    /// `(width, height)`.
+    pub fn size(&self) -> (u32, u32) {
+        let i = self.reader.info();
+        (i.width, i.height)
+    }
+
+    /// Whether rows can be streamed with [`Self::next_row`] (8-bit, not interlaced).
+    pub fn streamable(&self) -> bool {
+        !self.sixteen && !self.reader.info().interlaced
+    }
+
+    /// The next row of ids (only when [`Self::streamable`]); `None` after the last.
+    pub fn next_row(&mut self) -> Result<Option<&[u8]>> {
+        let path = &self.path;
+        match self.reader.next_row() {
+            Ok(Some(row)) => Ok(Some(row.data())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(InferError::LabelFormat {
+                path: path.clone(),
+                reason: format!("corrupt or truncated PNG ({e})"),
+            }),
+        }
+    }
+
+    /// Decodes the whole map.
+    pub fn read(mut self) -> Result<LabelMap> {
+        let path = self.path.clone();
+        let bad = |reason: String| InferError::LabelFormat {
+            path: path.clone(),
+            reason,
+        };
+        let size = self
+            .reader
+            .output_buffer_size()
+            .ok_or_else(|| bad("image too large".into()))?;
+        let mut buf = vec![0u8; size];
+        let info = self
+            .reader
+            .next_frame(&mut buf)
+            .map_err(|e| bad(format!("corrupt or truncated PNG ({e})")))?;
+        let (w, h) = (info.width, info.height);
+        let n = w as usize * h as usize;
+        let data = if self.sixteen {
+            let mut out = Vec::with_capacity(n);
+            for (i, px) in buf[..n * 2].chunks_exact(2).enumerate() {
+                let v = u16::from_be_bytes([px[0], px[1]]);
+                if v > 255 {
+                    return Err(bad(format!(
+                        "16-bit value {v} at pixel ({}, {}) does not fit a label id",
+                        i % w as usize,
+                        i / w as usize
+                    )));
+                }
+                out.push(v as u8);
+            }
+            out
+        } else {
+            // Rows of 8-bit single-channel PNGs are packed: line size = width.
+            buf.truncate(n);
+            buf
+        };
+        Ok(LabelMap {
+            width: w,
+            height: h,
+            data,
+        })
+    }
+}
+
+fn decode_label_png<R: std::io::BufRead + std::io::Seek>(path: &Path, r: R) -> Result<LabelMap> {
+    LabelReader::new(path, r)?.read()
 }
 
 /// Encodes 8-bit grayscale (`channels == 1`) or RGB (`channels == 3`) pixels as PNG bytes.

@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod error;
 pub mod files;
 pub mod imageio;

@@ -109,14 +109,20 @@ impl ModelInfo {
                 .map(|o| o.dtype().clone())
         };
         let has_labels = match out_type(LABELS_OUTPUT) {
-            Some(ValueType::Tensor { ty, .. }) if ty == TensorElementType::Int64 => true,
+            Some(ValueType::Tensor {
+                ty: TensorElementType::Int64,
+                ..
+            }) => true,
             Some(other) => {
                 return Err(not(format!("output `labels` is {other:?}, expected int64")))
             }
             None => false,
         };
         let has_logits = match out_type(LOGITS_OUTPUT) {
-            Some(ValueType::Tensor { ty, .. }) if ty == TensorElementType::Float32 => true,
+            Some(ValueType::Tensor {
+                ty: TensorElementType::Float32,
+                ..
+            }) => true,
             Some(other) => {
                 return Err(not(format!(
                     "output `logits` is {other:?}, expected float32"

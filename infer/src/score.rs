@@ -102,11 +102,40 @@ impl PairHistogram {
     }
 
     /// Adds a pair of equally long maps (the caller checks the lengths).
+    ///
+    /// Label maps are piecewise constant, so the loop works on 16-pixel words: a word that
+    /// is uniform in both maps extends a run of one (gt, pred) pair kept in a register,
+    /// anything else is counted pixel by pixel.
     pub fn add(&mut self, gt: &[u8], pred: &[u8]) {
         debug_assert_eq!(gt.len(), pred.len());
+        let n = gt.len().min(pred.len());
         let counts = &mut self.counts[..];
-        for (&g, &p) in gt.iter().zip(pred) {
-            counts[((g as usize) << 8) | p as usize] += 1;
+        const SPLAT: u128 = u128::from_ne_bytes([1; 16]);
+        let mut key = 0usize;
+        let mut run = 0u64;
+        let (gw, gt_tail) = gt[..n].split_at(n - n % 16);
+        let (pw, pred_tail) = pred[..n].split_at(n - n % 16);
+        for (g, p) in gw.chunks_exact(16).zip(pw.chunks_exact(16)) {
+            let (g0, p0) = (g[0], p[0]);
+            let gv = u128::from_ne_bytes(g.try_into().expect("16 bytes"));
+            let pv = u128::from_ne_bytes(p.try_into().expect("16 bytes"));
+            if gv == g0 as u128 * SPLAT && pv == p0 as u128 * SPLAT {
+                let k = ((g0 as usize) << 8) | p0 as usize;
+                if k != key {
+                    counts[key] += run;
+                    key = k;
+                    run = 0;
+                }
+                run += 16;
+            } else {
+                for (&a, &b) in g.iter().zip(p) {
+                    counts[((a as usize) << 8) | b as usize] += 1;
+                }
+            }
+        }
+        counts[key] += run;
+        for (&a, &b) in gt_tail.iter().zip(pred_tail) {
+            counts[((a as usize) << 8) | b as usize] += 1;
         }
     }
 
@@ -312,11 +341,44 @@ pub fn pair_dirs(pred_dir: &Path, gt_dir: &Path) -> Result<Vec<(PathBuf, PathBuf
         .collect())
 }
 
-/// Scores one (ground truth labelIds, prediction) pair of files.
+/// Scores one (ground truth labelIds, prediction) pair of files. 8-bit non-interlaced
+/// files (the usual case) are decoded row by row into the histogram, so no full map is
+/// ever held in memory; others are decoded whole.
 pub fn score_files(gt: &Path, pred: &Path, pred_format: IdFormat) -> Result<PairHistogram> {
-    let g = imageio::read_label_png(gt)?;
-    let p = imageio::read_label_png(pred)?;
-    score_pair(&g, gt, IdFormat::LabelIds, &p, pred, pred_format)
+    let mut g = imageio::LabelReader::open(gt)?;
+    let mut p = imageio::LabelReader::open(pred)?;
+    let ((gw, gh), (pw, ph)) = (g.size(), p.size());
+    if (gw, gh) != (pw, ph) {
+        return Err(InferError::SizeMismatch {
+            a: pred.to_path_buf(),
+            aw: pw,
+            ah: ph,
+            b: gt.to_path_buf(),
+            bw: gw,
+            bh: gh,
+        });
+    }
+    if !(g.streamable() && p.streamable()) {
+        let (gm, pm) = (g.read()?, p.read()?);
+        return score_pair(&gm, gt, IdFormat::LabelIds, &pm, pred, pred_format);
+    }
+    let mut h = PairHistogram::new();
+    while let Some(a) = g.next_row()? {
+        let Some(b) = p.next_row()? else {
+            return Err(InferError::LabelFormat {
+                path: pred.to_path_buf(),
+                reason: "fewer rows than its header says (truncated?)".into(),
+            });
+        };
+        h.add(a, b);
+    }
+    if let Some((id, count)) = h.invalid_gt(IdFormat::LabelIds) {
+        return Err(unknown_id(gt, IdFormat::LabelIds, id, count));
+    }
+    if let Some((id, count)) = h.invalid_pred(pred_format) {
+        return Err(unknown_id(pred, pred_format, id, count));
+    }
+    Ok(h)
 }
 
 /// Scores every prediction in `pred_dir` against the labelIds ground truth in `gt_dir`,
@@ -427,6 +489,41 @@ mod tests {
         assert!((s.miou().unwrap() - expect).abs() < 1e-12);
         // 6 valid pixels, 4 correct.
         assert!((s.pixel_accuracy().unwrap() - 4.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn histogram_equals_a_pixel_loop() {
+        // Runs (uniform 16-byte words), mixed words and a ragged tail.
+        let mut gt = Vec::new();
+        let mut pred = Vec::new();
+        let mut x = 12345u32;
+        for i in 0..1000u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let run = if i % 3 == 0 {
+                1 + (x >> 16) % 5
+            } else {
+                16 + (x >> 16) % 40
+            };
+            let (g, p) = ((x >> 8) as u8 % 40, (x >> 20) as u8 % 40);
+            for _ in 0..run {
+                gt.push(g);
+                pred.push(p);
+            }
+        }
+        gt.truncate(gt.len() - 7);
+        pred.truncate(gt.len());
+        let mut h = PairHistogram::new();
+        h.add(&gt, &pred);
+        let mut brute = vec![0u64; 65536];
+        for (&g, &p) in gt.iter().zip(&pred) {
+            brute[g as usize * 256 + p as usize] += 1;
+        }
+        for g in 0..=255u8 {
+            for p in 0..=255u8 {
+                assert_eq!(h.get(g, p), brute[g as usize * 256 + p as usize]);
+            }
+        }
+        assert_eq!(h.total(), gt.len() as u64);
     }
 
     #[test]

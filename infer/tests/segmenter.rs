@@ -1,0 +1,83 @@
+//! The `Segmenter` library API on tiny ONNX models built with the official `onnx` package:
+//! metadata read back, exact labels from palette-painted images at the input size and at
+//! the original size, batching (dynamic and fixed-batch padding), pure model runs.
+
+mod common;
+
+use common::*;
+use rccr_infer::segmenter::{preprocess, Batch};
+use rccr_infer::{Provider, Segmenter, SegmenterOptions, SessionOptions};
+
+fn cpu(input: Option<(u32, u32)>, batch: usize) -> SegmenterOptions {
+    SegmenterOptions {
+        session: SessionOptions {
+            provider: Provider::Cpu,
+            intra_threads: Some(1),
+            ..SessionOptions::default()
+        },
+        batch_size: batch,
+        input_size: input,
+    }
+}
+
+#[test]
+fn metadata_and_exact_labels() {
+    let d = tempfile::tempdir().unwrap();
+    let model = make_model(&d.path().join("m.onnx"), &["--outputs", "labels,logits"]);
+    let mut seg = Segmenter::open(&model, &cpu(Some((32, 16)), 2)).unwrap();
+    let info = seg.info().clone();
+    assert_eq!(info.num_classes, 19);
+    assert_eq!(info.label_set, "cityscapes19");
+    assert_eq!(info.class_names[18], "bicycle");
+    assert_eq!(info.palette[13], [0, 0, 142]);
+    assert_eq!(info.backbone.as_deref(), Some("test-nearest-colour"));
+    assert_eq!(info.iteration, Some(0));
+    assert!(info.has_labels && info.has_logits);
+    assert_eq!((info.fixed_batch, info.fixed_size), (None, None));
+    assert_eq!(seg.provider(), Provider::Cpu);
+    assert_eq!(seg.input_size(), (32, 16));
+
+    // Three 32x16 images: labels at the input size are exactly the painted ids.
+    let maps: Vec<Vec<u8>> = (0..3).map(|i| painted_map(i, 32, 16)).collect();
+    let images: Vec<_> = maps.iter().map(|m| paint(m, 32, 16)).collect();
+    let out = seg.segment(&images).unwrap();
+    assert_eq!(out.len(), 3);
+    for (o, m) in out.iter().zip(&maps) {
+        assert_eq!((o.width, o.height), (32, 16));
+        assert_eq!(&o.data, m);
+    }
+    // A 64x32 image of 2x2 blocks: segmented at 32x16 and brought back to 64x32 (nearest)
+    // it is the block map again.
+    let small = painted_map(1, 32, 16);
+    let big: Vec<u8> = (0..64 * 32)
+        .map(|i| small[(i / 64 / 2) * 32 + (i % 64) / 2])
+        .collect();
+    let back = seg.segment_original(&[paint(&big, 64, 32)]).unwrap();
+    assert_eq!((back[0].width, back[0].height), (64, 32));
+    assert_eq!(back[0].data, big);
+}
+
+#[test]
+fn fixed_batch_is_padded_and_pure_runs_time() {
+    let d = tempfile::tempdir().unwrap();
+    let model = make_model(&d.path().join("f.onnx"), &["--fixed", "2,16,32"]);
+    let mut seg = Segmenter::open(&model, &cpu(None, 1)).unwrap();
+    assert_eq!(seg.batch_size(), 2);
+    assert_eq!(seg.input_size(), (32, 16));
+    let m = painted_map(2, 32, 16);
+    // One image in a batch of two: padded, one map back.
+    let mut b = seg.new_batch();
+    b.push_preprocessed(&preprocess(&paint(&m, 32, 16), 32, 16));
+    let t = std::time::Instant::now();
+    let out = seg.run(&b).unwrap();
+    assert!(t.elapsed().as_secs_f64() > 0.0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].data, m);
+    // Three images are an error for a fixed batch of two.
+    let mut b3 = Batch::new(32, 16);
+    for _ in 0..3 {
+        b3.push(&paint(&m, 32, 16));
+    }
+    let e = seg.run(&b3).unwrap_err().to_string();
+    assert!(e.contains("fixed batch of 2"), "{e}");
+}

@@ -53,6 +53,8 @@ pub struct ModeBench {
     pub mode: String,
     /// Mean milliseconds per iteration.
     pub ms_per_iteration: f64,
+    /// Median iteration.
+    pub ms_median: f64,
     /// Fastest iteration.
     pub ms_min: f64,
     /// Mean phase times in milliseconds (profiled pass, with synchronisation).
@@ -84,8 +86,10 @@ pub struct BenchReport {
     pub threads: i32,
     /// Per mode.
     pub modes: Vec<ModeBench>,
-    /// ms(rccr) / ms(baseline), when both ran.
+    /// mean ms(rccr) / mean ms(baseline), when both ran.
     pub rccr_over_baseline: Option<f64>,
+    /// median ms(rccr) / median ms(baseline) (robust on a shared machine).
+    pub rccr_over_baseline_median: Option<f64>,
     /// How peak memory was measured.
     pub memory_source: String,
 }
@@ -105,26 +109,42 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "{:<12} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10}",
-            "mode", "ms/iter", "min ms", "peak MiB", "teacher", "classmix", "cut fwd", "L_cont"
+            "{:<12} {:>9} {:>9} {:>9} {:>9} | phases ms: {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "mode",
+            "ms/iter",
+            "median",
+            "min",
+            "peak MiB",
+            "teacher",
+            "source",
+            "classmix",
+            "cut fwd",
+            "L_cont",
+            "cut bwd"
         )?;
         for m in &self.modes {
             writeln!(
                 f,
-                "{:<12} {:>10.1} {:>10.1} {:>12} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>9} | {:>19.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
                 m.mode,
                 m.ms_per_iteration,
+                m.ms_median,
                 m.ms_min,
                 m.peak_memory_mib
                     .map_or("n/a".to_string(), |v| format!("{v:.0}")),
                 m.phases_ms.teacher,
+                m.phases_ms.source,
                 m.phases_ms.classmix,
                 m.phases_ms.cutmix_forward,
-                m.phases_ms.contrastive_loss
+                m.phases_ms.contrastive_loss,
+                m.phases_ms.cutmix_backward
             )?;
         }
-        if let Some(r) = self.rccr_over_baseline {
-            writeln!(f, "rccr / baseline iteration time: {r:.3}")?;
+        if let (Some(r), Some(m)) = (self.rccr_over_baseline, self.rccr_over_baseline_median) {
+            writeln!(
+                f,
+                "rccr / baseline iteration time: {r:.3} (mean), {m:.3} (median)"
+            )?;
         }
         write!(f, "peak memory: {}", self.memory_source)
     }
@@ -231,6 +251,9 @@ fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
         }
     }
     let n = times.len().max(1) as f64;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
     let peak = if cfg.device.is_cuda() {
         cuda_process_mib()
     } else {
@@ -239,6 +262,7 @@ fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
     Ok(ModeBench {
         mode: mode.name().into(),
         ms_per_iteration: times.iter().sum::<f64>() / n,
+        ms_median: median,
         ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
         phases_ms: ph,
         peak_memory_mib: peak,
@@ -257,16 +281,15 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         tracing::info!(mode = %m, "benchmarking");
         results.push(bench_mode(cfg, m)?);
     }
-    let ms = |name: &str| {
-        results
-            .iter()
-            .find(|r| r.mode == name)
-            .map(|r| r.ms_per_iteration)
+    let ratio = |f: fn(&ModeBench) -> f64| {
+        let get = |name: &str| results.iter().find(|r| r.mode == name).map(f);
+        match (get("rccr"), get("baseline")) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        }
     };
-    let ratio = match (ms("rccr"), ms("baseline")) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
+    let rccr_over_baseline = ratio(|r| r.ms_per_iteration);
+    let rccr_over_baseline_median = ratio(|r| r.ms_median);
     let memory_source = if cfg.device.is_cuda() {
         if results.iter().any(|r| r.peak_memory_mib.is_some()) {
             "nvidia-smi per-process used memory (caching-allocator reservation + CUDA context), cumulative".into()
@@ -286,7 +309,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         warmup: cfg.warmup,
         threads: tch::get_num_threads(),
         modes: results,
-        rccr_over_baseline: ratio,
+        rccr_over_baseline,
+        rccr_over_baseline_median,
         memory_source,
     })
 }

@@ -10,6 +10,7 @@
 //! - [`data`], [`synth`]: dataset loaders and the synthetic benchmark.
 
 pub mod checkpoint;
+pub mod amp;
 pub mod bench;
 pub mod config;
 pub mod contrastive;

@@ -314,6 +314,9 @@ struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -491,6 +494,9 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{report}");
+    }
+    if let Some(p) = &a.json_out {
+        rccr_models::weights::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
 }

@@ -264,7 +264,7 @@ impl Trainer {
         // Line 4 + Eq. 1: L_CE on the source.
         let seg_logits = |net: &RccrNet, x: &Tensor| {
             let xn = net.seg.normalize(x);
-            let logits = tch::autocast(bf16, || net.seg.forward_t(&xn, true).logits);
+            let logits = crate::amp::bf16_autocast(bf16, || net.seg.forward_t(&xn, true).logits);
             upsample_logits(&logits.to_kind(Kind::Float), crop, crop)
         };
         let loss_ce = cross_entropy(&seg_logits(&self.student, &xs), &ys);
@@ -290,7 +290,7 @@ impl Trainer {
         // Lines 5-7: the teacher on the un-augmented target.
         let (t_logits, t_feat) = tch::no_grad(|| {
             let xn = self.teacher.seg.normalize(&xt);
-            let out = tch::autocast(bf16, || self.teacher.seg.forward_t(&xn, true));
+            let out = crate::amp::bf16_autocast(bf16, || self.teacher.seg.forward_t(&xn, true));
             (out.logits.to_kind(Kind::Float), out.features)
         });
         let (max_prob, pseudo) = tch::no_grad(|| {
@@ -306,7 +306,8 @@ impl Trainer {
         };
         let e_t = if cfg.contrastive() {
             Some(tch::no_grad(|| {
-                tch::autocast(bf16, || self.teacher.projector.forward(&t_feat)).to_kind(Kind::Float)
+                crate::amp::bf16_autocast(bf16, || self.teacher.projector.forward(&t_feat))
+                    .to_kind(Kind::Float)
             }))
         } else {
             None
@@ -333,7 +334,7 @@ impl Trainer {
             let params: Vec<_> = (0..bsz).map(|_| aug.sample(&mut self.rng)).collect();
             let x_cut = mixing::augment(&mixing::cutmix(&xs, &xt, &cut), &params);
             let xn = self.student.seg.normalize(&x_cut);
-            let e_cut = tch::autocast(bf16, || {
+            let e_cut = crate::amp::bf16_autocast(bf16, || {
                 let f = self.student.seg.encoder.forward_t(&xn, true);
                 self.student.projector.forward(&f)
             })

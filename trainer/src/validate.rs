@@ -101,7 +101,7 @@ pub fn predict(
 ) -> Result<Vec<u8>, ValidateError> {
     let pred = tch::no_grad(|| {
         let x = net.seg.normalize(&image.to_device(device));
-        let logits = tch::autocast(bf16, || net.seg.forward_t(&x, false).logits);
+        let logits = crate::amp::bf16_autocast(bf16, || net.seg.forward_t(&x, false).logits);
         let up = upsample_logits(&logits.to_kind(Kind::Float), height as i64, width as i64);
         up.argmax(1, false)
             .to_kind(Kind::Uint8)

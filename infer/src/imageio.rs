@@ -191,7 +191,7 @@ pub fn encode_png(width: u32, height: u32, channels: u8, data: &[u8]) -> Vec<u8>
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder (parents are
-/// created) renamed over `path`.
+/// created) renamed over `path`; a failed write removes the temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -206,7 +206,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let write = || -> std::io::Result<()> {
         let mut f = BufWriter::new(File::create(&tmp)?);
         f.write_all(bytes)?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        // No fsync: the rename already guarantees that readers (and a killed run) see the
+        // old file or the complete new one; syncing every output would dominate small writes.
+        f.into_inner().map_err(|e| e.into_error())?;
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {

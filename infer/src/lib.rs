@@ -7,9 +7,10 @@
 //! - [`score`]: official-Cityscapes scoring of prediction folders; [`metrics`]: the
 //!   confusion matrix, IoU, mIoU, pixel accuracy; [`taxonomy`]: labelId / trainId / name /
 //!   colour, SYNTHIA map, 19 / 16 / 13-class protocols.
-//! - [`files`], [`imageio`], [`labelmap`], [`report`]: folders and pairing, PNG I/O,
-//!   label-map operations, the JSON report.
-//! - [`runtime`]: finding and loading the ONNX Runtime library.
+//! - [`files`], [`imageio`], [`labelmap`], [`resample`], [`report`]: folders and pairing,
+//!   PNG I/O, label-map operations, resizing into the model input, the JSON report.
+//! - [`runtime`]: finding and loading the ONNX Runtime library; [`bench`]: the scoring
+//!   benchmark and its synthetic Cityscapes-layout split.
 //!
 //! ```no_run
 //! use rccr_infer::{Segmenter, SegmenterOptions};
@@ -32,6 +33,7 @@ pub mod model;
 pub mod pipeline;
 pub mod provider;
 pub mod report;
+pub mod resample;
 pub mod runtime;
 pub mod score;
 pub mod segmenter;

@@ -18,11 +18,16 @@ pub const MAX_MODEL_BYTES: usize = (1 << 31) - 1;
 /// teacher, incomplete teacher.
 pub fn load_teacher(path: &Path) -> Result<LoadedNet, ExportError> {
     if !path.is_file() {
+        let what = if path.is_dir() {
+            "a folder, not a checkpoint file"
+        } else {
+            "no such checkpoint file"
+        };
         return Err(ExportError::Io {
             path: path.to_path_buf(),
             cause: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "no such checkpoint file (pass RUN_DIR/checkpoints/*.safetensors written by `rccr-train`)",
+                format!("{what} (pass RUN_DIR/checkpoints/*.safetensors written by `rccr-train`)"),
             ),
         });
     }

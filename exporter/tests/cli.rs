@@ -98,6 +98,7 @@ fn missing_truncated_and_foreign_files_are_refused() {
 
     let missing = dir.path().join("nope.safetensors");
     expect_failure(&missing, &out, &[], "no such checkpoint file");
+    expect_failure(dir.path(), &out, &[], "a folder, not a checkpoint file");
 
     let (ckpt, vs, _net) = common::checkpoint(dir.path(), &small(), 1);
     let bytes = std::fs::read(&ckpt).unwrap();

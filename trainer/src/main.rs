@@ -460,13 +460,21 @@ fn eval(a: &EvalArgs) -> Result<()> {
     println!("{}: {} on {}", a.checkpoint.display(), a.network, a.data);
     println!("{res}");
     if let Some(p) = &a.json {
-        let json = serde_json::json!({
-            "checkpoint": a.checkpoint,
-            "network": a.network,
-            "iteration": loaded.info.iteration,
-            "data": a.data.to_string(),
-            "scores": res,
-        });
+        #[derive(serde::Serialize)]
+        struct EvalReport<'a> {
+            checkpoint: &'a std::path::Path,
+            network: &'a str,
+            iteration: u64,
+            data: String,
+            scores: &'a validate::ValResult,
+        }
+        let json = EvalReport {
+            checkpoint: &a.checkpoint,
+            network: &a.network,
+            iteration: loaded.info.iteration,
+            data: a.data.to_string(),
+            scores: &res,
+        };
         rccr_models::weights::write_atomic(p, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     Ok(())

@@ -202,6 +202,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let synthia = is_synthia(&source);
 
     let ckdir = CheckpointDir::create(run_dir.join("checkpoints"), cfg.keep_last)?;
+    if opts.resume.is_some() {
+        truncate_log(&run_dir.join("metrics.jsonl"), start)?;
+    }
     let mut log = MetricsLog::open(&run_dir.join("metrics.jsonl"))
         .with_context(|| format!("cannot open {}", run_dir.join("metrics.jsonl").display()))?;
 
@@ -309,6 +312,28 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         "data files skipped (corrupt or unreadable)"
     );
     Ok(summary)
+}
+
+/// Drops the lines of iterations after `iteration` from a metrics log (a run resumed
+/// from an earlier checkpoint than its last iteration rewrites that stretch).
+pub fn truncate_log(path: &Path, iteration: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["iteration"].as_u64())
+                .is_none_or(|it| it <= iteration)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        rccr_models::weights::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// The metrics.jsonl line of a step.

@@ -131,17 +131,19 @@ fn resume_reaches_the_same_losses_as_an_uninterrupted_run() {
     let mut cfg = tiny(&data, 6);
     // Every anchor kept (PS off), so L_cont, NS(R), NS(C) and the memory bank all act.
     cfg.components.ps = false;
+    cfg.save_every = 3;
     let full = tmp.path().join("full");
     run(&cfg, &opts(&full)).unwrap();
     let part = tmp.path().join("part");
     run(
         &cfg,
         &RunOptions {
-            stop_at: Some(3),
+            stop_at: Some(4),
             ..opts(&part)
         },
     )
     .unwrap();
+    // Stopped at 4 with checkpoints at 3 and 4; resume from the earlier one.
     let ck = part.join("checkpoints/iter_0000003.safetensors");
     let loaded = checkpoint::load(&ck).unwrap();
     assert_eq!(loaded.iteration, 3);
@@ -161,7 +163,11 @@ fn resume_reaches_the_same_losses_as_an_uninterrupted_run() {
     let a = train_lines(&full);
     let b = train_lines(&part);
     assert_eq!(a.len(), 6);
-    assert_eq!(b.len(), 6, "3 lines before the stop, 3 after the resume");
+    assert_eq!(
+        b.len(),
+        6,
+        "the stopped run logged 4 iterations; resuming from 3 rewrites the 4th"
+    );
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x["iteration"], y["iteration"]);
         for key in ["loss_ce", "loss_cons", "loss_cont", "q", "lr", "mu"] {

@@ -35,12 +35,12 @@ pub enum ModelError {
     #[error("{0}")]
     Device(String),
     /// A file that could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file whose content is not what was expected.
     #[error("{0}")]

@@ -111,7 +111,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     use std::io::Write;
     let io = |e: std::io::Error| ModelError::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     };
     let dir = path
         .parent()
@@ -138,7 +138,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
 pub fn read_tensors(path: &Path) -> Result<TensorFile, ModelError> {
     let buf = std::fs::read(path).map_err(|e| ModelError::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     })?;
     let bad = |msg: String| {
         ModelError::Format(format!(

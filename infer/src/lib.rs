@@ -9,7 +9,7 @@
 //!   colour, SYNTHIA map, 19 / 16 / 13-class protocols.
 //! - [`files`], [`imageio`], [`labelmap`], [`resample`], [`report`]: folders and pairing,
 //!   PNG I/O, label-map operations, resizing into the model input, the JSON report.
-//! - [`runtime`]: finding and loading the ONNX Runtime library; [`bench`]: the scoring
+//! - [`runtime`]: finding and loading the ONNX Runtime library; [`bench`](mod@bench): the scoring
 //!   benchmark and its synthetic Cityscapes-layout split.
 //!
 //! ```no_run

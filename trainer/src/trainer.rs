@@ -235,18 +235,19 @@ impl Trainer {
 
         let xs = source.to_device(dev).to_kind(Kind::Float);
         let ys = source_labels.to_device(dev).to_kind(Kind::Int64);
-        let (bsz, crop) = (xs.size()[0], xs.size()[2]);
-        if xs.dim() != 4
-            || xs.size()[1] != 3
-            || xs.size()[3] != crop
-            || ys.size() != [bsz, crop, crop]
+        let shape = xs.size();
+        if shape.len() != 4
+            || shape[1] != 3
+            || shape[2] != shape[3]
+            || ys.size() != [shape[0], shape[2], shape[3]]
         {
             return Err(TrainError::Batch(format!(
                 "source images {:?} / labels {:?} are not N x 3 x C x C / N x C x C",
-                xs.size(),
+                shape,
                 ys.size()
             )));
         }
+        let (bsz, crop) = (shape[0], shape[2]);
         let lr = schedule::poly_lr(cfg.lr, t, n_iter, cfg.poly_power);
         let lr_head = lr * cfg.head_lr_mult;
         let mu = if cfg.contrastive() {

@@ -1,0 +1,133 @@
+//! The `rccr-train` command line: the describe interface scripts rely on (reference
+//! parameter counts of the notes), the CUDA refusal on a machine without one, a config
+//! file overridden by flags, and the bench report.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rccr-train"))
+}
+
+#[test]
+fn describe_prints_the_reference_counts() {
+    let out = bin()
+        .args([
+            "describe",
+            "--backbone",
+            "resnet101",
+            "--num-classes",
+            "19",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Reference figures of the implementation notes.
+    assert_eq!(v["parameters"], 43_901_068);
+    assert_eq!(
+        v["parameters"].as_i64().unwrap() + v["projector_parameters"].as_i64().unwrap(),
+        48_359_692
+    );
+    assert_eq!(v["output_stride"], 8);
+}
+
+#[test]
+fn cuda_is_refused_where_there_is_none() {
+    if tch::Cuda::is_available() {
+        return;
+    }
+    let out = bin()
+        .args([
+            "bench",
+            "--backbone",
+            "small",
+            "--device",
+            "cuda",
+            "--iterations",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no CUDA device"), "{err}");
+}
+
+#[test]
+fn bench_reports_both_modes_and_their_ratio() {
+    let out = bin()
+        .args([
+            "bench",
+            "--backbone",
+            "small",
+            "--crop",
+            "32",
+            "--batch-size",
+            "1",
+            "--device",
+            "cpu",
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let modes: Vec<&str> = v["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["baseline", "rccr"]);
+    assert!(v["rccr_over_baseline"].as_f64().unwrap() > 0.0);
+    assert!(v["modes"][1]["peak_memory_mib"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_config_file_is_read_and_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        "backbone = \"small\"\niterations = 7\nmode = \"baseline\"\nsource = \"gta5:/nonexistent\"\n",
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("run");
+    let out = bin()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args([
+            "--iterations",
+            "9",
+            "--device",
+            "cpu",
+            "--target",
+            "cityscapes:/nonexistent",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    // The data do not exist: the run stops with the loader's message naming the folder...
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent"), "{err}");
+    // ...after writing the resolved configuration: file values, flags on top.
+    let resolved: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(resolved["backbone"], "small");
+    assert_eq!(resolved["mode"], "baseline");
+    assert_eq!(resolved["iterations"], 9);
+    assert_eq!(resolved["target"], "cityscapes:/nonexistent");
+    assert_eq!(resolved["tau"], 0.1);
+}

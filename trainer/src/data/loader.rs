@@ -22,7 +22,7 @@ use image::imageops::FilterType;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rccr_infer::taxonomy::IGNORE;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::augment::{crop_chw, random_crop_origin, resize_nearest, resize_rgb, rng_for};
 use super::decode::{decode_label, decode_rgb};
@@ -328,7 +328,7 @@ impl TrainLoader {
             self.next_sample += 1;
             self.fill_queue();
             images.extend_from_slice(&sample.image);
-            labels.extend_from_slice(&sample.label);
+            labels.extend(sample.label.iter().map(|&v| v as i64));
             names.push(sample.name);
         }
         let terr = |what: &str| {
@@ -342,9 +342,10 @@ impl TrainLoader {
         let images = Tensor::f_from_slice(&images)
             .and_then(|t| t.f_view([bi, 3, ci, ci]))
             .map_err(terr("batch images"))?;
+        // Built as i64 here (a plain copy into libtorch): no tensor op runs on this thread,
+        // so libtorch's worker pool never competes with the decoders.
         let labels = Tensor::f_from_slice(&labels)
             .and_then(|t| t.f_view([bi, ci, ci]))
-            .and_then(|t| t.f_to_kind(Kind::Int64))
             .map_err(terr("batch labels"))?;
         Ok(Batch {
             images,

@@ -93,9 +93,10 @@ pub struct SynthArgs {
     /// Image size WxH.
     #[arg(long, default_value = "512x256")]
     pub size: ImageSize,
-    /// Strength of the target domain's shift: 0 renders the target like the source,
-    /// 1 (default) is the benchmark; values above 1 exaggerate it.
-    #[arg(long, default_value_t = 1.0)]
+    /// Strength of the target domain's shift: 0 renders the target like the source, 1 is
+    /// the full "real" palette, noise and blur, above 1 exaggerates it. Default 0.7: a
+    /// colour-only classifier fit on the source falls from 37% to 8% mIoU on the target.
+    #[arg(long, default_value_t = 0.7)]
     pub shift: f32,
 }
 
@@ -111,7 +112,7 @@ impl SynthArgs {
                 width: 512,
                 height: 256,
             },
-            shift: 1.0,
+            shift: 0.7,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Rendering a label canvas into the two domains of the synthetic benchmark (issue 4):
 //! the source "game" domain (flat, saturated colours per class, sharp edges, no noise) and
 //! the target "real" domain (other per-class and per-instance colours, lighting, shadows,
-//! textures, vignetting, lens blur and sensor noise). `shift` in [0, 1] interpolates the
-//! target's colours and scales its effects: 0 renders the target like the source, 1 is the
-//! default shift. Geometry is untouched, so classes stay recognisable by shape and context.
+//! textures, vignetting, lens blur and sensor noise). `shift` >= 0 interpolates the
+//! target's colours and scales its effects: 0 renders the target like the source, 1 is
+//! the full target style (the generator's default is 0.7). Geometry is untouched, so
+//! classes stay recognisable by shape and context.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -93,6 +94,30 @@ const SRC_ACCENT: [Rgb; 19] = [
 
 /// Source second accent (the unlit lamps of a traffic light).
 const SRC_ACCENT2: [u8; 3] = [120, 30, 20];
+
+/// Source ("game") per-instance colours of cars, clothes and buildings: flat and
+/// saturated, varied enough that things must be recognised by shape, not colour alone.
+const SRC_CARS: [Rgb; 6] = [
+    [30, 60, 210],
+    [210, 30, 30],
+    [240, 240, 240],
+    [250, 200, 0],
+    [25, 25, 25],
+    [40, 160, 60],
+];
+const SRC_CLOTHES: [Rgb; 5] = [
+    [225, 35, 60],
+    [40, 90, 200],
+    [250, 250, 250],
+    [30, 30, 30],
+    [240, 160, 0],
+];
+const SRC_BUILDINGS: [Rgb; 4] = [
+    [190, 95, 55],
+    [220, 200, 150],
+    [150, 150, 165],
+    [200, 120, 140],
+];
 
 /// Target base colour per trainId (things also draw from the instance lists below).
 const TGT: [Rgb; 19] = [
@@ -253,7 +278,17 @@ fn source_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
         TONE_DARK => f3(SRC_DARK[c]),
         TONE_ACCENT => f3(SRC_ACCENT[c]),
         TONE_ACCENT2 => f3(SRC_ACCENT2),
-        _ if inst > 0 => jitter(SRC[c], splitmix(seed ^ inst as u64), 12.0),
+        _ if inst > 0 => {
+            let h = splitmix(seed ^ inst as u64);
+            let pick = (h >> 32) as usize;
+            let base = match class {
+                13 => SRC_CARS[pick % SRC_CARS.len()],
+                11 | 12 => SRC_CLOTHES[pick % SRC_CLOTHES.len()],
+                2 => SRC_BUILDINGS[pick % SRC_BUILDINGS.len()],
+                _ => SRC[c],
+            };
+            jitter(base, h, 12.0)
+        }
         _ => f3(SRC[c]),
     }
 }

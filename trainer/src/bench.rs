@@ -2,7 +2,9 @@
 //! tensors, no data needed. After `warmup` untimed iterations, `iterations` are timed
 //! end to end (device synchronised), then the same number again with per-phase timing.
 //! In mode `rccr` a baseline (mean teacher + ClassMix) is measured in the same process,
-//! so the cost of the contrastive branch is the ratio of the two.
+//! so the cost of the contrastive branch is the ratio of the two. Positive sampling is
+//! off unless asked for (`--ps`): a fresh network is never confident enough to keep an
+//! anchor, which would skip L_cont's backward and under-state the cost.
 //!
 //! Peak memory: on the CPU the process's resident high-water mark (`VmHWM` of
 //! `/proc/self/status`); on CUDA the memory `nvidia-smi` attributes to this process

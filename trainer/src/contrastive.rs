@@ -128,7 +128,8 @@ pub fn contrastive_loss(inp: &ContrastiveInputs) -> ContrastiveLoss {
             let u = u_det.index_select(0, &idx);
             let tp = t_all.index_select(0, &idx);
             let pos = (&u * &tp).sum_dim_intlist([1i64].as_slice(), false, Kind::Float) / tau;
-            let mut s = u.mm(&cols_t) / tau;
+            // 1/tau folded into the c x K factor rather than the c x N product.
+            let mut s = (&u / tau).mm(&cols_t);
             // Omega: the anchor's own location in E_cut and in E_t is not a negative.
             for id in [idx.shallow_clone(), &idx + n_loc] {
                 let p = inv.index_select(0, &id);
@@ -151,12 +152,15 @@ pub fn contrastive_loss(inp: &ContrastiveInputs) -> ContrastiveLoss {
             } else {
                 pos.shallow_clone()
             };
-            let e = (&s - m.unsqueeze(1)).exp();
+            // In place from here: s becomes exp(s - m), then the softmax p over negatives.
+            let _ = s.g_sub_(&m.unsqueeze(1));
+            let _ = s.exp_();
             let ep = (&pos - &m).exp();
-            let denom = &ep + e.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+            let denom = &ep + s.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
             let lse = &m + denom.log();
             loss_sum += (&lse - &pos).sum(Kind::Float);
-            let pn = e / denom.unsqueeze(1);
+            let _ = s.g_div_(&denom.unsqueeze(1));
+            let pn = s;
             let pp = ep / &denom;
             let gu = (pn.mm(&cols) + &tp * (pp - 1.0).unsqueeze(1)) / tau;
             let _ = grad.index_add_(0, &idx, &gu);

@@ -311,6 +311,15 @@ struct BenchArgs {
     /// Switch off the memory bank.
     #[arg(long)]
     no_mb: bool,
+    /// libtorch CPU threads (default: libtorch's choice, the core count). On a busy
+    /// machine 1 avoids OpenMP barrier stalls and gives steadier figures.
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Keep positive sampling on. Off by default here: a fresh network is never confident
+    /// enough (max softmax <= 0.75), so PS would drop every anchor and skip L_cont's
+    /// backward; without it every box cell is an anchor, the upper bound of the cost.
+    #[arg(long)]
+    ps: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -482,6 +491,9 @@ fn eval(a: &EvalArgs) -> Result<()> {
 
 fn bench_cmd(a: &BenchArgs) -> Result<()> {
     let device = rccr_models::device::parse_device(&a.device)?;
+    if let Some(n) = a.threads {
+        tch::set_num_threads(n.max(1));
+    }
     let report = bench::run(&BenchConfig {
         backbone: a.backbone,
         num_classes: a.num_classes,
@@ -494,6 +506,7 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
         warmup: a.warmup,
         components: Components {
             mb: !a.no_mb,
+            ps: a.ps,
             ..Components::default()
         },
         anchor_chunk: a.anchor_chunk.max(1),

@@ -322,3 +322,76 @@ fn every_table3_switch_changes_the_iteration() {
         a.loss_cont
     );
 }
+
+#[test]
+fn checkpoints_keep_the_last_k_and_the_best() {
+    use rccr_trainer::checkpoint::{Best, CheckpointDir, Saved};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = small_cfg(Mode::Rccr, Components::default());
+    let t = Trainer::new(cfg.clone(), Device::Cpu).unwrap();
+    let dir = CheckpointDir::create(tmp.path().join("checkpoints"), 2).unwrap();
+    let best = Some(Best {
+        iteration: 2,
+        miou: 0.5,
+    });
+    for it in 1..=5 {
+        dir.save(&Saved {
+            student: &t.student_vs,
+            teacher: &t.teacher_vs,
+            optim: &t.opt,
+            bank: &t.bank,
+            rng: &t.rng,
+            iteration: it,
+            config: &cfg,
+            best: if it >= 2 { best } else { None },
+        })
+        .unwrap();
+    }
+    assert_eq!(dir.present(), vec![2, 4, 5]);
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("checkpoints/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["latest"], "iter_0000005.safetensors");
+    assert_eq!(index["best"]["file"], "iter_0000002.safetensors");
+    // No temporary file is left behind.
+    let names: Vec<String> = std::fs::read_dir(tmp.path().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn init_imports_a_torchvision_backbone_into_student_and_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = small_cfg(Mode::Rccr, Components::default());
+    // A "torchvision" file: the encoder of another small network, plus the ImageNet head.
+    let src = tch::nn::VarStore::new(Device::Cpu);
+    tch::manual_seed(99);
+    let _net = rccr_models::RccrNet::new(&src.root(), &cfg.model_config());
+    let vars = src.variables();
+    let fc = Tensor::zeros([10, 128], (Kind::Float, Device::Cpu));
+    let mut tensors: Vec<(String, &Tensor)> = vars
+        .iter()
+        .filter(|(n, _)| rccr_models::weights::is_encoder_var(n))
+        .map(|(n, t)| (n.clone(), t))
+        .collect();
+    tensors.push(("fc.weight".into(), &fc));
+    let path = tmp.path().join("backbone.safetensors");
+    rccr_models::weights::write_tensors(&path, tensors, &Default::default()).unwrap();
+    cfg.init = Some(path);
+    let t = rccr_trainer::run::build_trainer(&cfg, Device::Cpu, None).unwrap();
+    for name in ["conv1.weight", "layer4.0.conv2.weight", "bn1.running_var"] {
+        assert!(
+            t.student_vs.variables()[name].equal(&vars[name]),
+            "student {name}"
+        );
+        assert!(
+            t.teacher_vs.variables()[name].equal(&vars[name]),
+            "teacher {name}"
+        );
+    }
+    // The classifier is not part of the backbone: it keeps its own initialisation.
+    let w = "layer5.conv2d_list.0.weight";
+    assert!(!t.student_vs.variables()[w].equal(&vars[w]));
+}

@@ -97,8 +97,9 @@ pub fn contrastive_loss(inp: &ContrastiveInputs) -> ContrastiveLoss {
         // Current negatives: E_cut locations 0..n, then E_t locations n..2n.
         let cur = Tensor::cat(&[&u_det, &t_all], 0);
         let cur_lab = Tensor::cat(&[&cut_lab, &t_lab], 0);
+        // Ascending, so the kept E_cut locations (ids < n) come first.
         let ids = match inp.keep {
-            Some(k) => k.to_kind(Kind::Int64).to_device(device),
+            Some(k) => k.to_kind(Kind::Int64).to_device(device).sort(0, false).0,
             None => Tensor::arange(2 * n_loc, (Kind::Int64, device)),
         };
         let n_cut_cols = ids.lt(n_loc).sum(Kind::Int64).int64_value(&[]);

@@ -8,9 +8,10 @@
 //!
 //! Peak memory: on the CPU the process's resident high-water mark (`VmHWM` of
 //! `/proc/self/status`); on CUDA the memory `nvidia-smi` attributes to this process
-//! after the measurement, which is what libtorch's caching allocator holds (its peak
+//! after the measurement (inside containers, where nvidia-smi often lists no processes,
+//! the device's used memory), which is what libtorch's caching allocator holds (its peak
 //! reservation, since it does not give memory back) plus the CUDA context. libtorch's
-//! allocator statistics are C++-only and not reachable through tch. Both figures are
+//! allocator statistics return C++ structs that tch does not expose. Both figures are
 //! cumulative over the process, so the second (rccr) figure is the peak of both modes.
 
 use crate::config::{Components, Mode, Precision, TrainConfig};
@@ -65,6 +66,8 @@ pub struct ModeBench {
     pub peak_memory_mib: Option<f64>,
     /// Anchors per iteration (rccr).
     pub mean_kept_anchors: f64,
+    /// How the peak memory was read.
+    pub memory_source: String,
 }
 
 /// The whole report.
@@ -160,20 +163,46 @@ pub fn cpu_peak_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// GPU memory nvidia-smi attributes to this process, MiB.
-pub fn cuda_process_mib() -> Option<f64> {
+fn nvidia_smi(args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-compute-apps=pid,used_memory",
-            "--format=csv,noheader,nounits",
-        ])
+        .args(args)
         .output()
         .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// GPU memory of this process from nvidia-smi, MiB, with how it was read: the
+/// per-process figure, or (inside containers, where nvidia-smi often lists no
+/// processes) the device's used memory, which is this process's on a dedicated GPU.
+pub fn cuda_memory_mib(device_index: usize) -> Option<(f64, &'static str)> {
     let me = std::process::id().to_string();
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let mut it = l.split(',').map(str::trim);
-        (it.next()? == me).then(|| it.next()?.parse().ok())?
-    })
+    let per_process = nvidia_smi(&[
+        "--query-compute-apps=pid,used_memory",
+        "--format=csv,noheader,nounits",
+    ])
+    .and_then(|text| {
+        text.lines().find_map(|l| {
+            let mut it = l.split(',').map(str::trim);
+            (it.next()? == me).then(|| it.next()?.parse().ok())?
+        })
+    });
+    if let Some(v) = per_process {
+        return Some((v, "nvidia-smi per-process used memory"));
+    }
+    let index = device_index.to_string();
+    let device = nvidia_smi(&[
+        "--query-gpu=memory.used",
+        "--format=csv,noheader,nounits",
+        "-i",
+        &index,
+    ])?;
+    let v = device.lines().next()?.trim().parse().ok()?;
+    Some((
+        v,
+        "nvidia-smi device used memory (this process not listed; dedicated GPU assumed)",
+    ))
 }
 
 fn synthetic(cfg: &BenchConfig) -> (Tensor, Tensor, Tensor) {
@@ -256,10 +285,12 @@ fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-    let peak = if cfg.device.is_cuda() {
-        cuda_process_mib()
-    } else {
-        cpu_peak_mib()
+    let (peak, source) = match cfg.device {
+        Device::Cuda(i) => match cuda_memory_mib(i) {
+            Some((v, how)) => (Some(v), how),
+            None => (None, "unavailable: nvidia-smi not found or unreadable"),
+        },
+        _ => (cpu_peak_mib(), "process resident high-water mark (VmHWM)"),
     };
     Ok(ModeBench {
         mode: mode.name().into(),
@@ -269,6 +300,7 @@ fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
         phases_ms: ph,
         peak_memory_mib: peak,
         mean_kept_anchors: anchors as f64 / n,
+        memory_source: source.into(),
     })
 }
 
@@ -292,14 +324,14 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     };
     let rccr_over_baseline = ratio(|r| r.ms_per_iteration);
     let rccr_over_baseline_median = ratio(|r| r.ms_median);
-    let memory_source = if cfg.device.is_cuda() {
-        if results.iter().any(|r| r.peak_memory_mib.is_some()) {
-            "nvidia-smi per-process used memory (caching-allocator reservation + CUDA context), cumulative".into()
-        } else {
-            "unavailable: nvidia-smi not found or did not list this process".into()
-        }
-    } else {
-        "process resident high-water mark (VmHWM), cumulative".into()
+    let memory_source = match results.last() {
+        Some(r) if cfg.device.is_cuda() => format!(
+            "{} after each mode: libtorch's caching-allocator reservation (it keeps its \
+             peak) + the CUDA context; cumulative over the process",
+            r.memory_source
+        ),
+        Some(r) => format!("{}, cumulative over the process", r.memory_source),
+        None => String::new(),
     };
     Ok(BenchReport {
         device: rccr_models::device::device_name(cfg.device),

@@ -473,3 +473,23 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
     let valid = labels.ne(255).sum(Kind::Float).clamp_min(1.0);
     ce.sum(Kind::Float) / valid
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_averages_over_labelled_pixels_only() {
+        // 1 image, 2 classes, 1 x 3 pixels. Pixel 0: logits (0, 0) -> CE ln 2; pixel 1:
+        // logits (ln 3, 0), label 0 -> CE -ln(3/4) = ln(4/3); pixel 2 ignored (255).
+        let l3 = 3f32.ln();
+        let logits = Tensor::from_slice(&[0f32, l3, 5.0, 0., 0., -5.0]).view([1, 2, 1, 3]);
+        let labels = Tensor::from_slice(&[1i64, 0, 255]).view([1, 1, 3]);
+        let expect = (2f64.ln() + (4.0f64 / 3.0).ln()) / 2.0;
+        let got = cross_entropy(&logits, &labels).double_value(&[]);
+        assert!((got - expect).abs() < 1e-6, "{got} vs {expect}");
+        // All pixels ignored: 0, not NaN.
+        let none = Tensor::from_slice(&[255i64, 255, 255]).view([1, 1, 3]);
+        assert_eq!(cross_entropy(&logits, &none).double_value(&[]), 0.0);
+    }
+}

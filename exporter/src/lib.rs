@@ -9,6 +9,7 @@
 //! - [`network`]: the DeepLabv2 graph (normalisation, encoder, ASPP, upsampling, argmax)
 //!   and the export options.
 //! - [`metadata`]: the `metadata_props` contract read by `rccr-infer`.
+//! - [`quantize`]: static int8 quantization (QDQ) with image calibration.
 //! - [`export`]: load a checkpoint's teacher, encode, write atomically.
 //! - [`verify`]: tch vs ONNX Runtime parity report.
 //!
@@ -29,6 +30,7 @@ pub mod fold;
 pub mod graph;
 pub mod metadata;
 pub mod network;
+pub mod quantize;
 pub mod verify;
 
 pub use error::ExportError;

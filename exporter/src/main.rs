@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rccr_exporter::network::{Outputs, Shape, OPSETS};
+use rccr_exporter::quantize::{self, CalibrationMethod};
 use rccr_exporter::verify::{self, Tolerance, VerifyOptions};
 use rccr_exporter::{export, ExportOptions};
 use std::path::PathBuf;
@@ -54,6 +55,30 @@ struct Cli {
     /// the default is 1e-2 x max |logit|).
     #[arg(long)]
     tolerance: Option<f32>,
+    /// Quantize to int8 (QDQ format: per-channel int8 weights, uint8 activations
+    /// calibrated on --calibration-images) for ONNX Runtime's integer CPU kernels.
+    /// `--verify` then checks argmax agreement (--min-agreement) instead of logit error.
+    #[arg(long, requires = "calibration_images", conflicts_with = "fp16")]
+    int8: bool,
+    /// Images (.png/.jpg, searched recursively) like those the model will see, for the
+    /// int8 activation ranges.
+    #[arg(long, value_name = "DIR")]
+    calibration_images: Option<PathBuf>,
+    /// Calibration images used (spread over the sorted list).
+    #[arg(long, default_value_t = 16)]
+    calibration_count: usize,
+    /// Range rule: `minmax` or `percentile[:P]` (|x| clipped at its P-th percentile).
+    #[arg(long, default_value = "percentile:99.999")]
+    calibration_method: CalibrationMethod,
+    /// Size WxH the calibration images are resized to (default: the fixed shape, else
+    /// 1024x512, rccr-infer's default input size).
+    #[arg(long, value_name = "WxH")]
+    calibration_size: Option<String>,
+    /// int8 verification: least share of pixels whose argmax equals libtorch fp32's.
+    /// Verified on --verify-images, else on the first --verify-max-images calibration
+    /// images (random inputs only with an explicit --verify-shape).
+    #[arg(long, default_value_t = quantize::DEFAULT_MIN_AGREEMENT)]
+    min_agreement: f64,
     /// Print the result as JSON on stdout (logs stay on stderr).
     #[arg(long)]
     json: bool,
@@ -107,7 +132,43 @@ fn run(cli: Cli) -> Result<()> {
     );
 
     let t1 = Instant::now();
-    let model = export::export_loaded(&loaded, &cli.checkpoint, &opts)?;
+    let mut model = export::export_loaded(&loaded, &cli.checkpoint, &opts)?;
+    let mut calibration = None;
+    if cli.int8 {
+        let dir = cli
+            .calibration_images
+            .as_ref()
+            .context("--int8 needs --calibration-images DIR")?;
+        let (w, h) = match (&cli.calibration_size, cli.fixed_shape) {
+            (Some(s), _) => parse_wxh(s)?,
+            (None, Some(f)) => (f.w as u32, f.h as u32),
+            (None, None) => rccr_infer::segmenter::DEFAULT_INPUT_SIZE,
+        };
+        let mut batches = quantize::calibration_batches(dir, cli.calibration_count, w, h)?;
+        if let Some(f) = cli.fixed_shape {
+            // A fixed batch N: repeat each image N times.
+            for (shape, data) in &mut batches {
+                shape[0] = f.n;
+                *data = data.repeat(f.n as usize);
+            }
+        }
+        tracing::info!(
+            "calibrating on {} images of {} at {w}x{h} ({:?})",
+            batches.len(),
+            dir.display(),
+            cli.calibration_method
+        );
+        let t = Instant::now();
+        let c = quantize::calibrate(&model, &batches, cli.calibration_method, true)
+            .context("calibrating the int8 activation ranges")?;
+        model = quantize::quantize(&model, &c)?;
+        tracing::info!(
+            "quantized {} activation tensors in {:.1} s",
+            c.ranges.len(),
+            t.elapsed().as_secs_f64()
+        );
+        calibration = Some(c);
+    }
     let bytes = export::encode(&model)?;
     let build_s = t1.elapsed().as_secs_f64();
     let graph = model.graph.as_ref();
@@ -120,23 +181,34 @@ fn run(cli: Cli) -> Result<()> {
 
     let mut report = None;
     if cli.verify || cli.verify_images.is_some() {
-        let images = match &cli.verify_images {
-            Some(dir) => verify::list_images(dir, cli.verify_max_images)?,
-            None => Vec::new(),
+        let images = match (&cli.verify_images, &cli.calibration_images) {
+            (Some(dir), _) => verify::list_images(dir, cli.verify_max_images)?,
+            (None, Some(dir)) if cli.int8 => verify::list_images(dir, cli.verify_max_images)
+                .or_else(|_| {
+                    // Calibration images in sub-folders: take the first ones found.
+                    quantize::image_files(dir).map(|mut v| {
+                        v.truncate(cli.verify_max_images);
+                        v
+                    })
+                })?,
+            _ => Vec::new(),
         };
         let mut tolerance = Tolerance::default_for(cli.fp16);
         if let Some(t) = cli.tolerance {
             tolerance = Tolerance { abs: t, rel: 0.0 };
         }
         let vopts = VerifyOptions {
-            shapes: if cli.verify_shapes.is_empty() {
-                verify::default_shapes()
-            } else {
+            shapes: if !cli.verify_shapes.is_empty() {
                 cli.verify_shapes.clone()
+            } else if cli.int8 {
+                Vec::new()
+            } else {
+                verify::default_shapes()
             },
             images,
             max_side: cli.verify_max_side,
             tolerance,
+            min_agreement: cli.int8.then_some(cli.min_agreement),
             progress: true,
             ..Default::default()
         };
@@ -148,7 +220,23 @@ fn run(cli: Cli) -> Result<()> {
         if cli.json {
             println!(
                 "{}",
-                json_result(&cli, &opts, bytes.len(), load_s, build_s, Some(r))?
+                json_result(
+                    &cli,
+                    &opts,
+                    bytes.len(),
+                    load_s,
+                    build_s,
+                    Some(r),
+                    calibration.as_ref()
+                )?
+            );
+        }
+        if cli.int8 {
+            bail!(
+                "verification failed: argmax agreement {:.4}% below --min-agreement {:.4}%; {} was not written",
+                100.0 * r.min_argmax_agreement,
+                100.0 * cli.min_agreement,
+                cli.out.display()
             );
         }
         bail!(
@@ -165,17 +253,32 @@ fn run(cli: Cli) -> Result<()> {
         bytes.len() as f64 / 1e6,
         graph.map_or(0, |g| g.node.len()),
         opts.outputs.names(),
-        if opts.fp16 { ", fp16 weights" } else { "" }
+        if opts.fp16 {
+            ", fp16 weights"
+        } else if cli.int8 {
+            ", int8 QDQ"
+        } else {
+            ""
+        }
     );
     if cli.json {
         println!(
             "{}",
-            json_result(&cli, &opts, bytes.len(), load_s, build_s, report.as_ref())?
+            json_result(
+                &cli,
+                &opts,
+                bytes.len(),
+                load_s,
+                build_s,
+                report.as_ref(),
+                calibration.as_ref()
+            )?
         );
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn json_result(
     cli: &Cli,
     opts: &ExportOptions,
@@ -183,14 +286,26 @@ fn json_result(
     load_s: f64,
     build_s: f64,
     report: Option<&verify::VerifyReport>,
+    calibration: Option<&quantize::Calibration>,
 ) -> Result<String> {
     Ok(serde_json::to_string_pretty(&serde_json::json!({
         "checkpoint": cli.checkpoint,
         "out": cli.out,
         "options": opts,
+        "int8": cli.int8,
+        "calibration": calibration.map(|c| serde_json::json!({
+            "method": c.method, "images": c.batches, "tensors": c.ranges.len(),
+        })),
         "bytes": bytes,
         "load_s": load_s,
         "build_s": build_s,
         "verify": report,
     }))?)
+}
+
+fn parse_wxh(s: &str) -> Result<(u32, u32)> {
+    s.split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .filter(|&(w, h)| w > 0 && h > 0)
+        .with_context(|| format!("bad size `{s}`: expected WxH, e.g. 1024x512"))
 }

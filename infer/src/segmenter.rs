@@ -18,7 +18,7 @@ use ort::value::TensorRef;
 use crate::error::{InferError, Result};
 use crate::labelmap::LabelMap;
 use crate::model::{ModelInfo, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
-use crate::provider::{create_session, Provider, SessionOptions};
+use crate::provider::{create_session, create_session_with_dims, Provider, SessionOptions};
 use crate::resample;
 use crate::taxonomy::IGNORE;
 
@@ -133,6 +133,24 @@ pub fn argmax_planes(logits: &[f32], c: usize, plane: usize) -> Vec<u8> {
     out
 }
 
+/// The symbolic names of the input's H and W dimensions, when both have one.
+fn spatial_dim_names(session: &Session) -> Option<(String, String)> {
+    let input = session.inputs().iter().find(|i| i.name() == INPUT_NAME)?;
+    let ort::value::ValueType::Tensor {
+        dimension_symbols, ..
+    } = input.dtype()
+    else {
+        return None;
+    };
+    let name = |i: usize| {
+        dimension_symbols
+            .get(i)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty())
+    };
+    Some((name(2)?, name(3)?))
+}
+
 /// An rccr segmentation model ready to run.
 pub struct Segmenter {
     session: Session,
@@ -183,6 +201,20 @@ impl Segmenter {
         };
         if input_size.0 == 0 || input_size.1 == 0 {
             return Err(InferError::Invalid("input size must be positive".into()));
+        }
+        // On the CPU, a session with H and W fixed to the input size runs faster (ONNX
+        // Runtime fuses every residual Add + Relu into its convolution only with static
+        // shapes): rebuild it so. `info` keeps describing the model file (dynamic).
+        let mut session = session;
+        if provider == Provider::Cpu && info.fixed_size.is_none() {
+            if let Some((h_name, w_name)) = spatial_dim_names(&session) {
+                let dims = [(h_name, input_size.1 as i64), (w_name, input_size.0 as i64)];
+                let cpu = SessionOptions {
+                    provider: Provider::Cpu,
+                    ..options.session.clone()
+                };
+                session = create_session_with_dims(model, &cpu, &dims)?.0;
+            }
         }
         let batch_size = match info.fixed_batch {
             Some(n) => {

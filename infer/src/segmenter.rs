@@ -291,7 +291,9 @@ impl Segmenter {
 
     /// One model run on a preprocessed batch (at most [`Self::batch_size`] images; padded
     /// with zeros when the model has a fixed batch). Returns one train-id map per image at
-    /// the batch's size; ids outside `0..num_classes` become 255.
+    /// the batch's size; ids outside `0..num_classes` become 255. Batches must be at
+    /// [`Self::input_size`] ([`Self::new_batch`]): on the CPU, a dynamic model's session is
+    /// fixed to that size when opened.
     pub fn run(&mut self, batch: &Batch) -> Result<Vec<LabelMap>> {
         if batch.len == 0 {
             return Ok(Vec::new());

@@ -20,6 +20,8 @@ LR=${LADDER_LR:-0.01}
 CROP=${LADDER_CROP:-256}
 SIZE=${LADDER_SIZE:-512x256}
 JOB_TIMEOUT=${LADDER_JOB_TIMEOUT:-100000}
+ONLY=${LADDER_ONLY:-.}          # regex on the run name: which runs to do
+RESULTS=${LADDER_RESULTS:-$OUT/results.jsonl}
 DATA=$OUT/data
 mkdir -p "$OUT/runs"
 [[ -f $DATA/synth.json ]] || "$BIN/rccr-train" synth --out "$DATA" --seed 0 --size "$SIZE" >/dev/null
@@ -48,7 +50,7 @@ run_one() {
   timeout "$JOB_TIMEOUT" "$BIN/rccr-train" train --mode "$mode" $flags --source "$source" \
     --target "cityscapes:$DATA/cityscapes" --out "$dir" --backbone small --iterations "$ITERS" \
     --source-size "$SIZE" --target-size "$SIZE" --val-size "$SIZE" --crop "$CROP" --batch-size 2 \
-    --lr "$LR" --device "$DEVICE" --seed "$seed" --val-every $((ITERS / 3)) --save-every "$ITERS" \
+    --lr "$LR" ${LADDER_EXTRA:-} --device "$DEVICE" --seed "$seed" --val-every $((ITERS / 3)) --save-every "$ITERS" \
     --workers 2 --quiet >"$dir.log" 2>&1
   local rc=$?
   local src_miou=null
@@ -57,7 +59,7 @@ run_one() {
       --data "gta5:$DATA/gta5-val" --device "$DEVICE" --json "$dir.source-val.json" >/dev/null 2>&1 &&
       python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['scores']['miou'])" "$dir.source-val.json" || echo null)
   fi
-  python3 - "$dir/metrics.jsonl" "$name" "$seed" "$rc" "$src_miou" >>"$OUT/results.jsonl" <<'PY'
+  python3 - "$dir/metrics.jsonl" "$name" "$seed" "$rc" "$src_miou" >>"$RESULTS" <<'PY'
 import json, sys
 path, name, seed, rc, src = sys.argv[1:6]
 vals = []
@@ -73,10 +75,10 @@ print(json.dumps({"run": name, "seed": int(seed), "exit": int(rc), "iteration": 
 PY
 }
 export -f run_one
-export OUT BIN DEVICE ITERS LR CROP SIZE DATA JOB_TIMEOUT
-: >"$OUT/results.jsonl"
+export OUT BIN DEVICE ITERS LR CROP SIZE DATA JOB_TIMEOUT RESULTS
+: >"$RESULTS"
 {
   for s in $SEEDS; do jobs_for_seed "$s"; done
   if [[ $RUNGS == 1 ]]; then for s in $SEEDS; do rungs_for_seed "$s"; done; fi
-} | xargs -P "$JOBS" -I{} bash -c 'run_one "$@"' _ {}
-python3 "$(dirname "$0")/ladder_summary.py" "$OUT/results.jsonl" | tee "$OUT/summary.md"
+} | grep -E "^($ONLY)\|" | xargs -P "$JOBS" -I{} bash -c 'run_one "$@"' _ {}
+python3 "$(dirname "$0")/ladder_summary.py" "$RESULTS" | tee "$OUT/summary.md"

@@ -228,13 +228,7 @@ fn ort_run(seg: &mut Segmenter, x: &[f32], w: u32, h: u32) -> Result<Vec<u8>> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rccr_infer::logging::init("warn");
     let args = Args::parse();
     let (w, h) = args
         .size

@@ -9,7 +9,8 @@
 //!   colour, SYNTHIA map, 19 / 16 / 13-class protocols.
 //! - [`files`], [`imageio`], [`labelmap`], [`resample`], [`report`]: folders and pairing,
 //!   PNG I/O, label-map operations, resizing into the model input, the JSON report.
-//! - [`runtime`]: finding and loading the ONNX Runtime library; [`bench`](mod@bench): the scoring
+//! - [`runtime`]: finding and loading the ONNX Runtime library.
+//! - [`logging`]: the CLI programs' tracing set-up. [`bench`](mod@bench): the scoring
 //!   benchmark and its synthetic Cityscapes-layout split.
 //!
 //! ```no_run
@@ -28,6 +29,7 @@ pub mod error;
 pub mod files;
 pub mod imageio;
 pub mod labelmap;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -325,13 +325,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rccr_infer::logging::init("info");
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Score(a)) => score_cmd(a),

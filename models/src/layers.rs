@@ -74,6 +74,9 @@ impl ConvBn {
 }
 
 /// A residual block of either family.
+// The variants differ by one ConvBn; blocks are built once per network, so boxing would
+// only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Block {
     /// 1x1 (stride here, Caffe style) -> 3x3 (dilated) -> 1x1 x4, each with BN.

@@ -9,9 +9,9 @@
 //! - [`checkpoint`], [`metrics`], [`validate`], [`bench`]: run outputs and measurements.
 //! - [`data`], [`synth`]: dataset loaders and the synthetic benchmark.
 
-pub mod checkpoint;
 pub mod amp;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod contrastive;
 pub mod data;

@@ -3,40 +3,21 @@
 //! iteration) and `"kind": "val"` for each validation (iteration, mIoU, per-class IoU).
 //! Lines are appended and flushed as they are written, so a stopped run keeps its log.
 
+use crate::trainer::StepStats;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// The log of one training iteration.
+/// The log of one training iteration: the step's figures (iteration, every loss term of
+/// Eq. 9, lr, mu, alpha, kept / box anchors, negatives, q) and its wall time.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TrainRecord {
     /// Always "train".
     pub kind: &'static str,
-    /// Iterations completed (1-based index of the iteration just run).
-    pub iteration: u64,
-    /// L_CE (Eq. 1) on the source crops.
-    pub loss_ce: f64,
-    /// L_cons on the ClassMix crops (0 in mode source-only).
-    pub loss_cons: f64,
-    /// L_cont (Eq. 4) (0 unless mode rccr with RWC).
-    pub loss_cont: f64,
-    /// L = L_CE + lambda L_cons + mu L_cont (Eq. 9).
-    pub loss_total: f64,
-    /// Backbone learning rate (the head's is 10x).
-    pub lr: f64,
-    /// mu(t).
-    pub mu: f64,
-    /// EMA alpha(t) used after the step.
-    pub alpha: f64,
-    /// Anchors that entered L_cont (after positive sampling).
-    pub kept_anchors: i64,
-    /// Anchors in the CutMix box before positive sampling.
-    pub box_anchors: i64,
-    /// Negatives offered per anchor before the per-anchor masks (current + bank).
-    pub negatives: i64,
-    /// q: share of confident target pixels, the weight of L_cons on target pixels.
-    pub q: f64,
+    /// What the step measured (flattened into the same JSON object).
+    #[serde(flatten)]
+    pub step: StepStats,
     /// Wall time of this iteration (data wait included).
     pub seconds_per_iteration: f64,
 }

@@ -340,18 +340,10 @@ pub fn truncate_log(path: &Path, iteration: u64) -> Result<()> {
 pub fn record(s: &StepStats, seconds: f64) -> TrainRecord {
     TrainRecord {
         kind: "train",
-        iteration: s.iteration,
-        loss_ce: s.loss_ce,
-        loss_cons: s.loss_cons,
-        loss_cont: s.loss_cont,
-        loss_total: s.loss_total,
-        lr: s.lr,
-        mu: s.mu,
-        alpha: s.alpha,
-        kept_anchors: s.kept_anchors,
-        box_anchors: s.box_anchors,
-        negatives: s.negatives,
-        q: s.q,
+        step: StepStats {
+            phases: None,
+            ..s.clone()
+        },
         seconds_per_iteration: seconds,
     }
 }

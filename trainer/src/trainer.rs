@@ -65,7 +65,7 @@ pub enum TrainError {
 
 /// Seconds spent in each phase of a step (measured only when profiling, with device
 /// synchronisation between phases).
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Phases {
     /// Teacher forward on x_t (+ teacher projector in rccr mode).
     pub teacher: f64,
@@ -84,7 +84,7 @@ pub struct Phases {
 }
 
 /// What one step measured.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StepStats {
     /// Iterations completed after this step.
     pub iteration: u64,
@@ -111,6 +111,7 @@ pub struct StepStats {
     /// q.
     pub q: f64,
     /// Phase timings when profiling.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<Phases>,
 }
 

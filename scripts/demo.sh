@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-demo}
-ITERS=${DEMO_ITERATIONS:-600}
+ITERS=${DEMO_ITERATIONS:-800}
 # The paper's lr (2.5e-4) fine-tunes an ImageNet backbone; the demo's small backbone starts
 # from scratch and needs a larger one.
 LR=${DEMO_LR:-0.01}

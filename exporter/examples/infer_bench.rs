@@ -135,32 +135,10 @@ fn synthetic_image(w: u32, h: u32, seed: u64) -> RgbImage {
     img
 }
 
-fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-            {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    anyhow::ensure!(!out.is_empty(), "{}: no .png/.jpg images", dir.display());
-    Ok(out)
-}
-
 fn inputs(dir: Option<&Path>, n: usize, w: u32, h: u32, seed: u64) -> Result<Vec<Vec<f32>>> {
     match dir {
         Some(d) => {
-            let files = list_images(d)?;
+            let files = rccr_exporter::verify::image_files(d, "images to benchmark on")?;
             (0..n)
                 .map(|i| {
                     let p = &files[i * files.len() / n.max(1) % files.len()];

@@ -177,14 +177,7 @@ fn run(cli: Cli) -> Result<()> {
     if cli.verify || cli.verify_images.is_some() {
         let images = match (&cli.verify_images, &cli.calibration_images) {
             (Some(dir), _) => verify::list_images(dir, cli.verify_max_images)?,
-            (None, Some(dir)) if cli.int8 => verify::list_images(dir, cli.verify_max_images)
-                .or_else(|_| {
-                    // Calibration images in sub-folders: take the first ones found.
-                    quantize::image_files(dir).map(|mut v| {
-                        v.truncate(cli.verify_max_images);
-                        v
-                    })
-                })?,
+            (None, Some(dir)) if cli.int8 => verify::list_images(dir, cli.verify_max_images)?,
             _ => Vec::new(),
         };
         let mut tolerance = Tolerance::default_for(cli.fp16);

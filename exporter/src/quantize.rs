@@ -639,7 +639,10 @@ pub fn calibration_batches(
     width: u32,
     height: u32,
 ) -> Result<Vec<Batch>, ExportError> {
-    let files = image_files(dir)?;
+    let files = crate::verify::image_files(
+        dir,
+        "calibration images (give a folder of images like those the model will see)",
+    )?;
     // Spread the picks over the sorted list (consecutive frames look alike).
     let n = count.max(1).min(files.len());
     let picks: Vec<_> = (0..n).map(|i| files[i * files.len() / n].clone()).collect();
@@ -658,38 +661,6 @@ pub fn calibration_batches(
             ))
         })
         .collect()
-}
-
-/// The `.png` / `.jpg` files under `dir` (recursively), sorted; an error when none.
-pub fn image_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, ExportError> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|e| ExportError::Io {
-            path: d.clone(),
-            cause: e,
-        })?;
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-            {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    if files.is_empty() {
-        return Err(ExportError::Options(format!(
-            "{}: no .png / .jpg calibration images (give a folder of images like those the model will see)",
-            dir.display()
-        )));
-    }
-    Ok(files)
 }
 
 #[cfg(test)]

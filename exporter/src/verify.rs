@@ -211,31 +211,25 @@ pub fn fixed_input_shape(model: &ModelProto) -> Option<Shape> {
     }
 }
 
-/// The image files (`.png`, `.jpg`, `.jpeg`) of `dir`, sorted by name, at most `limit`.
+/// The image files (`.png`, `.jpg`, `.jpeg`) under `dir` (recursively, sorted), at most
+/// `limit`; an error naming the folder when there is none.
 pub fn list_images(dir: &Path, limit: usize) -> Result<Vec<PathBuf>, ExportError> {
-    let io = |e| ExportError::Io {
-        path: dir.to_path_buf(),
-        cause: e,
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
-                })
-        })
-        .collect();
-    files.sort();
+    let mut files = image_files(dir, "images to verify on")?;
     files.truncate(limit);
-    if files.is_empty() {
-        return Err(ExportError::Options(format!(
-            "{}: no .png / .jpg images to verify on",
-            dir.display()
-        )));
-    }
     Ok(files)
+}
+
+/// The image files under `dir` (recursively, sorted by path, hidden files skipped), listed
+/// by the same walker `rccr-infer` uses; `what` names them in the error when there is none.
+pub fn image_files(dir: &Path, what: &str) -> Result<Vec<PathBuf>, ExportError> {
+    match rccr_infer::files::list_images(dir) {
+        Ok(list) => Ok(list.images),
+        Err(rccr_infer::InferError::EmptyFolder { .. }) => Err(ExportError::Options(format!(
+            "{}: no .png / .jpg {what}",
+            dir.display()
+        ))),
+        Err(e) => Err(ExportError::Options(e.to_string())),
+    }
 }
 
 /// An image as `N x 3 x H x W` float RGB 0..255 (the model's input format), resized to

@@ -81,26 +81,37 @@ fn flat(spec: &DatasetSpec, images: &Path, labels: &Path) -> Result<Discovered, 
             continue;
         };
         let label = lbl_dir.join(file);
-        if label.is_file() {
-            let name = image
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            pairs.push(Pair {
-                image,
-                label: Some(label),
-                name,
-            });
-        } else {
-            tracing::warn!(
-                image = %image.display(),
-                label = %label.display(),
-                "image without label, skipped"
-            );
-            unpaired += 1;
-        }
+        let name = image
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        pair_if_labelled(&mut pairs, &mut unpaired, image, label, name);
     }
     Ok(Discovered { pairs, unpaired })
+}
+
+/// Adds `image` with `label` when the label file exists; else warns and counts it unpaired.
+fn pair_if_labelled(
+    pairs: &mut Vec<Pair>,
+    unpaired: &mut usize,
+    image: PathBuf,
+    label: PathBuf,
+    name: String,
+) {
+    if label.is_file() {
+        pairs.push(Pair {
+            image,
+            label: Some(label),
+            name,
+        });
+    } else {
+        tracing::warn!(
+            image = %image.display(),
+            label = %label.display(),
+            "image without label, skipped"
+        );
+        *unpaired += 1;
+    }
 }
 
 const CS_IMAGE_SUFFIX: &str = "_leftImg8bit.png";
@@ -167,20 +178,7 @@ fn cityscapes(
             let label = lbl_root
                 .join(&city)
                 .join(format!("{stem}{CS_LABEL_SUFFIX}"));
-            if label.is_file() {
-                pairs.push(Pair {
-                    image,
-                    label: Some(label),
-                    name,
-                });
-            } else {
-                tracing::warn!(
-                    image = %image.display(),
-                    label = %label.display(),
-                    "image without label, skipped"
-                );
-                unpaired += 1;
-            }
+            pair_if_labelled(&mut pairs, &mut unpaired, image, label, name);
         }
     }
     Ok(Discovered { pairs, unpaired })

@@ -203,21 +203,24 @@ fn run(cli: Cli) -> Result<()> {
         eprintln!("{}", r.summary());
         report = Some(r);
     }
-    if let Some(r) = report.as_ref().filter(|r| !r.passed) {
+    // The --json result, printed on failure as well as after a successful write.
+    let print_json = || -> Result<()> {
         if cli.json {
-            println!(
-                "{}",
-                json_result(
-                    &cli,
-                    &opts,
-                    bytes.len(),
-                    load_s,
-                    build_s,
-                    Some(r),
-                    calibration.as_ref()
-                )?
-            );
+            let json = json_result(
+                &cli,
+                &opts,
+                bytes.len(),
+                load_s,
+                build_s,
+                report.as_ref(),
+                calibration.as_ref(),
+            )?;
+            println!("{json}");
         }
+        Ok(())
+    };
+    if let Some(r) = report.as_ref().filter(|r| !r.passed) {
+        print_json()?;
         if cli.int8 {
             bail!(
                 "verification failed: argmax agreement {:.4}% below --min-agreement {:.4}%; {} was not written",
@@ -248,21 +251,7 @@ fn run(cli: Cli) -> Result<()> {
             ""
         }
     );
-    if cli.json {
-        println!(
-            "{}",
-            json_result(
-                &cli,
-                &opts,
-                bytes.len(),
-                load_s,
-                build_s,
-                report.as_ref(),
-                calibration.as_ref()
-            )?
-        );
-    }
-    Ok(())
+    print_json()
 }
 
 #[allow(clippy::too_many_arguments)]

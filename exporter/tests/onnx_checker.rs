@@ -8,43 +8,18 @@ use rccr_exporter::network::{ExportOptions, Outputs, Shape};
 use rccr_exporter::{encode, export_loaded, load_teacher, write_model};
 use rccr_models::{Backbone, ModelConfig};
 use std::path::Path;
-use std::process::Command;
 
 /// Runs the checker on `model`; returns the metadata as Python's onnx parsed it.
 fn check(model: &Path) -> serde_json::Map<String, serde_json::Value> {
-    let py = common::repo_root().join(".deps/py");
-    assert!(
-        py.join("onnx").is_dir(),
-        "{} has no onnx package: run ./scripts/setup.sh",
-        py.display()
-    );
-    // `.deps/py` is appended (not prepended through PYTHONPATH): it holds the obsolete
-    // `typing` backport (a cityscapesscripts dependency) that would shadow the standard
-    // library's `typing` on Python 3.
-    let script = r#"
-import sys, json
-sys.path.append(sys.argv[1])
-import onnx
-m = onnx.load(sys.argv[2])
-onnx.checker.check_model(m, full_check=True)
+    let stdout = common::onnx_checker(
+        model,
+        r#"
 inferred = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
 print(json.dumps({"metadata": {p.key: p.value for p in m.metadata_props},
                   "opset": m.opset_import[0].version, "ir": m.ir_version}))
-"#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&py)
-        .arg(model)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "onnx checker rejected {}:\n{}",
-        model.display(),
-        String::from_utf8_lossy(&out.stderr)
+"#,
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     v["metadata"].as_object().unwrap().clone()
 }
 

@@ -291,21 +291,7 @@ fn minmax_calibration_finds_the_ranges_by_hand() {
 
 /// Runs the official checker with its full check on `model`.
 fn onnx_check(model: &Path) {
-    let py = common::repo_root().join(".deps/py");
-    assert!(py.join("onnx").is_dir(), "run ./scripts/setup.sh");
-    let script = "import sys\nsys.path.append(sys.argv[1])\nimport onnx\nm = onnx.load(sys.argv[2])\nonnx.checker.check_model(m, full_check=True)\n";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(&py)
-        .arg(model)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "onnx checker rejected {}:\n{}",
-        model.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::onnx_checker(model, "");
 }
 
 #[test]

@@ -130,3 +130,33 @@ pub fn checkpoint(dir: &Path, config: &ModelConfig, seed: u64) -> (PathBuf, nn::
     write_checkpoint(&path, &vs, config, 1234, true, true);
     (path, vs, net)
 }
+
+/// Runs the official ONNX checker (`onnx.checker.check_model(full_check=True)`, PyPI
+/// `onnx` from `.deps/py`) on `model`, then the Python statements `extra` (with `m` the
+/// loaded model), asserting success; returns what `extra` printed. `.deps/py` is appended
+/// to `sys.path` rather than put first, so nothing there can shadow the standard library.
+pub fn onnx_checker(model: &Path, extra: &str) -> Vec<u8> {
+    let py = repo_root().join(".deps/py");
+    assert!(
+        py.join("onnx").is_dir(),
+        "{} has no onnx package: run ./scripts/setup.sh",
+        py.display()
+    );
+    let script = format!(
+        "import sys, json\nsys.path.append(sys.argv[1])\nimport onnx\nm = onnx.load(sys.argv[2])\nonnx.checker.check_model(m, full_check=True)\n{extra}"
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&py)
+        .arg(model)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "onnx checker rejected {}:\n{}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

@@ -8,9 +8,10 @@
 //! - `optim.momentum.<var>`: the SGD momentum buffers;
 //! - `bank.<i>.embeddings`, `bank.<i>.labels`: the memory bank, oldest first;
 //! - metadata: `rccr.format` / `rccr.model_config` / `rccr.iteration` (the models-crate
-//!   contract), `rccr.train_config` (the resolved [`TrainConfig`] as JSON), `rccr.rng`
-//!   (the ChaCha8 state of the mixing and sampling choices) and `rccr.best` (the best
-//!   validation so far).
+//!   contract), `rccr.train_config` (the resolved [`TrainConfig`] as JSON) and `rccr.best` (the best
+//!   validation so far). No generator state: every random choice of iteration t comes
+//!   from a stream keyed by (seed, purpose, t) ([`crate::streams`]); the `rccr.rng` key
+//!   of older checkpoints is ignored.
 //!
 //! The folder keeps the last `keep_last` checkpoints and the best one by validation
 //! mIoU; `checkpoints/index.json` names the latest and the best.
@@ -18,7 +19,6 @@
 use crate::config::TrainConfig;
 use crate::memory_bank::{BankEntry, MemoryBank};
 use crate::optim::Sgd;
-use rand_chacha::ChaCha8Rng;
 use rccr_models::checkpoint::{file_info, model_metadata, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::weights::{self, TensorFile};
 use rccr_models::ModelError;
@@ -29,8 +29,6 @@ use tch::{nn, Tensor};
 
 /// Metadata key of the training configuration.
 pub const META_TRAIN_CONFIG: &str = "rccr.train_config";
-/// Metadata key of the RNG state.
-pub const META_RNG: &str = "rccr.rng";
 /// Metadata key of the best validation.
 pub const META_BEST: &str = "rccr.best";
 /// Prefix of the momentum buffers.
@@ -62,49 +60,6 @@ pub enum CheckpointError {
     },
 }
 
-/// The state of the ChaCha8 generator, exactly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RngState {
-    /// The 32-byte key, hex.
-    pub seed: String,
-    /// The stream id.
-    pub stream: u64,
-    /// The word position (a u128, as decimal text).
-    pub word_pos: String,
-}
-
-impl RngState {
-    /// Captures `rng`.
-    pub fn of(rng: &ChaCha8Rng) -> RngState {
-        RngState {
-            seed: rng.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
-            stream: rng.get_stream(),
-            word_pos: rng.get_word_pos().to_string(),
-        }
-    }
-
-    /// Rebuilds the generator.
-    pub fn restore(&self) -> Result<ChaCha8Rng, String> {
-        use rand::SeedableRng;
-        if self.seed.len() != 64 {
-            return Err("rng seed must be 64 hex digits".into());
-        }
-        let mut seed = [0u8; 32];
-        for (i, b) in seed.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&self.seed[2 * i..2 * i + 2], 16)
-                .map_err(|_| "rng seed is not hex".to_string())?;
-        }
-        let word_pos: u128 = self
-            .word_pos
-            .parse()
-            .map_err(|_| "rng word position is not a number".to_string())?;
-        let mut rng = ChaCha8Rng::from_seed(seed);
-        rng.set_stream(self.stream);
-        rng.set_word_pos(word_pos);
-        Ok(rng)
-    }
-}
-
 /// The best validation so far.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Best {
@@ -125,8 +80,6 @@ pub struct Saved<'a> {
     pub optim: &'a Sgd,
     /// Memory bank.
     pub bank: &'a MemoryBank,
-    /// Generator of the random choices.
-    pub rng: &'a ChaCha8Rng,
     /// Iterations completed.
     pub iteration: u64,
     /// The run's configuration.
@@ -142,10 +95,6 @@ pub fn save(path: &Path, s: &Saved) -> Result<(), CheckpointError> {
     meta.insert(
         META_TRAIN_CONFIG.into(),
         serde_json::to_string(s.config).expect("config serialises"),
-    );
-    meta.insert(
-        META_RNG.into(),
-        serde_json::to_string(&RngState::of(s.rng)).expect("rng serialises"),
     );
     if let Some(b) = s.best {
         meta.insert(
@@ -182,8 +131,6 @@ pub struct Loaded {
     pub iteration: u64,
     /// The configuration it was trained with.
     pub config: TrainConfig,
-    /// The generator state.
-    pub rng: ChaCha8Rng,
     /// Best validation so far.
     pub best: Option<Best>,
     /// The raw tensors.
@@ -243,16 +190,6 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
         .and_then(|j| {
             serde_json::from_str(j).map_err(|e| invalid(format!("unreadable train config: {e}")))
         })?;
-    let rng = file
-        .metadata
-        .get(META_RNG)
-        .ok_or_else(|| invalid("no rccr.rng metadata".into()))
-        .and_then(|j| {
-            serde_json::from_str::<RngState>(j)
-                .map_err(|e| invalid(format!("unreadable rng state: {e}")))
-        })?
-        .restore()
-        .map_err(invalid)?;
     let best = match file.metadata.get(META_BEST) {
         Some(j) => {
             Some(serde_json::from_str(j).map_err(|e| invalid(format!("unreadable best: {e}")))?)
@@ -263,7 +200,6 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
         path: path.to_path_buf(),
         iteration: info.iteration,
         config,
-        rng,
         best,
         file,
     })

@@ -92,6 +92,18 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// How mu(t), the weight of L_cont in Eq. 9, moves over the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MuSchedule {
+    /// mu(t) = mu_max exp(-5 (1 - t/N)^0.5): the paper's printed ramp-up. Default.
+    #[default]
+    Paper,
+    /// mu(t) = mu_max at every iteration (docs/study.md: the weight at which the term
+    /// acts within a short run).
+    Constant,
+}
+
 /// Numeric precision of the forward passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
@@ -159,6 +171,10 @@ pub struct TrainConfig {
     /// ImageNet backbone with torchvision names to start from; default none (random init;
     /// the paper starts from ImageNet).
     pub init: Option<PathBuf>,
+    /// An rccr checkpoint or model file whose teacher (encoder, classifier, BN statistics,
+    /// projector where present) starts both student and teacher; default none. The
+    /// stand-in for the paper's pretrained start (docs/study.md: a source-only run).
+    pub init_from: Option<PathBuf>,
     /// Training iterations N (Algorithm 1). Default and paper: 250000.
     pub iterations: u64,
     /// Square crop side in pixels; a multiple of 8. Default and paper: 512.
@@ -178,6 +194,10 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Seed of the weights, data order and every random choice. Default: 0.
     pub seed: u64,
+    /// cuDNN benchmark off and libtorch's deterministic algorithms on (warn-only), so GPU
+    /// runs repeat; default false (cuDNN picks the fastest kernels, as DACS). CPU runs are
+    /// deterministic either way.
+    pub deterministic: bool,
     /// Base learning rate of the backbone. Default and paper: 2.5e-4.
     pub lr: f64,
     /// Learning-rate multiplier of the classifier and projector. Default and paper: 10.
@@ -199,6 +219,8 @@ pub struct TrainConfig {
     pub pseudo_threshold: f64,
     /// mu_max of mu(t) = mu_max exp(-5 (1 - t/N)^0.5). Default (release): 0.01.
     pub mu_max: f64,
+    /// The shape of mu(t): `paper` (default, the formula above) or `constant` (mu_max).
+    pub mu_schedule: MuSchedule,
     /// Temperature tau of L_cont. Default and paper: 0.1.
     pub tau: f64,
     /// delta of positive sampling. Default and paper: 0.75.
@@ -247,6 +269,7 @@ impl Default for TrainConfig {
             num_classes: 19,
             aspp_branches: 4,
             init: None,
+            init_from: None,
             iterations: 250_000,
             crop: 512,
             batch_size: 2,
@@ -256,6 +279,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             precision: Precision::Fp32,
             seed: 0,
+            deterministic: false,
             lr: 2.5e-4,
             head_lr_mult: 10.0,
             momentum: 0.9,
@@ -266,6 +290,7 @@ impl Default for TrainConfig {
             lambda_cons: 1.0,
             pseudo_threshold: 0.968,
             mu_max: 0.01,
+            mu_schedule: MuSchedule::Paper,
             tau: 0.1,
             ps_threshold: 0.75,
             ns_random_fraction: 0.5,
@@ -405,6 +430,9 @@ impl TrainConfig {
         }
         if self.anchor_chunk == 0 {
             return bad("anchor_chunk must be at least 1".into());
+        }
+        if self.init.is_some() && self.init_from.is_some() {
+            return bad("init (an ImageNet backbone) and init_from (an rccr model) exclude each other".into());
         }
         if self.log_every == 0 {
             return bad("log_every must be at least 1".into());

@@ -5,7 +5,8 @@
 //! - [`mixing`]: ClassMix, CutMix and the strong augmentation of mixed images.
 //! - [`contrastive`], [`memory_bank`]: L_cont (Eq. 4-8), its sampling and the memory bank.
 //! - [`ema`], [`optim`]: the mean teacher (Eq. 2, 10) and SGD with two lr groups.
-//! - [`trainer`]: one iteration of Algorithm 1 and the training run.
+//! - [`trainer`]: one iteration of Algorithm 1 and the training run; [`streams`]: its
+//!   per-purpose random generators; [`trace`]: iterations written out for a replay.
 //! - [`checkpoint`], [`metrics`], [`validate`], [`bench`]: run outputs and measurements.
 //! - [`data`], [`synth`]: dataset loaders and the synthetic benchmark.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod contrastive;
 pub mod data;
 pub mod dataio;
+pub mod determinism;
 pub mod ema;
 pub mod memory_bank;
 pub mod metrics;
@@ -23,6 +25,8 @@ pub mod mixing;
 pub mod optim;
 pub mod run;
 pub mod schedule;
+pub mod streams;
 pub mod synth;
+pub mod trace;
 pub mod trainer;
 pub mod validate;

@@ -29,6 +29,9 @@ enum Command {
     Describe(DescribeArgs),
     /// Train (paper Algorithm 1): source-only, baseline (mean teacher + ClassMix) or RCCR.
     Train(Box<TrainArgs>),
+    /// Run --iterations K exactly as `train` would and write every iteration's tensors to
+    /// OUT/step_<t:07>.safetensors (format rccr-trace-v1) for an independent replay.
+    Trace(Box<TrainArgs>),
     /// Score the teacher of a checkpoint (or a bare model file) on a validation split.
     Eval(EvalArgs),
     /// Generate the synthetic "game -> real" benchmark.
@@ -105,6 +108,16 @@ struct TrainArgs {
     /// ImageNet backbone weights with torchvision names (safetensors).
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Start student and teacher from an rccr checkpoint's teacher or a model file (e.g. a
+    /// source-only run: the stand-in for the paper's pretrained start).
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// paper (mu_max exp(-5 (1 - t/N)^0.5), default) | constant (mu_max throughout).
+    #[arg(long, value_enum)]
+    mu_schedule: Option<rccr_trainer::config::MuSchedule>,
+    /// cuDNN benchmark off and libtorch's deterministic algorithms on (GPU runs repeat).
+    #[arg(long)]
+    deterministic: bool,
     /// Iterations (default 250000).
     #[arg(long)]
     iterations: Option<u64>,
@@ -194,6 +207,7 @@ impl TrainArgs {
             seed,
             lr,
             mu_max,
+            mu_schedule,
             val_every,
             save_every,
             keep_last,
@@ -213,6 +227,12 @@ impl TrainArgs {
         }
         if let Some(v) = &self.init {
             c.init = Some(v.clone());
+        }
+        if let Some(v) = &self.init_from {
+            c.init_from = Some(v.clone());
+        }
+        if self.deterministic {
+            c.deterministic = true;
         }
         if self.source_size.is_some() {
             c.source_size = self.source_size;
@@ -333,7 +353,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Describe(a) => describe(&a),
-        Command::Train(a) => train(&a),
+        Command::Train(a) => train(&a, false),
+        Command::Trace(a) => train(&a, true),
         Command::Eval(a) => eval(&a),
         Command::Synth(a) => {
             let report =
@@ -388,7 +409,8 @@ fn describe(a: &DescribeArgs) -> Result<()> {
     Ok(())
 }
 
-fn train(a: &TrainArgs) -> Result<()> {
+/// `train`, or with `trace` the same run writing its iterations out.
+fn train(a: &TrainArgs, trace: bool) -> Result<()> {
     let mut cfg = match (&a.config, &a.resume) {
         (Some(p), _) => TrainConfig::from_file(p)?,
         (None, Some(r)) => {
@@ -416,6 +438,7 @@ fn train(a: &TrainArgs) -> Result<()> {
             resume: a.resume.clone(),
             stop_at: a.stop_at,
             quiet: a.quiet,
+            trace,
         },
     )?;
     if a.json {

@@ -5,8 +5,12 @@
 //!
 //! Update, as PyTorch's `torch.optim.SGD` (dampening 0, no Nesterov):
 //! `d = grad + wd * p; buf = momentum * buf + d; p -= lr * buf` (buffers start at zero,
-//! which equals PyTorch's first-step `buf = d`). Parameters without a gradient are left
-//! alone, as PyTorch does.
+//! which equals PyTorch's first-step `buf = d`). A parameter no loss term has reached yet
+//! (e.g. the projector in mode `baseline`) is left alone, as PyTorch does; from its first
+//! gradient on it is updated every iteration, its gradient taken as zero when no term
+//! reaches it (PyTorch after `zero_grad(set_to_none=False)`). Whether a parameter is
+//! active is read back from its momentum buffer on resume, so a resumed run updates the
+//! same parameters as an uninterrupted one.
 //!
 //! Batch-norm policy: by default the BN affine parameters (gamma, beta) are frozen and
 //! not optimised, as in DACS and the RCCR release; their layers stay in training mode, so
@@ -50,6 +54,8 @@ struct Param {
     var: Tensor,
     momentum: Tensor,
     group: Group,
+    /// Updated at least once (see the module documentation).
+    active: bool,
 }
 
 /// SGD with momentum, weight decay and two learning-rate groups.
@@ -82,6 +88,7 @@ impl Sgd {
                 var: var.shallow_clone(),
                 momentum,
                 group: group_of(name),
+                active: false,
             });
         }
         Sgd {
@@ -121,9 +128,15 @@ impl Sgd {
         tch::no_grad(|| {
             for p in &mut self.params {
                 let grad = p.var.grad();
-                if !grad.defined() {
+                if !grad.defined() && !p.active {
                     continue;
                 }
+                let grad = if grad.defined() {
+                    grad
+                } else {
+                    p.var.zeros_like()
+                };
+                p.active = true;
                 let lr = match p.group {
                     Group::Backbone => lr_backbone,
                     Group::Head => lr_head,
@@ -157,6 +170,7 @@ impl Sgd {
                     Some(t) if t.size() == p.momentum.size() => {
                         p.momentum
                             .copy_(&t.to_kind(p.momentum.kind()).to_device(p.momentum.device()));
+                        p.active = p.momentum.abs().max().double_value(&[]) > 0.0;
                     }
                     _ => missing.push(p.name.clone()),
                 }

@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub stop_at: Option<u64>,
     /// Hide the progress bar.
     pub quiet: bool,
+    /// `rccr-train trace`: write every iteration's tensors to `out` (no validation, no
+    /// checkpoints).
+    pub trace: bool,
 }
 
 /// Builds the trainer: fresh (with `--init`) or from `--resume`.
@@ -92,11 +95,13 @@ pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -
                 })
                 .collect();
             trainer.bank.restore(bank);
-            trainer.rng = ck.rng;
             trainer.iteration = ck.iteration;
             tracing::info!(checkpoint = %path.display(), iteration = ck.iteration, "resumed");
         }
         None => {
+            if let Some(from) = &cfg.init_from {
+                init_from_model(&trainer, from)?;
+            }
             if let Some(init) = &cfg.init {
                 let report = rccr_models::weights::import_torchvision(&trainer.student_vs, init)
                     .with_context(|| format!("cannot import the backbone {}", init.display()))?;
@@ -118,6 +123,49 @@ pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -
         }
     }
     Ok(trainer)
+}
+
+/// `--init-from`: student and teacher start from the teacher of an rccr checkpoint (or a
+/// bare model file): encoder, classifier, BN statistics and, where the file has one, the
+/// projector (else the projector keeps its fresh initialisation).
+fn init_from_model(trainer: &Trainer, path: &Path) -> Result<()> {
+    let loaded = rccr_models::checkpoint::load_network(path, rccr_models::checkpoint::TEACHER, Device::Cpu)
+        .with_context(|| format!("cannot start from {} (--init-from)", path.display()))?;
+    if loaded.info.model != trainer.model {
+        bail!(
+            "{}: --init-from holds a {} / {} classes / {} ASPP branches network, the run \
+             trains {} / {} / {}; pass the same --backbone/--num-classes/--aspp-branches",
+            path.display(),
+            loaded.info.model.backbone,
+            loaded.info.model.num_classes,
+            loaded.info.model.aspp_branches,
+            trainer.model.backbone,
+            trainer.model.num_classes,
+            trainer.model.aspp_branches
+        );
+    }
+    let src = loaded.vs.variables();
+    let mut copied = 0;
+    tch::no_grad(|| {
+        for (name, mut var) in trainer.student_vs.variables() {
+            if loaded.report.missing.contains(&name) {
+                continue;
+            }
+            if let Some(t) = src.get(&name) {
+                var.copy_(&t.to_device(var.device()));
+                copied += 1;
+            }
+        }
+    });
+    ema::copy_all(&trainer.teacher_vs, &trainer.student_vs);
+    tracing::info!(
+        file = %path.display(),
+        iteration = loaded.info.iteration,
+        copied,
+        fresh = ?loaded.report.missing,
+        "student and teacher start from --init-from"
+    );
+    Ok(())
 }
 
 fn loader_config(cfg: &TrainConfig, size: Option<crate::config::Size>, seed: u64) -> LoaderConfig {
@@ -153,6 +201,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     rccr_models::weights::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
 
     let mut trainer = build_trainer(cfg, device, opts.resume.as_deref())?;
+    if opts.trace {
+        trainer.trace = Some(crate::trace::Trace::default());
+    }
     let mut best = match &opts.resume {
         Some(p) => checkpoint::load(p)?.best,
         None => None,
@@ -246,6 +297,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         if it % cfg.log_every == 0 || it == end {
             log.write(&record(&stats, secs))?;
         }
+        if let Some(tr) = &trainer.trace {
+            let path = tr.write(&run_dir, &trainer.model, cfg)?;
+            pb.println(format!("iteration {it}: {}", path.display()));
+            continue;
+        }
         let last = it == cfg.iterations;
         let do_val = val_set.is_some() && ((cfg.val_every > 0 && it % cfg.val_every == 0) || last);
         if do_val {
@@ -284,7 +340,6 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 teacher: &trainer.teacher_vs,
                 optim: &trainer.opt,
                 bank: &trainer.bank,
-                rng: &trainer.rng,
                 iteration: it,
                 config: cfg,
                 best,

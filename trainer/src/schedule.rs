@@ -16,6 +16,14 @@ pub fn mu(mu_max: f64, t: u64, t_max: u64) -> f64 {
     mu_max * (-5.0 * (1.0 - r).sqrt()).exp()
 }
 
+/// mu(t) under `schedule`: the paper's ramp-up, or mu_max throughout.
+pub fn mu_at(schedule: crate::config::MuSchedule, mu_max: f64, t: u64, t_max: u64) -> f64 {
+    match schedule {
+        crate::config::MuSchedule::Paper => mu(mu_max, t, t_max),
+        crate::config::MuSchedule::Constant => mu_max,
+    }
+}
+
 /// alpha(t) = min(1 - 1/(t+1), alpha_max): 0 at t = 0, so the first update copies.
 pub fn ema_alpha(t: u64, alpha_max: f64) -> f64 {
     (1.0 - 1.0 / (t as f64 + 1.0)).min(alpha_max)

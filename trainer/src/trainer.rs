@@ -15,6 +15,13 @@
 //! 5. SGD on L = L_CE + lambda L_cons + mu L_cont (Eq. 9, line 11-13), then the EMA of
 //!    every teacher parameter (Eq. 2 and 10, line 14-16).
 //!
+//! Every random choice draws from its own stream keyed by (seed, purpose, iteration)
+//! ([`crate::streams`]), so modes and component switches pair by seed. The grid labels
+//! follow the 1/8 grid's geometry: cell (i, j) sees crop pixel (8i, 8j) (the centre of its
+//! receptive field under the stride-2 stem, pool and layer2), so the source label of a
+//! cell is y_s at (8i, 8j) and a cell is in the CutMix box when that pixel is
+//! (docs/method.md).
+//!
 //! Each loss term is checked (a NaN or infinite value stops the run with an error naming
 //! the iteration and the term, before any weight changes) and back-propagated on its
 //! own, so only one student forward's activations are alive at a time; the gradients
@@ -25,11 +32,11 @@ use crate::config::{Mode, Precision, TrainConfig};
 use crate::contrastive::{bank_sample, contrastive_loss, random_keep, ContrastiveInputs};
 use crate::ema;
 use crate::memory_bank::MemoryBank;
-use crate::mixing::{self, AugConfig};
-use crate::optim::Sgd;
+use crate::mixing::{self, AugConfig, CutBox};
+use crate::optim::{group_of, Group, Sgd};
 use crate::schedule;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use crate::streams::{Purpose, Streams};
+use crate::trace::Trace;
 use rccr_models::deeplab::upsample_logits;
 use rccr_models::{ModelConfig, RccrNet};
 use std::time::Instant;
@@ -83,6 +90,20 @@ pub struct Phases {
     pub update: f64,
 }
 
+/// Encoder gradient norms of each term of Eq. 9, as weighted in the update (measured on
+/// logged iterations; see [`Trainer::measure_grads`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct GradNorms {
+    /// |grad L_CE| over the encoder parameters.
+    pub grad_norm_ce: f64,
+    /// |lambda grad L_cons|.
+    pub grad_norm_cons: f64,
+    /// |mu grad L_cont| (0 outside mode rccr).
+    pub grad_norm_cont: f64,
+    /// The contrastive term's share: |mu grad L_cont| / |grad (L_CE + lambda L_cons)|.
+    pub grad_share: f64,
+}
+
 /// What one step measured.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StepStats {
@@ -110,14 +131,13 @@ pub struct StepStats {
     pub negatives: i64,
     /// q.
     pub q: f64,
+    /// Encoder gradient norms of the terms, on measured iterations.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub grads: Option<GradNorms>,
     /// Phase timings when profiling.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<Phases>,
 }
-
-/// Salt mixed into the seed of the mixing generator (so that it differs from the seed
-/// libtorch gets for the weights).
-const RNG_SALT: u64 = 0x5243_4352_4d49_5845;
 
 /// The training state.
 #[derive(Debug)]
@@ -140,12 +160,28 @@ pub struct Trainer {
     pub opt: Sgd,
     /// The memory bank.
     pub bank: MemoryBank,
-    /// Generator of every random choice of the method.
-    pub rng: ChaCha8Rng,
+    /// The per-iteration generators of every random choice.
+    pub streams: Streams,
     /// Iterations completed.
     pub iteration: u64,
     /// Synchronise and time each phase.
     pub profile: bool,
+    /// Measure the terms' encoder gradient norms on every iteration (else on logged ones).
+    pub measure_every_step: bool,
+    /// Record the next steps' tensors (`rccr-train trace`).
+    pub trace: Option<Trace>,
+}
+
+/// What the teacher said about the target batch (lines 5-7).
+struct TeacherOut {
+    /// 1/8-grid logits `B x C x h x w`.
+    logits: Tensor,
+    /// Layer4 features.
+    features: Tensor,
+    /// Crop-size pseudo-labels `B x H x W`.
+    pseudo: Tensor,
+    /// q (scalar tensor).
+    q: Tensor,
 }
 
 impl Trainer {
@@ -160,12 +196,7 @@ impl Trainer {
         }
         let model = cfg.model_config();
         tch::manual_seed(cfg.seed as i64);
-        if device.is_cuda() {
-            tch::Cuda::manual_seed_all(cfg.seed);
-            // Fixed crop sizes: let cuDNN pick the fastest kernels (DACS does the same).
-            // Reproducibility is promised on the CPU only.
-            tch::Cuda::cudnn_set_benchmark(true);
-        }
+        configure_determinism(&cfg, device)?;
         let student_vs = nn::VarStore::new(device);
         let student = RccrNet::new(&student_vs.root(), &model);
         let teacher_vs = nn::VarStore::new(device);
@@ -183,7 +214,10 @@ impl Trainer {
         } else {
             0
         });
-        let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ RNG_SALT);
+        let streams = Streams {
+            seed: cfg.seed,
+            rank: 0,
+        };
         Ok(Trainer {
             cfg,
             model,
@@ -194,9 +228,11 @@ impl Trainer {
             teacher,
             opt,
             bank,
-            rng,
+            streams,
             iteration: 0,
             profile: false,
+            measure_every_step: false,
+            trace: None,
         })
     }
 
@@ -217,6 +253,29 @@ impl Trainer {
         }
     }
 
+    /// Whether this step measures the terms' gradient norms: every logged iteration (the
+    /// run logs iterations that are multiples of `log_every`) and every traced one.
+    fn measure_grads(&self) -> bool {
+        self.measure_every_step
+            || self.trace.is_some()
+            || (self.iteration + 1).is_multiple_of(self.cfg.log_every)
+    }
+
+    /// Records `t` under `name` when tracing.
+    fn rec(&mut self, name: &str, t: &Tensor) {
+        if let Some(tr) = &mut self.trace {
+            tr.put(name, t);
+        }
+    }
+
+    /// The student's logits at the crop size (bilinear, align_corners, as DACS).
+    fn student_logits(&self, x: &Tensor, crop: i64) -> Tensor {
+        let xn = self.student.seg.normalize(x);
+        let logits =
+            crate::amp::bf16_autocast(self.bf16(), || self.student.seg.forward_t(&xn, true).logits);
+        upsample_logits(&logits.to_kind(Kind::Float), crop, crop)
+    }
+
     /// One iteration on a source batch and (except in mode `source-only`) a target batch
     /// (its labels are not used).
     pub fn step(
@@ -227,18 +286,60 @@ impl Trainer {
     ) -> Result<StepStats, TrainError> {
         let cfg = self.cfg.clone();
         let t = self.iteration;
-        let n_iter = cfg.iterations;
-        let dev = self.device;
-        let bf16 = self.bf16();
+        let mut timer = Timer::new(self.profile, self.device);
         let mut phases = Phases::default();
-        let mut timer = Timer {
-            on: self.profile,
-            device: dev,
-            clock: Instant::now(),
+        let (xs, ys) = self.check_source(source, source_labels)?;
+        let crop = xs.size()[2];
+        let lr = schedule::poly_lr(cfg.lr, t, cfg.iterations, cfg.poly_power);
+        let lr_head = lr * cfg.head_lr_mult;
+        let mu = if cfg.contrastive() {
+            schedule::mu_at(cfg.mu_schedule, cfg.mu_max, t, cfg.iterations)
+        } else {
+            0.0
         };
+        let mut stats = StepStats {
+            lr,
+            mu,
+            ..Default::default()
+        };
+        let mut probe = GradProbe::new(self.measure_grads(), &self.student_vs);
+        self.record_before();
+        self.rec("input.x_s", &xs);
+        self.rec("input.y_s", &ys);
+        self.opt.zero_grad();
 
-        let xs = source.to_device(dev).to_kind(Kind::Float);
-        let ys = source_labels.to_device(dev).to_kind(Kind::Int64);
+        // Line 4 + Eq. 1: L_CE on the source.
+        let loss_ce = cross_entropy(&self.student_logits(&xs, crop), &ys);
+        stats.loss_ce = self.finite("loss_ce", &loss_ce)?;
+        loss_ce.backward();
+        probe.after_ce();
+        timer.lap(&mut phases.source);
+
+        if cfg.mode == Mode::SourceOnly {
+            stats.grads = probe.finish();
+            return self.finish(stats, phases, timer, lr, lr_head, true);
+        }
+        let xt = self.check_target(target, &xs)?;
+        self.rec("input.x_t", &xt);
+        let teacher = self.teacher_pass(&xt, crop, cfg.pseudo_threshold);
+        stats.q = teacher.q.double_value(&[]);
+        timer.lap(&mut phases.teacher);
+
+        stats.loss_cons = self.classmix_step(&xs, &ys, &xt, &teacher, crop)?;
+        probe.after_cons();
+        timer.lap(&mut phases.classmix);
+
+        if cfg.contrastive() {
+            self.contrastive_step(&xs, &ys, &xt, &teacher, mu, &mut stats, &mut timer, &mut phases)?;
+        }
+        stats.grads = probe.finish();
+        self.finish(stats, phases, timer, lr, lr_head, false)
+    }
+
+    /// The source batch on the device, checked to be `N x 3 x C x C` / `N x C x C`.
+    fn check_source(&self, source: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor), TrainError> {
+        let xs = source.to_device(self.device).to_kind(Kind::Float);
+        let ys = labels.to_device(self.device).to_kind(Kind::Int64);
         let shape = xs.size();
         if shape.len() != 4
             || shape[1] != 3
@@ -251,38 +352,14 @@ impl Trainer {
                 ys.size()
             )));
         }
-        let (bsz, crop) = (shape[0], shape[2]);
-        let lr = schedule::poly_lr(cfg.lr, t, n_iter, cfg.poly_power);
-        let lr_head = lr * cfg.head_lr_mult;
-        let mu = if cfg.contrastive() {
-            schedule::mu(cfg.mu_max, t, n_iter)
-        } else {
-            0.0
-        };
-        let mut stats = StepStats {
-            lr,
-            mu,
-            ..Default::default()
-        };
-        self.opt.zero_grad();
+        Ok((xs, ys))
+    }
 
-        // Line 4 + Eq. 1: L_CE on the source.
-        let seg_logits = |net: &RccrNet, x: &Tensor| {
-            let xn = net.seg.normalize(x);
-            let logits = crate::amp::bf16_autocast(bf16, || net.seg.forward_t(&xn, true).logits);
-            upsample_logits(&logits.to_kind(Kind::Float), crop, crop)
-        };
-        let loss_ce = cross_entropy(&seg_logits(&self.student, &xs), &ys);
-        stats.loss_ce = self.finite("loss_ce", &loss_ce)?;
-        loss_ce.backward();
-        timer.lap(&mut phases.source);
-
-        if cfg.mode == Mode::SourceOnly {
-            return self.finish(stats, phases, timer, lr, lr_head, true);
-        }
+    /// The target batch on the device, checked to match the source's shape.
+    fn check_target(&self, target: Option<&Tensor>, xs: &Tensor) -> Result<Tensor, TrainError> {
         let xt = target
-            .ok_or_else(|| TrainError::Batch(format!("mode {} needs target images", cfg.mode)))?
-            .to_device(dev)
+            .ok_or_else(|| TrainError::Batch(format!("mode {} needs target images", self.cfg.mode)))?
+            .to_device(self.device)
             .to_kind(Kind::Float);
         if xt.size() != xs.size() {
             return Err(TrainError::Batch(format!(
@@ -291,129 +368,197 @@ impl Trainer {
                 xs.size()
             )));
         }
+        Ok(xt)
+    }
 
-        // Lines 5-7: the teacher on the un-augmented target.
-        let (t_logits, t_feat) = tch::no_grad(|| {
-            let xn = self.teacher.seg.normalize(&xt);
-            let out = crate::amp::bf16_autocast(bf16, || self.teacher.seg.forward_t(&xn, true));
-            (out.logits.to_kind(Kind::Float), out.features)
-        });
-        let (max_prob, pseudo) = tch::no_grad(|| {
-            upsample_logits(&t_logits, crop, crop)
+    /// Lines 5-7: the teacher on the un-augmented target (training-mode BN, no grad).
+    fn teacher_pass(&self, xt: &Tensor, crop: i64, threshold: f64) -> TeacherOut {
+        tch::no_grad(|| {
+            let xn = self.teacher.seg.normalize(xt);
+            let out = crate::amp::bf16_autocast(self.bf16(), || self.teacher.seg.forward_t(&xn, true));
+            let logits = out.logits.to_kind(Kind::Float);
+            let (max_prob, pseudo) = upsample_logits(&logits, crop, crop)
                 .softmax(1, Kind::Float)
-                .max_dim(1, false)
-        });
-        let q = mixing::confident_fraction(&max_prob, cfg.pseudo_threshold);
-        let aug = AugConfig {
-            strength: cfg.jitter_strength,
-            jitter_prob: cfg.jitter_prob,
-            blur_prob: cfg.blur_prob,
-        };
-        let e_t = if cfg.contrastive() {
-            Some(tch::no_grad(|| {
-                crate::amp::bf16_autocast(bf16, || self.teacher.projector.forward(&t_feat))
-                    .to_kind(Kind::Float)
-            }))
-        } else {
-            None
-        };
-        timer.lap(&mut phases.teacher);
-
-        // Lines 3, 8, 9: ClassMix and L_cons.
-        let (mask, _) = mixing::classmix_masks(&ys, self.model.num_classes, &mut self.rng);
-        let params: Vec<_> = (0..bsz).map(|_| aug.sample(&mut self.rng)).collect();
-        let x_class = mixing::augment(&mixing::mix(&mask, &xs, &xt), &params);
-        let y_class = mixing::mix_labels(&mask, &ys, &pseudo);
-        let weight = mixing::mix_weights(&mask, &q);
-        let logits_c = seg_logits(&self.student, &x_class);
-        let ce = logits_c.cross_entropy_loss::<Tensor>(&y_class, None, Reduction::None, 255, 0.0);
-        let loss_cons = (ce * weight).mean(Kind::Float);
-        stats.loss_cons = self.finite("loss_cons", &loss_cons)?;
-        (&loss_cons * cfg.lambda_cons).backward();
-        stats.q = q.double_value(&[]);
-        timer.lap(&mut phases.classmix);
-
-        // Lines 3, 10 + Eq. 3-8: CutMix and L_cont.
-        if let Some(e_t) = e_t {
-            let cut = mixing::sample_box(crop, &mut self.rng);
-            let params: Vec<_> = (0..bsz).map(|_| aug.sample(&mut self.rng)).collect();
-            let x_cut = mixing::augment(&mixing::cutmix(&xs, &xt, &cut), &params);
-            let xn = self.student.seg.normalize(&x_cut);
-            let e_cut = crate::amp::bf16_autocast(bf16, || {
-                let f = self.student.seg.encoder.forward_t(&xn, true);
-                self.student.projector.forward(&f)
-            })
-            .to_kind(Kind::Float);
-            timer.lap(&mut phases.cutmix_forward);
-            let (h, w) = (e_t.size()[2], e_t.size()[3]);
-            let (t_conf, t_lab, cell, cut_lab) = tch::no_grad(|| {
-                let (conf, lab) = t_logits.softmax(1, Kind::Float).max_dim(1, false);
-                let cell = cut
-                    .cell_mask(h, w, dev)
-                    .unsqueeze(0)
-                    .expand([bsz, h, w], true);
-                let ys_small = ys
-                    .unsqueeze(1)
-                    .to_kind(Kind::Float)
-                    .upsample_nearest2d([h, w], None, None)
-                    .squeeze_dim(1)
-                    .to_kind(Kind::Int64);
-                let cut_lab = lab.where_self(&cell, &ys_small);
-                (conf, lab, cell, cut_lab)
-            });
-            let box_anchors = cell.sum(Kind::Int64).int64_value(&[]);
-            let anchors = if cfg.components.ps {
-                cell.logical_and(&t_conf.gt(cfg.ps_threshold))
-            } else {
-                cell.shallow_clone()
-            };
-            let keep = cfg.components.ns_random.then(|| {
-                let v = random_keep(
-                    (2 * bsz * h * w) as usize,
-                    cfg.ns_random_fraction,
-                    &mut self.rng,
-                );
-                Tensor::from_slice(&v).to_device(dev)
-            });
-            let bank = if cfg.components.mb {
-                self.bank.all()
-            } else {
-                None
-            };
-            let lc = contrastive_loss(&ContrastiveInputs {
-                e_cut: &e_cut,
-                e_t: &e_t,
-                cut_labels: &cut_lab,
-                t_labels: &t_lab,
-                anchors: &anchors,
-                keep: keep.as_ref(),
-                bank: bank.as_ref().map(|(e, l)| (e, l)),
-                category: cfg.components.ns_category,
-                tau: cfg.tau,
-                chunk: cfg.anchor_chunk,
-            });
-            stats.loss_cont = self.finite("loss_cont", &lc.loss)?;
-            stats.kept_anchors = lc.anchors;
-            stats.box_anchors = box_anchors;
-            stats.negatives = lc.negatives;
-            timer.lap(&mut phases.contrastive_loss);
-            if lc.anchors > 0 {
-                (&lc.loss * mu).backward();
+                .max_dim(1, false);
+            let q = mixing::confident_fraction(&max_prob, threshold);
+            TeacherOut {
+                logits,
+                features: out.features,
+                pseudo,
+                q,
             }
-            if cfg.components.mb {
-                let (be, bl) = bank_sample(
-                    &e_cut,
-                    &e_t,
-                    &cut_lab,
-                    &t_lab,
-                    cfg.bank_per_iteration,
-                    &mut self.rng,
-                );
-                self.bank.push(&be, &bl);
-            }
-            timer.lap(&mut phases.cutmix_backward);
+        })
+    }
+
+    fn aug(&self) -> AugConfig {
+        AugConfig {
+            strength: self.cfg.jitter_strength,
+            jitter_prob: self.cfg.jitter_prob,
+            blur_prob: self.cfg.blur_prob,
         }
-        self.finish(stats, phases, timer, lr, lr_head, false)
+    }
+
+    /// Lines 3, 8, 9: ClassMix and the q-weighted L_cons, back-propagated; returns L_cons.
+    fn classmix_step(
+        &mut self,
+        xs: &Tensor,
+        ys: &Tensor,
+        xt: &Tensor,
+        teacher: &TeacherOut,
+        crop: i64,
+    ) -> Result<f64, TrainError> {
+        let t = self.iteration;
+        let bsz = xs.size()[0];
+        let mut rng = self.streams.rng(Purpose::ClassMix, t);
+        let (mask, _) = mixing::classmix_masks(ys, self.model.num_classes, &mut rng);
+        let mut rng = self.streams.rng(Purpose::ClassMixAug, t);
+        let params: Vec<_> = (0..bsz).map(|_| self.aug().sample(&mut rng)).collect();
+        let x_class = mixing::augment(&mixing::mix(&mask, xs, xt), &params);
+        let y_class = mixing::mix_labels(&mask, ys, &teacher.pseudo);
+        let weight = mixing::mix_weights(&mask, &teacher.q);
+        self.rec("classmix.x", &x_class);
+        self.rec("classmix.y", &y_class);
+        self.rec("classmix.w", &weight);
+        let logits = self.student_logits(&x_class, crop);
+        let ce = logits.cross_entropy_loss::<Tensor>(&y_class, None, Reduction::None, 255, 0.0);
+        let loss_cons = (ce * weight).mean(Kind::Float);
+        let value = self.finite("loss_cons", &loss_cons)?;
+        (&loss_cons * self.cfg.lambda_cons).backward();
+        Ok(value)
+    }
+
+    /// Lines 3, 10 + Eq. 3-8: CutMix, L_cont (weighted by mu, back-propagated) and the
+    /// memory-bank update.
+    #[allow(clippy::too_many_arguments)]
+    fn contrastive_step(
+        &mut self,
+        xs: &Tensor,
+        ys: &Tensor,
+        xt: &Tensor,
+        teacher: &TeacherOut,
+        mu: f64,
+        stats: &mut StepStats,
+        timer: &mut Timer,
+        phases: &mut Phases,
+    ) -> Result<(), TrainError> {
+        let cfg = self.cfg.clone();
+        let t = self.iteration;
+        let (bsz, crop) = (xs.size()[0], xs.size()[2]);
+        let e_t = tch::no_grad(|| {
+            crate::amp::bf16_autocast(self.bf16(), || self.teacher.projector.forward(&teacher.features))
+                .to_kind(Kind::Float)
+        });
+        let cut = mixing::sample_box(crop, &mut self.streams.rng(Purpose::CutMixBox, t));
+        let mut rng = self.streams.rng(Purpose::CutMixAug, t);
+        let params: Vec<_> = (0..bsz).map(|_| self.aug().sample(&mut rng)).collect();
+        let x_cut = mixing::augment(&mixing::cutmix(xs, xt, &cut), &params);
+        self.rec("cutmix.x", &x_cut);
+        self.rec_box(&cut);
+        let xn = self.student.seg.normalize(&x_cut);
+        let e_cut = crate::amp::bf16_autocast(self.bf16(), || {
+            let f = self.student.seg.encoder.forward_t(&xn, true);
+            self.student.projector.forward(&f)
+        })
+        .to_kind(Kind::Float);
+        timer.lap(&mut phases.cutmix_forward);
+        let (h, w) = (e_t.size()[2], e_t.size()[3]);
+        let g = grid_labels(&teacher.logits, ys, &cut, cfg.components.ps, cfg.ps_threshold);
+        let n_neg = (2 * bsz * h * w) as usize;
+        let keep = cfg.components.ns_random.then(|| {
+            let mut rng = self.streams.rng(Purpose::NsRandom, t);
+            let v = random_keep(n_neg, cfg.ns_random_fraction, &mut rng);
+            Tensor::from_slice(&v).to_device(self.device)
+        });
+        let bank = if cfg.components.mb { self.bank.all() } else { None };
+        self.rec_contrast(&g, keep.as_ref(), bank.as_ref(), n_neg, [bsz, h, w]);
+        let lc = contrastive_loss(&ContrastiveInputs {
+            e_cut: &e_cut,
+            e_t: &e_t,
+            cut_labels: &g.cut_labels,
+            t_labels: &g.t_labels,
+            anchors: &g.anchors,
+            keep: keep.as_ref(),
+            bank: bank.as_ref().map(|(e, l)| (e, l)),
+            category: cfg.components.ns_category,
+            tau: cfg.tau,
+            chunk: cfg.anchor_chunk,
+        });
+        stats.loss_cont = self.finite("loss_cont", &lc.loss)?;
+        stats.kept_anchors = lc.anchors;
+        stats.box_anchors = g.box_cells;
+        stats.negatives = lc.negatives;
+        timer.lap(&mut phases.contrastive_loss);
+        if lc.anchors > 0 && mu != 0.0 {
+            (&lc.loss * mu).backward();
+        }
+        if cfg.components.mb {
+            let mut rng = self.streams.rng(Purpose::Bank, t);
+            let (be, bl) = bank_sample(
+                &e_cut,
+                &e_t,
+                &g.cut_labels,
+                &g.t_labels,
+                cfg.bank_per_iteration,
+                &mut rng,
+            );
+            self.bank.push(&be, &bl);
+        }
+        timer.lap(&mut phases.cutmix_backward);
+        Ok(())
+    }
+
+    fn rec_box(&mut self, cut: &CutBox) {
+        if self.trace.is_some() {
+            let b = [cut.y0, cut.x0, cut.y0 + cut.side, cut.x0 + cut.side];
+            self.rec("cutmix.box", &Tensor::from_slice(&b));
+        }
+    }
+
+    /// Records what L_cont sees (trace only): anchors, labels, NS(R) and bank.
+    fn rec_contrast(
+        &mut self,
+        g: &GridLabels,
+        keep: Option<&Tensor>,
+        bank: Option<&(Tensor, Tensor)>,
+        n_neg: usize,
+        grid: [i64; 3],
+    ) {
+        if self.trace.is_none() {
+            return;
+        }
+        let [b, h, w] = grid;
+        let keep_mask = match keep {
+            Some(k) => Tensor::zeros([n_neg as i64], (Kind::Uint8, self.device))
+                .index_fill(0, k, 1)
+                .view([2, b, h, w]),
+            None => Tensor::ones([2, b, h, w], (Kind::Uint8, self.device)),
+        };
+        self.rec("contrast.anchor_mask", &g.anchors.to_kind(Kind::Uint8));
+        self.rec("contrast.anchor_label", &g.t_labels);
+        self.rec("contrast.neg_label", &Tensor::stack(&[&g.cut_labels, &g.t_labels], 0));
+        self.rec("contrast.neg_keep", &keep_mask);
+        let k = self.model.projector_dim;
+        let (be, bl) = match bank {
+            Some((e, l)) => (e.shallow_clone(), l.shallow_clone()),
+            None => (
+                Tensor::zeros([0, k], (Kind::Float, self.device)),
+                Tensor::zeros([0], (Kind::Int64, self.device)),
+            ),
+        };
+        self.rec("bank.emb", &be);
+        self.rec("bank.label", &bl);
+    }
+
+    /// Trace: every variable of both networks and the momentum, before the step.
+    fn record_before(&mut self) {
+        if let Some(tr) = &mut self.trace {
+            tr.begin(self.iteration + 1);
+            tr.put_vars("student.before.", &self.student_vs);
+            tr.put_vars("teacher.before.", &self.teacher_vs);
+            for (n, m) in self.opt.state() {
+                tr.put(&format!("momentum.before.{n}"), m);
+            }
+        }
     }
 
     fn finish(
@@ -443,7 +588,159 @@ impl Trainer {
         stats.alpha = alpha;
         stats.loss_total =
             stats.loss_ce + self.cfg.lambda_cons * stats.loss_cons + stats.mu * stats.loss_cont;
+        if let Some(tr) = &mut self.trace {
+            tr.put_vars("student.after.", &self.student_vs);
+            tr.put_vars("teacher.after.", &self.teacher_vs);
+            tr.put_scalars(&stats, lr_head);
+        }
         Ok(stats)
+    }
+}
+
+/// `--deterministic` on (cuDNN benchmark off, deterministic algorithms, with a note of
+/// what stays non-deterministic), else cuDNN benchmark mode on CUDA (DACS's choice).
+fn configure_determinism(cfg: &TrainConfig, device: Device) -> Result<(), TrainError> {
+    if device.is_cuda() {
+        tch::Cuda::manual_seed_all(cfg.seed);
+        tch::Cuda::cudnn_set_benchmark(!cfg.deterministic);
+    }
+    if cfg.deterministic {
+        crate::determinism::set(true).map_err(TrainError::Config)?;
+        if device.is_cuda() {
+            tracing::warn!(
+                "--deterministic: cuDNN benchmark off, deterministic algorithms on; still \
+                 not deterministic: {}",
+                crate::determinism::STILL_NONDETERMINISTIC
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The labels and anchors of L_cont on the 1/8 grid (h x w).
+struct GridLabels {
+    /// Teacher argmax `B x h x w` (labels of E_t, and of the anchors).
+    t_labels: Tensor,
+    /// Labels of E_cut: the teacher's inside the box, the source label at (8i, 8j) outside.
+    cut_labels: Tensor,
+    /// Anchors `B x h x w` (bool): in the box, and teacher max-softmax > delta with PS.
+    anchors: Tensor,
+    /// Cells in the box over the batch.
+    box_cells: i64,
+}
+
+/// Grid labels and anchors (module doc: cell (i, j) sees crop pixel (8i, 8j)).
+fn grid_labels(t_logits: &Tensor, ys: &Tensor, cut: &CutBox, ps: bool, delta: f64) -> GridLabels {
+    tch::no_grad(|| {
+        let (b, h, w) = (t_logits.size()[0], t_logits.size()[2], t_logits.size()[3]);
+        let dev = t_logits.device();
+        let (conf, t_labels) = t_logits.softmax(1, Kind::Float).max_dim(1, false);
+        let cell = cut.cell_mask(h, w, dev).unsqueeze(0).expand([b, h, w], true);
+        let ys_grid = cell_centre_labels(ys, h, w);
+        let cut_labels = t_labels.where_self(&cell, &ys_grid);
+        let box_cells = cell.sum(Kind::Int64).int64_value(&[]);
+        let anchors = if ps {
+            cell.logical_and(&conf.gt(delta))
+        } else {
+            cell.shallow_clone()
+        };
+        GridLabels {
+            t_labels,
+            cut_labels,
+            anchors,
+            box_cells,
+        }
+    })
+}
+
+/// `labels[:, 8i, 8j]` for the `h x w` grid (clipped to the crop): the label at each
+/// cell's centre pixel.
+pub fn cell_centre_labels(labels: &Tensor, h: i64, w: i64) -> Tensor {
+    let (hh, ww) = (labels.size()[1], labels.size()[2]);
+    let dev = labels.device();
+    let rows = (Tensor::arange(h, (Kind::Int64, dev)) * 8).clamp_max(hh - 1);
+    let cols = (Tensor::arange(w, (Kind::Int64, dev)) * 8).clamp_max(ww - 1);
+    labels.index_select(1, &rows).index_select(2, &cols)
+}
+
+/// Measures the encoder gradient of each term by differencing the accumulated
+/// gradients after each term's backward (the terms are back-propagated one by one).
+struct GradProbe {
+    params: Vec<Tensor>,
+    ce: Option<Vec<Tensor>>,
+    ce_cons: Option<Vec<Tensor>>,
+}
+
+impl GradProbe {
+    fn new(on: bool, vs: &nn::VarStore) -> GradProbe {
+        let params = if on {
+            let mut v: Vec<_> = vs
+                .variables()
+                .into_iter()
+                .filter(|(n, t)| group_of(n) == Group::Backbone && t.requires_grad())
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v.into_iter().map(|(_, t)| t).collect()
+        } else {
+            Vec::new()
+        };
+        GradProbe {
+            params,
+            ce: None,
+            ce_cons: None,
+        }
+    }
+
+    fn snapshot(&self) -> Option<Vec<Tensor>> {
+        if self.params.is_empty() {
+            return None;
+        }
+        Some(tch::no_grad(|| {
+            self.params
+                .iter()
+                .map(|p| {
+                    let g = p.grad();
+                    if g.defined() { g.copy() } else { p.zeros_like() }
+                })
+                .collect()
+        }))
+    }
+
+    fn after_ce(&mut self) {
+        self.ce = self.snapshot();
+    }
+
+    fn after_cons(&mut self) {
+        self.ce_cons = self.snapshot();
+    }
+
+    /// The norms, once every term has been back-propagated.
+    fn finish(self) -> Option<GradNorms> {
+        let ce = self.ce.as_ref()?;
+        let all = self.snapshot()?;
+        let ce_cons = self.ce_cons.as_ref().unwrap_or(ce);
+        let norm = |a: &[Tensor], b: Option<&[Tensor]>| -> f64 {
+            let sq: f64 = a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    let d = match b {
+                        Some(b) => x - &b[i],
+                        None => x.shallow_clone(),
+                    };
+                    d.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[])
+                })
+                .sum();
+            sq.sqrt()
+        };
+        let base = norm(ce_cons, None);
+        let cont = norm(&all, Some(ce_cons));
+        Some(GradNorms {
+            grad_norm_ce: norm(ce, None),
+            grad_norm_cons: norm(ce_cons, Some(ce)),
+            grad_norm_cont: cont,
+            grad_share: if base > 0.0 { cont / base } else { 0.0 },
+        })
     }
 }
 
@@ -456,6 +753,14 @@ pub struct Timer {
 }
 
 impl Timer {
+    fn new(on: bool, device: Device) -> Timer {
+        Timer {
+            on,
+            device,
+            clock: Instant::now(),
+        }
+    }
+
     fn lap(&mut self, slot: &mut f64) {
         if self.on {
             if let Device::Cuda(i) = self.device {

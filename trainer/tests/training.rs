@@ -340,7 +340,6 @@ fn checkpoints_keep_the_last_k_and_the_best() {
             teacher: &t.teacher_vs,
             optim: &t.opt,
             bank: &t.bank,
-            rng: &t.rng,
             iteration: it,
             config: &cfg,
             best: if it >= 2 { best } else { None },

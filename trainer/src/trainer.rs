@@ -254,11 +254,13 @@ impl Trainer {
     }
 
     /// Whether this step measures the terms' gradient norms: every logged iteration (the
-    /// run logs iterations that are multiples of `log_every`) and every traced one.
+    /// run logs multiples of `log_every` and the last one) and every traced one.
     fn measure_grads(&self) -> bool {
+        let t = self.iteration + 1;
         self.measure_every_step
             || self.trace.is_some()
-            || (self.iteration + 1).is_multiple_of(self.cfg.log_every)
+            || t.is_multiple_of(self.cfg.log_every)
+            || t == self.cfg.iterations
     }
 
     /// Records `t` under `name` when tracing.

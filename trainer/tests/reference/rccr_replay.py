@@ -476,7 +476,7 @@ def replay(path, args, rep, history):
         if tr is None:
             rep.check("losses", name == "loss.cont" and not rccr_on, f"{name} missing from the trace")
             continue
-        m = float(mine)
+        m = float(mine.detach())
         err = abs(m - tr) / max(abs(tr), 1e-12)
         rep.check("losses", close(m, tr, args.loss_rtol, 1e-7),
                   f"{name}: trace {tr:.10g}, replay {m:.10g} (rel {err:.2e})", ratio=err)

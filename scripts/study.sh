@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The issue-9 study (README "What the contrastive term buys"): does L_cont change the
+# target mIoU, paired by seed, from a warm start?
+#   1. a source-only warm-up model (from scratch; the checkpoint kept is the best on the
+#      SOURCE val split, gta5-val: the stand-in for the paper's pretrained encoder);
+#   2. from it, baseline vs rccr (paper settings) paired by seed (STUDY_SEEDS, >= 8);
+#   3. mu dose-response on STUDY_DOSE_SEEDS: mu = 0 (the baseline runs: bit-identical by
+#      the pairing test), paper (the rccr runs), constant 0.01, 0.1, 1;
+#   4. the weight with the best mean paired gain on the HELD-OUT target split (a second
+#      synthetic draw, seed 1; never the reported val) is selected, and the Table 3 rungs
+#      (+RWC, +NS(R), +NS(C), +PS; full = rccr) run at it, paired with the baseline;
+#   5. scripts/study_summary.py: per-seed paired differences, mean with a 95 % t interval,
+#      the contrastive gradient share; OUT/summary.md and OUT/summary.json.
+# Re-runnable and resumable: a run with OUT/runs/NAME/result.json is not run again; a run
+# cut short is started over. CPU by default; --device auto takes a GPU when present.
+#
+#   scripts/study.sh [OUT_DIR]        (default study/)
+# Env: STUDY_BIN (folder with rccr-train; copied into OUT/bin at the first start, so a
+#      rebuild never changes a study under way), STUDY_DEVICE (auto|cpu|cuda),
+#      STUDY_SEEDS, STUDY_DOSE_SEEDS, STUDY_WARMUP_ITERS, STUDY_ITERS, STUDY_LR,
+#      STUDY_CROP, STUDY_SIZE, STUDY_JOBS (parallel runs), STUDY_THREADS (OMP threads/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-study}
+SRC_BIN=${STUDY_BIN:-target/release}
+DEVICE=${STUDY_DEVICE:-auto}
+SEEDS=${STUDY_SEEDS:-0 1 2 3 4 5 6 7}
+DOSE_SEEDS=${STUDY_DOSE_SEEDS:-0 1 2}
+WARMUP_ITERS=${STUDY_WARMUP_ITERS:-2000}
+ITERS=${STUDY_ITERS:-400}
+LR=${STUDY_LR:-0.01}
+CROP=${STUDY_CROP:-256}
+SIZE=${STUDY_SIZE:-512x256}
+JOBS=${STUDY_JOBS:-1}
+mkdir -p "$OUT/bin" "$OUT/runs"
+OUT=$(cd "$OUT" && pwd)
+[[ -x $OUT/bin/rccr-train ]] || cp "$SRC_BIN/rccr-train" "$OUT/bin/rccr-train"
+BIN=$OUT/bin/rccr-train
+DATA=$OUT/data
+HOLD=$OUT/holdout
+log() { echo "[study $(date +%H:%M:%S)] $*"; }
+
+[[ -f $DATA/synth.json ]] || "$BIN" synth --out "$DATA" --seed 0 --size "$SIZE" >/dev/null 2>&1
+[[ -f $HOLD/synth.json ]] || "$BIN" synth --out "$HOLD" --seed 1 --count 2 --val-count 50 --size "$SIZE" >/dev/null 2>&1
+COMMON=(--backbone small --source-size "$SIZE" --target-size "$SIZE" --val-size "$SIZE"
+        --crop "$CROP" --batch-size 2 --lr "$LR" --device "$DEVICE" --workers 2 --quiet)
+
+# 1. Warm-up: source-only from scratch, validated on the source val split.
+WARM=$OUT/runs/warmup
+if [[ ! -f $WARM/result.json ]]; then
+  log "warm-up: source-only, $WARMUP_ITERS iterations (best on gta5-val kept)"
+  rm -rf "$WARM"
+  "$BIN" train --mode source-only --source "gta5:$DATA/gta5" --val "gta5:$DATA/gta5-val" \
+    --out "$WARM" --iterations "$WARMUP_ITERS" --seed 100 --val-every $((WARMUP_ITERS / 4)) \
+    --save-every 0 --keep-last 1 "${COMMON[@]}" >"$WARM.log" 2>&1
+  best=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['best']['file'])" "$WARM/checkpoints/index.json")
+  cp "$WARM/checkpoints/$best" "$OUT/warmup.safetensors"
+  for split in "cityscapes:$DATA/cityscapes" "cityscapes:$HOLD/cityscapes"; do
+    name=$([[ $split == *holdout* ]] && echo holdout || echo target)
+    "$BIN" eval --checkpoint "$OUT/warmup.safetensors" --data "$split" --size "$SIZE" \
+      --device "$DEVICE" --json "$WARM/$name.json" >/dev/null 2>&1
+  done
+  python3 - "$WARM" "$best" <<'PY'
+import json, sys
+d, best = sys.argv[1], sys.argv[2]
+vals = [r for r in map(json.loads, open(d + "/metrics.jsonl")) if r.get("kind") == "val"]
+sc = lambda n: json.load(open(f"{d}/{n}.json"))["scores"]["miou"]
+json.dump({"run": "warmup", "checkpoint": best, "source_val_curve": [[v["iteration"], v["miou"]] for v in vals],
+           "target_miou": sc("target"), "holdout_miou": sc("holdout")}, open(d + "/result.json", "w"))
+PY
+fi
+INIT=$OUT/warmup.safetensors
+
+# run_one NAME SEED FLAGS...: one adaptation run from the warm-up model.
+run_one() {
+  local name=$1 seed=$2; shift 2
+  local dir=$OUT/runs/$name-s$seed
+  [[ -f $dir/result.json ]] && return 0
+  rm -rf "$dir"
+  log "run $name seed $seed: $*"
+  local t0=$SECONDS
+  if ! "$BIN" train --source "gta5:$DATA/gta5" --target "cityscapes:$DATA/cityscapes" \
+      --init-from "$INIT" --out "$dir" --iterations "$ITERS" --seed "$seed" --val-every 0 \
+      --save-every 0 --keep-last 1 --log-every 10 "${COMMON[@]}" "$@" >"$dir.log" 2>&1; then
+    log "run $name seed $seed FAILED (see $dir.log)"; return 0
+  fi
+  "$BIN" eval --checkpoint "$(ls "$dir"/checkpoints/iter_*.safetensors | tail -n 1)" \
+    --data "cityscapes:$HOLD/cityscapes" --size "$SIZE" --device "$DEVICE" \
+    --json "$dir/holdout.json" >/dev/null 2>&1
+  python3 - "$dir" "$name" "$seed" "$((SECONDS - t0))" "$*" <<'PY'
+import json, sys
+d, name, seed, secs, flags = sys.argv[1:6]
+rows = [json.loads(l) for l in open(d + "/metrics.jsonl")]
+train = [r for r in rows if r.get("kind") == "train"]
+val = [r for r in rows if r.get("kind") == "val"][-1]
+mean = lambda k: sum(r.get(k, 0.0) for r in train) / max(len(train), 1)
+json.dump({"run": name, "seed": int(seed), "flags": flags, "seconds": int(secs),
+           "iteration": val["iteration"], "target_miou": val["miou"],
+           "per_class_iou": val.get("per_class_iou"),
+           "holdout_miou": json.load(open(d + "/holdout.json"))["scores"]["miou"],
+           "grad_share_mean": mean("grad_share"), "grad_share_last": train[-1].get("grad_share", 0.0),
+           "mu_mean": mean("mu"), "kept_anchors_mean": mean("kept_anchors"),
+           "loss_cont_mean": mean("loss_cont")}, open(d + "/result.json", "w"))
+PY
+}
+export -f run_one log
+export OUT BIN DATA HOLD INIT ITERS
+export COMMON_STR="${COMMON[*]}"
+
+# Runs a list of "NAME|SEED|FLAGS" lines, JOBS at a time.
+run_all() {
+  if [[ $JOBS -le 1 ]]; then
+    while IFS='|' read -r name seed flags; do
+      # shellcheck disable=SC2086
+      run_one "$name" "$seed" $flags
+    done
+  else
+    xargs -P "$JOBS" -I{} bash -c 'IFS="|" read -r n s f <<<"{}"; COMMON=($COMMON_STR); run_one "$n" "$s" $f'
+  fi
+}
+
+# 2. Paired baseline vs rccr (paper settings).
+for s in $SEEDS; do echo "baseline|$s|--mode baseline"; echo "rccr|$s|--mode rccr"; done | run_all
+# 3. Dose-response of mu (constant schedules; paper = the rccr runs, 0 = the baseline runs).
+for s in $DOSE_SEEDS; do
+  for mu in 0.01 0.1 1; do echo "rccr-mu$mu|$s|--mode rccr --mu-schedule constant --mu-max $mu"; done
+done | run_all
+# 4. Select the weight on the held-out split, then the Table 3 rungs at it.
+SEL=$(python3 scripts/study_summary.py "$OUT" --select)
+log "selected on the held-out split: $SEL"
+if [[ $SEL == paper ]]; then MU_FLAGS="--mode rccr"; else MU_FLAGS="--mode rccr --mu-schedule constant --mu-max ${SEL#mu}"; fi
+for s in $DOSE_SEEDS; do
+  echo "rung-RWC-$SEL|$s|$MU_FLAGS --no-ns-random --no-ns-category --no-ps --no-mb"
+  echo "rung-NSR-$SEL|$s|$MU_FLAGS --no-ns-category --no-ps --no-mb"
+  echo "rung-NSC-$SEL|$s|$MU_FLAGS --no-ps --no-mb"
+  echo "rung-PS-$SEL|$s|$MU_FLAGS --no-mb"
+done | run_all
+python3 scripts/study_summary.py "$OUT"
+log "done: $OUT/summary.md"

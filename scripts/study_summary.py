@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Summary of scripts/study.sh: paired differences (run - baseline of the same seed) of
+target mIoU, their mean with a 95 % Student-t interval, the held-out split's figures and
+the contrastive term's gradient share. Writes OUT/summary.md and OUT/summary.json.
+
+  study_summary.py OUT            the summary
+  study_summary.py OUT --select   prints the mu setting with the best mean paired gain on
+                                  the HELD-OUT split (paper | mu0.01 | mu0.1 | mu1)
+"""
+import glob
+import json
+import math
+import os
+import sys
+
+# Two-sided 95 % quantiles of Student's t, df = 1..30 (standard tables).
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+DOSES = [("mu = 0 (baseline)", None), ("paper (0.01, ramp-up)", "rccr"),
+         ("constant 0.01", "rccr-mu0.01"), ("constant 0.1", "rccr-mu0.1"), ("constant 1", "rccr-mu1")]
+
+
+def load(out):
+    runs = {}
+    for f in glob.glob(os.path.join(out, "runs", "*", "result.json")):
+        r = json.load(open(f))
+        if r["run"] != "warmup":
+            runs[(r["run"], r["seed"])] = r
+    return runs
+
+
+def paired(runs, name, key="target_miou"):
+    """Per-seed (seed, baseline, run, run - baseline) in points, for seeds with both."""
+    out = []
+    for (n, s), r in sorted(runs.items(), key=lambda kv: kv[0][1]):
+        b = runs.get(("baseline", s))
+        if n == name and b is not None:
+            out.append((s, 100 * b[key], 100 * r[key], 100 * (r[key] - b[key])))
+    return out
+
+
+def stats(diffs):
+    """(n, mean, sd, half-width of the 95 % interval); None where undefined."""
+    n = len(diffs)
+    if n == 0:
+        return (0, None, None, None)
+    m = sum(diffs) / n
+    if n == 1:
+        return (1, m, None, None)
+    sd = math.sqrt(sum((d - m) ** 2 for d in diffs) / (n - 1))
+    return (n, m, sd, T975[min(n - 1, len(T975)) - 1] * sd / math.sqrt(n))
+
+
+def fmt(st):
+    n, m, sd, hw = st
+    if m is None:
+        return "n/a"
+    if hw is None:
+        return f"{m:+.2f} (n = 1)"
+    return f"{m:+.2f} [{m - hw:+.2f}, {m + hw:+.2f}] (sd {sd:.2f}, n = {n})"
+
+
+def mean_of(runs, name, key):
+    v = [r[key] for (n, _), r in runs.items() if n == name]
+    return sum(v) / len(v) if v else None
+
+
+def select(runs):
+    best, best_gain = "paper", None
+    for label, name in DOSES[1:]:
+        d = [x[3] for x in paired(runs, name, "holdout_miou")]
+        if d and (best_gain is None or sum(d) / len(d) > best_gain):
+            best, best_gain = ("paper" if name == "rccr" else name[len("rccr-"):]), sum(d) / len(d)
+    return best
+
+
+def main():
+    out = sys.argv[1]
+    runs = load(out)
+    if "--select" in sys.argv:
+        print(select(runs))
+        return
+    md, js = [], {"runs": list(runs.values())}
+    warm = os.path.join(out, "runs", "warmup", "result.json")
+    if os.path.exists(warm):
+        w = json.load(open(warm))
+        js["warmup"] = w
+        md.append(f"Warm-up (source-only, best on source val: {w['checkpoint']}): source-val curve "
+                  + ", ".join(f"{it}: {100 * m:.1f}" for it, m in w["source_val_curve"])
+                  + f"; target val {100 * w['target_miou']:.1f}, held-out target {100 * w['holdout_miou']:.1f} mIoU %.\n")
+    main_rows = paired(runs, "rccr")
+    md.append("### baseline vs rccr (paper settings), paired by seed\n")
+    md.append("| seed | baseline | rccr | rccr - baseline | held-out diff | grad share (mean) |")
+    md.append("|---:|---:|---:|---:|---:|---:|")
+    hold = {s: d for s, _, _, d in paired(runs, "rccr", "holdout_miou")}
+    for s, b, r, d in main_rows:
+        md.append(f"| {s} | {b:.2f} | {r:.2f} | {d:+.2f} | {hold.get(s, float('nan')):+.2f} | "
+                  f"{runs[('rccr', s)]['grad_share_mean']:.2e} |")
+    st = stats([x[3] for x in main_rows])
+    sth = stats(list(hold.values()))
+    md.append(f"\nMean paired difference (target val): **{fmt(st)}**; held-out target: {fmt(sth)}.\n")
+    js["main"] = {"rows": main_rows, "target": st, "holdout": sth}
+
+    md.append("### mu dose-response (paired with the baseline of the same seed)\n")
+    md.append("| mu | target diff, mean [95 % CI] | held-out diff | grad share (mean) | L_cont (mean) |")
+    md.append("|---|---|---|---:|---:|")
+    js["dose"] = {}
+    seeds = sorted({s for (n, s) in runs if n == "rccr-mu0.1"}) or None
+    for label, name in DOSES:
+        if name is None:
+            md.append(f"| {label} | +0.00 (identical runs) | +0.00 | 0 | - |")
+            continue
+        rows = [x for x in paired(runs, name) if seeds is None or x[0] in seeds]
+        hrows = [x for x in paired(runs, name, "holdout_miou") if seeds is None or x[0] in seeds]
+        st, sth = stats([x[3] for x in rows]), stats([x[3] for x in hrows])
+        share = [runs[(name, x[0])]["grad_share_mean"] for x in rows]
+        cont = [runs[(name, x[0])]["loss_cont_mean"] for x in rows]
+        js["dose"][label] = {"target": st, "holdout": sth, "rows": rows}
+        md.append(f"| {label} | {fmt(st)} | {fmt(sth)} | "
+                  f"{(sum(share) / len(share)) if share else float('nan'):.2e} | "
+                  f"{(sum(cont) / len(cont)) if cont else float('nan'):.2f} |")
+    sel = select(runs)
+    js["selected"] = sel
+    md.append(f"\nSelected on the held-out split: **{sel}**.\n")
+    rungs = sorted({n for (n, _) in runs if n.startswith("rung-")})
+    if rungs:
+        md.append(f"### Table 3 rungs at {sel} (paired with the baseline)\n")
+        md.append("| rung | target diff, mean [95 % CI] | held-out diff |")
+        md.append("|---|---|---|")
+        js["rungs"] = {}
+        full = "rccr" if sel == "paper" else f"rccr-{sel}"
+        for name in [r for r in ("RWC", "NSR", "NSC", "PS") if f"rung-{r}-{sel}" in rungs]:
+            n = f"rung-{name}-{sel}"
+            st, sth = stats([x[3] for x in paired(runs, n)]), stats([x[3] for x in paired(runs, n, "holdout_miou")])
+            js["rungs"][name] = {"target": st, "holdout": sth}
+            md.append(f"| +{name} | {fmt(st)} | {fmt(sth)} |")
+        st = stats([x[3] for x in paired(runs, full) if x[0] in (seeds or [])])
+        md.append(f"| full RCCR | {fmt(st)} | |")
+    text = "\n".join(md) + "\n"
+    open(os.path.join(out, "summary.md"), "w").write(text)
+    json.dump(js, open(os.path.join(out, "summary.json"), "w"), indent=1)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,7 @@ TORCH_VERSION=2.11.0
 ORT_VERSION=1.31.1
 ONNX_VERSION=1.23.2
 CITYSCAPES_VERSION=2.3.0
+TENSORBOARD_VERSION=2.21.0
 PY=${PYTHON:-python3}
 
 # install NAME DIR SPEC... : pip-install SPECs into DIR unless DIR/.stamp matches.
@@ -38,7 +39,8 @@ if [[ "${GPU:-0}" == 1 ]]; then
 else
   install onnxruntime "$DEPS/ort" "onnxruntime==$ORT_VERSION"
 fi
-install python-tools "$DEPS/py" "onnx==$ONNX_VERSION" "cityscapesscripts==$CITYSCAPES_VERSION"
+install python-tools "$DEPS/py" "onnx==$ONNX_VERSION" "cityscapesscripts==$CITYSCAPES_VERSION" \
+  "tensorboard==$TENSORBOARD_VERSION"
 # cityscapesscripts pulls in the obsolete `typing` backport, which shadows the standard
 # library module on Python 3 and breaks every import: remove it.
 rm -rf "$DEPS/py/typing.py" "$DEPS/py"/typing-*.dist-info "$DEPS/py/__pycache__/typing."*

@@ -18,7 +18,7 @@
 # Env: STUDY_BIN (folder with rccr-train; copied into OUT/bin at the first start, so a
 #      rebuild never changes a study under way), STUDY_DEVICE (auto|cpu|cuda),
 #      STUDY_SEEDS, STUDY_DOSE_SEEDS, STUDY_WARMUP_ITERS, STUDY_ITERS, STUDY_LR,
-#      STUDY_CROP, STUDY_SIZE, STUDY_JOBS (parallel runs), STUDY_THREADS (OMP threads/run).
+#      STUDY_CROP, STUDY_SIZE, STUDY_JOBS (parallel runs, default 2), STUDY_THREADS (libtorch threads per run, default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-study}
@@ -27,11 +27,15 @@ DEVICE=${STUDY_DEVICE:-auto}
 SEEDS=${STUDY_SEEDS:-0 1 2 3 4 5 6 7}
 DOSE_SEEDS=${STUDY_DOSE_SEEDS:-0 1 2}
 WARMUP_ITERS=${STUDY_WARMUP_ITERS:-2000}
-ITERS=${STUDY_ITERS:-400}
+ITERS=${STUDY_ITERS:-500}
 LR=${STUDY_LR:-0.01}
-CROP=${STUDY_CROP:-256}
-SIZE=${STUDY_SIZE:-512x256}
-JOBS=${STUDY_JOBS:-1}
+CROP=${STUDY_CROP:-128}
+SIZE=${STUDY_SIZE:-256x128}
+JOBS=${STUDY_JOBS:-2}
+# One libtorch thread per run: on a shared 2-core machine two threads per process stall
+# at OpenMP barriers (measured here: baseline 1.14 s/iteration with 2 threads vs 0.235
+# with 1 while other work ran); two runs side by side use both cores.
+export OMP_NUM_THREADS=${STUDY_THREADS:-1}
 mkdir -p "$OUT/bin" "$OUT/runs"
 OUT=$(cd "$OUT" && pwd)
 [[ -x $OUT/bin/rccr-train ]] || cp "$SRC_BIN/rccr-train" "$OUT/bin/rccr-train"
@@ -76,25 +80,30 @@ run_one() {
   local name=$1 seed=$2; shift 2
   local dir=$OUT/runs/$name-s$seed
   [[ -f $dir/result.json ]] && return 0
-  rm -rf "$dir"
-  log "run $name seed $seed: $*"
-  local t0=$SECONDS
-  if ! "$BIN" train --source "gta5:$DATA/gta5" --target "cityscapes:$DATA/cityscapes" \
-      --init-from "$INIT" --out "$dir" --iterations "$ITERS" --seed "$seed" --val-every 0 \
-      --save-every 0 --keep-last 1 --log-every 10 "${COMMON[@]}" "$@" >"$dir.log" 2>&1; then
-    log "run $name seed $seed FAILED (see $dir.log)"; return 0
+  local ckpt
+  ckpt=$(printf '%s/checkpoints/iter_%07d.safetensors' "$dir" "$ITERS")
+  if [[ ! -f $ckpt ]]; then
+    rm -rf "$dir"
+    log "run $name seed $seed: $*"
+    if ! "$BIN" train --source "gta5:$DATA/gta5" --target "cityscapes:$DATA/cityscapes" \
+        --init-from "$INIT" --out "$dir" --iterations "$ITERS" --seed "$seed" --val-every 0 \
+        --save-every 0 --keep-last 1 --log-every 10 "${COMMON[@]}" "$@" >"$dir.log" 2>&1; then
+      log "run $name seed $seed FAILED (see $dir.log)"; return 0
+    fi
   fi
-  "$BIN" eval --checkpoint "$(ls "$dir"/checkpoints/iter_*.safetensors | tail -n 1)" \
-    --data "cityscapes:$HOLD/cityscapes" --size "$SIZE" --device "$DEVICE" \
-    --json "$dir/holdout.json" >/dev/null 2>&1
-  python3 - "$dir" "$name" "$seed" "$((SECONDS - t0))" "$*" <<'PY'
+  if ! "$BIN" eval --checkpoint "$ckpt" --data "cityscapes:$HOLD/cityscapes" --size "$SIZE" \
+      --device "$DEVICE" --json "$dir/holdout.json" >"$dir.holdout.log" 2>&1; then
+    log "held-out evaluation of $name seed $seed FAILED (see $dir.holdout.log)"; return 0
+  fi
+  python3 - "$dir" "$name" "$seed" "$*" <<'PY'
 import json, sys
-d, name, seed, secs, flags = sys.argv[1:6]
+d, name, seed, flags = sys.argv[1:5]
 rows = [json.loads(l) for l in open(d + "/metrics.jsonl")]
 train = [r for r in rows if r.get("kind") == "train"]
 val = [r for r in rows if r.get("kind") == "val"][-1]
 mean = lambda k: sum(r.get(k, 0.0) for r in train) / max(len(train), 1)
-json.dump({"run": name, "seed": int(seed), "flags": flags, "seconds": int(secs),
+secs = sum(r["seconds_per_iteration"] for r in train) * (val["iteration"] / max(len(train), 1))
+json.dump({"run": name, "seed": int(seed), "flags": flags, "seconds_estimate": round(secs),
            "iteration": val["iteration"], "target_miou": val["miou"],
            "per_class_iou": val.get("per_class_iou"),
            "holdout_miou": json.load(open(d + "/holdout.json"))["scores"]["miou"],
@@ -104,7 +113,7 @@ json.dump({"run": name, "seed": int(seed), "flags": flags, "seconds": int(secs),
 PY
 }
 export -f run_one log
-export OUT BIN DATA HOLD INIT ITERS
+export OUT BIN DATA HOLD INIT ITERS SIZE DEVICE
 export COMMON_STR="${COMMON[*]}"
 
 # Runs a list of "NAME|SEED|FLAGS" lines, JOBS at a time.

@@ -26,6 +26,46 @@ pub enum InferError {
         /// The decoder's message.
         reason: String,
     },
+    /// An image whose decoded pixels would exceed the decoder's memory limit.
+    #[error("image {path} is too large: {width}x{height} needs {bytes} bytes decoded, over the decoder's limit of {limit} bytes ({} MiB); downscale it", limit / (1024 * 1024))]
+    ImageTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its width.
+        width: u32,
+        /// Its height.
+        height: u32,
+        /// Bytes its decoded pixels need.
+        bytes: u64,
+        /// The decoder's limit in bytes.
+        limit: u64,
+    },
+    /// A folder argument that does not exist or is not a folder.
+    #[error("{path} {problem}: give an existing folder")]
+    NotAFolder {
+        /// The path given.
+        path: PathBuf,
+        /// "does not exist" or "is not a folder".
+        problem: &'static str,
+    },
+    /// Two inputs whose outputs would have the same file name (one would overwrite the other).
+    #[error("{first} and {second} would both be written as {output}: rename or move one of them (outputs keep the input's folder and stem, with a .png extension)")]
+    OutputCollision {
+        /// One input.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+        /// The shared output path (under `trainIds/`).
+        output: PathBuf,
+    },
+    /// A report that cannot be merged with the others.
+    #[error("cannot merge {path}: {reason}")]
+    Merge {
+        /// The report file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A label map that is not a single-channel 8-bit PNG.
     #[error("bad label map {path}: {reason}")]
     LabelFormat {

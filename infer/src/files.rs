@@ -27,14 +27,25 @@ pub struct ImageList {
     pub skipped: Vec<PathBuf>,
 }
 
-fn walk_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        return Err(InferError::io(
-            "cannot read folder",
-            dir,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
-        ));
+/// `Ok` when `dir` is an existing folder; otherwise an error saying whether it does not
+/// exist or is something else (a file, a dangling link).
+pub fn check_folder(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
     }
+    let problem = if std::fs::symlink_metadata(dir).is_err() {
+        "does not exist"
+    } else {
+        "is not a folder"
+    };
+    Err(InferError::NotAFolder {
+        path: dir.to_path_buf(),
+        problem,
+    })
+}
+
+fn walk_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    check_folder(dir)?;
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(dir)
         .follow_links(true)
@@ -220,6 +231,76 @@ pub fn output_path(out: &Path, kind: &str, root: &Path, image: &Path) -> PathBuf
     p
 }
 
+/// The first two `images` (under `root`) whose outputs would share a file name (same
+/// folder and stem, e.g. `a.png` and `a.jpg`), as an error naming both and the output.
+pub fn check_output_collisions(out: &Path, root: &Path, images: &[PathBuf]) -> Result<()> {
+    let mut seen: BTreeMap<PathBuf, &PathBuf> = BTreeMap::new();
+    for image in images {
+        let output = output_path(out, "trainIds", root, image);
+        if let Some(first) = seen.insert(output.clone(), image) {
+            return Err(InferError::OutputCollision {
+                first: first.clone(),
+                second: image.clone(),
+                output,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One of `count` deterministic, disjoint parts of a sorted file list (`--shard K/N`):
+/// file `i` (0-based, in sorted order) belongs to shard `i mod N + 1`, so the N shards
+/// together cover every file exactly once and each gets `len / N` or one more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shard {
+    /// This shard, 1..=count.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+}
+
+impl Shard {
+    /// Shard `index` of `count` (1-based); an error unless `1 <= index <= count`.
+    pub fn new(index: usize, count: usize) -> Result<Shard> {
+        if count == 0 || index == 0 || index > count {
+            return Err(InferError::Invalid(format!(
+                "--shard {index}/{count}: expected K/N with 1 <= K <= N, e.g. --shard 1/4"
+            )));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The files of this shard, keeping their order.
+    pub fn select<T: Clone>(&self, sorted: &[T]) -> Vec<T> {
+        sorted
+            .iter()
+            .skip(self.index - 1)
+            .step_by(self.count)
+            .cloned()
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = InferError;
+    fn from_str(s: &str) -> Result<Shard> {
+        let bad = || {
+            InferError::Invalid(format!(
+                "--shard `{s}`: expected K/N with 1 <= K <= N, e.g. --shard 1/4"
+            ))
+        };
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let num = |v: &str| v.trim().parse::<usize>().map_err(|_| bad());
+        Shard::new(num(k)?, num(n)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +375,16 @@ mod tests {
             e.contains("gtFine_color.png") && e.contains("gtFine_labelIds.png"),
             "{e}"
         );
+        // A missing folder says so; a file is not a folder.
+        let e = list_images(&root.join("nope")).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
+        let e = list_images(&root.join("img/a/notes.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("notes.txt") && e.contains("is not a folder"),
+            "{e}"
+        );
         // Empty folder.
         std::fs::create_dir_all(root.join("empty")).unwrap();
         let e = list_images(&root.join("empty")).unwrap_err().to_string();
@@ -307,5 +398,42 @@ mod tests {
             ),
             Path::new("/o/labelIds/a/a_000000_000001_leftImg8bit.png")
         );
+    }
+
+    #[test]
+    fn output_collisions_name_both_inputs() {
+        let root = Path::new("/in");
+        let imgs: Vec<PathBuf> = ["a.jpg", "a.png", "b/a.png", "c.png"]
+            .iter()
+            .map(|f| root.join(f))
+            .collect();
+        let e = check_output_collisions(Path::new("/o"), root, &imgs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/in/a.jpg") && e.contains("/in/a.png") && e.contains("/o/trainIds/a.png"),
+            "{e}"
+        );
+        // Same stem in another folder is a different output.
+        check_output_collisions(Path::new("/o"), root, &imgs[1..]).unwrap();
+    }
+
+    #[test]
+    fn shards_partition_the_list() {
+        let files: Vec<usize> = (0..10).collect();
+        let parts: Vec<Vec<usize>> = (1..=3)
+            .map(|k| Shard::new(k, 3).unwrap().select(&files))
+            .collect();
+        assert_eq!(parts[0], [0, 3, 6, 9]);
+        assert_eq!(parts[1], [1, 4, 7]);
+        assert_eq!(parts[2], [2, 5, 8]);
+        assert_eq!(
+            "2/3".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 3 }
+        );
+        for bad in ["0/3", "4/3", "1/0", "1", "a/b", "1/3/4"] {
+            let e = bad.parse::<Shard>().unwrap_err().to_string();
+            assert!(e.contains("--shard"), "{bad}: {e}");
+        }
     }
 }

@@ -31,11 +31,30 @@ pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     if reader.format().is_none() {
         return Err(err("unknown file format".into()));
     }
-    let img = reader.decode().map_err(|e| err(e.to_string()))?;
+    let decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
+    let needed = image::ImageDecoder::total_bytes(&decoder);
+    let limit = decoder_limit();
+    if needed > limit {
+        return Err(InferError::ImageTooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            bytes: needed,
+            limit,
+        });
+    }
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(err("image has no pixels".into()));
     }
     Ok(img.into_rgb8())
+}
+
+/// The decoder's memory limit for one image's decoded pixels (the `image` crate's default,
+/// 512 MiB: a 16-bit RGBA 8192x8192 frame, or 8-bit RGB ~ 13400x13400).
+pub fn decoder_limit() -> u64 {
+    image::Limits::default().max_alloc.unwrap_or(u64::MAX)
 }
 
 /// Reads a single-channel label PNG: 8-bit grayscale, 8-bit indexed (the indices) or
@@ -282,6 +301,65 @@ mod tests {
         }
         let m = decode_label_bytes(Path::new("p.png"), &out).unwrap();
         assert_eq!(m.data, vec![2, 1]);
+    }
+
+    /// A PNG whose header claims `width x height` RGB8 pixels, with a tiny (empty) IDAT.
+    fn huge_png_header(width: u32, height: u32) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let start = out.len();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            let crc = crc32(&out[start..]);
+            out.extend_from_slice(&crc.to_be_bytes());
+        }
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut c = 0xFFFF_FFFFu32;
+            for &b in bytes {
+                c ^= b as u32;
+                for _ in 0..8 {
+                    c = if c & 1 == 1 {
+                        0xEDB8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        }
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(
+            &mut out,
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        );
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    #[test]
+    fn image_over_the_decoder_limit_is_too_large_with_size_and_limit() {
+        // 20000 x 10000 RGB8 = 600,000,000 bytes > 512 MiB.
+        let e = decode_rgb(Path::new("x/huge.png"), &huge_png_header(20000, 10000)).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, InferError::ImageTooLarge { .. }), "{text}");
+        assert!(
+            text.contains("huge.png")
+                && text.contains("too large")
+                && text.contains("20000x10000")
+                && text.contains("600000000")
+                && text.contains(&(512u64 * 1024 * 1024).to_string()),
+            "{text}"
+        );
+        assert!(!text.contains("corrupt"), "{text}");
+        // Under the limit, the same (truncated) file is a decode error, not "too large".
+        let e = decode_rgb(Path::new("x/small.png"), &huge_png_header(100, 100)).unwrap_err();
+        assert!(matches!(e, InferError::ImageDecode { .. }), "{e}");
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //! - [`segmenter`]: [`Segmenter`], an rccr ONNX model ([`model`] contract) on a chosen
 //!   execution [`provider`], images in, train-id [`LabelMap`]s out.
 //! - [`pipeline`]: the CLI's pipelined folder run (decode workers, model, writers).
-//! - [`score`]: official-Cityscapes scoring of prediction folders; [`metrics`]: the
+//! - [`score`]: official-Cityscapes scoring of prediction folders; [`merge`]: shard
+//!   reports merged into one; [`metrics`]: the
 //!   confusion matrix, IoU, mIoU, pixel accuracy; [`taxonomy`]: labelId / trainId / name /
 //!   colour, SYNTHIA map, 19 / 16 / 13-class protocols.
 //! - [`files`], [`imageio`], [`labelmap`], [`resample`], [`report`]: folders and pairing,
 //!   PNG I/O, label-map operations, resizing into the model input, the JSON report.
 //! - [`runtime`]: finding and loading the ONNX Runtime library.
+//! - [`capi`]: the C ABI (`librccr_infer.so` / `.a`, header `include/rccr_infer.h`).
+//! - [`latency`]: per-call latency percentiles (`rccr-infer bench`).
 //! - [`logging`]: the CLI programs' tracing set-up. [`bench`](mod@bench): the scoring
 //!   benchmark and its synthetic Cityscapes-layout split.
 //!
@@ -25,11 +28,14 @@
 //! ```
 
 pub mod bench;
+pub mod capi;
 pub mod error;
 pub mod files;
 pub mod imageio;
 pub mod labelmap;
+pub mod latency;
 pub mod logging;
+pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -1,17 +1,21 @@
-//! `rccr-infer`: segment a folder of images with an rccr ONNX model (and score it against
-//! Cityscapes ground truth), score existing predictions the official way (`score`), or
-//! benchmark scoring (`bench-score`).
+//! `rccr-infer`: segment a folder of images (or one shard of it) with an rccr ONNX model
+//! (and score it against Cityscapes ground truth), score existing predictions the official
+//! way or merge shard reports (`score`), measure per-call latency (`bench`), or benchmark
+//! scoring (`bench-score`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rccr_infer::bench;
+use rccr_infer::files::{self, Shard};
+use rccr_infer::latency::{self, LatencyOptions};
+use rccr_infer::merge;
 use rccr_infer::pipeline::{self, PipelineOptions};
 use rccr_infer::provider::{Provider, SessionOptions};
 use rccr_infer::report::{Report, Skipped};
 use rccr_infer::score::{self, IdFormat, ScoreOptions};
-use rccr_infer::segmenter::SegmenterOptions;
+use rccr_infer::segmenter::{self as segmenter_mod, Segmenter, SegmenterOptions};
 use rccr_infer::taxonomy::Protocol;
 
 #[derive(Parser, Debug)]
@@ -32,8 +36,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Score existing labelId predictions against Cityscapes ground truth, as the official
-    /// cityscapesscripts evaluation does.
+    /// cityscapesscripts evaluation does; or merge the JSON reports of shards (--merge).
     Score(ScoreArgs),
+    /// Per-call latency (p50/p90/p99/max) and images/s of a model on synthetic frames,
+    /// preprocessing, model and postprocessing timed apart.
+    Bench(LatencyArgs),
     /// Benchmark scoring throughput against the official script and bare PNG decoding.
     BenchScore(BenchArgs),
 }
@@ -52,15 +59,20 @@ struct RunArgs {
     /// Ground-truth labelIds folder (e.g. gtFine/val): score the predictions.
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Images per model run.
-    #[arg(long, default_value_t = 1)]
+    /// Images per model run (1 to 256).
+    #[arg(long, default_value_t = 1, value_parser = parse_batch_size)]
     batch_size: usize,
     /// Execution provider: auto (TensorRT, CUDA, CPU: first that works), tensorrt, cuda, cpu.
     #[arg(long, default_value = "auto")]
     provider: String,
-    /// Model input size WxH (default: the model's fixed size, else 1024x512).
-    #[arg(long, value_parser = parse_size)]
+    /// Model input size WxH (default: the model's fixed size, else 1024x512; at most
+    /// 8192 per side and 8192x4096 pixels).
+    #[arg(long, value_parser = parse_input_size)]
     input_size: Option<(u32, u32)>,
+    /// Process only shard K of N of the sorted image list (image i goes to shard
+    /// i mod N + 1); merge the shards' --json reports with `score --merge`.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<Shard>,
     /// Classes averaged into the mIoU: 19, or SYNTHIA's 16 / 13.
     #[arg(long, default_value_t = 19)]
     classes: usize,
@@ -96,11 +108,15 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct ScoreArgs {
     /// Folder of predictions, matched to ground truth by <city>_<seq>_<frame>.
-    #[arg(long)]
-    pred: PathBuf,
+    #[arg(long, required_unless_present = "merge")]
+    pred: Option<PathBuf>,
     /// Ground-truth folder (*_gtFine_labelIds.png, e.g. gtFine/val).
-    #[arg(long)]
-    labels: PathBuf,
+    #[arg(long, required_unless_present = "merge")]
+    labels: Option<PathBuf>,
+    /// Merge these JSON reports (of `--shard K/N` runs, or of disjoint image sets) into
+    /// the report of one run over all their images, instead of scoring folders.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["pred", "labels", "train_ids", "strict"])]
+    merge: Vec<PathBuf>,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -116,6 +132,43 @@ struct ScoreArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct LatencyArgs {
+    /// The ONNX model made by rccr-export.
+    #[arg(long)]
+    model: PathBuf,
+    /// Images per call (1 to 256).
+    #[arg(long, default_value_t = 1, value_parser = parse_batch_size)]
+    batch_size: usize,
+    /// Model input size WxH (default: the model's fixed size, else 1024x512).
+    #[arg(long, value_parser = parse_input_size)]
+    input_size: Option<(u32, u32)>,
+    /// Camera frame size WxH each call starts from (default: the input size, so no resize).
+    #[arg(long, value_parser = parse_input_size)]
+    image_size: Option<(u32, u32)>,
+    /// Timed calls.
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
+    /// Untimed calls first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Execution provider: auto, tensorrt, cuda, cpu.
+    #[arg(long, default_value = "auto")]
+    provider: String,
+    /// ONNX Runtime intra-op threads (default: physical cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// GPU index for TensorRT / CUDA.
+    #[arg(long, default_value_t = 0)]
+    device_id: i32,
+    /// Let TensorRT use fp16 kernels.
+    #[arg(long)]
+    fp16: bool,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +213,30 @@ fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
     Ok((p(w)?, p(h)?))
 }
 
+fn parse_input_size(s: &str) -> std::result::Result<(u32, u32), String> {
+    let size = parse_size(s)?;
+    segmenter_mod::check_input_size(size).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+fn parse_batch_size(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number of images, e.g. --batch-size 4"))?;
+    segmenter_mod::check_batch_size(n).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+fn parse_shard(s: &str) -> std::result::Result<Shard, String> {
+    s.parse().map_err(|e: rccr_infer::InferError| e.to_string())
+}
+
+/// An error naming `flag` unless `path` is an existing folder.
+fn existing_folder(flag: &str, path: &std::path::Path) -> Result<()> {
+    files::check_folder(path).with_context(|| format!("{flag} {}", path.display()))
+}
+
 fn protocol(n: usize) -> Result<Protocol> {
     Protocol::from_count(n)
         .with_context(|| format!("--classes {n}: use 19 (Cityscapes), 16 or 13 (SYNTHIA)"))
@@ -178,8 +255,13 @@ fn run(args: RunArgs) -> Result<()> {
     let (Some(model), Some(images)) = (args.model, args.images) else {
         bail!("--model and --images are required");
     };
+    existing_folder("--images", &images)?;
+    if let Some(labels) = &args.labels {
+        existing_folder("--labels", labels)?;
+    }
     let provider: Provider = args.provider.parse()?;
     let mut opts = PipelineOptions::new(model, images);
+    opts.shard = args.shard;
     opts.out = args.out;
     opts.labels = args.labels;
     opts.protocol = protocol(args.classes)?;
@@ -195,7 +277,7 @@ fn run(args: RunArgs) -> Result<()> {
             trt_fp16: args.fp16,
             intra_threads: args.threads,
         },
-        batch_size: args.batch_size.max(1),
+        batch_size: args.batch_size,
         input_size: args.input_size,
     };
     if opts.overlay && opts.out.is_none() {
@@ -236,7 +318,38 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+fn merge_cmd(args: &ScoreArgs) -> Result<()> {
+    let report = merge::merge_files(&args.merge)?;
+    println!("merged {} reports:", args.merge.len());
+    for p in &args.merge {
+        println!("  {}", p.display());
+    }
+    print_skipped(&report.skipped);
+    if report.miou.is_some() {
+        print!("{}", report.table());
+    }
+    println!(
+        "{} images ({} skipped), {:.2} s of compute in all",
+        report.images,
+        report.skipped.len(),
+        report.seconds
+    );
+    if let Some(j) = &args.json {
+        report.write_json(j)?;
+        println!("report written to {}", j.display());
+    }
+    Ok(())
+}
+
 fn score_cmd(args: ScoreArgs) -> Result<()> {
+    if !args.merge.is_empty() {
+        return merge_cmd(&args);
+    }
+    let (Some(pred), Some(labels)) = (&args.pred, &args.labels) else {
+        bail!("score needs --pred and --labels (or --merge REPORT.json ...)");
+    };
+    existing_folder("--pred", pred)?;
+    existing_folder("--labels", labels)?;
     let opts = ScoreOptions {
         protocol: protocol(args.classes)?,
         pred_format: if args.train_ids {
@@ -253,13 +366,8 @@ fn score_cmd(args: ScoreArgs) -> Result<()> {
     };
     pb.set_message("scoring");
     let tick = || pb.inc(1);
-    let res = score::score_dirs(&args.pred, &args.labels, &opts, &tick).with_context(|| {
-        format!(
-            "scoring {} against {}",
-            args.pred.display(),
-            args.labels.display()
-        )
-    })?;
+    let res = score::score_dirs(pred, labels, &opts, &tick)
+        .with_context(|| format!("scoring {} against {}", pred.display(), labels.display()))?;
     pb.finish_and_clear();
     let mut report = Report {
         images: res.images,
@@ -289,6 +397,40 @@ fn score_cmd(args: ScoreArgs) -> Result<()> {
     if let Some(j) = &args.json {
         report.write_json(j)?;
         println!("report written to {}", j.display());
+    }
+    Ok(())
+}
+
+fn latency_cmd(args: LatencyArgs) -> Result<()> {
+    let options = SegmenterOptions {
+        session: SessionOptions {
+            provider: args.provider.parse()?,
+            device_id: args.device_id,
+            trt_cache_dir: None,
+            trt_fp16: args.fp16,
+            intra_threads: args.threads,
+        },
+        batch_size: args.batch_size,
+        input_size: args.input_size,
+    };
+    let mut seg = Segmenter::open(&args.model, &options)?;
+    let opts = LatencyOptions {
+        image_size: args.image_size,
+        iterations: args.iterations,
+        warmup: args.warmup,
+    };
+    let mut report = latency::measure(&mut seg, &opts)?;
+    if seg.provider() == Provider::Cpu {
+        report.threads = Some(
+            args.threads
+                .unwrap_or_else(rccr_infer::provider::physical_cores),
+        );
+    }
+    print!("{}", report.table());
+    if let Some(j) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        rccr_infer::imageio::write_atomic(j, text.as_bytes())?;
+        println!("figures written to {}", j.display());
     }
     Ok(())
 }
@@ -329,6 +471,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Score(a)) => score_cmd(a),
+        Some(Command::Bench(a)) => latency_cmd(a),
         Some(Command::BenchScore(a)) => bench_cmd(a),
         None => run(cli.run),
     }

@@ -53,6 +53,29 @@ impl ConfusionMatrix {
         self.counts[gt * self.n + pred]
     }
 
+    /// A matrix from its counts: `counts[gt][pred]` (`n` rows of `n`) and the void
+    /// predictions per ground-truth class (`n` values); `None` when the shapes disagree.
+    pub fn from_counts(counts: &[Vec<u64>], void_predictions: &[u64]) -> Option<Self> {
+        let n = counts.len();
+        if void_predictions.len() != n || counts.iter().any(|row| row.len() != n) {
+            return None;
+        }
+        Some(ConfusionMatrix {
+            n,
+            counts: counts.concat(),
+            void_pred: void_predictions.to_vec(),
+            unscored: void_predictions.iter().sum(),
+        })
+    }
+
+    /// The counts as rows: `rows()[gt][pred]`.
+    pub fn rows(&self) -> Vec<Vec<u64>> {
+        self.counts
+            .chunks(self.n.max(1))
+            .map(<[u64]>::to_vec)
+            .collect()
+    }
+
     /// Valid ground-truth pixels whose prediction was outside `0..n` (void): false
     /// negatives of their ground-truth class, false positives of none.
     pub fn unscored(&self) -> u64 {
@@ -278,5 +301,16 @@ mod tests {
         assert!((m19 - (17.0 + 0.5) / 19.0).abs() < 1e-12);
         let m16 = cm.mean_iou_protocol(Protocol::Classes16).unwrap();
         assert!((m16 - (15.0 + 0.5) / 16.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn from_counts_round_trips() {
+        let mut cm = ConfusionMatrix::new(3);
+        cm.add(&[0, 0, 1, 2, 2], &[0, 1, 1, 9, 0]).unwrap();
+        let voids: Vec<u64> = (0..3).map(|c| cm.void_predictions(c)).collect();
+        assert_eq!(voids, [0, 0, 1]);
+        let back = ConfusionMatrix::from_counts(&cm.rows(), &voids).unwrap();
+        assert_eq!(back, cm);
+        assert!(ConfusionMatrix::from_counts(&[vec![1, 2]], &[0]).is_none());
     }
 }

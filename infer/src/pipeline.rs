@@ -22,7 +22,7 @@ use crossbeam_channel::bounded;
 use image::RgbImage;
 
 use crate::error::{InferError, Result};
-use crate::files;
+use crate::files::{self, Shard};
 use crate::imageio;
 use crate::labelmap::{self, LabelMap};
 use crate::provider::physical_cores;
@@ -67,6 +67,8 @@ pub struct PipelineOptions {
     pub workers: Option<usize>,
     /// Show a progress bar. Default true in the CLI.
     pub progress: bool,
+    /// Process only this part of the sorted image list ([`Shard`]). Default `None`: all.
+    pub shard: Option<Shard>,
 }
 
 impl PipelineOptions {
@@ -83,6 +85,7 @@ impl PipelineOptions {
             overlay: false,
             workers: None,
             progress: false,
+            shard: None,
         }
     }
 }
@@ -202,37 +205,62 @@ fn progress_bar(len: usize, show: bool) -> indicatif::ProgressBar {
     pb
 }
 
-/// Runs the model over every image of `opts.images`; see the module docs.
-pub fn run(opts: &PipelineOptions) -> Result<Report> {
+/// The images of this run (the shard's, in sorted order) with their labels, after the
+/// checks that must hold for the whole list: no two inputs write the same output file,
+/// no two inputs pair with the same label, every image has a label.
+fn plan_inputs(opts: &PipelineOptions) -> Result<(Vec<PathBuf>, Vec<Option<PathBuf>>)> {
     let list = files::list_images(&opts.images)?;
     for s in &list.skipped {
         tracing::warn!("skipping {}: not a .png/.jpg/.jpeg image", s.display());
     }
-    let labels: Vec<Option<PathBuf>> = match &opts.labels {
-        Some(dir) => {
-            let map = files::list_labels(dir)?;
-            let mut missing = Vec::new();
-            let v = list
-                .images
-                .iter()
-                .map(|p| {
-                    let found = map.get(&files::pair_key(p)).cloned();
-                    if found.is_none() {
-                        missing.push(p.display().to_string());
-                    }
-                    found
-                })
-                .collect();
-            if !missing.is_empty() {
-                return Err(InferError::Missing {
-                    what: "labels",
-                    dir: dir.clone(),
-                    missing,
+    if let Some(out) = &opts.out {
+        files::check_output_collisions(out, &opts.images, &list.images)?;
+    }
+    let images = match opts.shard {
+        Some(shard) => shard.select(&list.images),
+        None => list.images,
+    };
+    let Some(dir) = &opts.labels else {
+        let none = vec![None; images.len()];
+        return Ok((images, none));
+    };
+    let map = files::list_labels(dir)?;
+    let mut missing = Vec::new();
+    let mut used: std::collections::BTreeMap<&PathBuf, &PathBuf> = Default::default();
+    let mut labels = Vec::with_capacity(images.len());
+    for p in &images {
+        let found = map.get(&files::pair_key(p));
+        match found.map(|l| (l, used.insert(l, p))) {
+            None => missing.push(p.display().to_string()),
+            Some((l, Some(first))) => {
+                tracing::debug!("{} pairs with {}", p.display(), l.display());
+                return Err(InferError::DuplicateKey {
+                    key: files::pair_key(p),
+                    first: first.clone(),
+                    second: p.clone(),
                 });
             }
-            v
+            Some(_) => {}
         }
-        None => vec![None; list.images.len()],
+        labels.push(found.cloned());
+    }
+    if !missing.is_empty() {
+        return Err(InferError::Missing {
+            what: "labels",
+            dir: dir.clone(),
+            missing,
+        });
+    }
+    Ok((images, labels))
+}
+
+/// Runs the model over every image of `opts.images` (or of its shard); see the module
+/// docs.
+pub fn run(opts: &PipelineOptions) -> Result<Report> {
+    let (images, labels) = plan_inputs(opts)?;
+    let list = files::ImageList {
+        images,
+        skipped: Vec::new(),
     };
 
     let mut seg = Segmenter::open(&opts.model, &opts.segmenter)?;
@@ -446,6 +474,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
             write_ms: per(total.write),
         }),
         classes: opts.protocol.count(),
+        shard: opts.shard,
         ..Report::default()
     };
     if opts.labels.is_some() {

@@ -1,19 +1,24 @@
 //! The JSON report of a run (`--json FILE`) and its printed per-class IoU table.
 //!
 //! `miou` and `per_class` are fractions in 0..1 (`null` for a class that occurs in neither
-//! ground truth nor prediction); `per_class` keeps train-id order.
+//! ground truth nor prediction); `per_class` keeps train-id order. A scored report also
+//! carries its train-id confusion matrix (`confusion`), so reports of disjoint image sets
+//! (`--shard K/N` runs) merge into exactly the report of one run over all of them
+//! ([`crate::merge`]).
 
 use std::path::Path;
 
 use serde::ser::{SerializeMap, Serializer};
 
 use crate::error::Result;
+use crate::files::Shard;
 use crate::imageio;
+use crate::metrics::ConfusionMatrix;
 use crate::score::Scores;
 
 /// Milliseconds per image spent in each stage (summed over worker threads, so stages that
 /// overlap can add up to more than the wall time).
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StageTimes {
     /// Reading and decoding the image (and its label).
     pub decode_ms: f64,
@@ -41,8 +46,36 @@ impl serde::Serialize for PerClass {
     }
 }
 
+/// The train-id confusion matrix of a report: `counts[gt][pred]` pixels, and per
+/// ground-truth class the pixels predicted as void (false negatives of no class's FP).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConfusionCounts {
+    /// Rows = ground-truth train id, columns = predicted train id.
+    pub counts: Vec<Vec<u64>>,
+    /// Per ground-truth train id: pixels predicted as void.
+    pub void_predictions: Vec<u64>,
+}
+
+impl ConfusionCounts {
+    /// The counts of `cm`.
+    pub fn of(cm: &ConfusionMatrix) -> Self {
+        ConfusionCounts {
+            counts: cm.rows(),
+            void_predictions: (0..cm.num_classes())
+                .map(|c| cm.void_predictions(c))
+                .collect(),
+        }
+    }
+
+    /// The matrix back; `None` when the rows are not square or the void counts do not
+    /// match them.
+    pub fn matrix(&self) -> Option<ConfusionMatrix> {
+        ConfusionMatrix::from_counts(&self.counts, &self.void_predictions)
+    }
+}
+
 /// A skipped input and why.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     /// The file.
     pub file: String,
@@ -61,8 +94,10 @@ pub struct Report {
     pub pixel_accuracy: Option<f64>,
     /// Number of classes averaged (19, 16 or 13).
     pub classes: usize,
-    /// Images processed (scored, when scoring).
+    /// Images processed (scored, when scoring): outputs written for each of them.
     pub images: usize,
+    /// The part of the sorted image list this run covered (`--shard K/N`), `null` for all.
+    pub shard: Option<Shard>,
     /// Inputs skipped because of errors.
     pub skipped: Vec<Skipped>,
     /// Execution provider that ran the model (`null` for `score`).
@@ -83,6 +118,8 @@ pub struct Report {
     pub stage_ms: Option<StageTimes>,
     /// Pixels counted in the confusion matrix.
     pub scored_pixels: u64,
+    /// The train-id confusion matrix behind the scores (`null` without labels).
+    pub confusion: Option<ConfusionCounts>,
 }
 
 impl Report {
@@ -93,6 +130,7 @@ impl Report {
         self.pixel_accuracy = scores.pixel_accuracy();
         self.classes = scores.protocol.count();
         self.scored_pixels = scores.confusion.total();
+        self.confusion = Some(ConfusionCounts::of(&scores.confusion));
     }
 
     /// The per-class table, the mean and the pixel accuracy, in percent.

@@ -1,10 +1,12 @@
 //! Finding and loading the ONNX Runtime shared library (ort's `load-dynamic`).
 //!
 //! Search order: `ORT_DYLIB_PATH`; the folder `make setup` installed it to (baked in at
-//! build time as `RCCR_ORT_DIR`); the executable's own folder. Loading happens once per
+//! build time as `RCCR_ORT_DIR`); the folder of the file holding this code (the
+//! executable, or `librccr_infer.so` when loaded from C); the executable's own folder. Loading happens once per
 //! process; later calls return the path that was loaded. The process-wide ONNX Runtime
 //! environment created then is kept here ([`environment`]) for every session to share.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -36,14 +38,35 @@ pub fn candidates() -> Vec<PathBuf> {
     if let Some(dir) = option_env!("RCCR_ORT_DIR") {
         out.push(Path::new(dir).join(library_name()));
     }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        out.push(dir.join(library_name()));
-        out.push(dir.join("libonnxruntime.so"));
+    let exe = std::env::current_exe().ok();
+    for file in [own_file(), exe].into_iter().flatten() {
+        if let Some(dir) = file.parent() {
+            for name in [library_name(), "libonnxruntime.so".to_string()] {
+                let p = dir.join(name);
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
     }
     out
+}
+
+/// The file (executable or shared library) this code was loaded from, via `dladdr`.
+fn own_file() -> Option<PathBuf> {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    let addr = own_file as *const () as *const libc::c_void;
+    // SAFETY: dladdr only reads the address and fills `info`; it returns 0 on failure.
+    let found = unsafe { libc::dladdr(addr, info.as_mut_ptr()) };
+    // SAFETY: zero-initialised, and filled by dladdr on success.
+    let info = unsafe { info.assume_init() };
+    if found == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr's file name is a NUL-terminated string owned by the loader.
+    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(name.to_bytes()));
+    std::fs::canonicalize(&path).ok().or(Some(path))
 }
 
 static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), RuntimeError>> =

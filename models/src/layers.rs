@@ -68,8 +68,7 @@ impl ConvBn {
 
     /// conv -> bn. `train` selects batch statistics (and updates the running ones).
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        use tch::nn::ModuleT;
-        self.bn.forward_t(&xs.apply(&self.conv), train)
+        crate::batch_norm::forward_t(&self.bn, &xs.apply(&self.conv), train)
     }
 }
 

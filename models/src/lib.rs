@@ -9,12 +9,14 @@
 //! - [`weights`]: safetensors save / load (atomic) and torchvision-named backbone import.
 //! - [`device`]: the one `--device` parser.
 
+pub mod batch_norm;
 pub mod checkpoint;
 pub mod config;
 pub mod deeplab;
 pub mod device;
 pub mod layers;
 pub mod projector;
+pub mod pth;
 pub mod resnet;
 pub mod weights;
 

@@ -104,6 +104,50 @@ pub enum MuSchedule {
     Constant,
 }
 
+/// The c10d backend of data-parallel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    /// NCCL on CUDA, Gloo on the CPU. Default.
+    #[default]
+    Auto,
+    /// NVIDIA's collectives (CUDA tensors).
+    Nccl,
+    /// Gloo (CPU tensors).
+    Gloo,
+}
+
+/// Data-parallel settings (README "Multi-GPU and multi-node"); used only when a launcher
+/// such as torchrun sets `WORLD_SIZE`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistConfig {
+    /// `auto` (default: NCCL on CUDA, Gloo on the CPU), `nccl` or `gloo`.
+    pub backend: DistBackend,
+    /// Seconds a rendezvous or collective waits for the other ranks before failing.
+    /// Default 600 (PyTorch's NCCL default).
+    pub timeout_s: u32,
+    /// Synchronised batch norm in the student's forwards. Default false (DACS's
+    /// `use_sync_batchnorm` option).
+    pub sync_bn: bool,
+    /// Processes of the run: written by the trainer (1 without a launcher), not read.
+    pub world_size: usize,
+    /// The backend that ran, written by the trainer (`none` without a launcher).
+    pub backend_used: String,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            backend: DistBackend::Auto,
+            timeout_s: 600,
+            sync_bn: false,
+            world_size: 1,
+            backend_used: "none".into(),
+        }
+    }
+}
+
 /// Numeric precision of the forward passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
@@ -251,6 +295,11 @@ pub struct TrainConfig {
     pub keep_last: usize,
     /// Log losses every this many iterations. Default: 10.
     pub log_every: u64,
+    /// Data-parallel settings. Default: see [`DistConfig`].
+    pub dist: DistConfig,
+    /// Test hook: draw batches and random choices as rank R of a data-parallel run
+    /// would, in a single process. Default: none (the process's own rank).
+    pub data_rank: Option<usize>,
     /// Data-loading worker threads. Default: 4.
     pub workers: usize,
     /// Batches decoded ahead. Default: 4.
@@ -305,6 +354,8 @@ impl Default for TrainConfig {
             save_every: 5000,
             keep_last: 3,
             log_every: 10,
+            dist: DistConfig::default(),
+            data_rank: None,
             workers: 4,
             prefetch: 4,
         }
@@ -433,6 +484,9 @@ impl TrainConfig {
         }
         if self.init.is_some() && self.init_from.is_some() {
             return bad("init (an ImageNet backbone) and init_from (an rccr model) exclude each other".into());
+        }
+        if self.dist.timeout_s == 0 {
+            return bad("dist.timeout_s must be at least 1".into());
         }
         if self.log_every == 0 {
             return bad("log_every must be at least 1".into());

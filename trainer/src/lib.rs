@@ -18,6 +18,7 @@ pub mod contrastive;
 pub mod data;
 pub mod dataio;
 pub mod determinism;
+pub mod dist;
 pub mod ema;
 pub mod memory_bank;
 pub mod metrics;

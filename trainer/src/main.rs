@@ -118,6 +118,21 @@ struct TrainArgs {
     /// cuDNN benchmark off and libtorch's deterministic algorithms on (GPU runs repeat).
     #[arg(long)]
     deterministic: bool,
+    /// Data-parallel backend under torchrun: auto (NCCL on CUDA, Gloo on CPU) | nccl | gloo.
+    #[arg(long, value_enum)]
+    dist_backend: Option<rccr_trainer::config::DistBackend>,
+    /// Seconds a rank waits for the others before failing (default 600).
+    #[arg(long)]
+    dist_timeout: Option<u32>,
+    /// Synchronised batch norm across ranks in the student's forwards.
+    #[arg(long)]
+    sync_bn: bool,
+    /// Test hook: batches and random choices of data-parallel rank R, in one process.
+    #[arg(long, hide = true)]
+    data_rank: Option<usize>,
+    /// Test hook: ranks above 0 also write their final checkpoint to OUT/rank<r>/.
+    #[arg(long, hide = true)]
+    save_all_ranks: bool,
     /// Iterations (default 250000).
     #[arg(long)]
     iterations: Option<u64>,
@@ -233,6 +248,18 @@ impl TrainArgs {
         }
         if self.deterministic {
             c.deterministic = true;
+        }
+        if let Some(b) = self.dist_backend {
+            c.dist.backend = b;
+        }
+        if let Some(t) = self.dist_timeout {
+            c.dist.timeout_s = t;
+        }
+        if self.sync_bn {
+            c.dist.sync_bn = true;
+        }
+        if self.data_rank.is_some() {
+            c.data_rank = self.data_rank;
         }
         if self.source_size.is_some() {
             c.source_size = self.source_size;
@@ -439,6 +466,7 @@ fn train(a: &TrainArgs, trace: bool) -> Result<()> {
             stop_at: a.stop_at,
             quiet: a.quiet,
             trace,
+            save_all_ranks: a.save_all_ranks,
         },
     )?;
     if a.json {

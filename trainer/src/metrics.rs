@@ -20,6 +20,8 @@ pub struct TrainRecord {
     pub step: StepStats,
     /// Wall time of this iteration (data wait included).
     pub seconds_per_iteration: f64,
+    /// Processes of the run (losses are their mean when above 1).
+    pub world_size: usize,
 }
 
 /// One validation.

@@ -125,16 +125,35 @@ impl Sgd {
 
     /// One update with the learning rates of the two groups.
     pub fn step(&mut self, lr_backbone: f64, lr_head: f64) {
+        let grads = self.gradients();
+        self.apply(lr_backbone, lr_head, grads);
+    }
+
+    /// Each optimised parameter's gradient (None where no term reached it), in order.
+    pub fn gradients(&self) -> Vec<Option<Tensor>> {
+        self.params
+            .iter()
+            .map(|p| {
+                let g = p.var.grad();
+                g.defined().then_some(g)
+            })
+            .collect()
+    }
+
+    /// The optimised parameters, in the order of [`Sgd::gradients`].
+    pub fn variables(&self) -> Vec<&Tensor> {
+        self.params.iter().map(|p| &p.var).collect()
+    }
+
+    /// One update with the given gradients (as [`Sgd::gradients`] returns them, possibly
+    /// averaged over ranks); see the module documentation for absent gradients.
+    pub fn apply(&mut self, lr_backbone: f64, lr_head: f64, grads: Vec<Option<Tensor>>) {
         tch::no_grad(|| {
-            for p in &mut self.params {
-                let grad = p.var.grad();
-                if !grad.defined() && !p.active {
-                    continue;
-                }
-                let grad = if grad.defined() {
-                    grad
-                } else {
-                    p.var.zeros_like()
+            for (p, grad) in self.params.iter_mut().zip(grads) {
+                let grad = match grad {
+                    Some(g) => g,
+                    None if p.active => p.var.zeros_like(),
+                    None => continue,
                 };
                 p.active = true;
                 let lr = match p.group {

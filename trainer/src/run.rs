@@ -5,7 +5,8 @@
 //! iterations, at each validation and at the end (`--resume` continues exactly).
 
 use crate::checkpoint::{self, Best, CheckpointDir, Saved};
-use crate::config::{Mode, TrainConfig};
+use crate::config::{DistBackend, Mode, TrainConfig};
+use crate::dist::{Ddp, GroupConfig, Launch, ProcessGroup};
 use crate::dataio::{is_synthia, LoaderConfig, Split, TrainLoader, ValSet};
 use crate::ema;
 use crate::metrics::{MetricsLog, TrainRecord};
@@ -50,6 +51,9 @@ pub struct RunOptions {
     /// `rccr-train trace`: write every iteration's tensors to `out` (no validation, no
     /// checkpoints).
     pub trace: bool,
+    /// Test hook of data-parallel runs: ranks above 0 also write their final checkpoint,
+    /// to `out/rank<r>/`.
+    pub save_all_ranks: bool,
 }
 
 /// Builds the trainer: fresh (with `--init`) or from `--resume`.
@@ -180,10 +184,65 @@ fn loader_config(cfg: &TrainConfig, size: Option<crate::config::Size>, seed: u64
     }
 }
 
+/// Joins the data-parallel run the launcher's environment describes (module
+/// `crate::dist`); returns the configuration as this process runs it, its device and
+/// the process group (None without a launcher).
+fn join(cfg: &TrainConfig, trace: bool) -> Result<(TrainConfig, Device, Option<ProcessGroup>)> {
+    let mut cfg = cfg.clone();
+    let mut device = rccr_models::device::parse_device(&cfg.device)?;
+    let Some(l) = Launch::from_env().map_err(anyhow::Error::msg)? else {
+        return Ok((cfg, device, None));
+    };
+    if trace {
+        bail!("rccr-train trace runs in one process: launch it without torchrun");
+    }
+    if device.is_cuda() {
+        device = Device::Cuda(l.local_rank);
+    }
+    let backend = match (cfg.dist.backend, device.is_cuda()) {
+        (DistBackend::Auto, true) | (DistBackend::Nccl, _) => "nccl",
+        (DistBackend::Auto, false) | (DistBackend::Gloo, _) => "gloo",
+    };
+    cfg.dist.world_size = l.world_size;
+    cfg.dist.backend_used = backend.into();
+    let pg = ProcessGroup::init(&GroupConfig {
+        backend: backend.into(),
+        host: l.master_addr.clone(),
+        port: l.master_port,
+        rank: l.rank,
+        size: l.world_size,
+        timeout_s: cfg.dist.timeout_s,
+        host_store: l.rank == 0 && !l.agent_store,
+    })
+    .with_context(|| {
+        format!(
+            "cannot join the {}-process run at {}:{} (check MASTER_ADDR/MASTER_PORT and that \
+             every rank started; --dist-timeout bounds the wait)",
+            l.world_size, l.master_addr, l.master_port
+        )
+    })?;
+    tracing::info!(rank = l.rank, world_size = l.world_size, backend, device = %device_name(device), "joined the data-parallel run");
+    Ok((cfg, device, Some(pg)))
+}
+
+/// The seed of a rank's data loaders: the run's seed for rank 0 (so a 1-process run is
+/// unchanged), a derived one for the others.
+fn rank_seed(seed: u64, rank: usize) -> u64 {
+    if rank == 0 {
+        seed
+    } else {
+        crate::data::augment::mix(seed, 0x5241_4e4b, rank as u64)
+    }
+}
+
 /// Runs (or continues) training as configured.
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
-    let device = rccr_models::device::parse_device(&cfg.device)?;
+    let (cfg, device, pg) = join(cfg, opts.trace)?;
+    let cfg = &cfg;
+    let rank = pg.as_ref().map_or(0, |p| p.rank);
+    let main = rank == 0;
+    let data_rank = cfg.data_rank.unwrap_or(rank);
     let source = cfg
         .source
         .clone()
@@ -197,10 +256,21 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let run_dir = opts.out.clone();
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
-    let cfg_json = serde_json::to_vec_pretty(cfg)?;
-    rccr_models::weights::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+    if main {
+        let cfg_json = serde_json::to_vec_pretty(cfg)?;
+        rccr_models::weights::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+    }
 
     let mut trainer = build_trainer(cfg, device, opts.resume.as_deref())?;
+    trainer.streams.rank = data_rank as u64;
+    if let Some(pg) = pg {
+        let ddp = Ddp::new(pg, cfg.dist.sync_bn);
+        let mut all = Ddp::variables(&trainer.student_vs, false);
+        all.extend(Ddp::variables(&trainer.teacher_vs, false));
+        all.extend(trainer.opt.state().into_iter().map(|(_, t)| t.shallow_clone()));
+        ddp.broadcast(&all).context("broadcasting rank 0's weights")?;
+        trainer.ddp = Some(ddp);
+    }
     if opts.trace {
         trainer.trace = Some(crate::trace::Trace::default());
     }
@@ -226,9 +296,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         "training"
     );
 
+    let seed = rank_seed(cfg.seed, data_rank);
     let mut src_loader = TrainLoader::open(
         &source,
-        &loader_config(cfg, cfg.source_size, cfg.seed),
+        &loader_config(cfg, cfg.source_size, seed),
         start,
     )
     .with_context(|| format!("source data {source}"))?;
@@ -236,14 +307,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         Some(t) if cfg.mode != Mode::SourceOnly => Some(
             TrainLoader::open(
                 t,
-                &loader_config(cfg, cfg.target_size, cfg.seed.wrapping_add(1)),
+                &loader_config(cfg, cfg.target_size, seed.wrapping_add(1)),
                 start,
             )
             .with_context(|| format!("target data {t}"))?,
         ),
         _ => None,
     };
-    let val_set = match &val_spec {
+    let val_set = match val_spec.as_ref().filter(|_| main) {
         Some(v) => Some(
             ValSet::open(v, cfg.val_size.map(|s| s.pair()), cfg.val_limit)
                 .with_context(|| format!("validation data {v}"))?,
@@ -253,14 +324,19 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let synthia = is_synthia(&source);
 
     let ckdir = CheckpointDir::create(run_dir.join("checkpoints"), cfg.keep_last)?;
-    if opts.resume.is_some() {
+    if opts.resume.is_some() && main {
         truncate_log(&run_dir.join("metrics.jsonl"), start)?;
     }
-    let mut log = MetricsLog::open(&run_dir.join("metrics.jsonl"))
-        .with_context(|| format!("cannot open {}", run_dir.join("metrics.jsonl").display()))?;
+    let mut log = match main {
+        true => Some(
+            MetricsLog::open(&run_dir.join("metrics.jsonl"))
+                .with_context(|| format!("cannot open {}", run_dir.join("metrics.jsonl").display()))?,
+        ),
+        false => None,
+    };
 
     let end = opts.stop_at.unwrap_or(cfg.iterations).min(cfg.iterations);
-    let pb = if opts.quiet {
+    let pb = if opts.quiet || !main {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(cfg.iterations)
@@ -284,7 +360,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             Some(l) => Some(l.next_batch().context("reading a target batch")?),
             None => None,
         };
-        let stats = trainer
+        let mut stats = trainer
             .step(&sb.images, &sb.labels, tb.as_ref().map(|b| &b.images))
             .context("training step failed")?;
         let secs = it_start.elapsed().as_secs_f64();
@@ -295,7 +371,12 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             stats.loss_ce, stats.loss_cons, stats.loss_cont
         ));
         if it % cfg.log_every == 0 || it == end {
-            log.write(&record(&stats, secs))?;
+            if let Some(d) = &trainer.ddp {
+                mean_over_ranks(d, &mut stats)?;
+            }
+            if let Some(log) = &mut log {
+                log.write(&record(&stats, secs, cfg.dist.world_size))?;
+            }
         }
         if let Some(tr) = &trainer.trace {
             let path = tr.write(&run_dir, &trainer.model, cfg)?;
@@ -303,8 +384,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             continue;
         }
         let last = it == cfg.iterations;
-        let do_val = val_set.is_some() && ((cfg.val_every > 0 && it % cfg.val_every == 0) || last);
-        if do_val {
+        let do_val = val_spec.is_some() && ((cfg.val_every > 0 && it % cfg.val_every == 0) || last);
+        if do_val && main {
             let set = val_set.as_ref().expect("checked");
             let vpb = pb.clone();
             vpb.set_message(format!("validating {} images", set.len()));
@@ -317,7 +398,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 None,
             )
             .context("validation failed")?;
-            log.write(&res.record(it))?;
+            if let Some(log) = &mut log {
+                log.write(&res.record(it))?;
+            }
             pb.println(format!(
                 "iteration {it}: teacher mIoU {:.2}%",
                 res.miou * 100.0
@@ -334,7 +417,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         let do_save =
             (cfg.save_every > 0 && it % cfg.save_every == 0) || do_val || last || it == end;
-        if do_save {
+        if do_save && main {
             let path = ckdir.save(&Saved {
                 student: &trainer.student_vs,
                 teacher: &trainer.teacher_vs,
@@ -346,8 +429,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             })?;
             last_checkpoint = Some(path);
         }
+        if let (Some(d), true) = (&trainer.ddp, do_val || do_save) {
+            d.pg.barrier().context("waiting for rank 0's validation / checkpoint")?;
+        }
     }
     pb.finish_and_clear();
+    if let Some(d) = &trainer.ddp {
+        finish_ranks(d, &trainer, cfg, opts, &run_dir, best)?;
+    }
     let done = trainer.iteration - start;
     let summary = RunSummary {
         run_dir,
@@ -392,7 +481,7 @@ pub fn truncate_log(path: &Path, iteration: u64) -> Result<()> {
 }
 
 /// The metrics.jsonl line of a step.
-pub fn record(s: &StepStats, seconds: f64) -> TrainRecord {
+pub fn record(s: &StepStats, seconds: f64, world_size: usize) -> TrainRecord {
     TrainRecord {
         kind: "train",
         step: StepStats {
@@ -400,5 +489,43 @@ pub fn record(s: &StepStats, seconds: f64) -> TrainRecord {
             ..s.clone()
         },
         seconds_per_iteration: seconds,
+        world_size,
     }
+}
+
+/// Replaces the logged losses and q by their mean over the ranks.
+fn mean_over_ranks(d: &Ddp, s: &mut StepStats) -> Result<()> {
+    let m = d.mean(&[s.loss_ce, s.loss_cons, s.loss_cont, s.loss_total, s.q])?;
+    [s.loss_ce, s.loss_cons, s.loss_cont, s.loss_total, s.q] = [m[0], m[1], m[2], m[3], m[4]];
+    Ok(())
+}
+
+/// End of a data-parallel run: every rank must hold the same student and teacher (a
+/// hash of their bytes is compared); with `save_all_ranks` the other ranks also write
+/// their final checkpoint to `RUN_DIR/rank<r>/` (tests compare the files).
+fn finish_ranks(
+    d: &Ddp,
+    trainer: &Trainer,
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    run_dir: &Path,
+    best: Option<Best>,
+) -> Result<()> {
+    let mut all = Ddp::variables(&trainer.student_vs, false);
+    all.extend(Ddp::variables(&trainer.teacher_vs, false));
+    d.check_identical(&all).map_err(anyhow::Error::msg)?;
+    if opts.save_all_ranks && d.rank() > 0 {
+        let dir = CheckpointDir::create(run_dir.join(format!("rank{}", d.rank())), 1)?;
+        dir.save(&Saved {
+            student: &trainer.student_vs,
+            teacher: &trainer.teacher_vs,
+            optim: &trainer.opt,
+            bank: &trainer.bank,
+            iteration: trainer.iteration,
+            config: cfg,
+            best,
+        })?;
+    }
+    d.pg.barrier().context("final barrier")?;
+    Ok(())
 }

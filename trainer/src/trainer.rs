@@ -29,6 +29,7 @@
 //! an exact copy of the student; mode `baseline` skips step 4.
 
 use crate::config::{Mode, Precision, TrainConfig};
+use crate::dist::Ddp;
 use crate::contrastive::{bank_sample, contrastive_loss, random_keep, ContrastiveInputs};
 use crate::ema;
 use crate::memory_bank::MemoryBank;
@@ -68,6 +69,9 @@ pub enum TrainError {
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A collective of a data-parallel run failed (a rank died or timed out).
+    #[error("data-parallel training: {0}")]
+    Dist(#[from] crate::dist::DistError),
 }
 
 /// Seconds spent in each phase of a step (measured only when profiling, with device
@@ -170,6 +174,8 @@ pub struct Trainer {
     pub measure_every_step: bool,
     /// Record the next steps' tensors (`rccr-train trace`).
     pub trace: Option<Trace>,
+    /// Data-parallel state (None: one process).
+    pub ddp: Option<Ddp>,
 }
 
 /// What the teacher said about the target batch (lines 5-7).
@@ -216,7 +222,7 @@ impl Trainer {
         });
         let streams = Streams {
             seed: cfg.seed,
-            rank: 0,
+            rank: cfg.data_rank.unwrap_or(0) as u64,
         };
         Ok(Trainer {
             cfg,
@@ -233,6 +239,7 @@ impl Trainer {
             profile: false,
             measure_every_step: false,
             trace: None,
+            ddp: None,
         })
     }
 
@@ -271,11 +278,25 @@ impl Trainer {
     }
 
     /// The student's logits at the crop size (bilinear, align_corners, as DACS).
-    fn student_logits(&self, x: &Tensor, crop: i64) -> Tensor {
+    fn student_logits(&self, x: &Tensor, crop: i64) -> Result<Tensor, TrainError> {
         let xn = self.student.seg.normalize(x);
-        let logits =
-            crate::amp::bf16_autocast(self.bf16(), || self.student.seg.forward_t(&xn, true).logits);
-        upsample_logits(&logits.to_kind(Kind::Float), crop, crop)
+        let logits = self.student_forward(|| {
+            crate::amp::bf16_autocast(self.bf16(), || self.student.seg.forward_t(&xn, true).logits)
+        })?;
+        Ok(upsample_logits(&logits.to_kind(Kind::Float), crop, crop))
+    }
+
+    /// Runs a student forward, with synchronised batch norm under `--sync-bn`.
+    fn student_forward<T>(&self, f: impl FnOnce() -> T) -> Result<T, TrainError> {
+        let Some(d) = self.ddp.as_ref().filter(|d| d.sync_bn) else {
+            return Ok(f());
+        };
+        let hook = crate::dist::sync_bn::hook(d.pg.clone(), d.bn_failure.clone());
+        let out = rccr_models::batch_norm::with_hook(hook, f);
+        match d.bn_failure.borrow_mut().take() {
+            Some(e) => Err(e.into()),
+            None => Ok(out),
+        }
     }
 
     /// One iteration on a source batch and (except in mode `source-only`) a target batch
@@ -311,7 +332,7 @@ impl Trainer {
         self.opt.zero_grad();
 
         // Line 4 + Eq. 1: L_CE on the source.
-        let loss_ce = cross_entropy(&self.student_logits(&xs, crop), &ys);
+        let loss_ce = cross_entropy(&self.student_logits(&xs, crop)?, &ys);
         stats.loss_ce = self.finite("loss_ce", &loss_ce)?;
         loss_ce.backward();
         probe.after_ce();
@@ -421,7 +442,7 @@ impl Trainer {
         self.rec("classmix.x", &x_class);
         self.rec("classmix.y", &y_class);
         self.rec("classmix.w", &weight);
-        let logits = self.student_logits(&x_class, crop);
+        let logits = self.student_logits(&x_class, crop)?;
         let ce = logits.cross_entropy_loss::<Tensor>(&y_class, None, Reduction::None, 255, 0.0);
         let loss_cons = (ce * weight).mean(Kind::Float);
         let value = self.finite("loss_cons", &loss_cons)?;
@@ -457,11 +478,14 @@ impl Trainer {
         self.rec("cutmix.x", &x_cut);
         self.rec_box(&cut);
         let xn = self.student.seg.normalize(&x_cut);
-        let e_cut = crate::amp::bf16_autocast(self.bf16(), || {
-            let f = self.student.seg.encoder.forward_t(&xn, true);
-            self.student.projector.forward(&f)
-        })
-        .to_kind(Kind::Float);
+        let e_cut = self
+            .student_forward(|| {
+                crate::amp::bf16_autocast(self.bf16(), || {
+                    let f = self.student.seg.encoder.forward_t(&xn, true);
+                    self.student.projector.forward(&f)
+                })
+            })?
+            .to_kind(Kind::Float);
         timer.lap(&mut phases.cutmix_forward);
         let (h, w) = (e_t.size()[2], e_t.size()[3]);
         let g = grid_labels(&teacher.logits, ys, &cut, cfg.components.ps, cfg.ps_threshold);
@@ -490,8 +514,16 @@ impl Trainer {
         stats.box_anchors = g.box_cells;
         stats.negatives = lc.negatives;
         timer.lap(&mut phases.contrastive_loss);
-        if lc.anchors > 0 && mu != 0.0 {
+        let local = lc.anchors > 0 && mu != 0.0;
+        // Under --sync-bn the backward all-reduces in every BN layer: all ranks run it.
+        let any = match self.ddp.as_ref().filter(|d| d.sync_bn) {
+            Some(d) => d.any(local)?,
+            None => local,
+        };
+        if local {
             (&lc.loss * mu).backward();
+        } else if any {
+            (e_cut.sum(Kind::Float) * 0.0).backward();
         }
         if cfg.components.mb {
             let mut rng = self.streams.rng(Purpose::Bank, t);
@@ -503,6 +535,10 @@ impl Trainer {
                 cfg.bank_per_iteration,
                 &mut rng,
             );
+            let (be, bl) = match &self.ddp {
+                Some(d) => (d.gather_rows(&be)?, d.gather_rows(&bl)?),
+                None => (be, bl),
+            };
             self.bank.push(&be, &bl);
         }
         timer.lap(&mut phases.cutmix_backward);
@@ -572,7 +608,14 @@ impl Trainer {
         lr_head: f64,
         copy_teacher: bool,
     ) -> Result<StepStats, TrainError> {
-        self.opt.step(lr, lr_head);
+        match &mut self.ddp {
+            Some(d) => {
+                let mut grads = self.opt.gradients();
+                d.average_gradients(&mut grads, &self.opt.variables())?;
+                self.opt.apply(lr, lr_head, grads);
+            }
+            None => self.opt.step(lr, lr_head),
+        }
         let alpha = if copy_teacher {
             ema::copy_all(&self.teacher_vs, &self.student_vs);
             0.0
@@ -581,6 +624,11 @@ impl Trainer {
             ema::ema_update(&self.teacher_vs, &self.student_vs, a);
             a
         };
+        if let Some(d) = &self.ddp {
+            let mut bufs = Ddp::variables(&self.student_vs, true);
+            bufs.extend(Ddp::variables(&self.teacher_vs, true));
+            d.broadcast(&bufs)?;
+        }
         if timer.on {
             timer.lap(&mut phases.update);
             stats.phases = Some(phases);

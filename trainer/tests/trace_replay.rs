@@ -3,9 +3,11 @@
 //! t = 2) and writes every tensor of each step; tests/reference/rccr_replay.py, written
 //! from the paper in plain PyTorch (float64), recomputes the pseudo-labels, q, the
 //! anchor / label / keep masks, L_CE, L_cons, L_cont and L, the gradients, the SGD step,
-//! the EMA teacher and the BN statistics, and fails on any disagreement. Three cases:
-//! (a) rccr with every component, mu constant 1 and a PS threshold that keeps some
-//! anchors and drops others; (b) rccr without PS, MB and NS(R); (c) the baseline.
+//! the EMA teacher and the BN statistics, and fails on any disagreement. Four cases:
+//! (a) rccr with every component, mu constant 1, thresholds at which PS keeps some
+//! anchors and drops others and 0 < q < 1; (b) rccr without PS, MB and NS(R) (paper mu
+//! schedule, default lr); (d) rccr without NS(C), where only Eq. 8 keeps an anchor's own
+//! cells out of its negatives; (c) the baseline.
 
 use rccr_models::weights;
 use std::path::{Path, PathBuf};
@@ -41,7 +43,16 @@ fn python() -> Command {
 
 fn synth(dir: &Path) {
     let out = bin()
-        .args(["synth", "--count", "4", "--val-count", "2", "--size", "128x64", "--out"])
+        .args([
+            "synth",
+            "--count",
+            "4",
+            "--val-count",
+            "2",
+            "--size",
+            "128x64",
+            "--out",
+        ])
         .arg(dir)
         .output()
         .unwrap();
@@ -128,12 +139,23 @@ fn replay(case: &str, files: &[PathBuf]) {
     assert!(report.contains("REPLAY OK"), "{report}");
 }
 
-/// Anchors kept and in-box cells of a trace step, read here from the file itself.
-fn anchors(file: &Path) -> (i64, i64, i64) {
+/// What one traced step offered L_cont and L_cons, read here from the file itself.
+#[derive(Debug)]
+struct StepFacts {
+    /// Cells with `contrast.anchor_mask` set.
+    anchors: i64,
+    /// Cells of the 1/8 grid inside the CutMix box (pixel (8i, 8j) in [y0, y1) x [x0, x1)).
+    in_box: i64,
+    /// Memory-bank entries offered as negatives.
+    bank: i64,
+    /// The ClassMix weight of target pixels.
+    q: f64,
+}
+
+fn facts(file: &Path) -> StepFacts {
     let tf = weights::read_tensors(file).unwrap();
     let get = |n: &str| tf.tensors.get(n).unwrap_or_else(|| panic!("{n} missing"));
     let mask = get("contrast.anchor_mask");
-    let kept = mask.to_kind(Kind::Int64).sum(Kind::Int64).int64_value(&[]);
     let size = mask.size();
     let (h, w) = (size[1], size[2]);
     let crop = get("input.x_s").size()[2];
@@ -144,9 +166,17 @@ fn anchors(file: &Path) -> (i64, i64, i64) {
     };
     let rows = (0..h).filter(|&i| inside(i, b[0], b[2])).count() as i64;
     let cols = (0..w).filter(|&j| inside(j, b[1], b[3])).count() as i64;
-    let bank = get("bank.label").numel() as i64;
-    (kept, rows * cols * size[0], bank)
+    StepFacts {
+        anchors: mask.to_kind(Kind::Int64).sum(Kind::Int64).int64_value(&[]),
+        in_box: rows * cols * size[0],
+        bank: get("bank.label").numel() as i64,
+        q: get("q").double_value(&[]),
+    }
 }
+
+/// Flags of the rccr cases that exercise L_cont at full weight: mu = 1 throughout, a
+/// learning rate at which three steps move the teacher.
+const STRONG: [&str; 6] = ["--mu-schedule", "constant", "--mu-max", "1", "--lr", "0.01"];
 
 #[test]
 fn traced_iterations_match_the_independent_replay() {
@@ -155,40 +185,33 @@ fn traced_iterations_match_the_independent_replay() {
     let data = tmp.path().join("data");
     synth(&data);
 
-    // (a) rccr, every component, mu = 1 throughout; delta low enough that a random
-    // teacher keeps some anchors and drops others.
-    let cfg = tmp.path().join("ps.toml");
-    std::fs::write(&cfg, "ps_threshold = 0.06\n").unwrap();
-    let a = trace(
-        &data,
-        &tmp.path().join("a"),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--mode",
-            "rccr",
-            "--mu-schedule",
-            "constant",
-            "--mu-max",
-            "1",
-            "--lr",
-            "0.01",
-        ],
-    );
-    let counts: Vec<(i64, i64, i64)> = a.iter().map(|f| anchors(f)).collect();
-    println!("case a: (anchors kept, in-box cells, bank entries) per step: {counts:?}");
+    // (a) rccr, every component, mu = 1 throughout. A random teacher is never 0.75
+    // (delta) or 0.968 (q) confident; with delta = 0.4 and a q threshold of 0.5 step 1
+    // has no anchor (L_cont = 0, the projector untouched) and q = 0, steps 2 and 3 keep
+    // some anchors and drop others, with bank negatives, and 0 < q < 1.
+    let cfg = tmp.path().join("thresholds.toml");
+    std::fs::write(&cfg, "ps_threshold = 0.4\npseudo_threshold = 0.5\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let mut flags = vec!["--config", cfg, "--mode", "rccr"];
+    flags.extend(STRONG);
+    let a = trace(&data, &tmp.path().join("a"), &flags);
+    let steps: Vec<StepFacts> = a.iter().map(|f| facts(f)).collect();
+    println!("case a, per step: {steps:?}");
     assert!(
-        counts.iter().all(|&(kept, _, _)| kept > 0),
-        "PS kept no anchor at some step: lower ps_threshold ({counts:?})"
+        steps
+            .iter()
+            .any(|s| 0 < s.anchors && s.anchors < s.in_box && s.bank > 0),
+        "no step where PS keeps some anchors and drops others with bank negatives: \
+         adjust ps_threshold ({steps:?})"
     );
     assert!(
-        counts.iter().any(|&(kept, inbox, _)| kept < inbox),
-        "PS dropped no anchor: raise ps_threshold ({counts:?})"
+        steps.iter().any(|s| 0.0 < s.q && s.q < 1.0),
+        "q is 0 or 1 at every step: adjust pseudo_threshold ({steps:?})"
     );
-    assert_eq!(counts[0].2, 0, "the bank is empty at t = 1");
+    assert_eq!(steps[0].bank, 0, "the bank is empty at t = 1");
     assert!(
-        counts[1..].iter().all(|&(_, _, bank)| bank > 0),
-        "the bank offers negatives from t = 2 ({counts:?})"
+        steps[1..].iter().all(|s| s.bank > 0),
+        "the bank offers negatives from t = 2 ({steps:?})"
     );
     replay("a (rccr, all components)", &a);
 
@@ -200,11 +223,18 @@ fn traced_iterations_match_the_independent_replay() {
     );
     replay("b (rccr --no-ps --no-mb --no-ns-random)", &b);
 
+    // (d) rccr without NS(C): the anchor's own cells, which NS(C) would drop anyway
+    // (same label), must be excluded from the negatives by Eq. 8 alone.
+    let mut flags = vec!["--config", cfg, "--mode", "rccr", "--no-ns-category"];
+    flags.extend(STRONG);
+    let d = trace(&data, &tmp.path().join("d"), &flags);
+    replay("d (rccr --no-ns-category)", &d);
+
     // (c) the baseline: mean teacher + ClassMix, no L_cont.
     let c = trace(&data, &tmp.path().join("c"), &["--mode", "baseline"]);
     replay("c (baseline)", &c);
     println!(
-        "trace_replay: three cases in {:.1} s",
+        "trace_replay: four cases in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

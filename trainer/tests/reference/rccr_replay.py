@@ -617,7 +617,8 @@ def check_bank(rep, t, bank_e, bank_l, history, its, summary):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(
+        description="Independent replay of rccr-train trace files (rccr-trace-v1); see the header.")
     ap.add_argument("traces", nargs="+", help="trace files or folders of step_*.safetensors")
     ap.add_argument("--loss-rtol", type=float, default=1e-4)
     ap.add_argument("--update-rtol", type=float, default=1e-3)
@@ -647,10 +648,12 @@ def main():
         except Exception:
             return 0
 
-    files.sort(key=step_of)
+    # One history (for the memory-bank check) per run folder, steps in order.
+    files.sort(key=lambda f: (os.path.dirname(os.path.abspath(f)), step_of(f)))
     rep = Report(args.verbose)
-    history, summaries = {}, []
+    histories, summaries = {}, []
     for f in files:
+        history = histories.setdefault(os.path.dirname(os.path.abspath(f)), {})
         try:
             summaries.append(replay(f, args, rep, history))
         except (KeyError, ValueError) as e:

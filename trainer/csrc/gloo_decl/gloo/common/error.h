@@ -1,0 +1,2 @@
+#pragma once
+// Declarations for torch's ProcessGroupGloo.hpp; see ../README.md.

@@ -39,6 +39,9 @@ if [[ "${GPU:-0}" == 1 ]]; then
 else
   install onnxruntime "$DEPS/ort" "onnxruntime==$ORT_VERSION"
 fi
+# Header-only CUDA 13 packages (19 MB) that, with the torch wheel's own nvidia/ headers,
+# let rccr-trainer compile c10d's NCCL backend (trainer/build.rs).
+install cuda-headers "$DEPS/cuda-headers" "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85"
 install python-tools "$DEPS/py" "onnx==$ONNX_VERSION" "cityscapesscripts==$CITYSCAPES_VERSION" \
   "tensorboard==$TENSORBOARD_VERSION"
 # cityscapesscripts pulls in the obsolete `typing` backport, which shadows the standard

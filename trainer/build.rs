@@ -4,8 +4,8 @@
 //! (TCPStore, Gloo, NCCL), compiled with `cc` against the headers of the libtorch that
 //! `make setup` installs (the way torch-sys builds its own wrapper).
 //!
-//! NCCL: compiled in only when `RCCR_CUDA_INCLUDE` names complete CUDA headers (see
-//! `nccl_includes`); otherwise `--dist-backend nccl` is an error naming the cause.
+//! NCCL: compiled in when complete CUDA 13 headers are found (see `nccl_includes`);
+//! otherwise `--dist-backend nccl` is an error naming the cause.
 
 #[path = "../build-support/libtorch_rpath.rs"]
 mod libtorch_rpath;
@@ -48,19 +48,31 @@ fn main() {
     }
 }
 
-/// Include folders for the NCCL backend: `RCCR_CUDA_INCLUDE` (':'-separated folders
-/// holding a complete set of CUDA 13 headers: `cuda_runtime_api.h`, `crt/`, `nv/target`;
-/// the torch wheel's `nvidia/cu13/include` alone lacks `crt/` and `nv/`) plus the wheel's
-/// `nvidia/nccl/include`. Unset: no NCCL (Gloo only).
+/// Include folders for the NCCL backend: the CUDA 13 headers of the torch wheel's
+/// `nvidia/cu13/include` completed by `.deps/cuda-headers` (crt/, nv/, cccl/; installed
+/// by `make setup`), or the ':'-separated folders of `RCCR_CUDA_INCLUDE`, plus the
+/// wheel's `nvidia/nccl/include`. None (Gloo only) when they are incomplete or
+/// `RCCR_NO_NCCL=1`.
 fn nccl_includes(torch_root: &Path) -> Option<Vec<std::path::PathBuf>> {
     println!("cargo:rerun-if-env-changed=RCCR_CUDA_INCLUDE");
-    let cuda = std::env::var("RCCR_CUDA_INCLUDE").ok()?;
-    let mut dirs: Vec<std::path::PathBuf> = std::env::split_paths(&cuda).collect();
-    let nccl = torch_root.join("../nvidia/nccl/include");
-    if !nccl.join("nccl.h").exists() {
-        println!("cargo:warning=RCCR_CUDA_INCLUDE is set but {} has no nccl.h: building without NCCL", nccl.display());
+    println!("cargo:rerun-if-env-changed=RCCR_NO_NCCL");
+    if std::env::var("RCCR_NO_NCCL").is_ok_and(|v| v == "1") {
         return None;
     }
-    dirs.push(nccl);
-    Some(dirs)
+    let nvidia = torch_root.join("../nvidia");
+    let mut dirs: Vec<std::path::PathBuf> = match std::env::var("RCCR_CUDA_INCLUDE") {
+        Ok(v) => std::env::split_paths(&v).collect(),
+        Err(_) => {
+            let extra = torch_root.join("../../cuda-headers/nvidia/cu13/include");
+            vec![nvidia.join("cu13/include"), extra.clone(), extra.join("cccl")]
+        }
+    };
+    dirs.push(nvidia.join("nccl/include"));
+    let has = |f: &str| dirs.iter().any(|d| d.join(f).exists());
+    if ["cuda_runtime_api.h", "crt/host_config.h", "nv/target", "nccl.h"].iter().all(|f| has(f)) {
+        Some(dirs)
+    } else {
+        println!("cargo:warning=CUDA/NCCL headers incomplete (run `make setup`): building without the NCCL backend");
+        None
+    }
 }

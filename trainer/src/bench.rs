@@ -47,6 +47,9 @@ pub struct BenchConfig {
     pub components: Components,
     /// Anchor chunk.
     pub anchor_chunk: usize,
+    /// The data-parallel group when launched by torchrun (gradients averaged as in
+    /// training, the all-reduce timed).
+    pub group: Option<std::rc::Rc<crate::dist::ProcessGroup>>,
 }
 
 /// One mode's figures.
@@ -68,6 +71,10 @@ pub struct ModeBench {
     pub mean_kept_anchors: f64,
     /// How the peak memory was read.
     pub memory_source: String,
+    /// Mean milliseconds per timed iteration spent averaging gradients (data-parallel).
+    pub allreduce_ms: Option<f64>,
+    /// allreduce_ms / ms_per_iteration.
+    pub allreduce_share: Option<f64>,
 }
 
 /// The whole report.
@@ -89,6 +96,10 @@ pub struct BenchReport {
     pub warmup: usize,
     /// libtorch CPU threads.
     pub threads: i32,
+    /// This process's rank (0 alone).
+    pub rank: usize,
+    /// Processes.
+    pub world_size: usize,
     /// Per mode.
     pub modes: Vec<ModeBench>,
     /// mean ms(rccr) / mean ms(baseline), when both ran.
@@ -103,7 +114,9 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "bench: {} crop {} batch {} {} on {} ({} timed after {} warm-up iterations)",
+            "bench (rank {} of {}): {} crop {} batch {} {} on {} ({} timed after {} warm-up iterations)",
+            self.rank,
+            self.world_size,
             self.backbone,
             self.crop,
             self.batch_size,
@@ -144,6 +157,16 @@ impl std::fmt::Display for BenchReport {
                 m.phases_ms.contrastive_loss,
                 m.phases_ms.cutmix_backward
             )?;
+        }
+        for m in &self.modes {
+            if let (Some(ms), Some(share)) = (m.allreduce_ms, m.allreduce_share) {
+                writeln!(
+                    f,
+                    "{}: gradient all-reduce {ms:.1} ms per iteration ({:.1} % of it)",
+                    m.mode,
+                    share * 100.0
+                )?;
+            }
         }
         if let (Some(r), Some(m)) = (self.rccr_over_baseline, self.rccr_over_baseline_median) {
             writeln!(
@@ -249,11 +272,17 @@ fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(tc, cfg.device)?;
+    if let Some(pg) = &cfg.group {
+        trainer.ddp = Some(crate::dist::Ddp::shared(pg.clone(), false));
+    }
     let (xs, ys, xt) = synthetic(cfg);
     for _ in 0..cfg.warmup {
         trainer.step(&xs, &ys, Some(&xt)).context("warm-up step")?;
     }
     sync(cfg.device);
+    if let Some(d) = &mut trainer.ddp {
+        d.take_reduce_seconds();
+    }
     let mut times = Vec::with_capacity(cfg.iterations);
     let mut anchors = 0i64;
     for _ in 0..cfg.iterations {
@@ -263,6 +292,10 @@ fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         anchors += s.kept_anchors;
     }
+    let reduce_ms = trainer
+        .ddp
+        .as_mut()
+        .map(|d| d.take_reduce_seconds() * 1e3 / cfg.iterations.max(1) as f64);
     trainer.profile = true;
     let mut ph = Phases::default();
     for _ in 0..cfg.iterations {
@@ -292,9 +325,12 @@ fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
         },
         _ => (cpu_peak_mib(), "process resident high-water mark (VmHWM)"),
     };
+    let ms_per_iteration = times.iter().sum::<f64>() / n;
     Ok(ModeBench {
         mode: mode.name().into(),
-        ms_per_iteration: times.iter().sum::<f64>() / n,
+        ms_per_iteration,
+        allreduce_ms: reduce_ms,
+        allreduce_share: reduce_ms.map(|r| r / ms_per_iteration.max(1e-9)),
         ms_median: median,
         ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
         phases_ms: ph,
@@ -342,6 +378,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         iterations: cfg.iterations,
         warmup: cfg.warmup,
         threads: tch::get_num_threads(),
+        rank: cfg.group.as_ref().map_or(0, |g| g.rank),
+        world_size: cfg.group.as_ref().map_or(1, |g| g.size),
         modes: results,
         rccr_over_baseline,
         rccr_over_baseline_median,

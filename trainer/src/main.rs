@@ -373,6 +373,12 @@ struct BenchArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Data-parallel backend under torchrun: auto | nccl | gloo.
+    #[arg(long, value_enum, default_value = "auto")]
+    dist_backend: rccr_trainer::config::DistBackend,
+    /// Seconds a rank waits for the others.
+    #[arg(long, default_value_t = 600)]
+    dist_timeout: u32,
 }
 
 fn main() -> Result<()> {
@@ -535,7 +541,17 @@ fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 fn bench_cmd(a: &BenchArgs) -> Result<()> {
-    let device = rccr_models::device::parse_device(&a.device)?;
+    let mut device = rccr_models::device::parse_device(&a.device)?;
+    let launch = rccr_trainer::dist::Launch::from_env().map_err(anyhow::Error::msg)?;
+    let group = match &launch {
+        Some(l) => {
+            let (pg, dev, _) = rccr_trainer::dist::join(l, a.dist_backend, a.dist_timeout, device)
+                .context("cannot join the data-parallel benchmark (torchrun variables)")?;
+            device = dev;
+            Some(std::rc::Rc::new(pg))
+        }
+        None => None,
+    };
     if let Some(n) = a.threads {
         tch::set_num_threads(n.max(1));
     }
@@ -555,6 +571,7 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
             ..Components::default()
         },
         anchor_chunk: a.anchor_chunk.max(1),
+        group,
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -5,8 +5,8 @@
 //! iterations, at each validation and at the end (`--resume` continues exactly).
 
 use crate::checkpoint::{self, Best, CheckpointDir, Saved};
-use crate::config::{DistBackend, Mode, TrainConfig};
-use crate::dist::{Ddp, GroupConfig, Launch, ProcessGroup};
+use crate::config::{Mode, TrainConfig};
+use crate::dist::{Ddp, Launch, ProcessGroup};
 use crate::dataio::{is_synthia, LoaderConfig, Split, TrainLoader, ValSet};
 use crate::ema;
 use crate::metrics::{MetricsLog, TrainRecord};
@@ -196,31 +196,17 @@ fn join(cfg: &TrainConfig, trace: bool) -> Result<(TrainConfig, Device, Option<P
     if trace {
         bail!("rccr-train trace runs in one process: launch it without torchrun");
     }
-    if device.is_cuda() {
-        device = Device::Cuda(l.local_rank);
-    }
-    let backend = match (cfg.dist.backend, device.is_cuda()) {
-        (DistBackend::Auto, true) | (DistBackend::Nccl, _) => "nccl",
-        (DistBackend::Auto, false) | (DistBackend::Gloo, _) => "gloo",
-    };
+    let (pg, dev, backend) = crate::dist::join(&l, cfg.dist.backend, cfg.dist.timeout_s, device)
+        .with_context(|| {
+            format!(
+                "cannot join the {}-process run at {}:{} (check MASTER_ADDR/MASTER_PORT and \
+                 that every rank started; --dist-timeout bounds the wait)",
+                l.world_size, l.master_addr, l.master_port
+            )
+        })?;
+    device = dev;
     cfg.dist.world_size = l.world_size;
     cfg.dist.backend_used = backend.into();
-    let pg = ProcessGroup::init(&GroupConfig {
-        backend: backend.into(),
-        host: l.master_addr.clone(),
-        port: l.master_port,
-        rank: l.rank,
-        size: l.world_size,
-        timeout_s: cfg.dist.timeout_s,
-        host_store: l.rank == 0 && !l.agent_store,
-    })
-    .with_context(|| {
-        format!(
-            "cannot join the {}-process run at {}:{} (check MASTER_ADDR/MASTER_PORT and that \
-             every rank started; --dist-timeout bounds the wait)",
-            l.world_size, l.master_addr, l.master_port
-        )
-    })?;
     tracing::info!(rank = l.rank, world_size = l.world_size, backend, device = %device_name(device), "joined the data-parallel run");
     Ok((cfg, device, Some(pg)))
 }

@@ -325,3 +325,42 @@ fn two_ranks_agree_average_gradients_and_resume_exactly() {
     let n = "student.layer5.conv2d_list.0.weight";
     assert!(!per_rank[0][n].equal(&per_rank[1][n]));
 }
+
+#[test]
+fn torchrun_launches_two_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_data(&data);
+    let run = tmp.path().join("run");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("scripts/torchrun"))
+        .args(["--no-python", "--nproc-per-node", "2", "--master-port"])
+        .arg(free_port().to_string())
+        .arg(BIN)
+        .args(["train", "--source"])
+        .arg(format!("gta5:{}", data.join("gta5").display()))
+        .arg("--target")
+        .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
+        .arg("--out")
+        .arg(&run)
+        .args([
+            "--backbone", "small", "--crop", "64", "--iterations", "3", "--source-size", "128x64",
+            "--target-size", "128x64", "--val-size", "128x64", "--val-limit", "2", "--workers", "1",
+            "--quiet", "--device", "cpu", "--log-every", "1",
+        ])
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["dist"]["world_size"], 2);
+    assert_eq!(cfg["dist"]["backend_used"], "gloo");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["kind"] == "train")
+        .collect();
+    assert_eq!(lines.len(), 3, "rank 0 alone logs");
+    assert!(lines.iter().all(|l| l["world_size"] == 2));
+}

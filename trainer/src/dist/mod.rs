@@ -46,11 +46,42 @@ pub struct Ddp {
     pub bn_failure: Rc<RefCell<Option<DistError>>>,
 }
 
+/// Joins the run `l` describes: the backend (`auto`: NCCL on CUDA, Gloo on the CPU), the
+/// device (`cuda:LOCAL_RANK` when `device` is CUDA) and the process group.
+pub fn join(
+    l: &Launch,
+    backend: crate::config::DistBackend,
+    timeout_s: u32,
+    device: tch::Device,
+) -> Result<(ProcessGroup, tch::Device, &'static str), DistError> {
+    use crate::config::DistBackend;
+    let device = if device.is_cuda() { tch::Device::Cuda(l.local_rank) } else { device };
+    let name = match (backend, device.is_cuda()) {
+        (DistBackend::Auto, true) | (DistBackend::Nccl, _) => "nccl",
+        (DistBackend::Auto, false) | (DistBackend::Gloo, _) => "gloo",
+    };
+    let pg = ProcessGroup::init(&GroupConfig {
+        backend: name.into(),
+        host: l.master_addr.clone(),
+        port: l.master_port,
+        rank: l.rank,
+        size: l.world_size,
+        timeout_s,
+        host_store: l.rank == 0 && !l.agent_store,
+    })?;
+    Ok((pg, device, name))
+}
+
 impl Ddp {
     /// Wraps a process group.
     pub fn new(pg: ProcessGroup, sync_bn: bool) -> Ddp {
+        Ddp::shared(Rc::new(pg), sync_bn)
+    }
+
+    /// Wraps a process group shared with other users (the benchmark's modes).
+    pub fn shared(pg: Rc<ProcessGroup>, sync_bn: bool) -> Ddp {
         Ddp {
-            pg: Rc::new(pg),
+            pg,
             sync_bn,
             reduce_seconds: 0.0,
             bn_failure: Rc::new(RefCell::new(None)),

@@ -108,6 +108,13 @@ pub fn load_network(path: &Path, prefix: &str, device: Device) -> Result<LoadedN
             prefix.trim_end_matches('.')
         )));
     }
+    if let Some(bad) = weights::first_non_finite(tensors.iter().map(|(n, t)| (n.as_str(), t))) {
+        return Err(ModelError::Format(format!(
+            "{}: tensor `{prefix}{bad}` holds NaN or infinite values: the run that wrote it \
+             diverged; use an earlier checkpoint (or resume from one with a lower learning rate)",
+            path.display()
+        )));
+    }
     let vs = nn::VarStore::new(device);
     let net = RccrNet::new(&vs.root(), &info.model);
     let report = weights::load_into(&vs, &tensors, |_| true, path)?;

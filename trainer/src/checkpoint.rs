@@ -104,6 +104,16 @@ pub fn save(path: &Path, s: &Saved) -> Result<(), CheckpointError> {
     }
     let student = s.student.variables();
     let teacher = s.teacher.variables();
+    let state = student
+        .iter()
+        .map(|(n, t)| (n.as_str(), t))
+        .chain(teacher.iter().map(|(n, t)| (n.as_str(), t)));
+    if let Some(bad) = weights::first_non_finite(state) {
+        return Err(CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            msg: format!("not written: `{bad}` holds NaN or infinite values (the run diverged)"),
+        });
+    }
     let mut tensors: BTreeMap<String, &Tensor> = BTreeMap::new();
     for (n, t) in &student {
         tensors.insert(format!("{STUDENT}{n}"), t);
@@ -183,6 +193,12 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
             info.format
         )));
     }
+    if let Some(bad) = weights::first_non_finite(file.tensors.iter().map(|(n, t)| (n.as_str(), t))) {
+        return Err(invalid(format!(
+            "tensor `{bad}` holds NaN or infinite values: the run that wrote it diverged; \
+             resume from an earlier checkpoint with a lower learning rate"
+        )));
+    }
     let config: TrainConfig = file
         .metadata
         .get(META_TRAIN_CONFIG)
@@ -203,6 +219,25 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
         best,
         file,
     })
+}
+
+/// Temporary files `.<name>.<pid>.tmp` in `dir` whose writer process no longer runs.
+pub fn stale_temporaries(dir: &Path) -> Vec<PathBuf> {
+    let alive = |pid: &str| Path::new("/proc").join(pid).exists();
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+                return false;
+            };
+            let pid = stem.rsplit('.').next().unwrap_or("");
+            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !alive(pid)
+        })
+        .collect()
 }
 
 /// Copies `tensors` into `vs`, requiring every variable of `vs` to be present.
@@ -256,11 +291,18 @@ pub struct BestFile {
 
 impl CheckpointDir {
     /// Creates the folder if needed.
+    /// Creates the folder and removes the temporary files of writes whose process is
+    /// gone (`.<name>.<pid>.tmp`, left by a kill during a checkpoint write).
     pub fn create(dir: PathBuf, keep_last: usize) -> Result<CheckpointDir, CheckpointError> {
         std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
             path: dir.clone(),
             source,
         })?;
+        for stale in stale_temporaries(&dir) {
+            if std::fs::remove_file(&stale).is_ok() {
+                tracing::warn!(file = %stale.display(), "removed the temporary file of an interrupted checkpoint write");
+            }
+        }
         Ok(CheckpointDir { dir, keep_last })
     }
 

@@ -297,6 +297,11 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Data-parallel settings. Default: see [`DistConfig`].
     pub dist: DistConfig,
+    /// Share of each source / target crop that is padding because the resized images are
+    /// smaller than the crop (written by the trainer, with a warning; not read). Padding
+    /// rule: crops that do not fit are padded at the bottom / right with image 0 and label
+    /// 255 (ignored), so padded pixels add no L_CE but do enter the mixed images.
+    pub crop_padding: [f64; 2],
     /// Test hook: draw batches and random choices as rank R of a data-parallel run
     /// would, in a single process. Default: none (the process's own rank).
     pub data_rank: Option<usize>,
@@ -355,6 +360,7 @@ impl Default for TrainConfig {
             keep_last: 3,
             log_every: 10,
             dist: DistConfig::default(),
+            crop_padding: [0.0, 0.0],
             data_rank: None,
             workers: 4,
             prefetch: 4,

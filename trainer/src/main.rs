@@ -130,6 +130,9 @@ struct TrainArgs {
     /// Test hook: batches and random choices of data-parallel rank R, in one process.
     #[arg(long, hide = true)]
     data_rank: Option<usize>,
+    /// Replace the run already in --out (without it such a folder is refused).
+    #[arg(long)]
+    overwrite: bool,
     /// Test hook: ranks above 0 also write their final checkpoint to OUT/rank<r>/.
     #[arg(long, hide = true)]
     save_all_ranks: bool,
@@ -473,6 +476,7 @@ fn train(a: &TrainArgs, trace: bool) -> Result<()> {
             quiet: a.quiet,
             trace,
             save_all_ranks: a.save_all_ranks,
+            overwrite: a.overwrite,
         },
     )?;
     if a.json {

@@ -51,6 +51,9 @@ pub struct RunOptions {
     /// `rccr-train trace`: write every iteration's tensors to `out` (no validation, no
     /// checkpoints).
     pub trace: bool,
+    /// Clear a run folder that already holds a run (else such a folder is refused
+    /// without `resume`).
+    pub overwrite: bool,
     /// Test hook of data-parallel runs: ranks above 0 also write their final checkpoint,
     /// to `out/rank<r>/`.
     pub save_all_ranks: bool,
@@ -224,6 +227,7 @@ fn rank_seed(seed: u64, rank: usize) -> u64 {
 /// Runs (or continues) training as configured.
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
+    check_run_dir(&opts.out, opts)?;
     let (cfg, device, pg) = join(cfg, opts.trace)?;
     let cfg = &cfg;
     let rank = pg.as_ref().map_or(0, |p| p.rank);
@@ -242,11 +246,6 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let run_dir = opts.out.clone();
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
-    if main {
-        let cfg_json = serde_json::to_vec_pretty(cfg)?;
-        rccr_models::weights::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
-    }
-
     let mut trainer = build_trainer(cfg, device, opts.resume.as_deref())?;
     trainer.streams.rank = data_rank as u64;
     if let Some(pg) = pg {
@@ -308,6 +307,28 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         None => None,
     };
     let synthia = is_synthia(&source);
+    let mut cfg = cfg.clone();
+    cfg.crop_padding = [
+        src_loader.padding_share(cfg.crop),
+        tgt_loader.as_ref().map_or(0.0, |l| l.padding_share(cfg.crop)),
+    ];
+    for (domain, share) in ["source", "target"].iter().zip(cfg.crop_padding) {
+        if share > 0.0 {
+            tracing::warn!(
+                domain,
+                padding = format!("{:.1} %", share * 100.0),
+                crop = cfg.crop,
+                "the resized images are smaller than the crop: this share of every crop is \
+                 padding (image 0, label 255); lower --crop or raise --source-size/--target-size"
+            );
+        }
+    }
+    let cfg = &cfg;
+    // Everything opened: only now does the run folder receive files.
+    if main {
+        let cfg_json = serde_json::to_vec_pretty(cfg)?;
+        rccr_models::weights::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+    }
 
     let ckdir = CheckpointDir::create(run_dir.join("checkpoints"), cfg.keep_last)?;
     if opts.resume.is_some() && main {
@@ -442,6 +463,54 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         "data files skipped (corrupt or unreadable)"
     );
     Ok(summary)
+}
+
+/// A fresh run (no `--resume`) refuses a folder that holds a run (config.json,
+/// metrics.jsonl, checkpoints or trace steps), so two runs never mix; with `overwrite`
+/// rank 0 clears those files first (before the ranks meet, so nobody has written yet).
+fn check_run_dir(out: &Path, opts: &RunOptions) -> Result<()> {
+    if opts.resume.is_some() || !out.is_dir() {
+        return Ok(());
+    }
+    let held: Vec<PathBuf> = std::fs::read_dir(out)
+        .with_context(|| format!("cannot read the run folder {}", out.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let has_checkpoints = || {
+                std::fs::read_dir(p).into_iter().flatten().flatten().any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n == "index.json" || (n.starts_with("iter_") && n.ends_with(".safetensors"))
+                })
+            };
+            matches!(name.as_str(), "config.json" | "metrics.jsonl")
+                || (name == "checkpoints" && has_checkpoints())
+                || (name.starts_with("step_") && name.ends_with(".safetensors"))
+                || (name.starts_with("rank") && p.is_dir())
+        })
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    if !opts.overwrite {
+        bail!(
+            "{} already holds a run ({}): continue it with --resume {}/checkpoints/iter_*.safetensors, \
+             pick a fresh --out, or pass --overwrite to replace it",
+            out.display(),
+            held.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", "),
+            out.display()
+        );
+    }
+    let rank0 = Launch::from_env().ok().flatten().is_none_or(|l| l.rank == 0);
+    if rank0 {
+        for p in held {
+            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            r.with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
+        }
+        tracing::warn!(out = %out.display(), "--overwrite: removed the previous run");
+    }
+    Ok(())
 }
 
 /// Drops the lines of iterations after `iteration` from a metrics log (a run resumed

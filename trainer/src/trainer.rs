@@ -60,6 +60,19 @@ pub enum TrainError {
         /// The value.
         value: f64,
     },
+    /// The state after an update holds a NaN or an infinity although the losses were finite.
+    #[error(
+        "iteration {iteration}: after the update, {variable} holds NaN or infinite values \
+         (the losses were finite; the update diverged). The run stops here and no \
+         checkpoint of this state is written; lower the learning rate or resume from the \
+         last checkpoint"
+    )]
+    NonFiniteState {
+        /// 1-based iteration.
+        iteration: u64,
+        /// `student.<var>`, `teacher.<var>` or `momentum.<var>`.
+        variable: String,
+    },
     /// A setting that cannot run here.
     #[error("{0}")]
     Config(String),
@@ -629,6 +642,7 @@ impl Trainer {
             bufs.extend(Ddp::variables(&self.teacher_vs, true));
             d.broadcast(&bufs)?;
         }
+        self.check_state()?;
         if timer.on {
             timer.lap(&mut phases.update);
             stats.phases = Some(phases);
@@ -644,6 +658,24 @@ impl Trainer {
             tr.put_scalars(&stats, lr_head);
         }
         Ok(stats)
+    }
+}
+
+impl Trainer {
+    /// Every variable of both networks and the momentum must be finite after an update.
+    fn check_state(&self) -> Result<(), TrainError> {
+        let named: Vec<(String, Tensor)> = [("student.", &self.student_vs), ("teacher.", &self.teacher_vs)]
+            .into_iter()
+            .flat_map(|(p, vs)| vs.variables().into_iter().map(move |(n, t)| (format!("{p}{n}"), t)))
+            .chain(self.opt.state().into_iter().map(|(n, t)| (format!("momentum.{n}"), t.shallow_clone())))
+            .collect();
+        match rccr_models::weights::first_non_finite(named.iter().map(|(n, t)| (n.as_str(), t))) {
+            None => Ok(()),
+            Some(variable) => Err(TrainError::NonFiniteState {
+                iteration: self.iteration + 1,
+                variable,
+            }),
+        }
     }
 }
 

@@ -315,6 +315,19 @@ impl TrainLoader {
         }
     }
 
+    /// The size (W, H) images are resized to before cropping.
+    pub fn image_size(&self) -> (u32, u32) {
+        self.shared.size
+    }
+
+    /// The share of a crop that is padding (image 0, label 255) when the resized images
+    /// are smaller than the crop: 1 - min(W, crop) min(H, crop) / crop^2.
+    pub fn padding_share(&self, crop: u32) -> f64 {
+        let (w, h) = self.shared.size;
+        let c = f64::from(crop);
+        1.0 - f64::from(w.min(crop)) * f64::from(h.min(crop)) / (c * c)
+    }
+
     /// The batch of the next iteration (start_iteration, start_iteration + 1, ...).
     pub fn next_batch(&mut self) -> Result<Batch, DataError> {
         let c = self.shared.crop as usize;

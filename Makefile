@@ -16,8 +16,9 @@ setup:
 build: setup
 	$(CARGO) build --release --workspace
 
+# Release profile, the same as `make build` and `make demo`: one build serves all three.
 test: setup
-	$(CARGO) test --workspace
+	$(CARGO) test --release --workspace
 
 demo: setup
 	./scripts/demo.sh

@@ -18,11 +18,16 @@ BACKBONE=${DEMO_BACKBONE:-small}
 DEVICE=${DEMO_DEVICE:-cpu}
 SEED=${DEMO_SEED:-0}
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings only on a terminal, and never with NO_COLOR set.
+if [[ -t 1 && -z ${NO_COLOR:-} ]]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+fi
 start=$SECONDS
 
 step "build (release)"
-cargo build --release -p rccr-trainer -p rccr-exporter -p rccr-infer
+cargo build --release --workspace
 BIN=target/release
 
 mkdir -p "$OUT"

@@ -35,7 +35,9 @@ fn main() {
         .flag_if_supported("-w");
     let nccl = nccl_includes(&root);
     if let Some(dirs) = &nccl {
-        build.define("USE_C10D_NCCL", None).define("RCCR_WITH_NCCL", None);
+        build
+            .define("USE_C10D_NCCL", None)
+            .define("RCCR_WITH_NCCL", None);
         for d in dirs {
             build.include(d);
         }
@@ -64,12 +66,24 @@ fn nccl_includes(torch_root: &Path) -> Option<Vec<std::path::PathBuf>> {
         Ok(v) => std::env::split_paths(&v).collect(),
         Err(_) => {
             let extra = torch_root.join("../../cuda-headers/nvidia/cu13/include");
-            vec![nvidia.join("cu13/include"), extra.clone(), extra.join("cccl")]
+            vec![
+                nvidia.join("cu13/include"),
+                extra.clone(),
+                extra.join("cccl"),
+            ]
         }
     };
     dirs.push(nvidia.join("nccl/include"));
     let has = |f: &str| dirs.iter().any(|d| d.join(f).exists());
-    if ["cuda_runtime_api.h", "crt/host_config.h", "nv/target", "nccl.h"].iter().all(|f| has(f)) {
+    if [
+        "cuda_runtime_api.h",
+        "crt/host_config.h",
+        "nv/target",
+        "nccl.h",
+    ]
+    .iter()
+    .all(|f| has(f))
+    {
         Some(dirs)
     } else {
         println!("cargo:warning=CUDA/NCCL headers incomplete (run `make setup`): building without the NCCL backend");

@@ -109,7 +109,9 @@ pub fn write_tensors<'a>(
 /// The name of the first tensor holding a NaN or an infinity, in name order (None when all
 /// are finite). One device synchronisation: per-tensor float64 sums are finite exactly
 /// when every element is (an f32 tensor cannot overflow an f64 sum).
-pub fn first_non_finite<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Option<String> {
+pub fn first_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Option<String> {
     let mut named: Vec<(&str, &Tensor)> = tensors
         .into_iter()
         .filter(|(_, t)| t.is_floating_point())
@@ -120,7 +122,11 @@ pub fn first_non_finite<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a Tens
     named.sort_by(|a, b| a.0.cmp(b.0));
     let sums: Vec<Tensor> = named
         .iter()
-        .map(|(_, t)| t.detach().sum(tch::Kind::Double).to_device(tch::Device::Cpu))
+        .map(|(_, t)| {
+            t.detach()
+                .sum(tch::Kind::Double)
+                .to_device(tch::Device::Cpu)
+        })
         .collect();
     let sums = Vec::<f64>::try_from(Tensor::stack(&sums, 0)).unwrap_or_default();
     sums.iter()

@@ -193,7 +193,8 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
             info.format
         )));
     }
-    if let Some(bad) = weights::first_non_finite(file.tensors.iter().map(|(n, t)| (n.as_str(), t))) {
+    if let Some(bad) = weights::first_non_finite(file.tensors.iter().map(|(n, t)| (n.as_str(), t)))
+    {
         return Err(invalid(format!(
             "tensor `{bad}` holds NaN or infinite values: the run that wrote it diverged; \
              resume from an earlier checkpoint with a lower learning rate"
@@ -230,7 +231,10 @@ pub fn stale_temporaries(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
                 return false;
             };

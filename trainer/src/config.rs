@@ -489,7 +489,10 @@ impl TrainConfig {
             return bad("anchor_chunk must be at least 1".into());
         }
         if self.init.is_some() && self.init_from.is_some() {
-            return bad("init (an ImageNet backbone) and init_from (an rccr model) exclude each other".into());
+            return bad(
+                "init (an ImageNet backbone) and init_from (an rccr model) exclude each other"
+                    .into(),
+            );
         }
         if self.dist.timeout_s == 0 {
             return bad("dist.timeout_s must be at least 1".into());

@@ -6,8 +6,8 @@
 
 use crate::checkpoint::{self, Best, CheckpointDir, Saved};
 use crate::config::{Mode, TrainConfig};
-use crate::dist::{Ddp, Launch, ProcessGroup};
 use crate::dataio::{is_synthia, LoaderConfig, Split, TrainLoader, ValSet};
+use crate::dist::{Ddp, Launch, ProcessGroup};
 use crate::ema;
 use crate::metrics::{MetricsLog, TrainRecord};
 use crate::trainer::{StepStats, Trainer};
@@ -136,8 +136,9 @@ pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -
 /// bare model file): encoder, classifier, BN statistics and, where the file has one, the
 /// projector (else the projector keeps its fresh initialisation).
 fn init_from_model(trainer: &Trainer, path: &Path) -> Result<()> {
-    let loaded = rccr_models::checkpoint::load_network(path, rccr_models::checkpoint::TEACHER, Device::Cpu)
-        .with_context(|| format!("cannot start from {} (--init-from)", path.display()))?;
+    let loaded =
+        rccr_models::checkpoint::load_network(path, rccr_models::checkpoint::TEACHER, Device::Cpu)
+            .with_context(|| format!("cannot start from {} (--init-from)", path.display()))?;
     if loaded.info.model != trainer.model {
         bail!(
             "{}: --init-from holds a {} / {} classes / {} ASPP branches network, the run \
@@ -252,8 +253,15 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         let ddp = Ddp::new(pg, cfg.dist.sync_bn);
         let mut all = Ddp::variables(&trainer.student_vs, false);
         all.extend(Ddp::variables(&trainer.teacher_vs, false));
-        all.extend(trainer.opt.state().into_iter().map(|(_, t)| t.shallow_clone()));
-        ddp.broadcast(&all).context("broadcasting rank 0's weights")?;
+        all.extend(
+            trainer
+                .opt
+                .state()
+                .into_iter()
+                .map(|(_, t)| t.shallow_clone()),
+        );
+        ddp.broadcast(&all)
+            .context("broadcasting rank 0's weights")?;
         trainer.ddp = Some(ddp);
     }
     if opts.trace {
@@ -282,12 +290,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     );
 
     let seed = rank_seed(cfg.seed, data_rank);
-    let mut src_loader = TrainLoader::open(
-        &source,
-        &loader_config(cfg, cfg.source_size, seed),
-        start,
-    )
-    .with_context(|| format!("source data {source}"))?;
+    let mut src_loader =
+        TrainLoader::open(&source, &loader_config(cfg, cfg.source_size, seed), start)
+            .with_context(|| format!("source data {source}"))?;
     let mut tgt_loader = match &target {
         Some(t) if cfg.mode != Mode::SourceOnly => Some(
             TrainLoader::open(
@@ -310,7 +315,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let mut cfg = cfg.clone();
     cfg.crop_padding = [
         src_loader.padding_share(cfg.crop),
-        tgt_loader.as_ref().map_or(0.0, |l| l.padding_share(cfg.crop)),
+        tgt_loader
+            .as_ref()
+            .map_or(0.0, |l| l.padding_share(cfg.crop)),
     ];
     for (domain, share) in ["source", "target"].iter().zip(cfg.crop_padding) {
         if share > 0.0 {
@@ -336,8 +343,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
     let mut log = match main {
         true => Some(
-            MetricsLog::open(&run_dir.join("metrics.jsonl"))
-                .with_context(|| format!("cannot open {}", run_dir.join("metrics.jsonl").display()))?,
+            MetricsLog::open(&run_dir.join("metrics.jsonl")).with_context(|| {
+                format!("cannot open {}", run_dir.join("metrics.jsonl").display())
+            })?,
         ),
         false => None,
     };
@@ -437,7 +445,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             last_checkpoint = Some(path);
         }
         if let (Some(d), true) = (&trainer.ddp, do_val || do_save) {
-            d.pg.barrier().context("waiting for rank 0's validation / checkpoint")?;
+            d.pg.barrier()
+                .context("waiting for rank 0's validation / checkpoint")?;
         }
     }
     pb.finish_and_clear();
@@ -477,12 +486,19 @@ fn check_run_dir(out: &Path, opts: &RunOptions) -> Result<()> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let has_checkpoints = || {
-                std::fs::read_dir(p).into_iter().flatten().flatten().any(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n == "index.json" || (n.starts_with("iter_") && n.ends_with(".safetensors"))
-                })
+                std::fs::read_dir(p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n == "index.json" || (n.starts_with("iter_") && n.ends_with(".safetensors"))
+                    })
             };
             matches!(name.as_str(), "config.json" | "metrics.jsonl")
                 || (name == "checkpoints" && has_checkpoints())
@@ -502,10 +518,17 @@ fn check_run_dir(out: &Path, opts: &RunOptions) -> Result<()> {
             out.display()
         );
     }
-    let rank0 = Launch::from_env().ok().flatten().is_none_or(|l| l.rank == 0);
+    let rank0 = Launch::from_env()
+        .ok()
+        .flatten()
+        .is_none_or(|l| l.rank == 0);
     if rank0 {
         for p in held {
-            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
             r.with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
         }
         tracing::warn!(out = %out.display(), "--overwrite: removed the previous run");

@@ -59,12 +59,27 @@ mod tests {
     fn streams_depend_on_every_key_and_nothing_else() {
         let s = Streams { seed: 7, rank: 0 };
         let draw = |s: Streams, p, t| s.rng(p, t).gen::<u64>();
-        assert_eq!(draw(s, Purpose::CutMixBox, 3), draw(s, Purpose::CutMixBox, 3));
-        assert_ne!(draw(s, Purpose::CutMixBox, 3), draw(s, Purpose::CutMixBox, 4));
-        assert_ne!(draw(s, Purpose::CutMixBox, 3), draw(s, Purpose::ClassMix, 3));
+        assert_eq!(
+            draw(s, Purpose::CutMixBox, 3),
+            draw(s, Purpose::CutMixBox, 3)
+        );
+        assert_ne!(
+            draw(s, Purpose::CutMixBox, 3),
+            draw(s, Purpose::CutMixBox, 4)
+        );
+        assert_ne!(
+            draw(s, Purpose::CutMixBox, 3),
+            draw(s, Purpose::ClassMix, 3)
+        );
         let other_seed = Streams { seed: 8, rank: 0 };
-        assert_ne!(draw(s, Purpose::Bank, 0), draw(other_seed, Purpose::Bank, 0));
+        assert_ne!(
+            draw(s, Purpose::Bank, 0),
+            draw(other_seed, Purpose::Bank, 0)
+        );
         let other_rank = Streams { seed: 7, rank: 1 };
-        assert_ne!(draw(s, Purpose::Bank, 0), draw(other_rank, Purpose::Bank, 0));
+        assert_ne!(
+            draw(s, Purpose::Bank, 0),
+            draw(other_rank, Purpose::Bank, 0)
+        );
     }
 }

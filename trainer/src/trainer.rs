@@ -29,8 +29,8 @@
 //! an exact copy of the student; mode `baseline` skips step 4.
 
 use crate::config::{Mode, Precision, TrainConfig};
-use crate::dist::Ddp;
 use crate::contrastive::{bank_sample, contrastive_loss, random_keep, ContrastiveInputs};
+use crate::dist::Ddp;
 use crate::ema;
 use crate::memory_bank::MemoryBank;
 use crate::mixing::{self, AugConfig, CutBox};
@@ -366,14 +366,27 @@ impl Trainer {
         timer.lap(&mut phases.classmix);
 
         if cfg.contrastive() {
-            self.contrastive_step(&xs, &ys, &xt, &teacher, mu, &mut stats, &mut timer, &mut phases)?;
+            self.contrastive_step(
+                &xs,
+                &ys,
+                &xt,
+                &teacher,
+                mu,
+                &mut stats,
+                &mut timer,
+                &mut phases,
+            )?;
         }
         stats.grads = probe.finish();
         self.finish(stats, phases, timer, lr, lr_head, false)
     }
 
     /// The source batch on the device, checked to be `N x 3 x C x C` / `N x C x C`.
-    fn check_source(&self, source: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor), TrainError> {
+    fn check_source(
+        &self,
+        source: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(Tensor, Tensor), TrainError> {
         let xs = source.to_device(self.device).to_kind(Kind::Float);
         let ys = labels.to_device(self.device).to_kind(Kind::Int64);
         let shape = xs.size();
@@ -394,7 +407,9 @@ impl Trainer {
     /// The target batch on the device, checked to match the source's shape.
     fn check_target(&self, target: Option<&Tensor>, xs: &Tensor) -> Result<Tensor, TrainError> {
         let xt = target
-            .ok_or_else(|| TrainError::Batch(format!("mode {} needs target images", self.cfg.mode)))?
+            .ok_or_else(|| {
+                TrainError::Batch(format!("mode {} needs target images", self.cfg.mode))
+            })?
             .to_device(self.device)
             .to_kind(Kind::Float);
         if xt.size() != xs.size() {
@@ -411,7 +426,8 @@ impl Trainer {
     fn teacher_pass(&self, xt: &Tensor, crop: i64, threshold: f64) -> TeacherOut {
         tch::no_grad(|| {
             let xn = self.teacher.seg.normalize(xt);
-            let out = crate::amp::bf16_autocast(self.bf16(), || self.teacher.seg.forward_t(&xn, true));
+            let out =
+                crate::amp::bf16_autocast(self.bf16(), || self.teacher.seg.forward_t(&xn, true));
             let logits = out.logits.to_kind(Kind::Float);
             let (max_prob, pseudo) = upsample_logits(&logits, crop, crop)
                 .softmax(1, Kind::Float)
@@ -481,8 +497,10 @@ impl Trainer {
         let t = self.iteration;
         let (bsz, crop) = (xs.size()[0], xs.size()[2]);
         let e_t = tch::no_grad(|| {
-            crate::amp::bf16_autocast(self.bf16(), || self.teacher.projector.forward(&teacher.features))
-                .to_kind(Kind::Float)
+            crate::amp::bf16_autocast(self.bf16(), || {
+                self.teacher.projector.forward(&teacher.features)
+            })
+            .to_kind(Kind::Float)
         });
         let cut = mixing::sample_box(crop, &mut self.streams.rng(Purpose::CutMixBox, t));
         let mut rng = self.streams.rng(Purpose::CutMixAug, t);
@@ -501,14 +519,24 @@ impl Trainer {
             .to_kind(Kind::Float);
         timer.lap(&mut phases.cutmix_forward);
         let (h, w) = (e_t.size()[2], e_t.size()[3]);
-        let g = grid_labels(&teacher.logits, ys, &cut, cfg.components.ps, cfg.ps_threshold);
+        let g = grid_labels(
+            &teacher.logits,
+            ys,
+            &cut,
+            cfg.components.ps,
+            cfg.ps_threshold,
+        );
         let n_neg = (2 * bsz * h * w) as usize;
         let keep = cfg.components.ns_random.then(|| {
             let mut rng = self.streams.rng(Purpose::NsRandom, t);
             let v = random_keep(n_neg, cfg.ns_random_fraction, &mut rng);
             Tensor::from_slice(&v).to_device(self.device)
         });
-        let bank = if cfg.components.mb { self.bank.all() } else { None };
+        let bank = if cfg.components.mb {
+            self.bank.all()
+        } else {
+            None
+        };
         self.rec_contrast(&g, keep.as_ref(), bank.as_ref(), n_neg, [bsz, h, w]);
         let lc = contrastive_loss(&ContrastiveInputs {
             e_cut: &e_cut,
@@ -586,7 +614,10 @@ impl Trainer {
         };
         self.rec("contrast.anchor_mask", &g.anchors.to_kind(Kind::Uint8));
         self.rec("contrast.anchor_label", &g.t_labels);
-        self.rec("contrast.neg_label", &Tensor::stack(&[&g.cut_labels, &g.t_labels], 0));
+        self.rec(
+            "contrast.neg_label",
+            &Tensor::stack(&[&g.cut_labels, &g.t_labels], 0),
+        );
         self.rec("contrast.neg_keep", &keep_mask);
         let k = self.model.projector_dim;
         let (be, bl) = match bank {
@@ -664,11 +695,23 @@ impl Trainer {
 impl Trainer {
     /// Every variable of both networks and the momentum must be finite after an update.
     fn check_state(&self) -> Result<(), TrainError> {
-        let named: Vec<(String, Tensor)> = [("student.", &self.student_vs), ("teacher.", &self.teacher_vs)]
-            .into_iter()
-            .flat_map(|(p, vs)| vs.variables().into_iter().map(move |(n, t)| (format!("{p}{n}"), t)))
-            .chain(self.opt.state().into_iter().map(|(n, t)| (format!("momentum.{n}"), t.shallow_clone())))
-            .collect();
+        let named: Vec<(String, Tensor)> = [
+            ("student.", &self.student_vs),
+            ("teacher.", &self.teacher_vs),
+        ]
+        .into_iter()
+        .flat_map(|(p, vs)| {
+            vs.variables()
+                .into_iter()
+                .map(move |(n, t)| (format!("{p}{n}"), t))
+        })
+        .chain(
+            self.opt
+                .state()
+                .into_iter()
+                .map(|(n, t)| (format!("momentum.{n}"), t.shallow_clone())),
+        )
+        .collect();
         match rccr_models::weights::first_non_finite(named.iter().map(|(n, t)| (n.as_str(), t))) {
             None => Ok(()),
             Some(variable) => Err(TrainError::NonFiniteState {
@@ -717,7 +760,10 @@ fn grid_labels(t_logits: &Tensor, ys: &Tensor, cut: &CutBox, ps: bool, delta: f6
         let (b, h, w) = (t_logits.size()[0], t_logits.size()[2], t_logits.size()[3]);
         let dev = t_logits.device();
         let (conf, t_labels) = t_logits.softmax(1, Kind::Float).max_dim(1, false);
-        let cell = cut.cell_mask(h, w, dev).unsqueeze(0).expand([b, h, w], true);
+        let cell = cut
+            .cell_mask(h, w, dev)
+            .unsqueeze(0)
+            .expand([b, h, w], true);
         let ys_grid = cell_centre_labels(ys, h, w);
         let cut_labels = t_labels.where_self(&cell, &ys_grid);
         let box_cells = cell.sum(Kind::Int64).int64_value(&[]);
@@ -782,7 +828,11 @@ impl GradProbe {
                 .iter()
                 .map(|p| {
                     let g = p.grad();
-                    if g.defined() { g.copy() } else { p.zeros_like() }
+                    if g.defined() {
+                        g.copy()
+                    } else {
+                        p.zeros_like()
+                    }
                 })
                 .collect()
         }))
@@ -810,7 +860,10 @@ impl GradProbe {
                         Some(b) => x - &b[i],
                         None => x.shallow_clone(),
                     };
-                    d.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[])
+                    d.to_kind(Kind::Double)
+                        .square()
+                        .sum(Kind::Double)
+                        .double_value(&[])
                 })
                 .sum();
             sq.sqrt()

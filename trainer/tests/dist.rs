@@ -45,13 +45,26 @@ fn group_from_env() -> ProcessGroup {
 
 /// Runs the ignored test `name` of this binary as `ranks` processes (of a world of
 /// `world`), with `dir` passed on.
-fn spawn_children(name: &str, ranks: &[usize], world: usize, dir: &Path, timeout_s: u32) -> Vec<Output> {
+fn spawn_children(
+    name: &str,
+    ranks: &[usize],
+    world: usize,
+    dir: &Path,
+    timeout_s: u32,
+) -> Vec<Output> {
     let port = free_port().to_string();
     let children: Vec<Child> = ranks
         .iter()
         .map(|r| {
             Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", name, "--ignored", "--nocapture", "--test-threads", "1"])
+                .args([
+                    "--exact",
+                    name,
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
                 .env("RANK", r.to_string())
                 .env("WORLD_SIZE", world.to_string())
                 .env("MASTER_PORT", &port)
@@ -64,7 +77,10 @@ fn spawn_children(name: &str, ranks: &[usize], world: usize, dir: &Path, timeout
                 .unwrap()
         })
         .collect();
-    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
 }
 
 fn text(o: &Output) -> String {
@@ -124,9 +140,15 @@ fn a_missing_peer_is_a_clear_error_after_the_timeout() {
     let outs = spawn_children("child_collectives", &[0], 2, dir.path(), 3);
     let out = text(&outs[0]);
     assert_eq!(outs[0].status.code(), Some(3), "{out}");
-    assert!(out.contains("CHILD-ERROR: c10d init failed (rank 0 of 2)"), "{out}");
+    assert!(
+        out.contains("CHILD-ERROR: c10d init failed (rank 0 of 2)"),
+        "{out}"
+    );
     assert!(out.contains("1/2 clients joined"), "{out}");
-    assert!(!out.contains("Exception raised from"), "the C++ stack trace is cut: {out}");
+    assert!(
+        !out.contains("Exception raised from"),
+        "the C++ stack trace is cut: {out}"
+    );
     assert!(start.elapsed().as_secs() < 60);
     // Rank 1 of 2 on a port where nobody listens.
     let outs = spawn_children("child_collectives", &[1], 2, dir.path(), 3);
@@ -145,8 +167,16 @@ fn bn_input(r: i64) -> Tensor {
 fn bn_layer(vs: &nn::VarStore) -> (nn::BatchNorm, Tensor) {
     let bn = nn::batch_norm2d(vs.root() / "bn", 4, Default::default());
     tch::no_grad(|| {
-        bn.ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::from_slice(&[1.5f32, 0.5, 2.0, 1.0]));
-        bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::from_slice(&[0.1f32, -0.2, 0.0, 0.3]));
+        bn.ws
+            .as_ref()
+            .unwrap()
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&[1.5f32, 0.5, 2.0, 1.0]));
+        bn.bs
+            .as_ref()
+            .unwrap()
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&[0.1f32, -0.2, 0.0, 0.3]));
     });
     let w = Tensor::arange(4 * 5 * 6, (Kind::Float, Device::Cpu)).view([1, 4, 5, 6]) / 50.0;
     (bn, w)
@@ -185,21 +215,29 @@ fn synchronised_batch_norm_matches_one_process() {
     let (bn, w) = bn_layer(&vs);
     let x = Tensor::cat(&[bn_input(0), bn_input(1)], 0).set_requires_grad(true);
     let y = nn::ModuleT::forward_t(&bn, &x, true);
-    (&y * Tensor::cat(&[w.expand([3, 4, 5, 6], false), w.expand([4, 4, 5, 6], false)], 0))
-        .sum(Kind::Float)
-        .backward();
+    (&y * Tensor::cat(
+        &[w.expand([3, 4, 5, 6], false), w.expand([4, 4, 5, 6], false)],
+        0,
+    ))
+    .sum(Kind::Float)
+    .backward();
     let close = |a: &Tensor, b: &Tensor, what: &str| {
         let d = (a - b).abs().max().double_value(&[]);
         assert!(d < 1e-4, "{what}: max difference {d}");
     };
     for r in 0..2i64 {
-        let got: BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.path().join(format!("bn{r}.safetensors")))
-            .unwrap()
-            .into_iter()
-            .collect();
+        let got: BTreeMap<String, Tensor> =
+            Tensor::read_safetensors(dir.path().join(format!("bn{r}.safetensors")))
+                .unwrap()
+                .into_iter()
+                .collect();
         let rows = if r == 0 { (0, 3) } else { (3, 4) };
         close(&got["y"], &y.narrow(0, rows.0, rows.1), "output");
-        close(&got["dx"], &x.grad().narrow(0, rows.0, rows.1), "input gradient");
+        close(
+            &got["dx"],
+            &x.grad().narrow(0, rows.0, rows.1),
+            "input gradient",
+        );
         close(&got["mean"], &bn.running_mean, "running mean");
         close(&got["var"], &bn.running_var, "running variance");
     }
@@ -228,10 +266,35 @@ fn train(data: &Path, out: &Path, ranks: usize, extra: &[&str]) -> Vec<Output> {
                 .arg("--out")
                 .arg(out)
                 .args([
-                    "--backbone", "small", "--crop", "64", "--batch-size", "2", "--source-size", "128x64",
-                    "--target-size", "128x64", "--val-size", "128x64", "--val-limit", "2", "--workers", "1",
-                    "--no-ps", "--lr", "0.01", "--mu-schedule", "constant", "--mu-max", "1", "--quiet",
-                    "--dist-timeout", "60", "--save-all-ranks", "--seed", "4",
+                    "--backbone",
+                    "small",
+                    "--crop",
+                    "64",
+                    "--batch-size",
+                    "2",
+                    "--source-size",
+                    "128x64",
+                    "--target-size",
+                    "128x64",
+                    "--val-size",
+                    "128x64",
+                    "--val-limit",
+                    "2",
+                    "--workers",
+                    "1",
+                    "--no-ps",
+                    "--lr",
+                    "0.01",
+                    "--mu-schedule",
+                    "constant",
+                    "--mu-max",
+                    "1",
+                    "--quiet",
+                    "--dist-timeout",
+                    "60",
+                    "--save-all-ranks",
+                    "--seed",
+                    "4",
                 ])
                 .args(extra)
                 .env("OMP_NUM_THREADS", "1")
@@ -242,10 +305,16 @@ fn train(data: &Path, out: &Path, ranks: usize, extra: &[&str]) -> Vec<Output> {
                     .env("MASTER_ADDR", "127.0.0.1")
                     .env("MASTER_PORT", &port);
             }
-            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
-    let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
     for o in &outs {
         assert!(o.status.success(), "{}", text(o));
     }
@@ -253,7 +322,12 @@ fn train(data: &Path, out: &Path, ranks: usize, extra: &[&str]) -> Vec<Output> {
 }
 
 fn load(path: &Path) -> BTreeMap<String, Tensor> {
-    rccr_trainer::checkpoint::load(path).unwrap().file.tensors.into_iter().collect()
+    rccr_trainer::checkpoint::load(path)
+        .unwrap()
+        .file
+        .tensors
+        .into_iter()
+        .collect()
 }
 
 fn ck(run: &Path, it: u64) -> PathBuf {
@@ -268,7 +342,12 @@ fn two_ranks_agree_average_gradients_and_resume_exactly() {
 
     // (1) 6 iterations on 2 ranks: identical student and teacher on both, bank gathered.
     let full = tmp.path().join("full");
-    train(&data, &full, 2, &["--iterations", "6", "--save-every", "3", "--val-every", "0"]);
+    train(
+        &data,
+        &full,
+        2,
+        &["--iterations", "6", "--save-every", "3", "--val-every", "0"],
+    );
     let r0 = load(&ck(&full, 6));
     let r1 = load(&full.join("rank1/iter_0000006.safetensors"));
     for (n, t) in &r0 {
@@ -278,18 +357,54 @@ fn two_ranks_agree_average_gradients_and_resume_exactly() {
     }
     let bank0 = &r0["bank.0.embeddings"];
     let single = tmp.path().join("single");
-    train(&data, &single, 1, &["--iterations", "6", "--val-every", "0"]);
+    train(
+        &data,
+        &single,
+        1,
+        &["--iterations", "6", "--val-every", "0"],
+    );
     let s = load(&ck(&single, 6));
-    assert_eq!(bank0.size()[0], 2 * s["bank.0.embeddings"].size()[0], "the bank holds both ranks' samples");
+    assert_eq!(
+        bank0.size()[0],
+        2 * s["bank.0.embeddings"].size()[0],
+        "the bank holds both ranks' samples"
+    );
 
     // (2) resume the 2-rank run from iteration 3: the same weights as without stopping.
     let part = tmp.path().join("part");
-    train(&data, &part, 2, &["--iterations", "6", "--save-every", "3", "--val-every", "0", "--stop-at", "3"]);
-    train(&data, &part, 2, &["--iterations", "6", "--save-every", "3", "--val-every", "0", "--resume"]
+    train(
+        &data,
+        &part,
+        2,
+        &[
+            "--iterations",
+            "6",
+            "--save-every",
+            "3",
+            "--val-every",
+            "0",
+            "--stop-at",
+            "3",
+        ],
+    );
+    train(
+        &data,
+        &part,
+        2,
+        &[
+            "--iterations",
+            "6",
+            "--save-every",
+            "3",
+            "--val-every",
+            "0",
+            "--resume",
+        ]
         .iter()
         .copied()
         .chain([ck(&part, 3).to_str().unwrap()])
-        .collect::<Vec<_>>());
+        .collect::<Vec<_>>(),
+    );
     let resumed = load(&ck(&part, 6));
     for (n, t) in &r0 {
         if n.starts_with("student.") || n.starts_with("teacher.") {
@@ -310,14 +425,22 @@ fn two_ranks_agree_average_gradients_and_resume_exactly() {
     let two = load(&ck(&two, 1));
     let mut compared = 0;
     for (n, t) in &two {
-        let Some(var) = n.strip_prefix("student.") else { continue };
-        if var.ends_with("running_mean") || var.ends_with("running_var") || var.contains("num_batches") {
+        let Some(var) = n.strip_prefix("student.") else {
+            continue;
+        };
+        if var.ends_with("running_mean")
+            || var.ends_with("running_var")
+            || var.contains("num_batches")
+        {
             continue;
         }
         let mean = (&per_rank[0][n] + &per_rank[1][n]) / 2.0;
         let scale = t.abs().max().double_value(&[]).max(1e-6);
         let d = (t - &mean).abs().max().double_value(&[]);
-        assert!(d <= 1e-5 * scale, "{var}: 2-rank update differs from the mean by {d}");
+        assert!(
+            d <= 1e-5 * scale,
+            "{var}: 2-rank update differs from the mean by {d}"
+        );
         compared += 1;
     }
     assert!(compared > 20, "compared {compared} variables");
@@ -344,15 +467,34 @@ fn torchrun_launches_two_ranks() {
         .arg("--out")
         .arg(&run)
         .args([
-            "--backbone", "small", "--crop", "64", "--iterations", "3", "--source-size", "128x64",
-            "--target-size", "128x64", "--val-size", "128x64", "--val-limit", "2", "--workers", "1",
-            "--quiet", "--device", "cpu", "--log-every", "1",
+            "--backbone",
+            "small",
+            "--crop",
+            "64",
+            "--iterations",
+            "3",
+            "--source-size",
+            "128x64",
+            "--target-size",
+            "128x64",
+            "--val-size",
+            "128x64",
+            "--val-limit",
+            "2",
+            "--workers",
+            "1",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--log-every",
+            "1",
         ])
         .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["dist"]["world_size"], 2);
     assert_eq!(cfg["dist"]["backend_used"], "gloo");
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))

@@ -11,12 +11,19 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_rccr-train");
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn no_panic(o: &Output) {
     let t = text(o);
-    assert!(!t.contains("panicked") && o.status.code().is_some(), "panic or signal: {t}");
+    assert!(
+        !t.contains("panicked") && o.status.code().is_some(),
+        "panic or signal: {t}"
+    );
 }
 
 fn make_data(dir: &Path) {
@@ -30,7 +37,13 @@ fn make_data(dir: &Path) {
 }
 
 fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
-    train_cmd_from(&format!("gta5:{}", data.join("gta5").display()), "128x64", data, out, extra)
+    train_cmd_from(
+        &format!("gta5:{}", data.join("gta5").display()),
+        "128x64",
+        data,
+        out,
+        extra,
+    )
 }
 
 /// `rccr-train train` from `source` with images resized to `size`.
@@ -42,9 +55,27 @@ fn train_cmd_from(source: &str, size: &str, data: &Path, out: &Path, extra: &[&s
         .arg("--out")
         .arg(out)
         .args([
-            "--backbone", "small", "--crop", "64", "--batch-size", "2", "--source-size", size,
-            "--target-size", size, "--val-size", "128x64", "--val-limit", "2", "--workers", "1",
-            "--quiet", "--seed", "2", "--val-every", "0",
+            "--backbone",
+            "small",
+            "--crop",
+            "64",
+            "--batch-size",
+            "2",
+            "--source-size",
+            size,
+            "--target-size",
+            size,
+            "--val-size",
+            "128x64",
+            "--val-limit",
+            "2",
+            "--workers",
+            "1",
+            "--quiet",
+            "--seed",
+            "2",
+            "--val-every",
+            "0",
         ])
         .args(extra)
         .env("OMP_NUM_THREADS", "1")
@@ -76,10 +107,17 @@ fn a_diverging_run_stops_at_the_first_non_finite_state_and_keeps_only_finite_che
     let data = tmp.path().join("data");
     make_data(&data);
     let run = tmp.path().join("run");
-    let o = train(&data, &run, &["--iterations", "20", "--save-every", "2", "--lr", "1e6"]);
+    let o = train(
+        &data,
+        &run,
+        &["--iterations", "20", "--save-every", "2", "--lr", "1e6"],
+    );
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
-    assert!(t.contains("NaN or infinite") || t.contains("not finite"), "{t}");
+    assert!(
+        t.contains("NaN or infinite") || t.contains("not finite"),
+        "{t}"
+    );
     assert!(t.contains("resume from the last checkpoint"), "{t}");
     // Every checkpoint left is finite and loadable; the index names an existing file.
     for ck in checkpoints(&run) {
@@ -88,7 +126,10 @@ fn a_diverging_run_stops_at_the_first_non_finite_state_and_keeps_only_finite_che
     if let Ok(index) = std::fs::read_to_string(run.join("checkpoints/index.json")) {
         let v: serde_json::Value = serde_json::from_str(&index).unwrap();
         let latest = v["latest"].as_str().unwrap();
-        assert!(run.join("checkpoints").join(latest).exists(), "index names a missing {latest}");
+        assert!(
+            run.join("checkpoints").join(latest).exists(),
+            "index names a missing {latest}"
+        );
     }
 }
 
@@ -108,7 +149,12 @@ fn every_reader_refuses_a_checkpoint_with_nan_weights() {
     let _ = bad.get(0).fill_(f64::NAN);
     tensors.insert(name.to_string(), bad);
     let nan = tmp.path().join("nan.safetensors");
-    rccr_models::weights::write_tensors(&nan, tensors.iter().map(|(n, t)| (n.clone(), t)), &file.metadata).unwrap();
+    rccr_models::weights::write_tensors(
+        &nan,
+        tensors.iter().map(|(n, t)| (n.clone(), t)),
+        &file.metadata,
+    )
+    .unwrap();
 
     let eval = Command::new(BIN)
         .args(["eval", "--checkpoint"])
@@ -120,9 +166,21 @@ fn every_reader_refuses_a_checkpoint_with_nan_weights() {
         .output()
         .unwrap();
     no_panic(&eval);
-    assert!(!eval.status.success(), "eval scored a NaN network: {}", text(&eval));
-    assert!(text(&eval).contains(name) && text(&eval).contains("diverged"), "{}", text(&eval));
-    let resume = train(&data, &tmp.path().join("r2"), &["--iterations", "4", "--resume", nan.to_str().unwrap()]);
+    assert!(
+        !eval.status.success(),
+        "eval scored a NaN network: {}",
+        text(&eval)
+    );
+    assert!(
+        text(&eval).contains(name) && text(&eval).contains("diverged"),
+        "{}",
+        text(&eval)
+    );
+    let resume = train(
+        &data,
+        &tmp.path().join("r2"),
+        &["--iterations", "4", "--resume", nan.to_str().unwrap()],
+    );
     assert!(!resume.status.success());
     assert!(text(&resume).contains(name), "{}", text(&resume));
 }
@@ -138,22 +196,50 @@ fn a_fresh_run_refuses_a_folder_holding_a_run_and_bad_data_writes_nothing() {
     let o = train(&data, &run, &["--iterations", "2", "--lr", "0.002"]);
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("already holds a run") && t.contains("--resume") && t.contains("--overwrite"), "{t}");
-    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), before, "the old run was touched");
+    assert!(
+        t.contains("already holds a run") && t.contains("--resume") && t.contains("--overwrite"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
+        before,
+        "the old run was touched"
+    );
     // --overwrite replaces it: one run's lines only.
-    assert!(train(&data, &run, &["--iterations", "2", "--overwrite", "--log-every", "1"]).status.success());
+    assert!(train(
+        &data,
+        &run,
+        &["--iterations", "2", "--overwrite", "--log-every", "1"]
+    )
+    .status
+    .success());
     let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(lines.lines().filter(|l| l.contains("\"kind\":\"train\"")).count(), 2, "{lines}");
+    assert_eq!(
+        lines
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"train\""))
+            .count(),
+        2,
+        "{lines}"
+    );
     assert_eq!(checkpoints(&run).len(), 1);
     // A start that fails on its data leaves the folder empty.
     let empty = tmp.path().join("empty");
-    let o = train_cmd_from("gta5:/nonexistent/gta5", "128x64", &data, &empty, &["--iterations", "2"])
-        .output()
-        .unwrap();
+    let o = train_cmd_from(
+        "gta5:/nonexistent/gta5",
+        "128x64",
+        &data,
+        &empty,
+        &["--iterations", "2"],
+    )
+    .output()
+    .unwrap();
     no_panic(&o);
     assert!(!o.status.success());
     assert!(text(&o).contains("/nonexistent/gta5"), "{}", text(&o));
-    let left: Vec<_> = std::fs::read_dir(&empty).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(&empty)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "a failed start wrote {left:?}");
 }
 
@@ -164,20 +250,36 @@ fn crops_larger_than_the_images_are_reported_with_their_padding_share() {
     make_data(&data);
     let run = tmp.path().join("run");
     // 64x32 images, 64 crops: half of every crop is padding.
-    let o = train_cmd_from(&format!("gta5:{}", data.join("gta5").display()), "64x32", &data, &run, &["--iterations", "1"])
-        .output()
-        .unwrap();
+    let o = train_cmd_from(
+        &format!("gta5:{}", data.join("gta5").display()),
+        "64x32",
+        &data,
+        &run,
+        &["--iterations", "1"],
+    )
+    .output()
+    .unwrap();
     no_panic(&o);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("padding") && text(&o).contains("50.0 %"), "{}", text(&o));
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert!(
+        text(&o).contains("padding") && text(&o).contains("50.0 %"),
+        "{}",
+        text(&o)
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["crop_padding"], serde_json::json!([0.5, 0.5]));
 }
 
 /// The final tensors of a run's last checkpoint.
 fn final_tensors(run: &Path) -> std::collections::BTreeMap<String, tch::Tensor> {
     let ck = checkpoints(run).pop().expect("a checkpoint");
-    checkpoint::load(&ck).unwrap().file.tensors.into_iter().collect()
+    checkpoint::load(&ck)
+        .unwrap()
+        .file
+        .tensors
+        .into_iter()
+        .collect()
 }
 
 #[test]
@@ -185,7 +287,17 @@ fn kill_9_at_random_moments_then_resume_reproduces_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     make_data(&data);
-    let args = ["--iterations", "12", "--save-every", "2", "--keep-last", "2", "--mu-schedule", "constant", "--no-ps"];
+    let args = [
+        "--iterations",
+        "12",
+        "--save-every",
+        "2",
+        "--keep-last",
+        "2",
+        "--mu-schedule",
+        "constant",
+        "--no-ps",
+    ];
     let straight = tmp.path().join("straight");
     assert!(train(&data, &straight, &args).status.success());
 
@@ -220,16 +332,25 @@ fn kill_9_at_random_moments_then_resume_reproduces_the_uninterrupted_run() {
     }
     assert!(kills > 0, "no run was killed: lengthen the run");
     // Finish whatever is left.
-    let latest = checkpoints(&run).pop().expect("a checkpoint survives the kills");
+    let latest = checkpoints(&run)
+        .pop()
+        .expect("a checkpoint survives the kills");
     if !latest.ends_with("iter_0000012.safetensors") {
         let r = latest.to_str().unwrap().to_string();
-        let o = train(&data, &run, &[&args[..], &["--resume", r.as_str()]].concat());
+        let o = train(
+            &data,
+            &run,
+            &[&args[..], &["--resume", r.as_str()]].concat(),
+        );
         assert!(o.status.success(), "{}", text(&o));
     }
     let (a, b) = (final_tensors(&straight), final_tensors(&run));
     for (n, t) in &a {
         if n.starts_with("student.") || n.starts_with("teacher.") || n.starts_with("optim.") {
-            assert!(t.equal(&b[n]), "{n} differs after {kills} kills and resumes");
+            assert!(
+                t.equal(&b[n]),
+                "{n} differs after {kills} kills and resumes"
+            );
         }
     }
     let stale: Vec<_> = checkpoint::stale_temporaries(&run.join("checkpoints"));
@@ -245,7 +366,10 @@ fn stale_temporary_files_of_killed_writes_are_removed_on_start() {
     std::fs::create_dir_all(run.join("checkpoints")).unwrap();
     // A writer that is gone (no such pid) and one that is alive (this test process).
     let gone = run.join("checkpoints/.iter_0000002.safetensors.4194303.tmp");
-    let alive = run.join(format!("checkpoints/.iter_0000004.safetensors.{}.tmp", std::process::id()));
+    let alive = run.join(format!(
+        "checkpoints/.iter_0000004.safetensors.{}.tmp",
+        std::process::id()
+    ));
     std::fs::write(&gone, b"partial").unwrap();
     std::fs::write(&alive, b"in progress").unwrap();
     assert!(train(&data, &run, &["--iterations", "1"]).status.success());

@@ -31,8 +31,16 @@ fn make_data(dir: &Path) {
 fn config(dir: &Path, mode: Mode, mu_max: f64, seed: u64) -> TrainConfig {
     let size = Some(Size::new(128, 64));
     let mut cfg = TrainConfig {
-        source: Some(format!("gta5:{}", dir.join("gta5").display()).parse().unwrap()),
-        target: Some(format!("cityscapes:{}", dir.join("cityscapes").display()).parse().unwrap()),
+        source: Some(
+            format!("gta5:{}", dir.join("gta5").display())
+                .parse()
+                .unwrap(),
+        ),
+        target: Some(
+            format!("cityscapes:{}", dir.join("cityscapes").display())
+                .parse()
+                .unwrap(),
+        ),
         mode,
         backbone: Backbone::Small,
         iterations: ITERATIONS,
@@ -78,9 +86,19 @@ fn train(data: &Path, out: &Path, cfg: &TrainConfig) -> (BTreeMap<String, Tensor
         .map(|l| serde_json::from_str(l).unwrap())
         .filter(|v: &Value| v["kind"] == "train")
         .collect();
-    let cons = lines.iter().map(|v| v["loss_cons"].as_f64().unwrap()).collect();
-    let anchors = lines.iter().map(|v| v["kept_anchors"].as_i64().unwrap()).sum();
-    (ck.with_prefix(rccr_models::checkpoint::TEACHER), cons, anchors)
+    let cons = lines
+        .iter()
+        .map(|v| v["loss_cons"].as_f64().unwrap())
+        .collect();
+    let anchors = lines
+        .iter()
+        .map(|v| v["kept_anchors"].as_i64().unwrap())
+        .sum();
+    (
+        ck.with_prefix(rccr_models::checkpoint::TEACHER),
+        cons,
+        anchors,
+    )
 }
 
 /// Names of the teacher tensors that differ (bitwise) between two runs.
@@ -97,18 +115,47 @@ fn baseline_and_rccr_with_mu_zero_end_with_bit_identical_teachers() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     make_data(&data);
-    let (base, base_cons, _) = train(&data, &tmp.path().join("b"), &config(&data, Mode::Baseline, 0.0, 5));
-    let (zero, zero_cons, anchors) =
-        train(&data, &tmp.path().join("r0"), &config(&data, Mode::Rccr, 0.0, 5));
+    let (base, base_cons, _) = train(
+        &data,
+        &tmp.path().join("b"),
+        &config(&data, Mode::Baseline, 0.0, 5),
+    );
+    let (zero, zero_cons, anchors) = train(
+        &data,
+        &tmp.path().join("r0"),
+        &config(&data, Mode::Rccr, 0.0, 5),
+    );
     assert!(anchors > 0, "the rccr run computed L_cont on no anchor");
     assert_eq!(base_cons.len() as u64, ITERATIONS);
-    assert_eq!(base_cons, zero_cons, "L_cons differs: the ClassMix streams are not paired");
+    assert_eq!(
+        base_cons, zero_cons,
+        "L_cons differs: the ClassMix streams are not paired"
+    );
     let diff = differing(&base, &zero);
-    assert!(diff.is_empty(), "teachers differ in {} tensors, e.g. {:?}", diff.len(), &diff[..diff.len().min(5)]);
+    assert!(
+        diff.is_empty(),
+        "teachers differ in {} tensors, e.g. {:?}",
+        diff.len(),
+        &diff[..diff.len().min(5)]
+    );
 
     // Controls: the contrastive term, and another seed, change the teacher.
-    let (one, _, _) = train(&data, &tmp.path().join("r1"), &config(&data, Mode::Rccr, 1.0, 5));
-    assert!(differing(&base, &one).len() > base.len() / 2, "mu = 1 left the teacher unchanged");
-    let (other, _, _) = train(&data, &tmp.path().join("s6"), &config(&data, Mode::Baseline, 0.0, 6));
-    assert!(differing(&base, &other).len() > base.len() / 2, "another seed gave the same teacher");
+    let (one, _, _) = train(
+        &data,
+        &tmp.path().join("r1"),
+        &config(&data, Mode::Rccr, 1.0, 5),
+    );
+    assert!(
+        differing(&base, &one).len() > base.len() / 2,
+        "mu = 1 left the teacher unchanged"
+    );
+    let (other, _, _) = train(
+        &data,
+        &tmp.path().join("s6"),
+        &config(&data, Mode::Baseline, 0.0, 6),
+    );
+    assert!(
+        differing(&base, &other).len() > base.len() / 2,
+        "another seed gave the same teacher"
+    );
 }

@@ -20,11 +20,29 @@ extern "C" {
         out: *mut *mut c_void,
     ) -> c_int;
     fn rccr_dist_free(group: *mut c_void);
-    fn rccr_dist_allreduce(group: *mut c_void, ts: *const *mut c_void, n: c_int, op: c_int) -> c_int;
-    fn rccr_dist_broadcast(group: *mut c_void, ts: *const *mut c_void, n: c_int, root: c_int) -> c_int;
-    fn rccr_dist_allgather(group: *mut c_void, input: *mut c_void, outs: *const *mut c_void) -> c_int;
+    fn rccr_dist_allreduce(
+        group: *mut c_void,
+        ts: *const *mut c_void,
+        n: c_int,
+        op: c_int,
+    ) -> c_int;
+    fn rccr_dist_broadcast(
+        group: *mut c_void,
+        ts: *const *mut c_void,
+        n: c_int,
+        root: c_int,
+    ) -> c_int;
+    fn rccr_dist_allgather(
+        group: *mut c_void,
+        input: *mut c_void,
+        outs: *const *mut c_void,
+    ) -> c_int;
     fn rccr_dist_barrier(group: *mut c_void) -> c_int;
-    fn rccr_dist_allreduce_sum_autograd(group: *mut c_void, x: *mut c_void, out: *mut *mut c_void) -> c_int;
+    fn rccr_dist_allreduce_sum_autograd(
+        group: *mut c_void,
+        x: *mut c_void,
+        out: *mut *mut c_void,
+    ) -> c_int;
 }
 
 /// A failed collective or rendezvous.
@@ -131,7 +149,9 @@ impl ProcessGroup {
     pub fn all_reduce(&self, ts: &[&Tensor], average: bool) -> Result<(), DistError> {
         let p = ptrs(ts);
         // SAFETY: live tensor handles for the duration of the call.
-        let rc = unsafe { rccr_dist_allreduce(self.raw, p.as_ptr(), p.len() as c_int, c_int::from(average)) };
+        let rc = unsafe {
+            rccr_dist_allreduce(self.raw, p.as_ptr(), p.len() as c_int, c_int::from(average))
+        };
         self.check("all-reduce", rc)
     }
 
@@ -139,7 +159,8 @@ impl ProcessGroup {
     pub fn broadcast(&self, ts: &[&Tensor], root: usize) -> Result<(), DistError> {
         let p = ptrs(ts);
         // SAFETY: as above.
-        let rc = unsafe { rccr_dist_broadcast(self.raw, p.as_ptr(), p.len() as c_int, root as c_int) };
+        let rc =
+            unsafe { rccr_dist_broadcast(self.raw, p.as_ptr(), p.len() as c_int, root as c_int) };
         self.check("broadcast", rc)
     }
 
@@ -166,7 +187,9 @@ impl ProcessGroup {
     pub fn all_reduce_sum_autograd(&self, x: &Tensor) -> Result<Tensor, DistError> {
         let mut out = std::ptr::null_mut();
         // SAFETY: a live tensor; on success the shim hands over a new tensor handle.
-        let rc = unsafe { rccr_dist_allreduce_sum_autograd(self.raw, x.as_ptr() as *mut c_void, &mut out) };
+        let rc = unsafe {
+            rccr_dist_allreduce_sum_autograd(self.raw, x.as_ptr() as *mut c_void, &mut out)
+        };
         self.check("all-reduce (autograd)", rc)?;
         // SAFETY: `out` is a fresh `at::Tensor*` owned by us from here on.
         Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })

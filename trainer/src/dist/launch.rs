@@ -69,7 +69,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -86,9 +89,16 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!((l.rank, l.world_size, l.local_rank, l.master_port), (3, 4, 1, 29500));
+        assert_eq!(
+            (l.rank, l.world_size, l.local_rank, l.master_port),
+            (3, 4, 1, 29500)
+        );
         assert!(l.agent_store && l.master_addr == "node7");
-        let e = Launch::from_lookup(env(&[("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_PORT", "1")]));
+        let e = Launch::from_lookup(env(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "2"),
+            ("MASTER_PORT", "1"),
+        ]));
         assert!(e.unwrap_err().contains("not below"));
         let e = Launch::from_lookup(env(&[("WORLD_SIZE", "2"), ("RANK", "0")]));
         assert!(e.unwrap_err().contains("MASTER_PORT"));

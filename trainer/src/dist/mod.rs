@@ -55,7 +55,11 @@ pub fn join(
     device: tch::Device,
 ) -> Result<(ProcessGroup, tch::Device, &'static str), DistError> {
     use crate::config::DistBackend;
-    let device = if device.is_cuda() { tch::Device::Cuda(l.local_rank) } else { device };
+    let device = if device.is_cuda() {
+        tch::Device::Cuda(l.local_rank)
+    } else {
+        device
+    };
     let name = match (backend, device.is_cuda()) {
         (DistBackend::Auto, true) | (DistBackend::Nccl, _) => "nccl",
         (DistBackend::Auto, false) | (DistBackend::Gloo, _) => "gloo",
@@ -95,10 +99,18 @@ impl Ddp {
 
     /// Averages the gradients over the ranks, in flat buckets. Absent gradients count as
     /// zero where another rank has one and stay absent where no rank has.
-    pub fn average_gradients(&mut self, grads: &mut [Option<Tensor>], params: &[&Tensor]) -> Result<(), DistError> {
+    pub fn average_gradients(
+        &mut self,
+        grads: &mut [Option<Tensor>],
+        params: &[&Tensor],
+    ) -> Result<(), DistError> {
         let start = Instant::now();
-        let have: Vec<f32> = grads.iter().map(|g| f32::from(u8::from(g.is_some()))).collect();
-        let any = Tensor::from_slice(&have).to_device(params.first().map_or(tch::Device::Cpu, |p| p.device()));
+        let have: Vec<f32> = grads
+            .iter()
+            .map(|g| f32::from(u8::from(g.is_some())))
+            .collect();
+        let any = Tensor::from_slice(&have)
+            .to_device(params.first().map_or(tch::Device::Cpu, |p| p.device()));
         self.pg.all_reduce(&[&any], false)?;
         let any = Vec::<f32>::try_from(any.to_device(tch::Device::Cpu)).unwrap_or_default();
         let mut idx = Vec::new();
@@ -112,7 +124,16 @@ impl Ddp {
         }
         for bucket in buckets(&idx, |i| params[i].numel() as i64 * 4) {
             let flat = Tensor::cat(
-                &bucket.iter().map(|&i| grads[i].as_ref().expect("set").to_kind(Kind::Float).flatten(0, -1)).collect::<Vec<_>>(),
+                &bucket
+                    .iter()
+                    .map(|&i| {
+                        grads[i]
+                            .as_ref()
+                            .expect("set")
+                            .to_kind(Kind::Float)
+                            .flatten(0, -1)
+                    })
+                    .collect::<Vec<_>>(),
                 0,
             );
             self.pg.all_reduce(&[&flat], true)?;
@@ -137,8 +158,16 @@ impl Ddp {
     /// Copies rank 0's values of `ts` into every rank's (flattened into one buffer per
     /// dtype run, so a network's worth of small tensors costs few collectives).
     pub fn broadcast(&self, ts: &[Tensor]) -> Result<(), DistError> {
-        for group in buckets(&(0..ts.len()).collect::<Vec<_>>(), |i| ts[i].numel() as i64 * 8) {
-            let flat = Tensor::cat(&group.iter().map(|&i| ts[i].to_kind(Kind::Double).flatten(0, -1)).collect::<Vec<_>>(), 0);
+        for group in buckets(&(0..ts.len()).collect::<Vec<_>>(), |i| {
+            ts[i].numel() as i64 * 8
+        }) {
+            let flat = Tensor::cat(
+                &group
+                    .iter()
+                    .map(|&i| ts[i].to_kind(Kind::Double).flatten(0, -1))
+                    .collect::<Vec<_>>(),
+                0,
+            );
             self.pg.broadcast(&[&flat], 0)?;
             let mut off = 0;
             tch::no_grad(|| {
@@ -207,7 +236,10 @@ impl Ddp {
 pub fn fingerprint(tensors: &[Tensor]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for t in tensors {
-        let c = t.to_device(tch::Device::Cpu).contiguous().to_kind(Kind::Double);
+        let c = t
+            .to_device(tch::Device::Cpu)
+            .contiguous()
+            .to_kind(Kind::Double);
         let v = Vec::<f64>::try_from(c.flatten(0, -1)).unwrap_or_default();
         for x in v {
             for b in x.to_bits().to_le_bytes() {

@@ -20,7 +20,10 @@ pub fn forward(pg: &ProcessGroup, x: &Tensor, bn: &nn::BatchNorm) -> Result<Tens
     let xd = x.to_kind(Kind::Double);
     let s1 = xd.sum_dim_intlist(dims.as_slice(), false, Kind::Double);
     let s2 = (&xd * &xd).sum_dim_intlist(dims.as_slice(), false, Kind::Double);
-    let n = Tensor::from((x.numel() as i64 / c) as f64).to_kind(Kind::Double).to_device(x.device()).view([1]);
+    let n = Tensor::from((x.numel() as i64 / c) as f64)
+        .to_kind(Kind::Double)
+        .to_device(x.device())
+        .view([1]);
     let total = pg.all_reduce_sum_autograd(&Tensor::cat(&[s1, s2, n], 0))?;
     let count = total.double_value(&[2 * c]);
     let mean = total.narrow(0, 0, c) / count;
@@ -28,13 +31,15 @@ pub fn forward(pg: &ProcessGroup, x: &Tensor, bn: &nn::BatchNorm) -> Result<Tens
     tch::no_grad(|| update_running(bn, &mean, &var, count));
     let shape = [1, c, 1, 1];
     let inv_std = (&var + BN_EPS).rsqrt();
-    let mut y = (xd - mean.view(shape)) * inv_std.view(shape);
-    if let Some(w) = &bn.ws {
-        y = y * w.to_kind(Kind::Double).view(shape);
-    }
-    if let Some(b) = &bn.bs {
-        y = y + b.to_kind(Kind::Double).view(shape);
-    }
+    let y = (xd - mean.view(shape)) * inv_std.view(shape);
+    let y = match &bn.ws {
+        Some(w) => y * w.to_kind(Kind::Double).view(shape),
+        None => y,
+    };
+    let y = match &bn.bs {
+        Some(b) => y + b.to_kind(Kind::Double).view(shape),
+        None => y,
+    };
     Ok(y.to_kind(x.kind()))
 }
 
@@ -51,13 +56,18 @@ fn update_running(bn: &nn::BatchNorm, mean: &Tensor, var: &Tensor, count: f64) {
 /// A batch-norm hook (rccr_models::batch_norm) running [`forward`]. A c10d failure is
 /// kept in `failure` (the forward then uses local statistics) and must be checked by the
 /// caller after the forward: network code returns tensors, not results.
-pub fn hook(pg: Rc<ProcessGroup>, failure: Rc<RefCell<Option<DistError>>>) -> rccr_models::batch_norm::Hook {
-    Rc::new(move |x: &Tensor, bn: &nn::BatchNorm| match forward(&pg, x, bn) {
-        Ok(y) => y,
-        Err(e) => {
-            failure.borrow_mut().get_or_insert(e);
-            use tch::nn::ModuleT;
-            bn.forward_t(x, true)
-        }
-    })
+pub fn hook(
+    pg: Rc<ProcessGroup>,
+    failure: Rc<RefCell<Option<DistError>>>,
+) -> rccr_models::batch_norm::Hook {
+    Rc::new(
+        move |x: &Tensor, bn: &nn::BatchNorm| match forward(&pg, x, bn) {
+            Ok(y) => y,
+            Err(e) => {
+                failure.borrow_mut().get_or_insert(e);
+                use tch::nn::ModuleT;
+                bn.forward_t(x, true)
+            }
+        },
+    )
 }

@@ -89,6 +89,9 @@ pub struct LoadedNet {
 /// bare model file (`prefix` ignored) onto `device`. The encoder and classifier must be
 /// complete; the projector may be absent (reported in `report.missing`).
 pub fn load_network(path: &Path, prefix: &str, device: Device) -> Result<LoadedNet, ModelError> {
+    if crate::pth::is_pth(path) {
+        return load_pth(path, prefix, device);
+    }
     let file = weights::read_tensors(path)?;
     let info = file_info(path, &file)?;
     let prefix = if info.format == MODEL_FORMAT {
@@ -131,6 +134,39 @@ pub fn load_network(path: &Path, prefix: &str, device: Device) -> Result<LoadedN
         net,
         info,
         report,
+    })
+}
+
+/// [`load_network`] for a PyTorch `.pth` / `.pt` file (DACS / RCCR checkpoint or bare
+/// state_dict): the teacher (`ema_model`) for [`TEACHER`], the student (`model`) for
+/// [`STUDENT`]; the network is the one the tensors imply ([`crate::pth::infer_config`]).
+fn load_pth(path: &Path, prefix: &str, device: Device) -> Result<LoadedNet, ModelError> {
+    let which = if prefix == STUDENT {
+        crate::pth::Which::Student
+    } else {
+        crate::pth::Which::Auto
+    };
+    let file = crate::pth::read(path, which)?;
+    let model = crate::pth::infer_config(&file)?;
+    let vs = nn::VarStore::new(device);
+    let net = RccrNet::new(&vs.root(), &model);
+    let imported = crate::pth::load_into(&vs, &file, false)?;
+    if !imported.skipped.is_empty() || imported.load.missing.iter().any(|m| !m.starts_with("projector.")) {
+        return Err(ModelError::Format(format!(
+            "{}: the network is incomplete ({imported}); convert it with `rccr-train import` \
+             to see the report and choose --num-classes / --aspp-branches",
+            path.display()
+        )));
+    }
+    Ok(LoadedNet {
+        vs,
+        net,
+        info: FileInfo {
+            format: "pytorch".into(),
+            model,
+            iteration: imported.iteration.unwrap_or(0),
+        },
+        report: imported.load,
     })
 }
 

@@ -34,6 +34,9 @@ enum Command {
     Trace(Box<TrainArgs>),
     /// Score the teacher of a checkpoint (or a bare model file) on a validation split.
     Eval(EvalArgs),
+    /// Convert a PyTorch checkpoint (DACS / RCCR `.pth`, zip or legacy format) into an rccr
+    /// model file, reporting copied / skipped / missing / unexpected tensors.
+    Import(ImportArgs),
     /// Generate the synthetic "game -> real" benchmark.
     Synth(rccr_trainer::synth::SynthArgs),
     /// Time training iterations on random tensors (no data needed).
@@ -130,6 +133,9 @@ struct TrainArgs {
     /// Test hook: batches and random choices of data-parallel rank R, in one process.
     #[arg(long, hide = true)]
     data_rank: Option<usize>,
+    /// No TensorBoard event files in RUN_DIR/tb/.
+    #[arg(long)]
+    no_tensorboard: bool,
     /// Replace the run already in --out (without it such a folder is refused).
     #[arg(long)]
     overwrite: bool,
@@ -295,6 +301,30 @@ impl TrainArgs {
 }
 
 #[derive(Args, Debug)]
+struct ImportArgs {
+    /// The PyTorch file (`torch.save` output: bare state_dict or DACS checkpoint dict).
+    #[arg(long)]
+    from: PathBuf,
+    /// The rccr model file to write (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Which network of a DACS / RCCR checkpoint: ema (the teacher), student, or auto
+    /// (ema when present).
+    #[arg(long, default_value = "auto")]
+    weights: String,
+    /// ASPP branches the network sums: 4 (paper) or 2 (the DACS release's code). DACS
+    /// files always store four; only the code that trained them knows.
+    #[arg(long, default_value_t = 4)]
+    aspp_branches: usize,
+    /// Output classes (default: the classifier's).
+    #[arg(long)]
+    num_classes: Option<i64>,
+    /// Any skipped, missing or unexpected tensor is an error.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Args, Debug)]
 struct EvalArgs {
     /// A checkpoint (RUN_DIR/checkpoints/iter_*.safetensors) or a bare model file.
     #[arg(long)]
@@ -392,6 +422,7 @@ fn main() -> Result<()> {
         Command::Train(a) => train(&a, false),
         Command::Trace(a) => train(&a, true),
         Command::Eval(a) => eval(&a),
+        Command::Import(a) => import(&a),
         Command::Synth(a) => {
             let report =
                 rccr_trainer::synth::run(&a).context("synthetic benchmark generation failed")?;
@@ -477,6 +508,7 @@ fn train(a: &TrainArgs, trace: bool) -> Result<()> {
             trace,
             save_all_ranks: a.save_all_ranks,
             overwrite: a.overwrite,
+            tensorboard: !a.no_tensorboard && !trace,
         },
     )?;
     if a.json {
@@ -499,6 +531,28 @@ fn train(a: &TrainArgs, trace: bool) -> Result<()> {
             println!("last checkpoint {}", p.display());
         }
     }
+    Ok(())
+}
+
+fn import(a: &ImportArgs) -> Result<()> {
+    use rccr_models::pth;
+    let which: pth::Which = a.weights.parse().map_err(anyhow::Error::msg)?;
+    let file = pth::read(&a.from, which).with_context(|| format!("cannot import {}", a.from.display()))?;
+    let mut config = pth::infer_config(&file)?;
+    config.aspp_branches = a.aspp_branches;
+    if let Some(n) = a.num_classes {
+        config.num_classes = n;
+    }
+    let report = pth::to_model_file(&file, &config, &a.out, a.strict)
+        .with_context(|| format!("cannot convert {}", a.from.display()))?;
+    println!("{report}");
+    println!(
+        "wrote {} ({} / {} classes / {} ASPP branches)",
+        a.out.display(),
+        config.backbone,
+        config.num_classes,
+        config.aspp_branches
+    );
     Ok(())
 }
 

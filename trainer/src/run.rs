@@ -8,6 +8,7 @@ use crate::checkpoint::{self, Best, CheckpointDir, Saved};
 use crate::config::{Mode, TrainConfig};
 use crate::dataio::{is_synthia, LoaderConfig, Split, TrainLoader, ValSet};
 use crate::dist::{Ddp, Launch, ProcessGroup};
+use crate::tensorboard::{scalars_of, TbWriter};
 use crate::ema;
 use crate::metrics::{MetricsLog, TrainRecord};
 use crate::trainer::{StepStats, Trainer};
@@ -51,6 +52,8 @@ pub struct RunOptions {
     /// `rccr-train trace`: write every iteration's tensors to `out` (no validation, no
     /// checkpoints).
     pub trace: bool,
+    /// Write TensorBoard event files to `out/tb/` (rank 0).
+    pub tensorboard: bool,
     /// Clear a run folder that already holds a run (else such a folder is refused
     /// without `resume`).
     pub overwrite: bool,
@@ -109,7 +112,12 @@ pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -
             if let Some(from) = &cfg.init_from {
                 init_from_model(&trainer, from)?;
             }
-            if let Some(init) = &cfg.init {
+            if let Some(init) = cfg.init.as_ref().filter(|p| rccr_models::pth::is_pth(p)) {
+                let report = rccr_models::pth::import_into(&trainer.student_vs, init, rccr_models::pth::Which::Auto, false)
+                    .with_context(|| format!("cannot import {} (--init)", init.display()))?;
+                tracing::info!(file = %init.display(), "imported a PyTorch checkpoint:\n{report}");
+                ema::copy_all(&trainer.teacher_vs, &trainer.student_vs);
+            } else if let Some(init) = &cfg.init {
                 let report = rccr_models::weights::import_torchvision(&trainer.student_vs, init)
                     .with_context(|| format!("cannot import the backbone {}", init.display()))?;
                 tracing::info!(
@@ -350,6 +358,15 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         false => None,
     };
 
+    let mut events = match (main && opts.tensorboard, opts.resume.is_some()) {
+        (false, _) => None,
+        (true, false) => Some(TbWriter::create(&run_dir.join("tb"))?),
+        (true, true) => Some(TbWriter::resume(&run_dir.join("tb"), start + 1)?),
+    };
+    let val_pictures = match (&events, &val_set) {
+        (Some(_), Some(set)) => crate::pictures::ValPictures::new(set, 3),
+        _ => None,
+    };
     let end = opts.stop_at.unwrap_or(cfg.iterations).min(cfg.iterations);
     let pb = if opts.quiet || !main {
         ProgressBar::hidden()
@@ -389,8 +406,12 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             if let Some(d) = &trainer.ddp {
                 mean_over_ranks(d, &mut stats)?;
             }
+            let rec = record(&stats, secs, cfg.dist.world_size);
             if let Some(log) = &mut log {
-                log.write(&record(&stats, secs, cfg.dist.world_size))?;
+                log.write(&rec)?;
+            }
+            if let Some(ev) = &mut events {
+                ev.add_scalars(it, &scalars_of(&serde_json::to_value(&rec)?))?;
             }
         }
         if let Some(tr) = &trainer.trace {
@@ -415,6 +436,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             .context("validation failed")?;
             if let Some(log) = &mut log {
                 log.write(&res.record(it))?;
+            }
+            if let Some(ev) = &mut events {
+                ev.add_scalars(it, &scalars_of(&serde_json::to_value(res.record(it))?))?;
+                if let Some(p) = &val_pictures {
+                    for (i, img) in p.render(&trainer.teacher, device)?.iter().enumerate() {
+                        ev.add_image(&format!("val/image_{i}"), it, img)?;
+                    }
+                }
             }
             pb.println(format!(
                 "iteration {it}: teacher mIoU {:.2}%",

@@ -6,17 +6,13 @@
 //! every tag with each step once, the resumed values, and the images at their sizes and
 //! pixels. Also checks that the checked-in prost code is what the vendored protos give.
 
-#[allow(dead_code)]
-#[path = "../src/tensorboard.rs"]
-mod tensorboard;
-
 use image::{Rgb, RgbImage};
 use rccr_trainer::metrics::{ClassIous, ValRecord};
 use rccr_trainer::trainer::{GradNorms, StepStats};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tensorboard::TbWriter;
+use rccr_trainer::tensorboard::{self, TbWriter};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -246,4 +242,65 @@ fn generated_proto_is_current() {
         body == fresh,
         "src/tensorboard_proto.rs is stale: regenerate it (see its header)"
     );
+}
+
+/// `rccr-train train` itself: every scalar of metrics.jsonl reaches TensorBoard with its
+/// step and value, and each validation adds the pictures (input | truth | prediction).
+#[test]
+fn training_writes_what_metrics_jsonl_holds_and_val_pictures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let bin = env!("CARGO_BIN_EXE_rccr-train");
+    let synth = Command::new(bin)
+        .args(["synth", "--out"])
+        .arg(&data)
+        .args(["--count", "4", "--val-count", "2", "--size", "128x64"])
+        .output()
+        .unwrap();
+    assert!(synth.status.success());
+    let run = tmp.path().join("run");
+    let out = Command::new(bin)
+        .args(["train", "--source"])
+        .arg(format!("gta5:{}", data.join("gta5").display()))
+        .arg("--target")
+        .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
+        .arg("--out")
+        .arg(&run)
+        .args([
+            "--backbone", "small", "--crop", "64", "--iterations", "4", "--source-size", "128x64",
+            "--target-size", "128x64", "--val-size", "128x64", "--val-every", "2", "--workers", "1",
+            "--quiet", "--log-every", "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tb = read_back(&run.join("tb"));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut checked = 0;
+    for line in &lines {
+        let step = line["iteration"].as_u64().unwrap();
+        for (tag, value) in rccr_trainer::tensorboard::scalars_of(line) {
+            let series = tb["scalars"][&tag].as_array().unwrap_or_else(|| panic!("no {tag}"));
+            let got = series
+                .iter()
+                .find(|p| p[0].as_u64() == Some(step))
+                .unwrap_or_else(|| panic!("{tag} has no step {step}"))[1]
+                .as_f64()
+                .unwrap();
+            assert!((got - value).abs() <= 1e-6 * value.abs().max(1.0), "{tag}@{step}: {got} vs {value}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 60, "only {checked} scalars");
+    assert!(tb["scalars"]["val/miou"].as_array().unwrap().len() == 2);
+    for i in 0..2 {
+        let img = tb["images"][format!("val/image_{i}")].as_array().unwrap();
+        let steps: Vec<u64> = img.iter().map(|e| e[0].as_u64().unwrap()).collect();
+        assert_eq!(steps, vec![2, 4]);
+        assert_eq!((img[0][1].as_u64(), img[0][2].as_u64()), (Some(3 * 128), Some(64)));
+    }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline on the built-in synthetic "game -> real" benchmark, on CPU.
 #   generate -> train source-only, baseline, rccr (small backbone) -> export the RCCR teacher
-#   -> rccr-infer on target val with scoring -> per-class target mIoU table for the three modes.
+#   -> rccr-infer on target val with scoring -> per-class target mIoU table for the three modes
+#   -> overview.png: 3 target val images, ground truth and the three modes' predictions.
 # Scale with DEMO_ITERATIONS, DEMO_COUNT (images per domain), DEMO_SIZE (WxH), DEMO_CROP,
 # DEMO_BACKBONE, DEMO_DEVICE, DEMO_OUT. Defaults finish in well under 20 minutes on 2 cores.
 set -euo pipefail
@@ -56,5 +57,33 @@ step "rccr-infer on target val (ONNX Runtime), colour predictions in $OUT/predic
 
 step "target mIoU per class (teacher, Cityscapes-layout val)"
 python3 scripts/demo_table.py "$OUT/runs" source-only baseline rccr | tee "$OUT/table.md"
+
+step "overview picture: 3 target val images, ground truth, source-only / baseline / RCCR"
+rm -rf "$OUT/overview"
+mkdir -p "$OUT/overview/images"
+find "$OUT/data/cityscapes/leftImg8bit/val" -name '*_leftImg8bit.png' | sort | head -n 3 |
+  while read -r img; do
+    city=$(basename "$(dirname "$img")")
+    mkdir -p "$OUT/overview/images/$city"
+    cp "$img" "$OUT/overview/images/$city/"
+  done
+for mode in source-only baseline; do
+  ckpt=$(ls "$OUT/runs/$mode/checkpoints/"iter_*.safetensors | sort | tail -n 1)
+  "$BIN/rccr-export" --checkpoint "$ckpt" --out "$OUT/overview/$mode.onnx" >/dev/null
+done
+for mode in source-only baseline rccr; do
+  model="$OUT/overview/$mode.onnx"
+  [[ $mode == rccr ]] && model="$OUT/rccr.onnx"
+  "$BIN/rccr-infer" --model "$model" --images "$OUT/overview/images" --input-size "$SIZE" \
+    --out "$OUT/overview/$mode" --overlay --quiet >/dev/null
+done
+PYTHONPATH="$PWD/.deps/py${PYTHONPATH:+:$PYTHONPATH}" python3 scripts/demo_overview.py \
+  --images "$OUT/overview/images" --labels "$OUT/data/cityscapes/gtFine/val" \
+  --pred "source-only=$OUT/overview/source-only" --pred "baseline=$OUT/overview/baseline" \
+  --pred "RCCR=$OUT/overview/rccr" --out "$OUT/overview.png"
+overlay=$(find "$OUT/overview/rccr/overlay" -name '*.png' | sort | head -n 1)
+cp "$overlay" "$OUT/overlay.png"
+echo "wrote $OUT/overlay.png (rccr-infer --overlay, RCCR)"
 echo
-echo "demo finished in $((SECONDS - start)) s; predictions: $OUT/predictions, table: $OUT/table.md"
+echo "demo finished in $((SECONDS - start)) s; predictions: $OUT/predictions, table: $OUT/table.md,"
+echo "overview: $OUT/overview.png"

@@ -248,9 +248,11 @@ unsafe fn segmenter_options(options: *const RccrOptions) -> Result<SegmenterOpti
     let input_size = match (o.input_width, o.input_height) {
         (0, 0) => None,
         (w, h) if w > 0 && h > 0 => Some((w as u32, h as u32)),
-        (w, h) => return Err(invalid(format!(
+        (w, h) => {
+            return Err(invalid(format!(
             "options->input_width/input_height {w}x{h}: both positive, or both 0 for the default"
-        ))),
+        )))
+        }
     };
     let trt_cache_dir = (!o.trt_cache_dir.is_null()).then(|| {
         // SAFETY: non-NULL, NUL-terminated by the caller's contract.

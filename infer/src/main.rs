@@ -115,7 +115,7 @@ struct ScoreArgs {
     labels: Option<PathBuf>,
     /// Merge these JSON reports (of `--shard K/N` runs, or of disjoint image sets) into
     /// the report of one run over all their images, instead of scoring folders.
-    #[arg(long, num_args = 1.., conflicts_with_all = ["pred", "labels", "train_ids", "strict"])]
+    #[arg(long, num_args = 1.., conflicts_with_all = ["pred", "labels", "train_ids", "strict", "classes"])]
     merge: Vec<PathBuf>,
     /// Write the JSON report here.
     #[arg(long)]

@@ -510,7 +510,7 @@ impl Segmenter {
     pub fn run_logits(&mut self, batch: &Batch) -> Result<(Vec<LabelMap>, Vec<f32>)> {
         if !self.info.has_logits {
             return Err(InferError::Invalid(format!(
-                "{} has no `logits` output; export it with `rccr-export --outputs labels,logits`",
+                "{} has no `logits` output; export it with `rccr-export --outputs both`",
                 self.path.display()
             )));
         }

@@ -19,16 +19,40 @@ fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The folder holding the library files cargo built with this test (`target/<profile>`;
-/// the test runs from `target/<profile>/deps`), whatever the profile or target dir.
+/// `target/<profile>/examples`, where cargo puts the C library (the `rccr_infer` example
+/// target: plain `cargo test` builds it; with `--test c_abi` alone, build it first with
+/// `cargo build -p rccr-infer --examples`). The test runs from `target/<profile>/deps`, so
+/// this holds for any profile and target folder. A library older than a source file of
+/// the crate is an error (it would test stale code).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("deps folder").to_path_buf();
-    let profile = deps.parent().unwrap_or(&deps).to_path_buf();
-    [profile, deps.clone()]
+    let deps = exe.parent().expect("deps folder");
+    let dir = deps.parent().unwrap_or(deps).join("examples");
+    let lib = dir.join("librccr_infer.so");
+    let built = std::fs::metadata(&lib)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; build it with `cargo build -p rccr-infer --examples`",
+                lib.display()
+            )
+        });
+    let newest = walkdir::WalkDir::new(manifest().join("src"))
         .into_iter()
-        .find(|d| d.join("librccr_infer.so").is_file())
-        .unwrap_or_else(|| panic!("librccr_infer.so not found near {}", deps.display()))
+        .chain(walkdir::WalkDir::new(manifest().join("examples/c")))
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.into_path())))
+        .max();
+    if let Some((time, src)) = newest {
+        assert!(
+            time <= built,
+            "{} is older than {}: rebuild it with `cargo build -p rccr-infer --examples`",
+            lib.display(),
+            src.display()
+        );
+    }
+    dir
 }
 
 /// Compiles C `sources` into `out` with the system compiler, linking `link`.
@@ -67,6 +91,30 @@ fn run(cmd: &mut Command) -> std::process::Output {
     cmd.env("RUST_BACKTRACE", "0").output().expect("run")
 }
 
+/// The `rccr_*` names followed by `(` in C source outside comments.
+fn declared_functions(c: &str) -> BTreeSet<String> {
+    let mut code = String::new();
+    let mut rest = c;
+    while let Some(start) = rest.find("/*") {
+        code.push_str(&rest[..start]);
+        rest = rest[start..]
+            .split_once("*/")
+            .map_or("", |(_, after)| after);
+    }
+    code.push_str(rest);
+    let mut names = BTreeSet::new();
+    for (i, _) in code.match_indices("rccr_") {
+        let ident: String = code[i..]
+            .chars()
+            .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_')
+            .collect();
+        if code[i + ident.len()..].trim_start().starts_with('(') {
+            names.insert(ident);
+        }
+    }
+    names
+}
+
 #[test]
 fn header_matches_the_rust_definitions_and_exports() {
     let d = tempfile::tempdir().unwrap();
@@ -76,7 +124,7 @@ fn header_matches_the_rust_definitions_and_exports() {
         &exe,
         &dynamic_link(),
     );
-    let o = run(&mut Command::new(&exe).arg("layout"));
+    let o = run(Command::new(&exe).arg("layout"));
     assert!(o.status.success(), "{}", text(&o));
     let c: std::collections::BTreeMap<String, i64> = String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -150,12 +198,7 @@ fn header_matches_the_rust_definitions_and_exports() {
 
     // The functions the header declares are exactly the library's exported rccr_ symbols.
     let header = std::fs::read_to_string(manifest().join("include/rccr_infer.h")).unwrap();
-    let declared: BTreeSet<String> = header
-        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '('))
-        .filter_map(|w| w.strip_suffix('('))
-        .filter(|w| w.starts_with("rccr_"))
-        .map(String::from)
-        .collect();
+    let declared = declared_functions(&header);
     let nm = run(Command::new("nm")
         .args(["-D", "--defined-only"])
         .arg(lib_dir().join("librccr_infer.so")));
@@ -300,7 +343,7 @@ fn c_example_equals_the_rust_api_and_the_cli_dynamic_and_static() {
     ];
     for (kind, link) in [("dynamic", dynamic_link()), ("static", static_link)] {
         let exe = d.path().join(format!("segment-{kind}"));
-        compile(&[example.clone()], &exe, &link);
+        compile(std::slice::from_ref(&example), &exe, &link);
         let out = d.path().join(format!("out-{kind}"));
         std::fs::create_dir_all(&out).unwrap();
         let mut cmd = Command::new(&exe);

@@ -468,3 +468,178 @@ fn bad_models_folders_and_runtime_are_clear_errors() {
     assert!(["tensorrt", "cuda", "cpu"].contains(&p.as_str()));
     assert!(text(&o).contains(&format!("provider {p}")), "{}", text(&o));
 }
+
+#[test]
+fn two_inputs_with_one_output_name_are_refused_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let model = make_model(&d.path().join("m.onnx"), &[]);
+    let imgs = d.path().join("imgs");
+    let img = paint(&painted_map(0, W, H), W, H);
+    save_rgb(&imgs.join("a.png"), &img);
+    save_rgb(&imgs.join("a.jpg"), &img);
+    save_rgb(&imgs.join("b.png"), &img);
+    let out = d.path().join("out");
+    let o = cpu_run(&model, &imgs, &out, &["--input-size", "64x32"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("a.jpg") && t.contains("a.png") && t.contains("rename or move one"),
+        "{t}"
+    );
+    assert!(!out.exists(), "nothing may be written");
+    // Without outputs there is nothing to overwrite: both are segmented and counted.
+    let json = d.path().join("r.json");
+    let o = run_cli(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        imgs.to_str().unwrap(),
+        "--provider",
+        "cpu",
+        "--input-size",
+        "64x32",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(read_json(&json)["images"], 3);
+}
+
+#[test]
+fn out_of_bound_sizes_and_batch_zero_are_refused_without_an_abort() {
+    let d = tempfile::tempdir().unwrap();
+    let model = make_model(&d.path().join("m.onnx"), &[]);
+    let imgs = d.path().join("imgs");
+    save_rgb(&imgs.join("a.png"), &paint(&painted_map(0, W, H), W, H));
+    let out = d.path().join("out");
+    for (extra, flag) in [
+        (&["--input-size", "100000x100000"][..], "--input-size"),
+        (&["--input-size", "8193x16"][..], "--input-size"),
+        (&["--input-size", "8192x8192"][..], "--input-size"),
+        (&["--batch-size", "0"][..], "--batch-size"),
+        (&["--batch-size", "100000"][..], "--batch-size"),
+    ] {
+        let o = cpu_run(&model, &imgs, &out, extra);
+        let t = text(&o);
+        // A clean error exit (2: usage), not a signal (134 = abort on a failed allocation).
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {t}");
+        assert!(t.contains(flag), "{extra:?}: {t}");
+    }
+    let o = cpu_run(&model, &imgs, &out, &["--input-size", "100000x100000"]);
+    let t = text(&o);
+    assert!(
+        t.contains("8192 per side") && t.contains("8192x4096"),
+        "{t}"
+    );
+    let o = cpu_run(&model, &imgs, &out, &["--batch-size", "0"]);
+    assert!(text(&o).contains("1 to 256"), "{}", text(&o));
+    assert!(!out.exists());
+    // The largest accepted side is accepted.
+    let o = run_cli(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--provider",
+        "cpu",
+        "--input-size",
+        "8192x16",
+        "--image-size",
+        "16x8",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn missing_folders_say_they_do_not_exist_and_huge_images_say_too_large() {
+    let d = tempfile::tempdir().unwrap();
+    let model = make_model(&d.path().join("m.onnx"), &[]);
+    let imgs = d.path().join("imgs");
+    save_rgb(&imgs.join("good.png"), &paint(&painted_map(0, W, H), W, H));
+    let nowhere = d.path().join("nowhere");
+    let o = cpu_run(&model, &nowhere, &d.path().join("o"), &[]);
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        t.contains("--images") && t.contains("nowhere") && t.contains("does not exist"),
+        "{t}"
+    );
+    let o = cpu_run(
+        &model,
+        &imgs,
+        &d.path().join("o"),
+        &["--labels", nowhere.to_str().unwrap()],
+    );
+    let t = text(&o);
+    assert!(
+        t.contains("--labels") && t.contains("does not exist"),
+        "{t}"
+    );
+    let o = run_cli(&[
+        "score",
+        "--pred",
+        nowhere.to_str().unwrap(),
+        "--labels",
+        imgs.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(t.contains("--pred") && t.contains("does not exist"), "{t}");
+    // A file where a folder is expected.
+    let file = imgs.join("good.png");
+    let o = cpu_run(&model, &file, &d.path().join("o"), &[]);
+    assert!(text(&o).contains("is not a folder"), "{}", text(&o));
+
+    // An image over the decoder's limit: skipped as too large, with its size and the limit;
+    // the good image is still processed.
+    std::fs::write(imgs.join("huge.png"), png_header_only(20000, 10000)).unwrap();
+    let json = d.path().join("r.json");
+    let o = cpu_run(
+        &model,
+        &imgs,
+        &d.path().join("o"),
+        &["--input-size", "64x32", "--json", json.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r = read_json(&json);
+    assert_eq!(r["images"], 1);
+    let e = r["skipped"][0]["error"].as_str().unwrap();
+    assert!(
+        e.contains("huge.png")
+            && e.contains("too large")
+            && e.contains("20000x10000")
+            && e.contains("600000000 bytes")
+            && e.contains("536870912 bytes (512 MiB)"),
+        "{e}"
+    );
+    assert!(!e.contains("corrupt"), "{e}");
+}
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_escapes() {
+    let d = tempfile::tempdir().unwrap();
+    let model = make_model(&d.path().join("m.onnx"), &[]);
+    let imgs = d.path().join("imgs");
+    save_rgb(&imgs.join("a.png"), &paint(&painted_map(0, W, H), W, H));
+    std::fs::write(imgs.join("notes.txt"), b"not an image").unwrap();
+    // stderr is a pipe here: the warning about notes.txt must be plain text.
+    let o = cpu_run(
+        &model,
+        &imgs,
+        &d.path().join("o"),
+        &["--input-size", "64x32"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("WARN") && stderr.contains("notes.txt"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escapes in piped logs: {stderr:?}"
+    );
+}

@@ -81,3 +81,82 @@ fn fixed_batch_is_padded_and_pure_runs_time() {
     let e = seg.run(&b3).unwrap_err().to_string();
     assert!(e.contains("fixed batch of 2"), "{e}");
 }
+
+#[test]
+fn out_of_bound_options_are_typed_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let model = make_model(&d.path().join("m.onnx"), &[]);
+    for (input, batch, want) in [
+        (Some((100_000, 100_000)), 1, "--input-size 100000x100000"),
+        (Some((8192, 8192)), 1, "67108864 pixels"),
+        (Some((32, 16)), 0, "--batch-size 0"),
+        (Some((32, 16)), 257, "--batch-size 257"),
+    ] {
+        let e = Segmenter::open(&model, &cpu(input, batch)).unwrap_err();
+        assert!(matches!(e, rccr_infer::InferError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
+fn interleaved_frames_and_logits_equal_the_image_api() {
+    let d = tempfile::tempdir().unwrap();
+    let model = make_model(&d.path().join("m.onnx"), &["--outputs", "labels,logits"]);
+    let mut seg = Segmenter::open(&model, &cpu(Some((32, 16)), 2)).unwrap();
+    // Three 48x20 frames (resized in and out): the interleaved entry point (what the C ABI
+    // calls) gives what segment_original gives for the same images.
+    let images: Vec<_> = (0..3)
+        .map(|i| paint(&painted_map(i, 48, 20), 48, 20))
+        .collect();
+    let want: Vec<u8> = seg
+        .segment_original(&images)
+        .unwrap()
+        .into_iter()
+        .flat_map(|m| m.data)
+        .collect();
+    let rgb: Vec<u8> = images.iter().flat_map(|i| i.as_raw().clone()).collect();
+    let shape = rccr_infer::segmenter::Interleaved {
+        count: 3,
+        width: 48,
+        height: 20,
+    };
+    let mut ids = vec![0u8; 3 * 48 * 20];
+    seg.segment_interleaved(&rgb, shape, &mut ids, None)
+        .unwrap();
+    assert_eq!(ids, want);
+    // With logits: same ids, and the logits' argmax at the input size is each image's
+    // label map at the input size.
+    let mut logits = vec![0f32; 3 * 19 * 32 * 16];
+    let mut ids2 = vec![0u8; ids.len()];
+    seg.segment_interleaved(&rgb, shape, &mut ids2, Some(&mut logits))
+        .unwrap();
+    assert_eq!(ids2, want);
+    let at_input = seg.segment(&images).unwrap();
+    for (i, map) in at_input.iter().enumerate() {
+        let per = 19 * 32 * 16;
+        let arg = rccr_infer::segmenter::argmax_planes(&logits[i * per..][..per], 19, 32 * 16);
+        assert_eq!(arg, map.data, "image {i}");
+    }
+    // Wrong buffer sizes are errors naming the buffer.
+    let e = seg
+        .segment_interleaved(&rgb[1..], shape, &mut ids, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rgb holds"), "{e}");
+    let e = seg
+        .segment_interleaved(&rgb, shape, &mut ids[1..], None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train_ids holds"), "{e}");
+    // A model without logits says how to export them.
+    let labels_only = make_model(&d.path().join("l.onnx"), &["--outputs", "labels"]);
+    let mut seg = Segmenter::open(&labels_only, &cpu(Some((32, 16)), 1)).unwrap();
+    let e = seg
+        .segment_interleaved(&rgb, shape, &mut ids, Some(&mut logits))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no `logits` output") && e.contains("rccr-export"),
+        "{e}"
+    );
+}

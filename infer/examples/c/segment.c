@@ -10,7 +10,8 @@
  * example free of image libraries; convert with e.g. `convert in.png out.ppm`.
  *
  * Build (see Makefile / CMakeLists.txt next to this file):
- *   cc -I infer/include segment.c -L target/release -lrccr_infer -Wl,-rpath,target/release
+ *   cc -I infer/include segment.c -L target/release/examples -lrccr_infer \
+ *      -Wl,-rpath,$PWD/target/release/examples
  */
 #include <stdint.h>
 #include <stdio.h>

@@ -165,29 +165,33 @@ fn tiny_model_weights_biases_and_nodes_by_hand() {
     assert_eq!(g.node[5].input[0], "conv1", "Q reads the Relu's input");
     assert_eq!(g.node[9].output[0], "y");
 
-    // conv1: channel 0 max|w| = 1.27 -> scale 0.01; channel 1 max|w| = 0.254 -> 0.002.
+    // conv1 (7-bit weights, max 63): channel 0 max|w| = 1.27 -> scale 1.27 / 63;
+    // channel 1 max|w| = 0.254 -> 0.254 / 63.
     let s1 = f32s(init(&q, "w1.int8.scale"));
     assert!(
-        (s1[0] - 0.01).abs() < 1e-9 && (s1[1] - 0.002).abs() < 1e-9,
+        (s1[0] - 1.27 / 63.0).abs() < 1e-9 && (s1[1] - 0.254 / 63.0).abs() < 1e-9,
         "{s1:?}"
     );
     let w1q = init(&q, "w1.int8");
     assert_eq!(w1q.data_type, DataType::Int8 as i32);
     assert_eq!(w1q.dims, vec![2, 2, 1, 1]);
     let w1v: Vec<i8> = w1q.raw_data.iter().map(|&b| b as i8).collect();
-    assert_eq!(w1v, vec![50, -127, 127, 50]);
-    // Bias: b / (s_x * s_w): 0.1 / (0.01 * 0.01) = 1000, -0.2 / (0.01 * 0.002) = -10000.
-    assert_eq!(i32s(init(&q, "b1.int32")), vec![1000, -10000]);
+    // 0.5 / (1.27 / 63) = 24.8 -> 25; -1.27 -> -63; 0.254 -> 63; 0.1 / (0.254 / 63) -> 25.
+    assert_eq!(w1v, vec![25, -63, 63, 25]);
+    // Bias: b / (s_x * s_w): 0.1 / (0.01 * 1.27 / 63) = 496.06 -> 496,
+    // -0.2 / (0.01 * 0.254 / 63) = -4960.6 -> -4961.
+    assert_eq!(i32s(init(&q, "b1.int32")), vec![496, -4961]);
     let bs = f32s(init(&q, "b1.int32.scale"));
-    assert!((bs[0] - 1e-4).abs() < 1e-10 && (bs[1] - 2e-5).abs() < 1e-10);
-    // conv2: max|w| = 1.27 -> 0.01; -0.508 / 0.01 = -50.8 -> -51; 0.05 / 1e-4 = 500.
+    assert!((bs[0] - 0.0127 / 63.0).abs() < 1e-10 && (bs[1] - 0.00254 / 63.0).abs() < 1e-10);
+    // conv2: max|w| = 1.27 -> 1.27 / 63; -0.508 -> -25.2 -> -25; 0.05 / (0.01 * 1.27 / 63)
+    // = 248.03 -> 248.
     let w2v: Vec<i8> = init(&q, "w2.int8")
         .raw_data
         .iter()
         .map(|&b| b as i8)
         .collect();
-    assert_eq!(w2v, vec![127, -51]);
-    assert_eq!(i32s(init(&q, "b2.int32")), vec![500]);
+    assert_eq!(w2v, vec![63, -25]);
+    assert_eq!(i32s(init(&q, "b2.int32")), vec![248]);
     // Activations: x zero point 100, relu1 zero point 0, both scale 0.01.
     assert_eq!(init(&q, "x.q_zero").raw_data, vec![100]);
     assert_eq!(init(&q, "relu1.q_zero").raw_data, vec![0]);
@@ -203,8 +207,8 @@ fn tiny_model_weights_biases_and_nodes_by_hand() {
 /// and int32 bias, saturating uint8 quantization (the Relu), conv2.
 fn brute_force_qdq(x: &[f32]) -> Vec<f32> {
     let qdq = |v: f32, s: f32, zp: f32| ((v / s).round() + zp).clamp(0.0, 255.0) - zp;
-    let (w1q, s1) = ([50.0, -127.0, 127.0, 50.0], [0.01, 0.002]);
-    let (b1q, w2q, s2, b2q) = ([1000.0, -10000.0], [127.0, -51.0], 0.01, 500.0);
+    let (w1q, s1) = ([25.0, -63.0, 63.0, 25.0], [1.27 / 63.0, 0.254 / 63.0]);
+    let (b1q, w2q, s2, b2q) = ([496.0, -4961.0], [63.0, -25.0], 1.27 / 63.0, 248.0);
     let mut y = vec![0f32; 4];
     for p in 0..4 {
         let xd: Vec<f32> = (0..2)

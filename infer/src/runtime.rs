@@ -111,3 +111,19 @@ fn load() -> Result<&'static (PathBuf, ort::environment::Environment), RuntimeEr
         .as_ref()
         .map_err(Clone::clone)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_file_is_the_file_holding_this_code() {
+        // In a test executable the code is linked in, so dladdr names the executable.
+        let exe = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(own_file(), Some(exe.clone()));
+        if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+            let dir = exe.parent().unwrap();
+            assert!(candidates().contains(&dir.join(library_name())));
+        }
+    }
+}

@@ -23,7 +23,7 @@ fn manifest() -> PathBuf {
 /// target: plain `cargo test` builds it; with `--test c_abi` alone, build it first with
 /// `cargo build -p rccr-infer --examples`). The test runs from `target/<profile>/deps`, so
 /// this holds for any profile and target folder. A library older than a source file of
-/// the crate is an error (it would test stale code).
+/// the library is an error (it would test stale code).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("deps folder");
@@ -42,6 +42,8 @@ fn lib_dir() -> PathBuf {
         .chain(walkdir::WalkDir::new(manifest().join("examples/c")))
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
+        // The CLI's source is not part of the library.
+        .filter(|e| e.path() != manifest().join("src/main.rs"))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.into_path())))
         .max();
     if let Some((time, src)) = newest {

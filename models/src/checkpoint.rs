@@ -151,7 +151,13 @@ fn load_pth(path: &Path, prefix: &str, device: Device) -> Result<LoadedNet, Mode
     let vs = nn::VarStore::new(device);
     let net = RccrNet::new(&vs.root(), &model);
     let imported = crate::pth::load_into(&vs, &file, false)?;
-    if !imported.skipped.is_empty() || imported.load.missing.iter().any(|m| !m.starts_with("projector.")) {
+    if !imported.skipped.is_empty()
+        || imported
+            .load
+            .missing
+            .iter()
+            .any(|m| !m.starts_with("projector."))
+    {
         return Err(ModelError::Format(format!(
             "{}: the network is incomplete ({imported}); convert it with `rccr-train import` \
              to see the report and choose --num-classes / --aspp-branches",

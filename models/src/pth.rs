@@ -119,9 +119,12 @@ impl PthFile {
 
 /// Whether `path` names a PyTorch file (`.pth`, `.pt`, `.pkl`, `.bin` extension).
 pub fn is_pth(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "pth" | "pt" | "pkl" | "bin"))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "pth" | "pt" | "pkl" | "bin"
+        )
+    })
 }
 
 /// Reads the tensors of one network from a `.pth` file (see the module docs).

@@ -537,7 +537,8 @@ fn train(a: &TrainArgs, trace: bool) -> Result<()> {
 fn import(a: &ImportArgs) -> Result<()> {
     use rccr_models::pth;
     let which: pth::Which = a.weights.parse().map_err(anyhow::Error::msg)?;
-    let file = pth::read(&a.from, which).with_context(|| format!("cannot import {}", a.from.display()))?;
+    let file =
+        pth::read(&a.from, which).with_context(|| format!("cannot import {}", a.from.display()))?;
     let mut config = pth::infer_config(&file)?;
     config.aspp_branches = a.aspp_branches;
     if let Some(n) = a.num_classes {

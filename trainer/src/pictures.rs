@@ -41,9 +41,14 @@ impl ValPictures {
 
 /// The sample's RGB input at the label's size.
 fn input_image(s: &ValSample, w: u32, h: u32) -> RgbImage {
-    let t = s.image.squeeze_dim(0).clamp(0.0, 255.0).to_kind(Kind::Uint8);
+    let t = s
+        .image
+        .squeeze_dim(0)
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8);
     let (ih, iw) = (t.size()[1] as u32, t.size()[2] as u32);
-    let hwc = Vec::<u8>::try_from(t.permute([1, 2, 0]).contiguous().flatten(0, -1)).unwrap_or_default();
+    let hwc =
+        Vec::<u8>::try_from(t.permute([1, 2, 0]).contiguous().flatten(0, -1)).unwrap_or_default();
     let img = RgbImage::from_raw(iw, ih, hwc).unwrap_or_else(|| RgbImage::new(iw, ih));
     if (iw, ih) == (w, h) {
         img

@@ -8,9 +8,9 @@ use crate::checkpoint::{self, Best, CheckpointDir, Saved};
 use crate::config::{Mode, TrainConfig};
 use crate::dataio::{is_synthia, LoaderConfig, Split, TrainLoader, ValSet};
 use crate::dist::{Ddp, Launch, ProcessGroup};
-use crate::tensorboard::{scalars_of, TbWriter};
 use crate::ema;
 use crate::metrics::{MetricsLog, TrainRecord};
+use crate::tensorboard::{scalars_of, TbWriter};
 use crate::trainer::{StepStats, Trainer};
 use crate::validate;
 use anyhow::{bail, Context, Result};
@@ -113,8 +113,13 @@ pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -
                 init_from_model(&trainer, from)?;
             }
             if let Some(init) = cfg.init.as_ref().filter(|p| rccr_models::pth::is_pth(p)) {
-                let report = rccr_models::pth::import_into(&trainer.student_vs, init, rccr_models::pth::Which::Auto, false)
-                    .with_context(|| format!("cannot import {} (--init)", init.display()))?;
+                let report = rccr_models::pth::import_into(
+                    &trainer.student_vs,
+                    init,
+                    rccr_models::pth::Which::Auto,
+                    false,
+                )
+                .with_context(|| format!("cannot import {} (--init)", init.display()))?;
                 tracing::info!(file = %init.display(), "imported a PyTorch checkpoint:\n{report}");
                 ema::copy_all(&trainer.teacher_vs, &trainer.student_vs);
             } else if let Some(init) = &cfg.init {

@@ -108,7 +108,13 @@ fn a_config_file_is_read_and_flags_override_it() {
         bin()
             .args(["train", "--config"])
             .arg(&cfg)
-            .args(["--device", "cpu", "--target", "cityscapes:/nonexistent", "--out"])
+            .args([
+                "--device",
+                "cpu",
+                "--target",
+                "cityscapes:/nonexistent",
+                "--out",
+            ])
             .arg(&out_dir)
             .args(extra)
             .output()

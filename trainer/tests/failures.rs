@@ -308,7 +308,10 @@ fn kill_9_at_random_moments_then_resume_reproduces_the_uninterrupted_run() {
     let mut resumes = 0;
     for _ in 0..25 {
         let latest = checkpoints(&run).pop();
-        if latest.as_ref().is_some_and(|p| p.ends_with("iter_0000012.safetensors")) {
+        if latest
+            .as_ref()
+            .is_some_and(|p| p.ends_with("iter_0000012.safetensors"))
+        {
             break;
         }
         let mut extra: Vec<&str> = args.to_vec();
@@ -345,7 +348,10 @@ fn kill_9_at_random_moments_then_resume_reproduces_the_uninterrupted_run() {
             break;
         }
     }
-    assert!(kills > 0 && resumes > 0, "{kills} kills, {resumes} resumes: lengthen the run");
+    assert!(
+        kills > 0 && resumes > 0,
+        "{kills} kills, {resumes} resumes: lengthen the run"
+    );
     // Finish whatever is left.
     let latest = checkpoints(&run)
         .pop()

@@ -8,11 +8,11 @@
 
 use image::{Rgb, RgbImage};
 use rccr_trainer::metrics::{ClassIous, ValRecord};
+use rccr_trainer::tensorboard::{self, TbWriter};
 use rccr_trainer::trainer::{GradNorms, StepStats};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use rccr_trainer::tensorboard::{self, TbWriter};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -267,13 +267,33 @@ fn training_writes_what_metrics_jsonl_holds_and_val_pictures() {
         .arg("--out")
         .arg(&run)
         .args([
-            "--backbone", "small", "--crop", "64", "--iterations", "4", "--source-size", "128x64",
-            "--target-size", "128x64", "--val-size", "128x64", "--val-every", "2", "--workers", "1",
-            "--quiet", "--log-every", "1",
+            "--backbone",
+            "small",
+            "--crop",
+            "64",
+            "--iterations",
+            "4",
+            "--source-size",
+            "128x64",
+            "--target-size",
+            "128x64",
+            "--val-size",
+            "128x64",
+            "--val-every",
+            "2",
+            "--workers",
+            "1",
+            "--quiet",
+            "--log-every",
+            "1",
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tb = read_back(&run.join("tb"));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -284,14 +304,19 @@ fn training_writes_what_metrics_jsonl_holds_and_val_pictures() {
     for line in &lines {
         let step = line["iteration"].as_u64().unwrap();
         for (tag, value) in rccr_trainer::tensorboard::scalars_of(line) {
-            let series = tb["scalars"][&tag].as_array().unwrap_or_else(|| panic!("no {tag}"));
+            let series = tb["scalars"][&tag]
+                .as_array()
+                .unwrap_or_else(|| panic!("no {tag}"));
             let got = series
                 .iter()
                 .find(|p| p[0].as_u64() == Some(step))
                 .unwrap_or_else(|| panic!("{tag} has no step {step}"))[1]
                 .as_f64()
                 .unwrap();
-            assert!((got - value).abs() <= 1e-6 * value.abs().max(1.0), "{tag}@{step}: {got} vs {value}");
+            assert!(
+                (got - value).abs() <= 1e-6 * value.abs().max(1.0),
+                "{tag}@{step}: {got} vs {value}"
+            );
             checked += 1;
         }
     }
@@ -301,6 +326,9 @@ fn training_writes_what_metrics_jsonl_holds_and_val_pictures() {
         let img = tb["images"][format!("val/image_{i}")].as_array().unwrap();
         let steps: Vec<u64> = img.iter().map(|e| e[0].as_u64().unwrap()).collect();
         assert_eq!(steps, vec![2, 4]);
-        assert_eq!((img[0][1].as_u64(), img[0][2].as_u64()), (Some(3 * 128), Some(64)));
+        assert_eq!(
+            (img[0][1].as_u64(), img[0][2].as_u64()),
+            (Some(3 * 128), Some(64))
+        );
     }
 }

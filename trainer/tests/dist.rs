@@ -10,6 +10,9 @@
 //! Child processes are this test binary re-run on an ignored test with the torchrun
 //! variables set, or `rccr-train` itself.
 
+mod common;
+
+use common::text;
 use rccr_trainer::dist::{sync_bn, GroupConfig, ProcessGroup};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,14 +84,6 @@ fn spawn_children(
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
         .collect()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
@@ -244,13 +239,7 @@ fn synchronised_batch_norm_matches_one_process() {
 }
 
 fn make_data(dir: &Path) {
-    let out = Command::new(BIN)
-        .args(["synth", "--out"])
-        .arg(dir)
-        .args(["--count", "8", "--val-count", "2", "--size", "128x64"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    common::synth_cli(BIN, dir, 8);
 }
 
 /// `rccr-train train` on `ranks` processes (1: no launcher variables).

@@ -3,20 +3,15 @@
 //! and asserts the exit status, that no panic happened, that the message names the
 //! cause and the fix, and that no partial or non-finite file is left behind.
 
+mod common;
+
+use common::text;
 use rccr_trainer::checkpoint;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rccr-train");
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn no_panic(o: &Output) {
     let t = text(o);
@@ -27,13 +22,7 @@ fn no_panic(o: &Output) {
 }
 
 fn make_data(dir: &Path) {
-    let out = Command::new(BIN)
-        .args(["synth", "--out"])
-        .arg(dir)
-        .args(["--count", "6", "--val-count", "2", "--size", "128x64"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    common::synth_cli(BIN, dir, 6);
 }
 
 fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {

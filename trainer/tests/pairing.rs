@@ -5,11 +5,12 @@
 //! subsets and bank samples that the baseline never draws. Controls: mu > 0 and another
 //! seed do change the teacher, so the comparison can fail.
 
+mod common;
+
 use rccr_models::Backbone;
 use rccr_trainer::checkpoint;
 use rccr_trainer::config::{Mode, MuSchedule, Size, TrainConfig};
 use rccr_trainer::run::{run, RunOptions};
-use rccr_trainer::synth::{self, SynthArgs};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,14 +19,7 @@ use tch::Tensor;
 const ITERATIONS: u64 = 20;
 
 fn make_data(dir: &Path) {
-    let mut args = SynthArgs::new(dir);
-    args.count = 8;
-    args.val_count = 2;
-    args.size = synth::ImageSize {
-        width: 128,
-        height: 64,
-    };
-    synth::run(&args).expect("synthetic data");
+    common::synth_lib(dir);
 }
 
 fn config(dir: &Path, mode: Mode, mu_max: f64, seed: u64) -> TrainConfig {

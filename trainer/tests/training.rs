@@ -4,25 +4,19 @@
 //! NaN loss stops training with an error naming the iteration and the term, before any
 //! weight changes; every Table 3 switch changes what the iteration does.
 
+mod common;
+
 use rccr_models::Backbone;
 use rccr_trainer::checkpoint;
 use rccr_trainer::config::{Components, Mode, Size, TrainConfig};
 use rccr_trainer::run::{run, RunOptions};
-use rccr_trainer::synth::{self, SynthArgs};
 use rccr_trainer::trainer::{TrainError, Trainer};
 use serde_json::Value;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 fn make_data(dir: &Path) {
-    let mut args = SynthArgs::new(dir);
-    args.count = 8;
-    args.val_count = 2;
-    args.size = synth::ImageSize {
-        width: 128,
-        height: 64,
-    };
-    synth::run(&args).expect("synthetic data");
+    common::synth_lib(dir);
 }
 
 fn tiny(dir: &Path, iterations: u64) -> TrainConfig {

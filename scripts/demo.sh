@@ -61,12 +61,13 @@ python3 scripts/demo_table.py "$OUT/runs" source-only baseline rccr | tee "$OUT/
 step "overview picture: 3 target val images, ground truth, source-only / baseline / RCCR"
 rm -rf "$OUT/overview"
 mkdir -p "$OUT/overview/images"
-find "$OUT/data/cityscapes/leftImg8bit/val" -name '*_leftImg8bit.png' | sort | head -n 3 |
-  while read -r img; do
-    city=$(basename "$(dirname "$img")")
-    mkdir -p "$OUT/overview/images/$city"
-    cp "$img" "$OUT/overview/images/$city/"
-  done
+# (The whole list is read first: `| head` would end `sort` with SIGPIPE under pipefail.)
+mapfile -t val_images < <(find "$OUT/data/cityscapes/leftImg8bit/val" -name '*_leftImg8bit.png' | sort)
+for img in "${val_images[@]:0:3}"; do
+  city=$(basename "$(dirname "$img")")
+  mkdir -p "$OUT/overview/images/$city"
+  cp "$img" "$OUT/overview/images/$city/"
+done
 for mode in source-only baseline; do
   ckpt=$(ls "$OUT/runs/$mode/checkpoints/"iter_*.safetensors | sort | tail -n 1)
   "$BIN/rccr-export" --checkpoint "$ckpt" --out "$OUT/overview/$mode.onnx" >/dev/null
@@ -81,8 +82,8 @@ PYTHONPATH="$PWD/.deps/py${PYTHONPATH:+:$PYTHONPATH}" python3 scripts/demo_overv
   --images "$OUT/overview/images" --labels "$OUT/data/cityscapes/gtFine/val" \
   --pred "source-only=$OUT/overview/source-only" --pred "baseline=$OUT/overview/baseline" \
   --pred "RCCR=$OUT/overview/rccr" --out "$OUT/overview.png"
-overlay=$(find "$OUT/overview/rccr/overlay" -name '*.png' | sort | head -n 1)
-cp "$overlay" "$OUT/overlay.png"
+mapfile -t overlays < <(find "$OUT/overview/rccr/overlay" -name '*.png' | sort)
+cp "${overlays[0]}" "$OUT/overlay.png"
 echo "wrote $OUT/overlay.png (rccr-infer --overlay, RCCR)"
 echo
 echo "demo finished in $((SECONDS - start)) s; predictions: $OUT/predictions, table: $OUT/table.md,"

@@ -247,47 +247,22 @@ fn train(data: &Path, out: &Path, ranks: usize, extra: &[&str]) -> Vec<Output> {
     let port = free_port().to_string();
     let children: Vec<Child> = (0..ranks)
         .map(|r| {
-            let mut c = Command::new(BIN);
-            c.args(["train", "--source"])
-                .arg(format!("gta5:{}", data.join("gta5").display()))
-                .arg("--target")
-                .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
-                .arg("--out")
-                .arg(out)
-                .args([
-                    "--backbone",
-                    "small",
-                    "--crop",
-                    "64",
-                    "--batch-size",
-                    "2",
-                    "--source-size",
-                    "128x64",
-                    "--target-size",
-                    "128x64",
-                    "--val-size",
-                    "128x64",
-                    "--val-limit",
-                    "2",
-                    "--workers",
-                    "1",
-                    "--no-ps",
-                    "--lr",
-                    "0.01",
-                    "--mu-schedule",
-                    "constant",
-                    "--mu-max",
-                    "1",
-                    "--quiet",
-                    "--dist-timeout",
-                    "60",
-                    "--save-all-ranks",
-                    "--seed",
-                    "4",
-                ])
-                .args(extra)
-                .env("OMP_NUM_THREADS", "1")
-                .env("RUST_BACKTRACE", "0");
+            let mut c = common::train_command(BIN, &common::gta5(data), "128x64", data, out);
+            c.args([
+                "--no-ps",
+                "--lr",
+                "0.01",
+                "--mu-schedule",
+                "constant",
+                "--mu-max",
+                "1",
+                "--dist-timeout",
+                "60",
+                "--save-all-ranks",
+                "--seed",
+                "4",
+            ])
+            .args(extra);
             if ranks > 1 {
                 c.env("RANK", r.to_string())
                     .env("WORLD_SIZE", ranks.to_string())

@@ -26,49 +26,13 @@ fn make_data(dir: &Path) {
 }
 
 fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
-    train_cmd_from(
-        &format!("gta5:{}", data.join("gta5").display()),
-        "128x64",
-        data,
-        out,
-        extra,
-    )
+    train_cmd_from(&common::gta5(data), "128x64", data, out, extra)
 }
 
 /// `rccr-train train` from `source` with images resized to `size`.
 fn train_cmd_from(source: &str, size: &str, data: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(["train", "--source", source])
-        .arg("--target")
-        .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
-        .arg("--out")
-        .arg(out)
-        .args([
-            "--backbone",
-            "small",
-            "--crop",
-            "64",
-            "--batch-size",
-            "2",
-            "--source-size",
-            size,
-            "--target-size",
-            size,
-            "--val-size",
-            "128x64",
-            "--val-limit",
-            "2",
-            "--workers",
-            "1",
-            "--quiet",
-            "--seed",
-            "2",
-            "--val-every",
-            "0",
-        ])
-        .args(extra)
-        .env("OMP_NUM_THREADS", "1")
-        .env("RUST_BACKTRACE", "0");
+    let mut c = common::train_command(BIN, source, size, data, out);
+    c.args(["--seed", "2", "--val-every", "0"]).args(extra);
     c
 }
 
@@ -240,7 +204,7 @@ fn crops_larger_than_the_images_are_reported_with_their_padding_share() {
     let run = tmp.path().join("run");
     // 64x32 images, 64 crops: half of every crop is padding.
     let o = train_cmd_from(
-        &format!("gta5:{}", data.join("gta5").display()),
+        &common::gta5(&data),
         "64x32",
         &data,
         &run,

@@ -6,6 +6,8 @@
 //! every tag with each step once, the resumed values, and the images at their sizes and
 //! pixels. Also checks that the checked-in prost code is what the vendored protos give.
 
+mod common;
+
 use image::{Rgb, RgbImage};
 use rccr_trainer::metrics::{ClassIous, ValRecord};
 use rccr_trainer::tensorboard::{self, TbWriter};
@@ -251,42 +253,10 @@ fn training_writes_what_metrics_jsonl_holds_and_val_pictures() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let bin = env!("CARGO_BIN_EXE_rccr-train");
-    let synth = Command::new(bin)
-        .args(["synth", "--out"])
-        .arg(&data)
-        .args(["--count", "4", "--val-count", "2", "--size", "128x64"])
-        .output()
-        .unwrap();
-    assert!(synth.status.success());
+    common::synth_cli(bin, &data, 4);
     let run = tmp.path().join("run");
-    let out = Command::new(bin)
-        .args(["train", "--source"])
-        .arg(format!("gta5:{}", data.join("gta5").display()))
-        .arg("--target")
-        .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
-        .arg("--out")
-        .arg(&run)
-        .args([
-            "--backbone",
-            "small",
-            "--crop",
-            "64",
-            "--iterations",
-            "4",
-            "--source-size",
-            "128x64",
-            "--target-size",
-            "128x64",
-            "--val-size",
-            "128x64",
-            "--val-every",
-            "2",
-            "--workers",
-            "1",
-            "--quiet",
-            "--log-every",
-            "1",
-        ])
+    let out = common::train_command(bin, &common::gta5(&data), "128x64", &data, &run)
+        .args(["--iterations", "4", "--val-every", "2", "--log-every", "1"])
         .output()
         .unwrap();
     assert!(

@@ -45,3 +45,42 @@ pub fn synth_lib(dir: &Path) {
     };
     synth::run(&args).expect("synthetic data");
 }
+
+/// `source` `gta5:DATA/gta5` of synthetic data in `data`.
+pub fn gta5(data: &Path) -> String {
+    format!("gta5:{}", data.join("gta5").display())
+}
+
+/// `rccr-train train` (binary `bin`) on tiny data: `source` and the Cityscapes-layout
+/// target of `data`, images resized to `size` (validation 128x64, at most 2 images), the
+/// `small` backbone, 64 crops, batch 2, one data worker, one libtorch thread, quiet.
+pub fn train_command(bin: &str, source: &str, size: &str, data: &Path, out: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["train", "--source", source])
+        .arg("--target")
+        .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--backbone",
+            "small",
+            "--crop",
+            "64",
+            "--batch-size",
+            "2",
+            "--source-size",
+            size,
+            "--target-size",
+            size,
+            "--val-size",
+            "128x64",
+            "--val-limit",
+            "2",
+            "--workers",
+            "1",
+            "--quiet",
+        ])
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_BACKTRACE", "0");
+    c
+}

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+#[cfg(feature = "runtime")]
 use crate::runtime::RuntimeError;
 
 /// Everything that can go wrong while segmenting or scoring.
@@ -165,9 +166,11 @@ pub enum InferError {
         needs: String,
     },
     /// An ONNX Runtime call failed outside a model's session (building a session).
+    #[cfg(feature = "runtime")]
     #[error("ONNX Runtime: {0}")]
     Ort(#[from] ort::Error),
     /// ONNX Runtime itself could not be loaded.
+    #[cfg(feature = "runtime")]
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     /// An external tool (the official Python evaluation) failed.
@@ -183,6 +186,7 @@ pub enum InferError {
     Invalid(String),
 }
 
+#[cfg(feature = "runtime")]
 impl From<ort::Error<ort::session::builder::SessionBuilder>> for InferError {
     fn from(e: ort::Error<ort::session::builder::SessionBuilder>) -> Self {
         InferError::Ort(e.into())

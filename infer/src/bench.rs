@@ -18,9 +18,9 @@ use rayon::prelude::*;
 
 use crate::error::{InferError, Result};
 use crate::imageio;
-use crate::seed::SplitMix;
 use crate::labelmap::LabelMap;
 use crate::score::{self, ScoreOptions};
+use crate::seed::SplitMix;
 use crate::taxonomy::MAX_LABEL_ID;
 
 fn fill_rect(m: &mut LabelMap, x0: u32, y0: u32, w: u32, h: u32, v: u8) {

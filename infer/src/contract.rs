@@ -87,7 +87,10 @@ fn is_cityscapes(n: usize) -> bool {
 /// Class names of `n` classes: the Cityscapes names for 19, else `class_{i}`.
 pub fn default_class_names(n: usize) -> Vec<String> {
     if is_cityscapes(n) {
-        taxonomy::class_names().into_iter().map(String::from).collect()
+        taxonomy::class_names()
+            .into_iter()
+            .map(String::from)
+            .collect()
     } else {
         (0..n).map(custom_class_name).collect()
     }
@@ -179,7 +182,10 @@ impl ModelMetadata {
             (BACKBONE, self.backbone.clone()),
             (CHECKPOINT, self.checkpoint.clone()),
             (ITERATION, self.iteration.map(|i| i.to_string())),
-            (OUTPUTS, (!self.outputs.is_empty()).then(|| json(&self.outputs))),
+            (
+                OUTPUTS,
+                (!self.outputs.is_empty()).then(|| json(&self.outputs)),
+            ),
             (MODEL_CONFIG, self.model_config.clone()),
             (WEIGHTS, self.weights.clone()),
         ];
@@ -206,7 +212,12 @@ impl ModelMetadata {
         if let Some(s) = get(CLASS_NAMES) {
             meta.class_names = parse_json(CLASS_NAMES, &s, "a JSON array of strings")?;
         }
-        check_len(CLASS_NAMES, meta.class_names.len(), num_classes, "class names")?;
+        check_len(
+            CLASS_NAMES,
+            meta.class_names.len(),
+            num_classes,
+            "class names",
+        )?;
         if let Some(s) = get(PALETTE) {
             meta.palette = parse_json(PALETTE, &s, "a JSON array of [r, g, b]")?;
         }
@@ -275,7 +286,10 @@ mod tests {
     #[test]
     fn fallbacks_are_cityscapes_for_19_and_custom_otherwise() {
         let m = ModelMetadata::for_classes(19);
-        assert_eq!((m.class_names[0].as_str(), m.palette[0]), ("road", [128, 64, 128]));
+        assert_eq!(
+            (m.class_names[0].as_str(), m.palette[0]),
+            ("road", [128, 64, 128])
+        );
         assert_eq!(m.label_set, "cityscapes19");
         let m = ModelMetadata::for_classes(5);
         assert_eq!(m.class_names[4], "class_4");
@@ -309,7 +323,10 @@ mod tests {
             (CLASS_NAMES.to_string(), "[\"a\"]".to_string()),
         ]);
         let e = ModelMetadata::from_map(&map).unwrap_err();
-        assert_eq!(e.to_string(), "metadata `rccr.class_names` lists 1 class names for 2 classes");
+        assert_eq!(
+            e.to_string(),
+            "metadata `rccr.class_names` lists 1 class names for 2 classes"
+        );
         let map = HashMap::from([(NUM_CLASSES.to_string(), "256".to_string())]);
         assert!(ModelMetadata::from_map(&map).is_err());
     }

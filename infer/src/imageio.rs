@@ -213,7 +213,12 @@ impl PngColor<'_> {
 /// Encodes `width x height` 8-bit pixels (row-major, [`PngColor::channels`] bytes each)
 /// as PNG bytes with fast compression. Fails on an empty image or a `data` length that
 /// does not match the size.
-pub fn encode_png(width: u32, height: u32, color: PngColor, data: &[u8]) -> std::io::Result<Vec<u8>> {
+pub fn encode_png(
+    width: u32,
+    height: u32,
+    color: PngColor,
+    data: &[u8],
+) -> std::io::Result<Vec<u8>> {
     let expected = width as usize * height as usize * color.channels();
     if data.len() != expected || expected == 0 {
         return Err(std::io::Error::new(

@@ -14,7 +14,6 @@ use crate::contract::{ModelMetadata, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use crate::error::{InferError, Result};
 use crate::taxonomy;
 
-
 /// What the model file says about itself.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelInfo {
@@ -44,6 +43,99 @@ pub struct ModelInfo {
     pub has_logits: bool,
 }
 
+/// The `image` input's fixed dimensions: batch, and `(width, height)`; `None` = dynamic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputShape {
+    /// Fixed batch size.
+    pub batch: Option<usize>,
+    /// Fixed `(width, height)`.
+    pub size: Option<(u32, u32)>,
+}
+
+/// Which of the contract's outputs a model has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outputs {
+    /// `labels` (int64).
+    pub labels: bool,
+    /// `logits` (float32).
+    pub logits: bool,
+}
+
+/// Checks the `image` input: a float32 `N x 3 x H x W` tensor with H and W both fixed or
+/// both dynamic. The error is the reason the model breaks the contract.
+fn input_shape(session: &Session) -> std::result::Result<InputShape, String> {
+    let inputs = session.inputs();
+    let Some(input) = inputs.iter().find(|i| i.name() == INPUT_NAME) else {
+        let names: Vec<String> = inputs.iter().map(|i| i.name().to_string()).collect();
+        return Err(format!(
+            "it has no input named `{INPUT_NAME}` (inputs: {})",
+            names.join(", ")
+        ));
+    };
+    let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
+        return Err("input `image` is not a tensor".into());
+    };
+    if *ty != TensorElementType::Float32 {
+        return Err(format!("input `image` is {ty:?}, expected float32"));
+    }
+    if shape.len() != 4 || !(shape[1] == 3 || shape[1] < 0) {
+        return Err(format!(
+            "input `image` has shape {shape:?}, expected N x 3 x H x W"
+        ));
+    }
+    let dim = |i: usize| (shape[i] > 0).then_some(shape[i]);
+    let size = match (dim(3), dim(2)) {
+        (Some(w), Some(h)) => Some((w as u32, h as u32)),
+        (None, None) => None,
+        _ => {
+            return Err(format!(
+                "input `image` has shape {shape:?}: height and width must both be fixed or both dynamic"
+            ))
+        }
+    };
+    Ok(InputShape {
+        batch: dim(0).map(|n| n as usize),
+        size,
+    })
+}
+
+/// Whether output `name` exists; an error when it exists with another element type
+/// than `expected`.
+fn has_output(
+    session: &Session,
+    name: &str,
+    expected: TensorElementType,
+) -> std::result::Result<bool, String> {
+    match session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == name)
+        .map(|o| o.dtype())
+    {
+        None => Ok(false),
+        Some(ValueType::Tensor { ty, .. }) if *ty == expected => Ok(true),
+        Some(other) => Err(format!(
+            "output `{name}` is {other:?}, expected {}",
+            match expected {
+                TensorElementType::Int64 => "int64",
+                _ => "float32",
+            }
+        )),
+    }
+}
+
+/// Checks the outputs: `labels` int64 and / or `logits` float32, at least one.
+fn outputs(session: &Session) -> std::result::Result<Outputs, String> {
+    let outputs = Outputs {
+        labels: has_output(session, LABELS_OUTPUT, TensorElementType::Int64)?,
+        logits: has_output(session, LOGITS_OUTPUT, TensorElementType::Float32)?,
+    };
+    if !outputs.labels && !outputs.logits {
+        return Err("it has neither a `labels` nor a `logits` output".into());
+    }
+    Ok(outputs)
+}
+
 impl ModelInfo {
     /// Reads and validates the contract from a session created from `path`.
     pub fn from_session(session: &Session, path: &Path) -> Result<ModelInfo> {
@@ -51,83 +143,18 @@ impl ModelInfo {
             path: path.to_path_buf(),
             reason,
         };
-        let input = session
-            .inputs()
-            .iter()
-            .find(|i| i.name() == INPUT_NAME)
-            .ok_or_else(|| {
-                not(format!(
-                    "it has no input named `{INPUT_NAME}` (inputs: {})",
-                    session
-                        .inputs()
-                        .iter()
-                        .map(|i| i.name().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-        let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
-            return Err(not("input `image` is not a tensor".into()));
-        };
-        if *ty != TensorElementType::Float32 {
-            return Err(not(format!("input `image` is {ty:?}, expected float32")));
-        }
-        if shape.len() != 4 || !(shape[1] == 3 || shape[1] < 0) {
-            return Err(not(format!(
-                "input `image` has shape {shape:?}, expected N x 3 x H x W"
-            )));
-        }
-        let dim = |i: usize| (shape[i] > 0).then_some(shape[i]);
-        let fixed_batch = dim(0).map(|n| n as usize);
-        let fixed_size = match (dim(3), dim(2)) {
-            (Some(w), Some(h)) => Some((w as u32, h as u32)),
-            (None, None) => None,
-            _ => {
-                return Err(not(format!(
-                    "input `image` has shape {shape:?}: height and width must both be fixed or both dynamic"
-                )))
-            }
-        };
-
-        let out_type = |name: &str| {
-            session
-                .outputs()
-                .iter()
-                .find(|o| o.name() == name)
-                .map(|o| o.dtype().clone())
-        };
-        let has_labels = match out_type(LABELS_OUTPUT) {
-            Some(ValueType::Tensor {
-                ty: TensorElementType::Int64,
-                ..
-            }) => true,
-            Some(other) => {
-                return Err(not(format!("output `labels` is {other:?}, expected int64")))
-            }
-            None => false,
-        };
-        let has_logits = match out_type(LOGITS_OUTPUT) {
-            Some(ValueType::Tensor {
-                ty: TensorElementType::Float32,
-                ..
-            }) => true,
-            Some(other) => {
-                return Err(not(format!(
-                    "output `logits` is {other:?}, expected float32"
-                )))
-            }
-            None => false,
-        };
-        if !has_labels && !has_logits {
-            return Err(not("it has neither a `labels` nor a `logits` output".into()));
-        }
-
+        let shape = input_shape(session).map_err(not)?;
+        let outputs = outputs(session).map_err(not)?;
         let meta = session
             .metadata()
             .map_err(|e| not(format!("its metadata cannot be read ({e})")))?;
-        let meta = ModelMetadata::from_props(|k| meta.custom(k))
-            .map_err(|e| not(e.to_string()))?;
-        Ok(ModelInfo {
+        let meta = ModelMetadata::from_props(|k| meta.custom(k)).map_err(|e| not(e.to_string()))?;
+        Ok(ModelInfo::from_parts(meta, shape, outputs))
+    }
+
+    /// The info of a model with metadata `meta`, input `shape` and `outputs`.
+    pub fn from_parts(meta: ModelMetadata, shape: InputShape, outputs: Outputs) -> ModelInfo {
+        ModelInfo {
             num_classes: meta.num_classes,
             class_names: meta.class_names,
             label_set: meta.label_set,
@@ -136,11 +163,11 @@ impl ModelInfo {
             backbone: meta.backbone,
             checkpoint: meta.checkpoint,
             iteration: meta.iteration,
-            fixed_batch,
-            fixed_size,
-            has_labels,
-            has_logits,
-        })
+            fixed_batch: shape.batch,
+            fixed_size: shape.size,
+            has_labels: outputs.labels,
+            has_logits: outputs.logits,
+        }
     }
 
     /// Whether the model's train ids are the 19 Cityscapes classes (so labelId outputs and

@@ -158,7 +158,10 @@ const NAME_WIDTH: usize = 18;
 /// The per-class result table: a header, one `name  IoU%` row per class (`-` for an
 /// undefined IoU), a rule, then the `summary` rows (means, accuracies) in the same
 /// columns. Values are fractions, printed as percentages with two decimals.
-pub fn class_table(per_class: &[(String, Option<f64>)], summary: &[(String, Option<f64>)]) -> String {
+pub fn class_table(
+    per_class: &[(String, Option<f64>)],
+    summary: &[(String, Option<f64>)],
+) -> String {
     let row = |name: &str, v: Option<f64>| {
         let value = v.map_or_else(|| "-".to_string(), |x| format!("{:.2}", 100.0 * x));
         format!("{name:<NAME_WIDTH$} {value:>7}\n")

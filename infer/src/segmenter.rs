@@ -16,9 +16,9 @@ use image::RgbImage;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 
+use crate::contract::{INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use crate::error::{InferError, Result};
 use crate::labelmap::{argmax_planes, LabelMap};
-use crate::contract::{INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use crate::model::ModelInfo;
 use crate::provider::{create_session, create_session_with_dims, Provider, SessionOptions};
 use crate::resample;
@@ -279,33 +279,39 @@ fn select_output(model: &Path, output: &str) -> Result<RunOptions<HasSelectedOut
         .with_outputs(OutputSelector::no_default().with(output)))
 }
 
+/// On the CPU, a session with H and W fixed to the input size runs faster (ONNX Runtime
+/// fuses every residual Add + Relu into its convolution only with static shapes): the
+/// session rebuilt so when the input's H and W have symbolic names, else `session`.
+fn fixed_size_cpu_session(
+    session: Session,
+    model: &Path,
+    options: &SessionOptions,
+    (width, height): (u32, u32),
+) -> Result<Session> {
+    let Some((h_name, w_name)) = spatial_dim_names(&session) else {
+        return Ok(session);
+    };
+    let dims = [(h_name, height as i64), (w_name, width as i64)];
+    let cpu = SessionOptions {
+        provider: Provider::Cpu,
+        ..options.clone()
+    };
+    Ok(create_session_with_dims(model, &cpu, &dims)?.0)
+}
+
 impl Segmenter {
     /// Loads `model` (an ONNX file made by `rccr-export`) with `options`.
     pub fn open(model: &Path, options: &SegmenterOptions) -> Result<Segmenter> {
         let (session, provider) = create_session(model, &options.session)?;
+        // The contract (`ModelMetadata::from_props`) keeps num_classes within 8-bit ids.
         let info = ModelInfo::from_session(&session, model)?;
-        if info.num_classes > 255 {
-            return Err(InferError::NotRccrModel {
-                path: model.to_path_buf(),
-                reason: "more than 255 classes do not fit 8-bit label maps".into(),
-            });
-        }
         let input_size = resolve_input_size(&info, options.input_size, model)?;
         let batch_size = resolve_batch_size(&info, options.batch_size, model)?;
-        // On the CPU, a session with H and W fixed to the input size runs faster (ONNX
-        // Runtime fuses every residual Add + Relu into its convolution only with static
-        // shapes): rebuild it so. `info` keeps describing the model file (dynamic).
-        let mut session = session;
-        if provider == Provider::Cpu && info.fixed_size.is_none() {
-            if let Some((h_name, w_name)) = spatial_dim_names(&session) {
-                let dims = [(h_name, input_size.1 as i64), (w_name, input_size.0 as i64)];
-                let cpu = SessionOptions {
-                    provider: Provider::Cpu,
-                    ..options.session.clone()
-                };
-                session = create_session_with_dims(model, &cpu, &dims)?.0;
-            }
-        }
+        let session = if provider == Provider::Cpu && info.fixed_size.is_none() {
+            fixed_size_cpu_session(session, model, &options.session, input_size)?
+        } else {
+            session
+        };
         let wanted = if info.has_labels {
             LABELS_OUTPUT
         } else {

@@ -76,7 +76,10 @@ mod tests {
         assert_eq!(s.pair(), (1280, 720));
         assert_eq!(s.to_string(), "1280x720");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"1280x720\"");
-        assert_eq!(serde_json::from_str::<Size>("\"2x3\"").unwrap(), Size::new(2, 3));
+        assert_eq!(
+            serde_json::from_str::<Size>("\"2x3\"").unwrap(),
+            Size::new(2, 3)
+        );
         for bad in ["1280", "0x720", "ax2", "12x", "-1x2"] {
             assert!(bad.parse::<Size>().is_err(), "{bad}");
         }

@@ -85,7 +85,10 @@ mod tests {
         let tmp = temporary_path(Path::new("dir/model.safetensors"));
         assert_eq!(tmp.parent(), Some(Path::new("dir")));
         let name = tmp.file_name().unwrap().to_str().unwrap();
-        assert_eq!(name, format!(".model.safetensors.{}.tmp", std::process::id()));
+        assert_eq!(
+            name,
+            format!(".model.safetensors.{}.tmp", std::process::id())
+        );
         assert_eq!(temporary_owner(name), Some(std::process::id()));
         assert_eq!(temporary_owner(".a.12.tmp"), Some(12));
         for other in ["a.12.tmp", ".a.tmp", ".a.x1.tmp", "..12.tmp", ".a.12.tmpx"] {

@@ -146,6 +146,16 @@ pub enum InferError {
         problem: String,
     },
     /// ONNX Runtime refused to load or run the model.
+    #[cfg(feature = "runtime")]
+    #[error("ONNX Runtime failed on {path}: {source}")]
+    OrtSession {
+        /// The model file.
+        path: PathBuf,
+        /// ONNX Runtime's error.
+        source: ort::Error,
+    },
+    /// A model whose session does not behave as the contract says (an output of the
+    /// wrong shape), or a file ONNX Runtime cannot parse.
     #[error("ONNX Runtime failed on {path}: {reason}")]
     Session {
         /// The model file.
@@ -194,6 +204,18 @@ impl From<ort::Error<ort::session::builder::SessionBuilder>> for InferError {
 }
 
 impl InferError {
+    /// An ONNX Runtime error about the model `path`.
+    #[cfg(feature = "runtime")]
+    pub fn ort<R>(path: impl Into<PathBuf>, source: ort::Error<R>) -> Self
+    where
+        ort::Error: From<ort::Error<R>>,
+    {
+        InferError::OrtSession {
+            path: path.into(),
+            source: source.into(),
+        }
+    }
+
     /// An I/O error about `path`.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         InferError::Io {

@@ -479,13 +479,22 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+/// Runs the command; a failure ends as `error: <cause chain>` on stderr with exit status
+/// 1 (usage errors stay clap's, exit 2).
+fn main() -> std::process::ExitCode {
     rccr_infer::logging::init("info");
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Some(Command::Score(a)) => score_cmd(a),
         Some(Command::Bench(a)) => latency_cmd(a),
         Some(Command::BenchScore(a)) => bench_cmd(a),
         None => run(cli.run),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -157,19 +157,14 @@ fn base_builder(
     opts: &SessionOptions,
     dims: &[(String, i64)],
 ) -> Result<SessionBuilder> {
-    let fail = |e: ort::Error<SessionBuilder>| InferError::Session {
-        path: model.to_path_buf(),
-        reason: e.to_string(),
-    };
     let mut builder = session_builder(opts.intra_threads).map_err(|e| match e {
-        InferError::Ort(e) => InferError::Session {
-            path: model.to_path_buf(),
-            reason: e.to_string(),
-        },
+        InferError::Ort(e) => InferError::ort(model, e),
         other => other,
     })?;
     for (name, size) in dims {
-        builder = builder.with_dimension_override(name, *size).map_err(fail)?;
+        builder = builder
+            .with_dimension_override(name, *size)
+            .map_err(|e| InferError::ort(model, e))?;
     }
     Ok(builder)
 }

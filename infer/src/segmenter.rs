@@ -272,10 +272,7 @@ fn resolve_batch_size(info: &ModelInfo, asked: usize, model: &Path) -> Result<us
 /// Run options computing only `output`.
 fn select_output(model: &Path, output: &str) -> Result<RunOptions<HasSelectedOutputs>> {
     Ok(RunOptions::new()
-        .map_err(|e| InferError::Session {
-            path: model.to_path_buf(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| InferError::ort(model, e))?
         .with_outputs(OutputSelector::no_default().with(output)))
 }
 
@@ -372,13 +369,6 @@ impl Segmenter {
         Batch::new(self.input_size.0, self.input_size.1)
     }
 
-    fn session_error(&self, e: ort::Error) -> InferError {
-        InferError::Session {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        }
-    }
-
     /// Checks `batch` and returns the images per model run (`n`, the fixed batch when
     /// the model has one) with the input data, zero-padded to `n` images.
     fn input_data<'a>(&self, batch: &'a Batch) -> Result<(usize, Cow<'a, [f32]>)> {
@@ -431,17 +421,14 @@ impl Segmenter {
         let (w, h) = (batch.width as usize, batch.height as usize);
         let (n, data) = self.input_data(batch)?;
         let tensor = TensorRef::from_array_view(([n, 3, h, w], &*data))
-            .map_err(|e| self.session_error(e))?;
+            .map_err(|e| InferError::ort(&self.path, e))?;
         let labels = output == LABELS_OUTPUT;
         let options = match labels {
             false => self.logits_options.as_ref().unwrap_or(&self.run_options),
             true => &self.run_options,
         };
         let path = &self.path;
-        let fail = |e: ort::Error| InferError::Session {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
+        let fail = |e: ort::Error| InferError::ort(path, e);
         let (shape, raw) = {
             let outputs = self
                 .session

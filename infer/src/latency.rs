@@ -110,7 +110,7 @@ pub struct LatencyReport {
 
 /// A deterministic synthetic camera frame: smooth gradients with blocky structure and
 /// noise (the resize cost does not depend on content; this only keeps it plausible).
-pub fn synthetic_frame(width: u32, height: u32, seed: u64) -> RgbImage {
+pub(crate) fn synthetic_frame(width: u32, height: u32, seed: u64) -> RgbImage {
     let mut rng = SplitMix(seed);
     RgbImage::from_fn(width, height, |x, y| {
         let n = (rng.next_u64() & 15) as u32;

@@ -192,6 +192,11 @@ struct BenchArgs {
     /// Skip the official script.
     #[arg(long)]
     no_official: bool,
+    /// Folder put first on PYTHONPATH for the official script (where cityscapesscripts is
+    /// installed; `make setup` puts it in .deps/py). Default: $RCCR_PYTHONPATH, else
+    /// .deps/py when it exists in the current folder (the repository root).
+    #[arg(long)]
+    python_path: Option<PathBuf>,
     /// Runs per measurement (the best is kept).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -466,7 +471,15 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         }
     };
     let dataset = if args.no_official { None } else { dataset };
-    let res = bench::bench_score(&pred, &labels, dataset.as_deref(), args.repeat);
+    let python_path = args
+        .python_path
+        .or_else(|| std::env::var_os("RCCR_PYTHONPATH").map(PathBuf::from))
+        .or_else(|| Some(PathBuf::from(".deps/py")).filter(|p| p.is_dir()));
+    let official = dataset.as_deref().map(|dataset| bench::Official {
+        dataset,
+        python_path: python_path.as_deref(),
+    });
+    let res = bench::bench_score(&pred, &labels, official, args.repeat);
     if let Some(tmp) = generated {
         let _ = std::fs::remove_dir_all(tmp);
     }

@@ -89,7 +89,7 @@ impl ConfusionMatrix {
 
     /// Adds `count` pixels of ground truth `gt` predicted as `pred` (train ids; `gt` 255 or
     /// `>= n` is ignored, `pred >= n` is void). Returns the pixels counted.
-    pub fn add_count(&mut self, gt: u8, pred: u8, count: u64) -> u64 {
+    pub(crate) fn add_count(&mut self, gt: u8, pred: u8, count: u64) -> u64 {
         let (g, p) = (gt as usize, pred as usize);
         if gt == IGNORE || g >= self.n {
             return 0;

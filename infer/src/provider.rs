@@ -7,7 +7,7 @@
 //! folding, node fusions, layout optimisations), intra-op threads = physical cores, the
 //! memory-pattern planner on (input shapes repeat from batch to batch), subnormals
 //! flushed to zero, optional fixing of symbolic input dimensions
-//! ([`create_session_with_dims`]).
+//! (`create_session_with_dims`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -257,7 +257,7 @@ pub fn create_session(model: &Path, opts: &SessionOptions) -> Result<(Session, P
 /// Runtime's CPU layout optimiser fuse more: with dynamic H and W it cannot prove that
 /// the two inputs of a residual `Add` after a dilated convolution have equal shapes and
 /// leaves `Add` + `Relu` (and reshapes) unfused.
-pub fn create_session_with_dims(
+pub(crate) fn create_session_with_dims(
     model: &Path,
     opts: &SessionOptions,
     dims: &[(String, i64)],

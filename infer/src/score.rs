@@ -42,7 +42,7 @@ pub enum IdFormat {
 
 impl IdFormat {
     /// The id -> train-id table of this format.
-    pub fn to_train(self) -> &'static [u8; 256] {
+    pub(crate) fn to_train(self) -> &'static [u8; 256] {
         match self {
             IdFormat::LabelIds => &LABEL_TO_TRAIN,
             IdFormat::TrainIds => &TRAIN_IDENTITY,
@@ -152,12 +152,12 @@ impl PairHistogram {
     }
 
     /// The first ground-truth id (and its pixel count) that `format` rejects.
-    pub fn invalid_gt(&self, format: IdFormat) -> Option<(u8, u64)> {
+    pub(crate) fn invalid_gt(&self, format: IdFormat) -> Option<(u8, u64)> {
         self.invalid(format, true)
     }
 
     /// The first predicted id (and its pixel count) that `format` rejects.
-    pub fn invalid_pred(&self, format: IdFormat) -> Option<(u8, u64)> {
+    pub(crate) fn invalid_pred(&self, format: IdFormat) -> Option<(u8, u64)> {
         self.invalid(format, false)
     }
 
@@ -221,7 +221,7 @@ pub fn score_pair(
 }
 
 /// The error for an id outside the table of `format`.
-pub fn unknown_id(path: &Path, format: IdFormat, id: u8, count: u64) -> InferError {
+pub(crate) fn unknown_id(path: &Path, format: IdFormat, id: u8, count: u64) -> InferError {
     match format {
         IdFormat::LabelIds => InferError::UnknownLabelId {
             path: path.to_path_buf(),

@@ -35,6 +35,10 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The fallback chain of [`Provider::Auto`], fastest first: each provider that fails
+    /// to register or to build the session hands over to the next; the CPU always works.
+    pub const AUTO_ORDER: [Provider; 3] = [Provider::TensorRt, Provider::Cuda, Provider::Cpu];
+
     /// The lowercase name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -272,13 +276,14 @@ pub(crate) fn create_session_with_dims(
     runtime::ensure_loaded()?;
     match opts.provider {
         Provider::Auto => {
-            for which in [Provider::TensorRt, Provider::Cuda] {
+            let (last, first) = Provider::AUTO_ORDER.split_last().expect("a fallback chain");
+            for &which in first {
                 match build_on(model, which, opts, dims) {
                     Ok(s) => return Ok((s, which)),
                     Err(e) => tracing::debug!("auto: {which} not used: {e}"),
                 }
             }
-            build_on(model, Provider::Cpu, opts, dims).map(|s| (s, Provider::Cpu))
+            build_on(model, *last, opts, dims).map(|s| (s, *last))
         }
         which => build_on(model, which, opts, dims).map(|s| (s, which)),
     }

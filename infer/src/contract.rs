@@ -56,7 +56,7 @@ pub const CITYSCAPES19: &str = "cityscapes19";
 /// The label set recorded when a model's metadata names none.
 pub const UNKNOWN_LABEL_SET: &str = "unknown";
 /// The most classes a model may have (train ids are `u8`, 255 is [`taxonomy::IGNORE`]).
-pub const MAX_CLASSES: usize = 255;
+pub const MAX_CLASSES: usize = taxonomy::IGNORE as usize;
 
 /// The fallback name of class `i` of a label set that is not Cityscapes.
 pub fn custom_class_name(i: usize) -> String {

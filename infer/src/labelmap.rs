@@ -239,7 +239,7 @@ mod tests {
         let m = LabelMap {
             width: 21,
             height: 1,
-            data: (0..19u8).chain([19, 255]).collect(),
+            data: (0..19u8).chain([19, IGNORE]).collect(),
         };
         let ids = m.train_to_label_ids();
         assert_eq!(ids.data[0], 7); // road
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(ids.data[20], 0);
         let back = ids.label_to_train_ids();
         assert_eq!(&back.data[..19], &m.data[..19]);
-        assert_eq!(&back.data[19..], &[255, 255]);
+        assert_eq!(&back.data[19..], &[IGNORE, IGNORE]);
     }
 
     #[test]

@@ -579,7 +579,7 @@ mod tests {
         .to_string();
         assert!(e.contains("size mismatch") && e.contains("pred.png"), "{e}");
         // Train ids: 255 is fine, 19 is not.
-        let t = map(&[0, 255, 18]);
+        let t = map(&[0, IGNORE, 18]);
         assert!(validate_ids(&t, pr, IdFormat::TrainIds).is_ok());
         assert!(validate_ids(&map(&[19]), pr, IdFormat::TrainIds).is_err());
     }

@@ -20,27 +20,8 @@ use crate::error::{InferError, Result};
 use crate::imageio;
 use crate::labelmap::LabelMap;
 use crate::score::{self, ScoreOptions};
+use crate::seed::SplitMix;
 use crate::taxonomy::MAX_LABEL_ID;
-
-/// A small deterministic generator (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u32) -> u32 {
-        (self.next_u64() % n as u64) as u32
-    }
-}
 
 fn fill_rect(m: &mut LabelMap, x0: u32, y0: u32, w: u32, h: u32, v: u8) {
     for y in y0..(y0 + h).min(m.height) {
@@ -52,7 +33,7 @@ fn fill_rect(m: &mut LabelMap, x0: u32, y0: u32, w: u32, h: u32, v: u8) {
 }
 
 /// A blocky ground-truth labelId map and a prediction derived from it.
-pub fn synthetic_pair(width: u32, height: u32, rng: &mut SplitMix) -> (LabelMap, LabelMap) {
+pub(crate) fn synthetic_pair(width: u32, height: u32, rng: &mut SplitMix) -> (LabelMap, LabelMap) {
     let mut gt = LabelMap::filled(width, height, 7);
     // Mostly training classes, some void ids; never 27 (truck) so one class is only ever
     // predicted, never 31 (train) so one class is absent everywhere.
@@ -114,24 +95,26 @@ pub fn write_synthetic_split(
 }
 
 /// The Python that runs the official script: `PYTHON` or `python3`, with `PYTHONPATH`
-/// prefixed by the project's `.deps/py` (where `make setup` installs cityscapesscripts).
-pub fn python_command() -> Command {
+/// prefixed by `python_path` when given (the folder cityscapesscripts is installed in;
+/// `make setup` installs it into the repository's `.deps/py`).
+pub fn python_command(python_path: Option<&Path>) -> Command {
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = Command::new(py);
-    let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/py");
-    let mut path = deps.into_os_string();
-    if let Some(old) = std::env::var_os("PYTHONPATH") {
-        path.push(":");
-        path.push(old);
+    if let Some(dir) = python_path {
+        let mut path = dir.as_os_str().to_owned();
+        if let Some(old) = std::env::var_os("PYTHONPATH") {
+            path.push(":");
+            path.push(old);
+        }
+        cmd.env("PYTHONPATH", path);
     }
-    cmd.env("PYTHONPATH", path);
     cmd
 }
 
 /// Runs the unmodified official script as `python -m` would. NumPy 2.4 removed `np.in1d`,
 /// which the script's instance-level (nIoU) part calls; it is restored as the `np.isin`
 /// equivalent first (class IoUs do not depend on it).
-pub const OFFICIAL_MAIN: &str = "import numpy as np, runpy\n\
+pub(crate) const OFFICIAL_MAIN: &str = "import numpy as np, runpy\n\
 if not hasattr(np, 'in1d'):\n    \
 np.in1d = lambda a, b, invert=False: np.isin(a, b, invert=invert).ravel()\n\
 runpy.run_module('cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling', run_name='__main__')\n";
@@ -139,16 +122,17 @@ runpy.run_module('cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling', 
 /// The official evaluation's results on a split laid out as by [`write_synthetic_split`]
 /// (`dataset` holds `gtFine/val`, predictions in `results`): the parsed
 /// `resultPixelLevelSemanticLabeling.json` and the seconds it took, its interpreter start
-/// and imports excluded.
+/// and imports excluded. `python_path` as for [`python_command`].
 pub fn run_official(
     dataset: &Path,
     results: &Path,
     export: &Path,
+    python_path: Option<&Path>,
 ) -> Result<(serde_json::Value, f64)> {
     let io = |e: std::io::Error| InferError::io("cannot run python3 for", dataset, e);
     // Import cost, measured alone, is subtracted.
     let t = Instant::now();
-    let st = python_command()
+    let st = python_command(python_path)
         .args([
             "-c",
             "import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
@@ -165,7 +149,7 @@ pub fn run_official(
     }
     std::fs::create_dir_all(export).map_err(|e| InferError::io("cannot create", export, e))?;
     let t = Instant::now();
-    let out = python_command()
+    let out = python_command(python_path)
         .args(["-c", OFFICIAL_MAIN])
         .env("CITYSCAPES_DATASET", dataset)
         .env("CITYSCAPES_RESULTS", results)
@@ -228,27 +212,56 @@ fn best_of<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64
     Ok((last.expect("at least one run"), best.max(1e-9)))
 }
 
-/// Runs the benchmark on `pred_dir` vs `gt_dir` (`dataset` = the folder holding
-/// `gtFine/val`, for the official script; `None` skips it). Timings are the best of
-/// `repeat` runs.
+/// Where the official script runs in [`bench_score`].
+#[derive(Debug, Clone, Copy)]
+pub struct Official<'a> {
+    /// The folder holding `gtFine/val`.
+    pub dataset: &'a Path,
+    /// The folder put first on `PYTHONPATH` ([`python_command`]).
+    pub python_path: Option<&'a Path>,
+}
+
+/// Reads every pair's two PNGs (in parallel); returns the ground-truth pixels.
+fn decode_pairs(pairs: &[(PathBuf, PathBuf)]) -> Result<u64> {
+    pairs
+        .par_iter()
+        .map(|(g, p)| {
+            let a = imageio::read_label_png(g)?;
+            let b = imageio::read_label_png(p)?;
+            std::hint::black_box(&b);
+            Ok(a.len() as u64)
+        })
+        .sum()
+}
+
+/// The official script's megapixels per second on `megapixels` of predictions in
+/// `pred_dir`, and its |mIoU - `our_miou`|.
+fn official_figures(
+    official: Official<'_>,
+    pred_dir: &Path,
+    megapixels: f64,
+    our_miou: Option<f64>,
+) -> Result<(f64, Option<f64>)> {
+    let export = tempfile_dir()?;
+    let result = run_official(official.dataset, pred_dir, &export, official.python_path);
+    let _ = std::fs::remove_dir_all(&export);
+    let (json, secs) = result?;
+    let diff = match (json["averageScoreClasses"].as_f64(), our_miou) {
+        (Some(a), Some(b)) => Some((a - b).abs()),
+        _ => None,
+    };
+    Ok((megapixels / secs, diff))
+}
+
+/// Runs the benchmark on `pred_dir` vs `gt_dir` (`official`: where to run the official
+/// script; `None` skips it). Timings are the best of `repeat` runs.
 pub fn bench_score(
     pred_dir: &Path,
     gt_dir: &Path,
-    dataset: Option<&Path>,
+    official: Option<Official<'_>>,
     repeat: usize,
 ) -> Result<ScoreBench> {
     let pairs = score::pair_dirs(pred_dir, gt_dir)?;
-    let decode = |pairs: &[(PathBuf, PathBuf)]| -> Result<u64> {
-        pairs
-            .par_iter()
-            .map(|(g, p)| {
-                let a = imageio::read_label_png(g)?;
-                let b = imageio::read_label_png(p)?;
-                std::hint::black_box(&b);
-                Ok(a.len() as u64)
-            })
-            .sum()
-    };
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -257,27 +270,18 @@ pub fn bench_score(
         strict: true,
         ..ScoreOptions::default()
     };
-    let noop = || {};
+    let score = || score::score_dirs(pred_dir, gt_dir, &opts, &|| {});
     // Warm the page cache once.
-    let (pixels, _) = best_of(1, || decode(&pairs))?;
+    let (pixels, _) = best_of(1, || decode_pairs(&pairs))?;
     let mp = pixels as f64 / 1e6;
-    let (_, t_dec) = best_of(repeat, || decode(&pairs))?;
-    let (_, t_dec1) = best_of(repeat, || one.install(|| decode(&pairs)))?;
-    let (ours, t_score) = best_of(repeat, || score::score_dirs(pred_dir, gt_dir, &opts, &noop))?;
-    let (_, t_score1) = best_of(repeat, || {
-        one.install(|| score::score_dirs(pred_dir, gt_dir, &opts, &noop))
-    })?;
-    let (official_mps, official_miou_diff) = match dataset {
-        Some(ds) => {
-            let export = tempfile_dir()?;
-            let (json, secs) = run_official(ds, pred_dir, &export)?;
-            let _ = std::fs::remove_dir_all(&export);
-            let theirs = json["averageScoreClasses"].as_f64();
-            let diff = match (theirs, ours.scores.miou()) {
-                (Some(a), Some(b)) => Some((a - b).abs()),
-                _ => None,
-            };
-            (Some(mp / secs), diff)
+    let (_, t_dec) = best_of(repeat, || decode_pairs(&pairs))?;
+    let (_, t_dec1) = best_of(repeat, || one.install(|| decode_pairs(&pairs)))?;
+    let (ours, t_score) = best_of(repeat, score)?;
+    let (_, t_score1) = best_of(repeat, || one.install(score))?;
+    let (official_mps, official_miou_diff) = match official {
+        Some(o) => {
+            let (mps, diff) = official_figures(o, pred_dir, mp, ours.scores.miou())?;
+            (Some(mps), diff)
         }
         None => (None, None),
     };

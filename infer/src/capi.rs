@@ -111,8 +111,15 @@ fn failure(e: InferError, running: bool) -> Failure {
         InferError::Io { .. } => RCCR_ERR_IO,
         InferError::Provider { .. } => RCCR_ERR_PROVIDER,
         InferError::Runtime(_) => RCCR_ERR_RUNTIME,
-        InferError::Session { .. } if running => RCCR_ERR_INFERENCE,
-        InferError::NotRccrModel { .. } | InferError::Session { .. } => RCCR_ERR_MODEL,
+        InferError::Session { .. } | InferError::OrtSession { .. } | InferError::Ort(_)
+            if running =>
+        {
+            RCCR_ERR_INFERENCE
+        }
+        InferError::NotRccrModel { .. }
+        | InferError::Session { .. }
+        | InferError::OrtSession { .. }
+        | InferError::Ort(_) => RCCR_ERR_MODEL,
         _ => RCCR_ERR_INFERENCE,
     };
     Failure {

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+#[cfg(feature = "runtime")]
 use crate::runtime::RuntimeError;
 
 /// Everything that can go wrong while segmenting or scoring.
@@ -136,7 +137,25 @@ pub enum InferError {
         /// What is missing or wrong.
         reason: String,
     },
+    /// A model metadata value that breaks the [`crate::contract`].
+    #[error("metadata `{key}` {problem}")]
+    Metadata {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with it ("is missing", "lists 3 class names for 4 classes", ...).
+        problem: String,
+    },
     /// ONNX Runtime refused to load or run the model.
+    #[cfg(feature = "runtime")]
+    #[error("ONNX Runtime failed on {path}: {source}")]
+    OrtSession {
+        /// The model file.
+        path: PathBuf,
+        /// ONNX Runtime's error.
+        source: ort::Error,
+    },
+    /// A model whose session does not behave as the contract says (an output of the
+    /// wrong shape), or a file ONNX Runtime cannot parse.
     #[error("ONNX Runtime failed on {path}: {reason}")]
     Session {
         /// The model file.
@@ -156,7 +175,12 @@ pub enum InferError {
         /// The libraries this provider loads.
         needs: String,
     },
+    /// An ONNX Runtime call failed outside a model's session (building a session).
+    #[cfg(feature = "runtime")]
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
     /// ONNX Runtime itself could not be loaded.
+    #[cfg(feature = "runtime")]
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     /// An external tool (the official Python evaluation) failed.
@@ -172,7 +196,26 @@ pub enum InferError {
     Invalid(String),
 }
 
+#[cfg(feature = "runtime")]
+impl From<ort::Error<ort::session::builder::SessionBuilder>> for InferError {
+    fn from(e: ort::Error<ort::session::builder::SessionBuilder>) -> Self {
+        InferError::Ort(e.into())
+    }
+}
+
 impl InferError {
+    /// An ONNX Runtime error about the model `path`.
+    #[cfg(feature = "runtime")]
+    pub fn ort<R>(path: impl Into<PathBuf>, source: ort::Error<R>) -> Self
+    where
+        ort::Error: From<ort::Error<R>>,
+    {
+        InferError::OrtSession {
+            path: path.into(),
+            source: source.into(),
+        }
+    }
+
     /// An I/O error about `path`.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         InferError::Io {

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use image::RgbImage;
 
-use crate::bench::SplitMix;
 use crate::error::{InferError, Result};
+use crate::seed::SplitMix;
 use crate::segmenter::{Batch, Segmenter};
 
 /// What to measure.
@@ -110,7 +110,7 @@ pub struct LatencyReport {
 
 /// A deterministic synthetic camera frame: smooth gradients with blocky structure and
 /// noise (the resize cost does not depend on content; this only keeps it plausible).
-pub fn synthetic_frame(width: u32, height: u32, seed: u64) -> RgbImage {
+pub(crate) fn synthetic_frame(width: u32, height: u32, seed: u64) -> RgbImage {
     let mut rng = SplitMix(seed);
     RgbImage::from_fn(width, height, |x, y| {
         let n = (rng.next_u64() & 15) as u32;

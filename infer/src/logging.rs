@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::io::IsTerminal;
 
 /// Whether log lines get ANSI colours: on a terminal, unless `NO_COLOR` holds a value.
-pub fn colour_enabled(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+pub(crate) fn colour_enabled(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
     is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 

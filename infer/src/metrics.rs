@@ -89,7 +89,7 @@ impl ConfusionMatrix {
 
     /// Adds `count` pixels of ground truth `gt` predicted as `pred` (train ids; `gt` 255 or
     /// `>= n` is ignored, `pred >= n` is void). Returns the pixels counted.
-    pub fn add_count(&mut self, gt: u8, pred: u8, count: u64) -> u64 {
+    pub(crate) fn add_count(&mut self, gt: u8, pred: u8, count: u64) -> u64 {
         let (g, p) = (gt as usize, pred as usize);
         if gt == IGNORE || g >= self.n {
             return 0;
@@ -216,7 +216,7 @@ mod tests {
         // class 2: TP 0, FN 1                        -> 0
         let mut cm = ConfusionMatrix::new(3);
         assert_eq!(
-            cm.add(&[0, 0, 1, 1, 2, 255], &[0, 1, 1, 1, 0, 2]).unwrap(),
+            cm.add(&[0, 0, 1, 1, 2, IGNORE], &[0, 1, 1, 1, 0, 2]).unwrap(),
             5
         );
         let iou = cm.per_class_iou();
@@ -243,7 +243,7 @@ mod tests {
         assert_eq!(cm.mean_iou(), Some(0.0));
         assert_eq!(cm.pixel_accuracy(), Some(0.0));
         let mut empty = ConfusionMatrix::new(2);
-        assert_eq!(empty.add(&[255, 255], &[0, 1]).unwrap(), 0);
+        assert_eq!(empty.add(&[IGNORE, IGNORE], &[0, 1]).unwrap(), 0);
         assert_eq!(empty.mean_iou(), None);
         assert_eq!(empty.pixel_accuracy(), None);
     }
@@ -255,7 +255,7 @@ mod tests {
         // class 0: TP 1, FN 1 (void) -> 1/2; class 1: TP 1, FN 1 (void) -> 1/2.
         // No class gets a false positive from the void pixels.
         let mut cm = ConfusionMatrix::new(2);
-        assert_eq!(cm.add(&[0, 0, 1, 1], &[0, 255, 1, 255]).unwrap(), 4);
+        assert_eq!(cm.add(&[0, 0, 1, 1], &[0, IGNORE, 1, IGNORE]).unwrap(), 4);
         assert_eq!(cm.unscored(), 2);
         assert_eq!(cm.void_predictions(0), 1);
         assert_eq!(cm.iou(0), Some(0.5));
@@ -267,7 +267,7 @@ mod tests {
 
     #[test]
     fn add_count_and_merge_equal_pixelwise_adds() {
-        let gt = [0u8, 1, 2, 2, 255, 7, 1];
+        let gt = [0u8, 1, 2, 2, IGNORE, 7, 1];
         let pred = [0u8, 2, 2, 9, 1, 1, 1];
         let mut a = ConfusionMatrix::new(3);
         a.add(&gt[..3], &pred[..3]).unwrap();

@@ -7,7 +7,7 @@
 //! folding, node fusions, layout optimisations), intra-op threads = physical cores, the
 //! memory-pattern planner on (input shapes repeat from batch to batch), subnormals
 //! flushed to zero, optional fixing of symbolic input dimensions
-//! ([`create_session_with_dims`]).
+//! (`create_session_with_dims`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,10 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The fallback chain of [`Provider::Auto`], fastest first: each provider that fails
+    /// to register or to build the session hands over to the next; the CPU always works.
+    pub const AUTO_ORDER: [Provider; 3] = [Provider::TensorRt, Provider::Cuda, Provider::Cpu];
+
     /// The lowercase name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -135,32 +139,36 @@ pub fn physical_cores() -> usize {
     }
 }
 
+/// A session builder on the shared ONNX Runtime environment (the library is loaded
+/// first, [`runtime::environment`]) with the throughput options of this module: every
+/// graph optimisation, `threads` intra-op threads (default [`physical_cores`]), the
+/// memory-pattern planner and flush-to-zero. No execution provider is registered (CPU).
+pub fn session_builder(threads: Option<usize>) -> Result<SessionBuilder> {
+    let env = runtime::environment()?;
+    let threads = threads.unwrap_or_else(physical_cores).max(1);
+    Ok(Session::builder(&env)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_intra_threads(threads)?
+        .with_memory_pattern(true)?
+        // Subnormals are slow on x86 and carry no information in a segmentation network.
+        .with_flush_to_zero()?)
+}
+
+/// [`session_builder`] for `model` with `opts`' threads and the symbolic input
+/// dimensions `dims` fixed; errors name the model.
 fn base_builder(
     model: &Path,
     opts: &SessionOptions,
     dims: &[(String, i64)],
 ) -> Result<SessionBuilder> {
-    let env = runtime::environment()?;
-    let fail = |e: String| InferError::Session {
-        path: model.to_path_buf(),
-        reason: e,
-    };
-    let threads = opts.intra_threads.unwrap_or_else(physical_cores).max(1);
-    let mut builder = Session::builder(&env)
-        .map_err(|e| fail(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| fail(e.to_string()))?
-        .with_intra_threads(threads)
-        .map_err(|e| fail(e.to_string()))?
-        .with_memory_pattern(true)
-        .map_err(|e| fail(e.to_string()))?
-        // Subnormals are slow on x86 and carry no information in a segmentation network.
-        .with_flush_to_zero()
-        .map_err(|e| fail(e.to_string()))?;
+    let mut builder = session_builder(opts.intra_threads).map_err(|e| match e {
+        InferError::Ort(e) => InferError::ort(model, e),
+        other => other,
+    })?;
     for (name, size) in dims {
         builder = builder
             .with_dimension_override(name, *size)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| InferError::ort(model, e))?;
     }
     Ok(builder)
 }
@@ -253,7 +261,7 @@ pub fn create_session(model: &Path, opts: &SessionOptions) -> Result<(Session, P
 /// Runtime's CPU layout optimiser fuse more: with dynamic H and W it cannot prove that
 /// the two inputs of a residual `Add` after a dilated convolution have equal shapes and
 /// leaves `Add` + `Relu` (and reshapes) unfused.
-pub fn create_session_with_dims(
+pub(crate) fn create_session_with_dims(
     model: &Path,
     opts: &SessionOptions,
     dims: &[(String, i64)],
@@ -268,13 +276,14 @@ pub fn create_session_with_dims(
     runtime::ensure_loaded()?;
     match opts.provider {
         Provider::Auto => {
-            for which in [Provider::TensorRt, Provider::Cuda] {
+            let (last, first) = Provider::AUTO_ORDER.split_last().expect("a fallback chain");
+            for &which in first {
                 match build_on(model, which, opts, dims) {
                     Ok(s) => return Ok((s, which)),
                     Err(e) => tracing::debug!("auto: {which} not used: {e}"),
                 }
             }
-            build_on(model, Provider::Cpu, opts, dims).map(|s| (s, Provider::Cpu))
+            build_on(model, *last, opts, dims).map(|s| (s, *last))
         }
         which => build_on(model, which, opts, dims).map(|s| (s, which)),
     }

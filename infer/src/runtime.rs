@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 pub const ORT_VERSION: &str = "1.31.1";
 
 /// The library file name.
-pub fn library_name() -> String {
+pub(crate) fn library_name() -> String {
     format!("libonnxruntime.so.{ORT_VERSION}")
 }
 

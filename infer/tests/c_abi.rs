@@ -316,23 +316,20 @@ fn c_example_equals_the_rust_api_and_the_cli_dynamic_and_static() {
 
     // The CLI on the same frames as PNGs.
     let cli_out = d.path().join("cli");
-    let o = run_cli(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        png.to_str().unwrap(),
-        "--out",
-        cli_out.to_str().unwrap(),
-        "--provider",
-        "cpu",
-        "--input-size",
-        "32x16",
-        "--batch-size",
-        "2",
-        "--threads",
-        "1",
-        "--quiet",
-    ]);
+    let o = run_infer(
+        &model,
+        &png,
+        &[
+            "--out",
+            cli_out.to_str().unwrap(),
+            "--input-size",
+            "32x16",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
 
     let lib = lib_dir();

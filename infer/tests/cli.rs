@@ -11,20 +11,13 @@ use std::path::Path;
 const W: u32 = 64;
 const H: u32 = 32;
 
+/// A CPU run of `model` on `root` writing under `out`, then `extra`.
 fn cpu_run(model: &Path, root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        root.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--provider",
-        "cpu",
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    run_cli(&args)
+    run_infer(
+        model,
+        root,
+        &[&["--out", out.to_str().unwrap()], extra].concat(),
+    )
 }
 
 #[test]
@@ -88,16 +81,11 @@ fn end_to_end_outputs_and_scores_match_the_official_evaluation() {
     assert_matches_official(&report, &off);
     // ... and so does `score` on them.
     let json2 = d.path().join("score.json");
-    let o = run_cli(&[
-        "score",
-        "--pred",
-        out.join("labelIds").to_str().unwrap(),
-        "--labels",
-        ds.join("gtFine/val").to_str().unwrap(),
-        "--json",
-        json2.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let o = run_score(
+        &out.join("labelIds"),
+        &ds.join("gtFine/val"),
+        &["--json", json2.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_matches_official(&read_json(&json2), &off);
 }
@@ -489,19 +477,11 @@ fn two_inputs_with_one_output_name_are_refused_before_anything_is_written() {
     assert!(!out.exists(), "nothing may be written");
     // Without outputs there is nothing to overwrite: both are segmented and counted.
     let json = d.path().join("r.json");
-    let o = run_cli(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        imgs.to_str().unwrap(),
-        "--provider",
-        "cpu",
-        "--input-size",
-        "64x32",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let o = run_infer(
+        &model,
+        &imgs,
+        &["--input-size", "64x32", "--json", json.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(read_json(&json)["images"], 3);
 }
@@ -563,7 +543,11 @@ fn missing_folders_say_they_do_not_exist_and_huge_images_say_too_large() {
     let nowhere = d.path().join("nowhere");
     let o = cpu_run(&model, &nowhere, &d.path().join("o"), &[]);
     let t = text(&o);
-    assert!(!o.status.success());
+    // A failure ends as `error: <cause chain>` on stderr with exit status 1.
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: --images "), "{t}");
     assert!(
         t.contains("--images") && t.contains("nowhere") && t.contains("does not exist"),
         "{t}"

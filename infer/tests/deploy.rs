@@ -147,28 +147,21 @@ fn three_shards_merged_equal_one_run() {
     );
     let run = |out: &Path, json: &Path, shard: Option<&str>| {
         let mut args = vec![
-            "--model",
-            model.to_str().unwrap(),
-            "--images",
-            imgs.to_str().unwrap(),
             "--labels",
             gt.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
             "--json",
             json.to_str().unwrap(),
-            "--provider",
-            "cpu",
             "--input-size",
             "32x16",
             "--threads",
             "1",
-            "--quiet",
         ];
         if let Some(s) = shard {
             args.extend(["--shard", s]);
         }
-        let o = run_cli(&args);
+        let o = run_infer(&model, &imgs, &args);
         assert!(o.status.success(), "{}", text(&o));
     };
     let all = d.path().join("all.json");

@@ -23,7 +23,7 @@ fn resize_matches_pil_bilinear() {
     save_rgb(&src, &img);
     for (dw, dh) in [(101u32, 50u32), (64, 32), (300, 150), (203, 40)] {
         let out = d.path().join(format!("pil_{dw}x{dh}.png"));
-        let o = rccr_infer::bench::python_command()
+        let o = python()
             .args([
                 "-c",
                 "import sys; from PIL import Image; \

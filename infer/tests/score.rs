@@ -14,16 +14,7 @@ fn score_agrees_with_the_official_script() {
         let (gt, pred) =
             rccr_infer::bench::write_synthetic_split(&root, count, w, h, seed).unwrap();
         let json = root.join("score.json");
-        let o = run_cli(&[
-            "score",
-            "--pred",
-            pred.to_str().unwrap(),
-            "--labels",
-            gt.to_str().unwrap(),
-            "--json",
-            json.to_str().unwrap(),
-            "--quiet",
-        ]);
+        let o = run_score(&pred, &gt, &["--json", json.to_str().unwrap()]);
         assert!(o.status.success(), "{}", text(&o));
         let ours = read_json(&json);
         assert_eq!(ours["images"], count);
@@ -42,18 +33,11 @@ fn protocols_average_the_right_classes() {
     let (gt, pred) = rccr_infer::bench::write_synthetic_split(d.path(), 3, 80, 40, 5).unwrap();
     let run = |classes: &str| {
         let json = d.path().join(format!("s{classes}.json"));
-        let o = run_cli(&[
-            "score",
-            "--pred",
-            pred.to_str().unwrap(),
-            "--labels",
-            gt.to_str().unwrap(),
-            "--classes",
-            classes,
-            "--json",
-            json.to_str().unwrap(),
-            "--quiet",
-        ]);
+        let o = run_score(
+            &pred,
+            &gt,
+            &["--classes", classes, "--json", json.to_str().unwrap()],
+        );
         assert!(o.status.success(), "{}", text(&o));
         read_json(&json)
     };
@@ -171,17 +155,11 @@ fn train_id_predictions() {
         vec![0, 13, 13, 255],
     );
     let json = d.path().join("r.json");
-    let o = run_cli(&[
-        "score",
-        "--pred",
-        d.path().join("pred").to_str().unwrap(),
-        "--labels",
-        d.path().join("gt").to_str().unwrap(),
-        "--train-ids",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let o = run_score(
+        &d.path().join("pred"),
+        &d.path().join("gt"),
+        &["--train-ids", "--json", json.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let r = read_json(&json);
     assert_eq!(r["per_class"]["road"].as_f64(), Some(0.5));

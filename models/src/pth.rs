@@ -276,16 +276,10 @@ fn allowed(module: &str, name: &str) -> bool {
 
 /// Scans every pickle of the file for callables outside [`allowed`].
 fn check_callables(path: &Path, format: PthFormat) -> Result<(), ModelError> {
-    let result = match format {
-        PthFormat::Zip => zip_pickle(path)
-            .and_then(|bytes| scan_pickle(&mut &bytes[..]).map_err(|e| e.in_pickle("data.pkl"))),
+    match format {
+        PthFormat::Zip => scan_pickle(path, "data.pkl", &mut &zip_pickle(path)?[..]),
         PthFormat::Legacy => scan_legacy(path),
-    };
-    result.map_err(|e| match e {
-        ScanError::Io(cause) => io_error(path, cause),
-        ScanError::Refused(what) => format_error(path, refused(&what)),
-        ScanError::Bad(what) => unreadable(path, what),
-    })
+    }
 }
 
 fn refused(what: &str) -> String {
@@ -298,53 +292,35 @@ fn refused(what: &str) -> String {
     )
 }
 
-#[derive(Debug)]
-enum ScanError {
-    /// The file could not be read.
-    Io(std::io::Error),
-    /// A callable outside the allow-list (its description).
-    Refused(String),
-    /// Not a well-formed pickle (why).
-    Bad(String),
-}
-
-impl ScanError {
-    fn in_pickle(self, which: &str) -> ScanError {
-        match self {
-            ScanError::Bad(why) => ScanError::Bad(format!("{which}: {why}")),
-            other => other,
-        }
-    }
-}
-
 /// The bytes of the archive's `data.pkl`.
-fn zip_pickle(path: &Path) -> Result<Vec<u8>, ScanError> {
-    let file = std::fs::File::open(path).map_err(ScanError::Io)?;
-    let bad = |e: zip::result::ZipError| ScanError::Bad(format!("zip archive: {e}"));
+fn zip_pickle(path: &Path) -> Result<Vec<u8>, ModelError> {
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let bad = |e: zip::result::ZipError| unreadable(path, format!("zip archive: {e}"));
     let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(bad)?;
     let name = archive
         .file_names()
         .filter_map(Result::ok)
         .find(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
         .map(|n| n.into_owned())
-        .ok_or_else(|| ScanError::Bad("the zip archive has no data.pkl".into()))?;
+        .ok_or_else(|| unreadable(path, "the zip archive has no data.pkl"))?;
     let entry = archive.by_name(&name).map_err(bad)?;
     let mut bytes = Vec::new();
     entry
         .take(MAX_PICKLE + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| ScanError::Bad(format!("{name}: {e}")))?;
+        .map_err(|e| unreadable(path, format!("{name}: {e}")))?;
     if bytes.len() as u64 > MAX_PICKLE {
-        return Err(ScanError::Bad(format!(
-            "{name} is larger than {MAX_PICKLE} bytes"
-        )));
+        return Err(unreadable(
+            path,
+            format!("{name} is larger than {MAX_PICKLE} bytes"),
+        ));
     }
     Ok(bytes)
 }
 
 /// The legacy stream: magic, protocol, system info, the object, the storage keys.
-fn scan_legacy(path: &Path) -> Result<(), ScanError> {
-    let file = std::fs::File::open(path).map_err(ScanError::Io)?;
+fn scan_legacy(path: &Path) -> Result<(), ModelError> {
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
     let mut r = BufReader::new(file);
     for what in [
         "magic number",
@@ -353,7 +329,7 @@ fn scan_legacy(path: &Path) -> Result<(), ScanError> {
         "object",
         "storage keys",
     ] {
-        scan_pickle(&mut r).map_err(|e| e.in_pickle(what))?;
+        scan_pickle(path, what, &mut r)?;
     }
     Ok(())
 }
@@ -392,9 +368,11 @@ fn is_string_op(op: u8) -> bool {
     matches!(op, b'U' | 0x8c | b'T' | b'X' | 0x8d | b'S' | b'V')
 }
 
-/// The scan state: which recent stack pushes were strings, and the strings memoised.
-#[derive(Default)]
-struct Scan {
+/// The scan state: which recent stack pushes were strings, and the strings memoised;
+/// the file and the pickle's name (`data.pkl`, `object`, ...) for errors.
+struct Scan<'a> {
+    path: &'a Path,
+    which: &'a str,
     /// The last two stack-changing events: `Some(s)` a push of the string `s`, `None`
     /// anything else. When both are strings, they are the top two stack items.
     recent: [Option<String>; 2],
@@ -402,9 +380,16 @@ struct Scan {
     pos: u64,
 }
 
-/// Checks one pickle (up to and including its STOP) without evaluating it.
-fn scan_pickle(r: &mut impl BufRead) -> Result<(), ScanError> {
-    let mut scan = Scan::default();
+/// Checks one pickle (`which` of the file at `path`, up to and including its STOP)
+/// without evaluating it.
+fn scan_pickle(path: &Path, which: &str, r: &mut impl BufRead) -> Result<(), ModelError> {
+    let mut scan = Scan {
+        path,
+        which,
+        recent: Default::default(),
+        memo: HashMap::new(),
+        pos: 0,
+    };
     loop {
         let op = scan.byte(r)?;
         if op == b'.' {
@@ -414,12 +399,25 @@ fn scan_pickle(r: &mut impl BufRead) -> Result<(), ScanError> {
     }
 }
 
-impl Scan {
-    fn step(&mut self, r: &mut impl BufRead, op: u8) -> Result<(), ScanError> {
+impl Scan<'_> {
+    /// A malformed pickle: `why`, prefixed with the pickle's name.
+    fn bad(&self, why: String) -> ModelError {
+        unreadable(self.path, format!("{}: {why}", self.which))
+    }
+
+    /// A callable outside the allow-list (`what` describes it).
+    fn refused(&self, what: String) -> ModelError {
+        format_error(self.path, refused(&what))
+    }
+
+    fn io(&self, e: std::io::Error) -> ModelError {
+        io_error(self.path, e)
+    }
+
+    fn step(&mut self, r: &mut impl BufRead, op: u8) -> Result<(), ModelError> {
         let at = self.pos - 1;
-        let arg = arg_of(op).ok_or_else(|| {
-            ScanError::Bad(format!("byte 0x{op:02x} at {at} is no pickle opcode"))
-        })?;
+        let arg = arg_of(op)
+            .ok_or_else(|| self.bad(format!("byte 0x{op:02x} at {at} is no pickle opcode")))?;
         match op {
             b'c' | b'i' => {
                 let module = self.line(r)?;
@@ -430,11 +428,11 @@ impl Scan {
                 let [module, name] = std::mem::take(&mut self.recent);
                 match (module, name) {
                     (Some(m), Some(n)) => self.global(&m, &n)?,
-                    _ => return Err(ScanError::Refused(format!("a STACK_GLOBAL at byte {at} whose names cannot be read without evaluating the pickle"))),
+                    _ => return Err(self.refused(format!("a STACK_GLOBAL at byte {at} whose names cannot be read without evaluating the pickle"))),
                 }
             }
             0x82..=0x84 => {
-                return Err(ScanError::Refused(format!(
+                return Err(self.refused(format!(
                     "an extension-registry callable (EXT opcode at byte {at})"
                 )))
             }
@@ -471,49 +469,49 @@ impl Scan {
         self.recent[1] = value;
     }
 
-    fn global(&mut self, module: &str, name: &str) -> Result<(), ScanError> {
+    fn global(&mut self, module: &str, name: &str) -> Result<(), ModelError> {
         if !allowed(module, name) {
-            return Err(ScanError::Refused(format!("`{module}.{name}`")));
+            return Err(self.refused(format!("`{module}.{name}`")));
         }
         self.push(None);
         Ok(())
     }
 
-    fn byte(&mut self, r: &mut impl BufRead) -> Result<u8, ScanError> {
+    fn byte(&mut self, r: &mut impl BufRead) -> Result<u8, ModelError> {
         let mut b = [0u8; 1];
         self.exact(r, &mut b)?;
         Ok(b[0])
     }
 
-    fn exact(&mut self, r: &mut impl BufRead, buf: &mut [u8]) -> Result<(), ScanError> {
+    fn exact(&mut self, r: &mut impl BufRead, buf: &mut [u8]) -> Result<(), ModelError> {
         r.read_exact(buf).map_err(|e| self.eof(e))?;
         self.pos += buf.len() as u64;
         Ok(())
     }
 
-    fn eof(&self, e: std::io::Error) -> ScanError {
+    fn eof(&self, e: std::io::Error) -> ModelError {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ScanError::Bad(format!("the pickle ends early, at byte {}", self.pos))
+            self.bad(format!("the pickle ends early, at byte {}", self.pos))
         } else {
-            ScanError::Io(e)
+            self.io(e)
         }
     }
 
-    fn le(&mut self, r: &mut impl BufRead, n: usize) -> Result<u64, ScanError> {
+    fn le(&mut self, r: &mut impl BufRead, n: usize) -> Result<u64, ModelError> {
         let mut b = [0u8; 8];
         self.exact(r, &mut b[..n])?;
         Ok(u64::from_le_bytes(b))
     }
 
     /// A newline-terminated argument (at most 4 KiB), without the newline.
-    fn line(&mut self, r: &mut impl BufRead) -> Result<String, ScanError> {
+    fn line(&mut self, r: &mut impl BufRead) -> Result<String, ModelError> {
         let mut buf = Vec::new();
         r.take(4096)
             .read_until(b'\n', &mut buf)
             .map_err(|e| self.eof(e))?;
         self.pos += buf.len() as u64;
         if buf.pop() != Some(b'\n') {
-            return Err(ScanError::Bad(format!(
+            return Err(self.bad(format!(
                 "an unterminated text argument before byte {}",
                 self.pos
             )));
@@ -522,7 +520,7 @@ impl Scan {
     }
 
     /// The byte length of a binary argument.
-    fn length(&mut self, r: &mut impl BufRead, arg: &Arg) -> Result<u64, ScanError> {
+    fn length(&mut self, r: &mut impl BufRead, arg: &Arg) -> Result<u64, ModelError> {
         match arg {
             Arg::Fixed(n) => Ok(*n),
             Arg::Len1 => self.le(r, 1),
@@ -531,7 +529,7 @@ impl Scan {
         }
     }
 
-    fn skip_arg(&mut self, r: &mut impl BufRead, arg: Option<Arg>) -> Result<(), ScanError> {
+    fn skip_arg(&mut self, r: &mut impl BufRead, arg: Option<Arg>) -> Result<(), ModelError> {
         match arg {
             None => Ok(()),
             Some(Arg::Line) => self.line(r).map(drop),
@@ -547,7 +545,7 @@ impl Scan {
         &mut self,
         r: &mut impl BufRead,
         arg: Option<Arg>,
-    ) -> Result<Option<String>, ScanError> {
+    ) -> Result<Option<String>, ModelError> {
         let Some(arg) = arg else { return Ok(None) };
         if matches!(arg, Arg::Line) {
             let s = self.line(r)?;
@@ -563,20 +561,17 @@ impl Scan {
         Ok(String::from_utf8(buf).ok())
     }
 
-    fn skip_bytes(&mut self, r: &mut impl BufRead, n: u64) -> Result<(), ScanError> {
-        let copied = std::io::copy(&mut r.take(n), &mut std::io::sink()).map_err(ScanError::Io)?;
+    fn skip_bytes(&mut self, r: &mut impl BufRead, n: u64) -> Result<(), ModelError> {
+        let copied = std::io::copy(&mut r.take(n), &mut std::io::sink()).map_err(|e| self.io(e))?;
         self.pos += copied;
         if copied < n {
-            return Err(ScanError::Bad(format!(
-                "the pickle ends early, at byte {}",
-                self.pos
-            )));
+            return Err(self.bad(format!("the pickle ends early, at byte {}", self.pos)));
         }
         Ok(())
     }
 
     /// The memo index of a PUT / GET opcode.
-    fn index(&mut self, r: &mut impl BufRead, op: u8) -> Result<u64, ScanError> {
+    fn index(&mut self, r: &mut impl BufRead, op: u8) -> Result<u64, ModelError> {
         match op {
             b'q' | b'h' => self.le(r, 1),
             b'r' | b'j' => self.le(r, 4),
@@ -584,7 +579,7 @@ impl Scan {
                 let line = self.line(r)?;
                 line.trim()
                     .parse()
-                    .map_err(|_| ScanError::Bad(format!("bad memo index `{line}`")))
+                    .map_err(|_| self.bad(format!("bad memo index `{line}`")))
             }
         }
     }

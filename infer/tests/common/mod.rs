@@ -35,6 +35,36 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rccr-infer"))
 }
 
+/// Runs `rccr-infer --model MODEL --images IMAGES --provider cpu --quiet` followed by
+/// `extra` (the set-up every CPU run test shares).
+pub fn run_infer(model: &Path, images: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--provider",
+        "cpu",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run_cli(&args)
+}
+
+/// Runs `rccr-infer score --pred PRED --labels LABELS --quiet` followed by `extra`.
+pub fn run_score(pred: &Path, labels: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "score",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run_cli(&args)
+}
+
 /// Runs the CLI with `args`.
 pub fn run_cli(args: &[&str]) -> Output {
     Command::new(bin())
@@ -54,10 +84,21 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// The repository's `.deps/py` (where `make setup` installs onnx, Pillow and
+/// cityscapesscripts): the test build tree, never known to the library.
+pub fn deps_py() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/py")
+}
+
+/// `python3` with [`deps_py`] first on `PYTHONPATH`.
+pub fn python() -> Command {
+    rccr_infer::bench::python_command(Some(&deps_py()))
+}
+
 /// Builds a test model with tests/support/make_model.py; `args` are its options.
 pub fn make_model(out: &Path, args: &[&str]) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make_model.py");
-    let o = rccr_infer::bench::python_command()
+    let o = python()
         .arg(&script)
         .arg(out)
         .args(args)
@@ -171,7 +212,7 @@ pub fn cityscapes_dataset(root: &Path, count: usize, w: u32, h: u32) -> Vec<Stri
 /// `results`.
 pub fn official(dataset: &Path, results: &Path) -> serde_json::Value {
     let export = dataset.join("official-export");
-    rccr_infer::bench::run_official(dataset, results, &export)
+    rccr_infer::bench::run_official(dataset, results, &export, Some(&deps_py()))
         .unwrap_or_else(|e| panic!("official evaluation (run scripts/setup.sh): {e}"))
         .0
 }

@@ -8,6 +8,10 @@ labelled with exactly the train ids it was painted with.
 
 usage: make_model.py OUT.onnx [--outputs labels,logits] [--fixed N,H,W]
                               [--no-metadata] [--input-name NAME]
+                              [--metadata-json FILE]
+
+--metadata-json writes exactly the key/value pairs of a JSON object in FILE as
+metadata_props (as rccr-export writes rccr_infer::contract::ModelMetadata::to_props).
 """
 import argparse
 import json
@@ -36,6 +40,7 @@ def main():
     ap.add_argument("--fixed", default=None)
     ap.add_argument("--no-metadata", action="store_true")
     ap.add_argument("--input-name", default="image")
+    ap.add_argument("--metadata-json", default=None)
     a = ap.parse_args()
 
     c = np.array(PALETTE, dtype=np.float32)
@@ -64,7 +69,10 @@ def main():
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    if not a.no_metadata:
+    if a.metadata_json:
+        with open(a.metadata_json) as f:
+            meta = json.load(f)
+    elif not a.no_metadata:
         meta = {
             "rccr.num_classes": "19",
             "rccr.class_names": json.dumps(NAMES),
@@ -76,9 +84,11 @@ def main():
             "rccr.iteration": "0",
             "rccr.outputs": json.dumps(outputs),
         }
-        for k, v in meta.items():
-            p = model.metadata_props.add()
-            p.key, p.value = k, v
+    else:
+        meta = {}
+    for k, v in meta.items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, a.out)
 

@@ -48,14 +48,17 @@ pub enum ExportError {
     Runtime(#[from] rccr_infer::runtime::RuntimeError),
     /// ONNX Runtime rejected the model or failed to run it.
     #[error("ONNX Runtime: {0}")]
-    Ort(String),
+    Ort(#[from] ort::Error),
+    /// ONNX Runtime ran the model but an output is missing or has an unexpected shape.
+    #[error("ONNX Runtime output: {0}")]
+    OrtOutput(String),
+    /// A folder listing or another `rccr-infer` call failed.
+    #[error(transparent)]
+    Infer(#[from] rccr_infer::InferError),
+    /// The exported model does not pass verification; it was not written.
+    #[error("verification failed: {0}")]
+    Verification(String),
     /// libtorch failed while running the reference network.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-}
-
-impl From<ort::Error> for ExportError {
-    fn from(e: ort::Error) -> Self {
-        ExportError::Ort(e.to_string())
-    }
 }

@@ -2,8 +2,9 @@
 //! trainer checkpoint (or a bare model file), check the output path early, encode the
 //! model and write it atomically (temporary file + rename: never a partial ONNX file).
 
-use crate::network::{build_model, ExportOptions, Source};
+use crate::network::build_model;
 use crate::onnx::ModelProto;
+use crate::options::{ExportOptions, Source};
 use crate::ExportError;
 use prost::Message;
 use rccr_models::checkpoint::{self, LoadedNet};

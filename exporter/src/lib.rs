@@ -6,12 +6,14 @@
 //!   `proto/onnx.proto3` (Apache-2.0, `proto/LICENSE`).
 //! - [`graph`]: a small graph builder over those types.
 //! - [`fold`]: batch-norm folding into the preceding convolution.
-//! - [`network`]: the DeepLabv2 graph (normalisation, encoder, ASPP, upsampling, argmax)
-//!   and the export options.
+//! - [`options`]: the export options (outputs, fp16 weights, fixed shape, opset).
+//! - [`network`]: the DeepLabv2 graph (normalisation, encoder, ASPP, upsampling, argmax).
 //! - [`metadata`]: the `metadata_props` contract read by `rccr-infer`.
 //! - [`quantize`]: static int8 quantization (QDQ) with image calibration.
 //! - [`export`]: load a checkpoint's teacher, encode, write atomically.
 //! - [`verify`]: tch vs ONNX Runtime parity report.
+//! - [`job`]: one `rccr-export` run (options, int8, verification, write) as a library call.
+//! - [`error`]: [`ExportError`], the one error type of the library.
 //!
 //! The model contract: input `image`, float32 `N x 3 x H x W`, RGB, 0..255 (the graph
 //! reorders channels and normalises as the checkpoint's config says); outputs `labels`
@@ -28,13 +30,17 @@ pub mod error;
 pub mod export;
 pub mod fold;
 pub mod graph;
+pub mod job;
 pub mod metadata;
 pub mod network;
+pub mod options;
 pub mod quantize;
 pub mod verify;
 
 pub use error::ExportError;
 pub use export::{check_output_path, encode, export_loaded, load_teacher, write_model};
+pub use job::{ExportJob, ExportOutcome, Int8Options, VerifyRequest};
 pub use metadata::Metadata;
-pub use network::{build_model, ExportOptions, Outputs, Shape, Source};
+pub use network::build_model;
+pub use options::{ExportOptions, Outputs, Shape, Source};
 pub use verify::{verify, Tolerance, VerifyOptions, VerifyReport};

@@ -7,10 +7,13 @@
 //! `logits` value (the input to the final ArgMax) is exposed as an extra output for the
 //! comparison; nothing else changes.
 
-use crate::network::{Shape, INPUT, LABELS, LOGITS};
+use crate::network::{INPUT, LABELS, LOGITS};
 use crate::onnx::{ModelProto, ValueInfoProto};
+use crate::options::Shape;
 use crate::ExportError;
+use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use ort::session::Session;
 use prost::Message;
 use rccr_models::DeepLabV2;
 use serde::Serialize;
@@ -228,43 +231,47 @@ pub fn image_files(dir: &Path, what: &str) -> Result<Vec<PathBuf>, ExportError> 
             "{}: no .png / .jpg {what}",
             dir.display()
         ))),
-        Err(e) => Err(ExportError::Options(e.to_string())),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// An image file decoded to RGB; an error names the file.
+pub(crate) fn open_rgb(path: &Path) -> Result<RgbImage, ExportError> {
+    Ok(image::open(path)
+        .map_err(|e| ExportError::Image {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .to_rgb8())
 }
 
 /// An image as `N x 3 x H x W` float RGB 0..255 (the model's input format), resized to
 /// `fixed` (and repeated to its N) or scaled down to at most `max_side`.
 fn load_image(path: &Path, fixed: Option<Shape>, max_side: u32) -> Result<Tensor, ExportError> {
-    use image::imageops::FilterType;
-    let img = image::open(path)
-        .map_err(|e| ExportError::Image {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    let (img, n) = match fixed {
-        Some(s) => (
-            image::imageops::resize(&img, s.w as u32, s.h as u32, FilterType::Triangle),
-            s.n,
-        ),
-        None if w.max(h) > max_side => {
-            let scale = max_side as f64 / w.max(h) as f64;
-            let (nw, nh) = (
-                ((w as f64 * scale).round() as u32).max(1),
-                ((h as f64 * scale).round() as u32).max(1),
-            );
-            (
-                image::imageops::resize(&img, nw, nh, FilterType::Triangle),
-                1,
-            )
-        }
-        None => (img, 1),
-    };
+    let (img, n) = fit_image(open_rgb(path)?, fixed, max_side);
     let (w, h) = img.dimensions();
     let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
     let chw = hwc.permute([2, 0, 1]).to_kind(Kind::Float).unsqueeze(0);
     Ok(chw.repeat([n, 1, 1, 1]).contiguous())
+}
+
+/// `img` resized to `fixed`'s H x W (with its batch size N), or scaled down to at most
+/// `max_side` pixels on the longer side (batch 1), PIL-style bilinear.
+fn fit_image(img: RgbImage, fixed: Option<Shape>, max_side: u32) -> (RgbImage, i64) {
+    use image::imageops::{resize, FilterType};
+    let (w, h) = img.dimensions();
+    match fixed {
+        Some(s) => (
+            resize(&img, s.w as u32, s.h as u32, FilterType::Triangle),
+            s.n,
+        ),
+        None if w.max(h) > max_side => {
+            let scale = max_side as f64 / w.max(h) as f64;
+            let side = |v: u32| ((v as f64 * scale).round() as u32).max(1);
+            (resize(&img, side(w), side(h), FilterType::Triangle), 1)
+        }
+        None => (img, 1),
+    }
 }
 
 /// Uniform random pixels in [0, 255) of `shape`, from a local SplitMix64 generator (not
@@ -307,6 +314,16 @@ fn tensor_vec<T: tch::kind::Element + Copy>(t: &Tensor) -> Result<Vec<T>, Export
     Ok(Vec::<T>::try_from(&t.contiguous().view(-1))?)
 }
 
+/// An ONNX Runtime session (CPU) of a serialised model.
+pub(crate) fn cpu_session(model_bytes: &[u8]) -> Result<Session, ExportError> {
+    rccr_infer::runtime::ensure_loaded()?;
+    let env = rccr_infer::runtime::environment()?;
+    Ok(Session::builder(&env)?
+        .with_intra_threads(rccr_infer::provider::physical_cores())
+        .map_err(ort::Error::from)?
+        .commit_from_memory(model_bytes)?)
+}
+
 /// Runs `net` (tch, CPU) and the serialised `model` (ONNX Runtime, CPU) on the inputs of
 /// `opts` and compares them. Errors are for inputs or runtimes that fail; a numerical
 /// mismatch is reported (`passed: false`), not an error.
@@ -318,36 +335,53 @@ pub fn verify(
     let model = ModelProto::decode(model_bytes)?;
     let fixed = fixed_input_shape(&model);
     let (run_model, has_labels) = with_logits_output(&model)?;
-    let bytes = run_model.encode_to_vec();
-
     let library = rccr_infer::runtime::ensure_loaded()?;
-    let env = rccr_infer::runtime::environment()?;
-    let ort_err =
-        |e: ort::Error<ort::session::builder::SessionBuilder>| ExportError::Ort(e.to_string());
-    let mut session = ort::session::Session::builder(&env)?
-        .with_intra_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .map_err(ort_err)?
-        .commit_from_memory(&bytes)?;
+    let mut ort = OrtRunner {
+        session: cpu_session(&run_model.encode_to_vec())?,
+        has_labels,
+    };
+    let inputs = verify_inputs(opts, fixed)?;
+    let bar = progress_bar(opts.progress, inputs.len());
+    let mut cases = Vec::new();
+    for (name, x) in inputs {
+        bar.set_message(name.clone());
+        cases.push(compare_case(net, &mut ort, name, &x, opts)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(VerifyReport::from_cases(
+        cases,
+        opts,
+        library.display().to_string(),
+    ))
+}
 
-    // Inputs: random batches, then the images.
-    let mut inputs: Vec<(String, Tensor)> = Vec::new();
+/// The inputs to compare on: random batches of `opts.shapes` (only `fixed` for a
+/// fixed-shape model), then `opts.images`; each with its name in the report.
+fn verify_inputs(
+    opts: &VerifyOptions,
+    fixed: Option<Shape>,
+) -> Result<Vec<(String, Tensor)>, ExportError> {
     let shapes = match fixed {
         Some(s) => vec![s],
         None => opts.shapes.clone(),
     };
+    let mut inputs = Vec::new();
     for (i, s) in shapes.iter().enumerate() {
         let seed = opts.seed + i as u64;
         inputs.push((format!("random (seed {seed})"), random_image(*s, seed)));
     }
     for p in &opts.images {
-        inputs.push((
-            p.display().to_string(),
-            load_image(p, fixed, opts.max_side)?,
-        ));
+        let x = load_image(p, fixed, opts.max_side)?;
+        inputs.push((p.display().to_string(), x));
     }
+    Ok(inputs)
+}
 
-    let bar = if opts.progress {
-        ProgressBar::new(inputs.len() as u64)
+/// A progress bar over `len` verification inputs on stderr (hidden unless `show`).
+fn progress_bar(show: bool, len: usize) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(len as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -355,107 +389,149 @@ pub fn verify(
         ProgressStyle::with_template("verify {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let c = net.config.num_classes;
-    let mut cases = Vec::new();
-    for (name, x) in inputs {
-        bar.set_message(name.clone());
+    bar
+}
+
+/// The tch teacher's upsampled logits and argmax labels of `x`, flattened.
+fn tch_reference(net: &DeepLabV2, x: &Tensor) -> Result<(Vec<f32>, Vec<i64>), ExportError> {
+    let reference = tch::no_grad(|| net.forward_upsampled(&net.normalize(x), false));
+    let labels = reference.argmax(1, false);
+    Ok((tensor_vec(&reference)?, tensor_vec(&labels)?))
+}
+
+/// The model under test in ONNX Runtime, and whether it has a `labels` output.
+struct OrtRunner {
+    session: Session,
+    has_labels: bool,
+}
+
+impl OrtRunner {
+    /// `logits` (`N x C x H x W`) and labels (`N x H x W`: the `labels` output, else the
+    /// argmax of the logits) of `x`, checked against those shapes; and the run time (ms).
+    fn run(&mut self, x: &Tensor, c: i64) -> Result<(Vec<f32>, Vec<i64>, f64), ExportError> {
         let size = x.size();
         let (n, h, w) = (size[0], size[2], size[3]);
-
+        let data: Vec<f32> = tensor_vec(x)?;
         let t0 = Instant::now();
-        let reference = tch::no_grad(|| net.forward_upsampled(&net.normalize(&x), false));
-        let ref_labels = reference.argmax(1, false);
-        let ref_logits: Vec<f32> = tensor_vec(&reference)?;
-        let ref_labels: Vec<i64> = tensor_vec(&ref_labels)?;
-        let tch_ms = t0.elapsed().as_secs_f64() * 1e3;
-
-        let data: Vec<f32> = tensor_vec(&x)?;
-        let t0 = Instant::now();
-        let input = ort::value::Tensor::from_array((size.clone(), data))?;
-        let outputs = session.run(ort::inputs![INPUT => input])?;
+        let input = ort::value::Tensor::from_array((size, data))?;
+        let outputs = self.session.run(ort::inputs![INPUT => input])?;
         let ort_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let logits_v = outputs
-            .get(LOGITS)
-            .ok_or_else(|| ExportError::Ort("no `logits` output".into()))?;
-        let (lshape, logits) = logits_v.try_extract_tensor::<f32>()?;
-        if **lshape != [n, c, h, w] {
-            return Err(ExportError::Ort(format!(
-                "`logits` has shape {:?}, expected [{n}, {c}, {h}, {w}]",
-                &**lshape
-            )));
-        }
-        let labels: Vec<i64> = if has_labels {
-            let v = outputs
-                .get(LABELS)
-                .ok_or_else(|| ExportError::Ort("no `labels` output".into()))?;
-            let (shape, labels) = v.try_extract_tensor::<i64>()?;
-            if **shape != [n, h, w] {
-                return Err(ExportError::Ort(format!(
-                    "`labels` has shape {:?}, expected [{n}, {h}, {w}]",
-                    &**shape
-                )));
-            }
-            labels.to_vec()
+        let logits = output::<f32>(&outputs, LOGITS, &[n, c, h, w])?;
+        let labels = if self.has_labels {
+            output::<i64>(&outputs, LABELS, &[n, h, w])?
         } else {
-            argmax_nchw(logits, n as usize, c as usize, (h * w) as usize)
+            argmax_nchw(&logits, n as usize, c as usize, (h * w) as usize)
         };
+        Ok((logits, labels, ort_ms))
+    }
+}
 
-        let mut max_abs_diff = 0f32;
-        let mut sum = 0f64;
-        let mut nan = false;
-        for (a, b) in logits.iter().zip(&ref_logits) {
+/// The output `name` of shape `shape`; an error when it is missing or shaped otherwise.
+fn output<T: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug>(
+    outputs: &ort::session::SessionOutputs,
+    name: &str,
+    shape: &[i64],
+) -> Result<Vec<T>, ExportError> {
+    let v = outputs
+        .get(name)
+        .ok_or_else(|| ExportError::OrtOutput(format!("no `{name}` output")))?;
+    let (got, values) = v.try_extract_tensor::<T>()?;
+    if **got != *shape {
+        return Err(ExportError::OrtOutput(format!(
+            "`{name}` has shape {:?}, expected {shape:?}",
+            &**got
+        )));
+    }
+    Ok(values.to_vec())
+}
+
+/// Runs `x` through the tch teacher and ONNX Runtime and compares the two.
+fn compare_case(
+    net: &DeepLabV2,
+    ort: &mut OrtRunner,
+    input: String,
+    x: &Tensor,
+    opts: &VerifyOptions,
+) -> Result<CaseReport, ExportError> {
+    let size = x.size();
+    let t0 = Instant::now();
+    let (ref_logits, ref_labels) = tch_reference(net, x)?;
+    let tch_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (logits, labels, ort_ms) = ort.run(x, net.config.num_classes)?;
+    let d = LogitDiff::of(&logits, &ref_logits);
+    let bound = opts.tolerance.bound(d.max_abs_logit);
+    let argmax_agreement = agreement(&labels, &ref_labels);
+    let passed = match opts.min_agreement {
+        Some(min) => !d.max_abs_diff.is_nan() && argmax_agreement >= min,
+        None => d.max_abs_diff <= bound,
+    };
+    Ok(CaseReport {
+        input,
+        shape: [size[0], 3, size[2], size[3]],
+        max_abs_diff: d.max_abs_diff,
+        mean_abs_diff: d.mean_abs_diff,
+        max_abs_logit: d.max_abs_logit,
+        bound,
+        argmax_agreement,
+        passed,
+        tch_ms,
+        ort_ms,
+    })
+}
+
+/// How far ONNX Runtime's logits are from the reference's.
+struct LogitDiff {
+    /// Largest |diff|; NaN when any difference is NaN.
+    max_abs_diff: f32,
+    /// Mean |diff|.
+    mean_abs_diff: f64,
+    /// Largest |reference logit|.
+    max_abs_logit: f32,
+}
+
+impl LogitDiff {
+    fn of(logits: &[f32], reference: &[f32]) -> LogitDiff {
+        let (mut max_abs_diff, mut sum, mut nan) = (0f32, 0f64, false);
+        for (a, b) in logits.iter().zip(reference) {
             let d = (a - b).abs();
             nan |= d.is_nan();
             max_abs_diff = max_abs_diff.max(d);
             sum += d as f64;
         }
-        if nan {
-            max_abs_diff = f32::NAN;
+        LogitDiff {
+            max_abs_diff: if nan { f32::NAN } else { max_abs_diff },
+            mean_abs_diff: sum / reference.len().max(1) as f64,
+            max_abs_logit: reference.iter().fold(0f32, |m, v| m.max(v.abs())),
         }
-        let max_abs_logit = ref_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let agree = labels
-            .iter()
-            .zip(&ref_labels)
-            .filter(|(a, b)| a == b)
-            .count();
-        let bound = opts.tolerance.bound(max_abs_logit);
-        let argmax_agreement = agree as f64 / ref_labels.len().max(1) as f64;
-        let passed = match opts.min_agreement {
-            Some(min) => !nan && argmax_agreement >= min,
-            None => max_abs_diff <= bound,
-        };
-        cases.push(CaseReport {
-            input: name,
-            shape: [n, 3, h, w],
-            max_abs_diff,
-            mean_abs_diff: sum / ref_logits.len().max(1) as f64,
-            max_abs_logit,
-            bound,
-            argmax_agreement,
-            passed,
-            tch_ms,
-            ort_ms,
-        });
-        bar.inc(1);
     }
-    bar.finish_and_clear();
+}
 
-    let max_abs_diff = cases.iter().fold(0f32, |m, c| {
-        if c.max_abs_diff.is_nan() || m.is_nan() {
-            f32::NAN
-        } else {
-            m.max(c.max_abs_diff)
+/// Share of positions where `labels` equals `reference` (over the reference's length).
+fn agreement(labels: &[i64], reference: &[i64]) -> f64 {
+    let same = labels.iter().zip(reference).filter(|(a, b)| a == b).count();
+    same as f64 / reference.len().max(1) as f64
+}
+
+impl VerifyReport {
+    /// The report over `cases`: passed when there is a case and every one passed.
+    fn from_cases(cases: Vec<CaseReport>, opts: &VerifyOptions, ort_library: String) -> Self {
+        let max_abs_diff = cases.iter().fold(0f32, |m, c| {
+            if c.max_abs_diff.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(c.max_abs_diff)
+            }
+        });
+        VerifyReport {
+            passed: !cases.is_empty() && cases.iter().all(|c| c.passed),
+            min_argmax_agreement: cases.iter().map(|c| c.argmax_agreement).fold(1.0, f64::min),
+            max_abs_diff,
+            cases,
+            tolerance: opts.tolerance,
+            min_agreement: opts.min_agreement,
+            ort_library,
         }
-    });
-    Ok(VerifyReport {
-        passed: !cases.is_empty() && cases.iter().all(|c| c.passed),
-        min_argmax_agreement: cases.iter().map(|c| c.argmax_agreement).fold(1.0, f64::min),
-        max_abs_diff,
-        cases,
-        tolerance: opts.tolerance,
-        min_agreement: opts.min_agreement,
-        ort_library: library.display().to_string(),
-    })
+    }
 }
 
 /// First-maximum argmax over the channel axis of `N x C x P` logits.

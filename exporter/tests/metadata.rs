@@ -5,8 +5,8 @@
 mod common;
 
 use rccr_exporter::metadata::Metadata;
-use rccr_exporter::network::{ExportOptions, Outputs};
 use rccr_exporter::{encode, export_loaded, load_teacher, write_model};
+use rccr_exporter::{ExportOptions, Outputs};
 use rccr_models::{Backbone, ModelConfig};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -4,8 +4,8 @@
 
 mod common;
 
-use rccr_exporter::network::{ExportOptions, Outputs, Shape};
 use rccr_exporter::{encode, export_loaded, load_teacher, write_model};
+use rccr_exporter::{ExportOptions, Outputs, Shape};
 use rccr_models::{Backbone, ModelConfig};
 use std::path::Path;
 

@@ -4,9 +4,9 @@
 
 mod common;
 
-use rccr_exporter::network::{ExportOptions, Outputs, Shape};
 use rccr_exporter::verify::{verify, Tolerance, VerifyOptions, VerifyReport};
 use rccr_exporter::{encode, export_loaded, load_teacher};
+use rccr_exporter::{ExportOptions, Outputs, Shape};
 use rccr_models::{Backbone, ModelConfig};
 use std::path::Path;
 

@@ -9,11 +9,11 @@ mod common;
 
 use prost::Message;
 use rccr_exporter::graph::{tensor_value_info, Attr, Dim, GraphBuilder};
-use rccr_exporter::network::{ExportOptions, Shape};
 use rccr_exporter::onnx::{tensor_proto::DataType, ModelProto, OperatorSetIdProto, TensorProto};
 use rccr_exporter::quantize::{self, Calibration, CalibrationMethod, Range};
 use rccr_exporter::verify::{self, VerifyOptions};
 use rccr_exporter::{encode, export_loaded, load_teacher};
+use rccr_exporter::{ExportOptions, Shape};
 use rccr_models::{Backbone, ModelConfig};
 use std::collections::BTreeMap;
 use std::path::Path;

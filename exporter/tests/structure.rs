@@ -5,12 +5,12 @@
 
 mod common;
 
-use rccr_exporter::network::{ExportOptions, Outputs, Shape};
 use rccr_exporter::onnx::{
     tensor_proto::DataType, tensor_shape_proto::dimension::Value, type_proto, ModelProto,
     NodeProto, ValueInfoProto,
 };
 use rccr_exporter::{encode, export_loaded, load_teacher};
+use rccr_exporter::{ExportOptions, Outputs, Shape};
 use rccr_models::{count_parameters, Backbone, ModelConfig};
 use std::collections::BTreeMap;
 

@@ -160,3 +160,19 @@ pub fn onnx_checker(model: &Path, extra: &str) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// The folder a benchmark writes to: `keep` (created when missing), else a new temporary
+/// folder, returned with it so that it lives as long as the caller keeps it.
+pub fn work_dir(keep: Option<&Path>) -> std::io::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Ok((None, dir.to_path_buf()))
+        }
+        None => {
+            let tmp = tempfile::tempdir()?;
+            let dir = tmp.path().to_path_buf();
+            Ok((Some(tmp), dir))
+        }
+    }
+}

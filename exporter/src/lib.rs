@@ -44,3 +44,18 @@ pub use metadata::Metadata;
 pub use network::build_model;
 pub use options::{ExportOptions, Outputs, Shape, Source};
 pub use verify::{verify, Tolerance, VerifyOptions, VerifyReport};
+
+/// A progress bar over `len` items on stderr, drawn with `template` (indicatif's syntax);
+/// hidden unless `show`.
+pub(crate) fn progress_bar(show: bool, len: usize, template: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = if show {
+        ProgressBar::new(len as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

@@ -5,11 +5,11 @@
 mod common;
 
 use rccr_exporter::metadata::Metadata;
-use rccr_exporter::{encode, export_loaded, load_teacher, write_model};
+use rccr_exporter::{encode, write_model};
 use rccr_exporter::{ExportOptions, Outputs};
 use rccr_models::{Backbone, ModelConfig};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn read_with_ort(path: &Path) -> (BTreeMap<String, String>, Option<String>, Option<i64>) {
     rccr_infer::runtime::ensure_loaded().unwrap();
@@ -31,24 +31,26 @@ fn read_with_ort(path: &Path) -> (BTreeMap<String, String>, Option<String>, Opti
     (map, meta.producer(), meta.version())
 }
 
+/// A random network of `config` exported with `opts` to `dir/m.onnx`; the checkpoint
+/// and the model's paths.
+fn export_to_file(dir: &Path, config: &ModelConfig, opts: &ExportOptions) -> (PathBuf, PathBuf) {
+    let (ckpt, _, model) = common::export_random(dir, config, 9, opts);
+    let out = dir.join("m.onnx");
+    write_model(&out, &encode(&model).unwrap()).unwrap();
+    (ckpt, out)
+}
+
 #[test]
 fn metadata_round_trips_through_onnx_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ModelConfig::new(Backbone::Small, 19);
     config.aspp_branches = 2;
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &config, 9);
-    let loaded = load_teacher(&ckpt).unwrap();
     let opts = ExportOptions {
         outputs: Outputs::Both,
         fp16: true,
         ..Default::default()
     };
-    let out = dir.path().join("m.onnx");
-    write_model(
-        &out,
-        &encode(&export_loaded(&loaded, &ckpt, &opts).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let (ckpt, out) = export_to_file(dir.path(), &config, &opts);
 
     let (props, producer, version) = read_with_ort(&out);
     assert_eq!(producer.as_deref(), Some("rccr-export"));
@@ -101,14 +103,7 @@ fn metadata_round_trips_through_onnx_runtime() {
 fn custom_label_sets_get_generic_names_and_distinct_colours() {
     let dir = tempfile::tempdir().unwrap();
     let config = ModelConfig::new(Backbone::Small, 12);
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &config, 9);
-    let loaded = load_teacher(&ckpt).unwrap();
-    let out = dir.path().join("m.onnx");
-    write_model(
-        &out,
-        &encode(&export_loaded(&loaded, &ckpt, &ExportOptions::default()).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let (_, out) = export_to_file(dir.path(), &config, &ExportOptions::default());
     let (props, _, _) = read_with_ort(&out);
     assert_eq!(props["rccr.label_set"], "custom12");
     assert_eq!(props["rccr.num_classes"], "12");

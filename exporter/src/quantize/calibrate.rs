@@ -5,7 +5,6 @@
 use super::{activation_tensors, Batch, Calibration, CalibrationMethod, Range};
 use crate::onnx::{ModelProto, ValueInfoProto};
 use crate::ExportError;
-use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -34,7 +33,11 @@ pub fn calibrate(
     let names = activation_tensors(model)?;
     let (bytes, input_name) = with_extra_outputs(model, &names)?;
     let mut session = crate::verify::cpu_session(&bytes)?;
-    let bar = progress_bar(progress, batches.len());
+    let bar = crate::progress_bar(
+        progress,
+        batches.len(),
+        "calibrate {bar:30} {pos}/{len} {elapsed}",
+    );
     let mut ranges: BTreeMap<String, Range> = BTreeMap::new();
     for (shape, data) in batches {
         let input = ort::value::TensorRef::from_array_view((shape.clone(), data.as_slice()))?;
@@ -92,20 +95,6 @@ fn with_extra_outputs(
         });
     }
     Ok((m.encode_to_vec(), input_name))
-}
-
-/// A progress bar over `len` calibration images on stderr (hidden unless `show`).
-fn progress_bar(show: bool, len: usize) -> ProgressBar {
-    let bar = if show {
-        ProgressBar::new(len as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("calibrate {bar:30} {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// Per-image range of `data` under `method`; an error names a tensor holding NaN.

@@ -1,9 +1,12 @@
 //! Test fixtures: trainer-style checkpoints of randomly initialised networks whose
 //! batch-norm statistics and affine parameters are randomised, so that folding is
-//! exercised with non-trivial values.
+//! exercised with non-trivial values; their exports; lookups into an exported graph; the
+//! `rccr-export` binary and the official ONNX checker. The examples include this file too.
 #![allow(dead_code)]
 
-use rccr_models::checkpoint::{model_metadata, CHECKPOINT_FORMAT, STUDENT, TEACHER};
+use rccr_exporter::onnx::{GraphProto, ModelProto, NodeProto, TensorProto};
+use rccr_exporter::{export_loaded, load_teacher, ExportOptions};
+use rccr_models::checkpoint::{model_metadata, LoadedNet, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::{ModelConfig, RccrNet};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
@@ -129,6 +132,58 @@ pub fn checkpoint(dir: &Path, config: &ModelConfig, seed: u64) -> (PathBuf, nn::
     let path = dir.join(format!("ckpt-{}-{seed}.safetensors", config.backbone));
     write_checkpoint(&path, &vs, config, 1234, true, true);
     (path, vs, net)
+}
+
+/// A random network of `config` checkpointed in `dir` (see [`checkpoint`]), its teacher
+/// loaded back and exported with `opts`: the checkpoint, the teacher and the model.
+pub fn export_random(
+    dir: &Path,
+    config: &ModelConfig,
+    seed: u64,
+    opts: &ExportOptions,
+) -> (PathBuf, LoadedNet, ModelProto) {
+    let (ckpt, _vs, _net) = checkpoint(dir, config, seed);
+    let loaded = load_teacher(&ckpt).unwrap();
+    let model = export_loaded(&loaded, &ckpt, opts).unwrap();
+    (ckpt, loaded, model)
+}
+
+/// The graph of a model.
+pub fn graph(m: &ModelProto) -> &GraphProto {
+    m.graph.as_ref().expect("the model has a graph")
+}
+
+/// The node called `name`.
+pub fn node<'a>(m: &'a ModelProto, name: &str) -> &'a NodeProto {
+    graph(m)
+        .node
+        .iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("no node {name}"))
+}
+
+/// The initialiser called `name`.
+pub fn initializer<'a>(m: &'a ModelProto, name: &str) -> &'a TensorProto {
+    graph(m)
+        .initializer
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no initialiser {name}"))
+}
+
+/// The op types of the graph's nodes, in order.
+pub fn op_types(m: &ModelProto) -> Vec<String> {
+    graph(m).node.iter().map(|n| n.op_type.clone()).collect()
+}
+
+/// Runs this build's `rccr-export` with `args` (logging at warn).
+#[cfg(test)]
+pub fn rccr_export(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rccr-export"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("rccr-export runs")
 }
 
 /// Runs the official ONNX checker (`onnx.checker.check_model(full_check=True)`, PyPI

@@ -24,6 +24,12 @@ pub enum ExportError {
         /// Why.
         reason: String,
     },
+    /// The model could not be written (the error names the file).
+    #[error("cannot write the ONNX model: {cause}")]
+    Write {
+        /// The cause (in the message; not chained, so it is printed once).
+        cause: ModelError,
+    },
     /// A file that could not be read.
     #[error("{}: {cause}", path.display())]
     Io {
@@ -32,13 +38,13 @@ pub enum ExportError {
         /// The cause (in the message; not chained, so it is printed once).
         cause: std::io::Error,
     },
-    /// An image given for verification that could not be decoded.
-    #[error("{}: not a readable image ({reason})", path.display())]
+    /// An image given for verification or calibration that could not be decoded.
+    #[error("{}: not a readable image ({cause})", path.display())]
     Image {
         /// The file.
         path: PathBuf,
-        /// The decoder's message.
-        reason: String,
+        /// The decoder's error (in the message; not chained, so it is printed once).
+        cause: image::ImageError,
     },
     /// A serialised model that could not be decoded.
     #[error("not a readable ONNX model: {0}")]

@@ -12,7 +12,6 @@ use crate::onnx::{ModelProto, ValueInfoProto};
 use crate::options::Shape;
 use crate::ExportError;
 use image::RgbImage;
-use indicatif::{ProgressBar, ProgressStyle};
 use ort::session::Session;
 use prost::Message;
 use rccr_models::DeepLabV2;
@@ -238,9 +237,9 @@ pub fn image_files(dir: &Path, what: &str) -> Result<Vec<PathBuf>, ExportError> 
 /// An image file decoded to RGB; an error names the file.
 pub(crate) fn open_rgb(path: &Path) -> Result<RgbImage, ExportError> {
     Ok(image::open(path)
-        .map_err(|e| ExportError::Image {
+        .map_err(|cause| ExportError::Image {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            cause,
         })?
         .to_rgb8())
 }
@@ -341,7 +340,11 @@ pub fn verify(
         has_labels,
     };
     let inputs = verify_inputs(opts, fixed)?;
-    let bar = progress_bar(opts.progress, inputs.len());
+    let bar = crate::progress_bar(
+        opts.progress,
+        inputs.len(),
+        "verify {bar:30} {pos}/{len} {msg}",
+    );
     let mut cases = Vec::new();
     for (name, x) in inputs {
         bar.set_message(name.clone());
@@ -376,20 +379,6 @@ fn verify_inputs(
         inputs.push((p.display().to_string(), x));
     }
     Ok(inputs)
-}
-
-/// A progress bar over `len` verification inputs on stderr (hidden unless `show`).
-fn progress_bar(show: bool, len: usize) -> ProgressBar {
-    let bar = if show {
-        ProgressBar::new(len as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("verify {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// The tch teacher's upsampled logits and argmax labels of `x`, flattened.

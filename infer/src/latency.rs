@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use image::RgbImage;
 
-use crate::bench::SplitMix;
 use crate::error::{InferError, Result};
+use crate::seed::SplitMix;
 use crate::segmenter::{Batch, Segmenter};
 
 /// What to measure.

@@ -17,6 +17,7 @@ use rccr_infer::report::{Report, Skipped};
 use rccr_infer::score::{self, IdFormat, ScoreOptions};
 use rccr_infer::segmenter::{self as segmenter_mod, Segmenter, SegmenterOptions};
 use rccr_infer::taxonomy::Protocol;
+use rccr_infer::Size;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -200,17 +201,7 @@ struct BenchArgs {
 }
 
 fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("`{s}`: expected WxH, e.g. 1024x512"))?;
-    let p = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("`{s}`: expected positive WxH, e.g. 1024x512"))
-    };
-    Ok((p(w)?, p(h)?))
+    s.parse::<Size>().map(Size::pair)
 }
 
 fn parse_input_size(s: &str) -> std::result::Result<(u32, u32), String> {
@@ -251,7 +242,8 @@ fn print_skipped(skipped: &[Skipped]) {
     }
 }
 
-fn run(args: RunArgs) -> Result<()> {
+/// The pipeline options of `rccr-infer run`, checked.
+fn pipeline_options(args: RunArgs) -> Result<PipelineOptions> {
     let (Some(model), Some(images)) = (args.model, args.images) else {
         bail!("--model and --images are required");
     };
@@ -283,13 +275,33 @@ fn run(args: RunArgs) -> Result<()> {
     if opts.overlay && opts.out.is_none() {
         bail!("--overlay needs --out");
     }
-    let report = pipeline::run(&opts).with_context(|| {
+    Ok(opts)
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let json = args.json.clone();
+    let opts = pipeline_options(args)?;
+    let context = || {
         format!(
             "rccr-infer on {} with {}",
             opts.images.display(),
             opts.model.display()
         )
-    })?;
+    };
+    let prepared = pipeline::prepare(&opts).with_context(context)?;
+    println!("{}", prepared.summary());
+    let report = prepared.execute().with_context(context)?;
+    print_run_report(&report, &opts);
+    if let Some(j) = &json {
+        report.write_json(j)?;
+        println!("report written to {}", j.display());
+    }
+    Ok(())
+}
+
+/// The skipped inputs, the score table (with labels), the stage times and where the
+/// outputs went.
+fn print_run_report(report: &Report, opts: &PipelineOptions) {
     print_skipped(&report.skipped);
     if opts.labels.is_some() {
         print!("{}", report.table());
@@ -311,11 +323,6 @@ fn run(args: RunArgs) -> Result<()> {
     if let Some(out) = &opts.out {
         println!("predictions written under {}", out.display());
     }
-    if let Some(j) = &args.json {
-        report.write_json(j)?;
-        println!("report written to {}", j.display());
-    }
-    Ok(())
 }
 
 fn merge_cmd(args: &ScoreArgs) -> Result<()> {
@@ -369,6 +376,25 @@ fn score_cmd(args: ScoreArgs) -> Result<()> {
     let res = score::score_dirs(pred, labels, &opts, &tick)
         .with_context(|| format!("scoring {} against {}", pred.display(), labels.display()))?;
     pb.finish_and_clear();
+    let report = score_report(&res);
+    print_skipped(&report.skipped);
+    print!("{}", report.table());
+    println!(
+        "{} pairs in {:.2} s ({:.1} images/s, {:.1} MP/s)",
+        report.images,
+        report.seconds,
+        report.images_per_second,
+        report.megapixels_per_second.unwrap_or(0.0)
+    );
+    if let Some(j) = &args.json {
+        report.write_json(j)?;
+        println!("report written to {}", j.display());
+    }
+    Ok(())
+}
+
+/// The report of a folder scoring.
+fn score_report(res: &score::DirScores) -> Report {
     let mut report = Report {
         images: res.images,
         skipped: res
@@ -385,20 +411,7 @@ fn score_cmd(args: ScoreArgs) -> Result<()> {
         ..Report::default()
     };
     report.set_scores(&res.scores);
-    print_skipped(&report.skipped);
-    print!("{}", report.table());
-    println!(
-        "{} pairs in {:.2} s ({:.1} images/s, {:.1} MP/s)",
-        report.images,
-        report.seconds,
-        report.images_per_second,
-        report.megapixels_per_second.unwrap_or(0.0)
-    );
-    if let Some(j) = &args.json {
-        report.write_json(j)?;
-        println!("report written to {}", j.display());
-    }
-    Ok(())
+    report
 }
 
 fn latency_cmd(args: LatencyArgs) -> Result<()> {
@@ -429,7 +442,7 @@ fn latency_cmd(args: LatencyArgs) -> Result<()> {
     print!("{}", report.table());
     if let Some(j) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
-        rccr_infer::imageio::write_atomic(j, text.as_bytes())?;
+        rccr_infer::imageio::write_output(j, text.as_bytes())?;
         println!("figures written to {}", j.display());
     }
     Ok(())
@@ -461,7 +474,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     print!("{}", res.table());
     if let Some(j) = &args.json {
         let text = serde_json::to_string_pretty(&res)?;
-        rccr_infer::imageio::write_atomic(j, text.as_bytes())?;
+        rccr_infer::imageio::write_output(j, text.as_bytes())?;
     }
     Ok(())
 }

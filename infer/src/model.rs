@@ -1,14 +1,7 @@
-//! The rccr ONNX model contract, as `rccr-export` writes it, read back from a session.
-//!
-//! - Input `image`: float32 `N x 3 x H x W`, RGB, 0..255 un-normalised (the network's
-//!   mean subtraction and channel order are inside the graph). Dimensions are dynamic
-//!   unless the model was exported with a fixed shape.
-//! - Outputs: `labels` int64 `N x H x W` (argmax train ids at the input resolution) and/or
-//!   `logits` float32 `N x C x H x W` (bilinearly upsampled, paper Eq. (1)'s segmentation
-//!   output); `labels` is preferred, otherwise the argmax over `logits` is taken here.
-//! - `metadata_props`: `rccr.num_classes`, `rccr.class_names` (JSON array),
-//!   `rccr.label_set`, `rccr.palette` (JSON array of `[r, g, b]`), `rccr.input_format`,
-//!   `rccr.backbone`, `rccr.checkpoint`, `rccr.iteration`, `rccr.outputs`.
+//! The rccr ONNX model contract ([`crate::contract`]) read back from a session: the
+//! `image` input's type and shape (dimensions are dynamic unless the model was exported
+//! with a fixed shape), which of `labels` / `logits` exist (`labels` is preferred,
+//! otherwise the argmax over `logits` is taken here) and the `rccr.*` metadata.
 //!
 //! A file without the `image` input or `rccr.num_classes` is not an rccr model.
 
@@ -17,15 +10,9 @@ use std::path::Path;
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
+use crate::contract::{ModelMetadata, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use crate::error::{InferError, Result};
 use crate::taxonomy;
-
-/// Name of the model's input.
-pub const INPUT_NAME: &str = "image";
-/// Name of the argmax output.
-pub const LABELS_OUTPUT: &str = "labels";
-/// Name of the logits output.
-pub const LOGITS_OUTPUT: &str = "logits";
 
 /// What the model file says about itself.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -56,6 +43,99 @@ pub struct ModelInfo {
     pub has_logits: bool,
 }
 
+/// The `image` input's fixed dimensions: batch, and `(width, height)`; `None` = dynamic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputShape {
+    /// Fixed batch size.
+    pub batch: Option<usize>,
+    /// Fixed `(width, height)`.
+    pub size: Option<(u32, u32)>,
+}
+
+/// Which of the contract's outputs a model has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outputs {
+    /// `labels` (int64).
+    pub labels: bool,
+    /// `logits` (float32).
+    pub logits: bool,
+}
+
+/// Checks the `image` input: a float32 `N x 3 x H x W` tensor with H and W both fixed or
+/// both dynamic. The error is the reason the model breaks the contract.
+fn input_shape(session: &Session) -> std::result::Result<InputShape, String> {
+    let inputs = session.inputs();
+    let Some(input) = inputs.iter().find(|i| i.name() == INPUT_NAME) else {
+        let names: Vec<String> = inputs.iter().map(|i| i.name().to_string()).collect();
+        return Err(format!(
+            "it has no input named `{INPUT_NAME}` (inputs: {})",
+            names.join(", ")
+        ));
+    };
+    let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
+        return Err("input `image` is not a tensor".into());
+    };
+    if *ty != TensorElementType::Float32 {
+        return Err(format!("input `image` is {ty:?}, expected float32"));
+    }
+    if shape.len() != 4 || !(shape[1] == 3 || shape[1] < 0) {
+        return Err(format!(
+            "input `image` has shape {shape:?}, expected N x 3 x H x W"
+        ));
+    }
+    let dim = |i: usize| (shape[i] > 0).then_some(shape[i]);
+    let size = match (dim(3), dim(2)) {
+        (Some(w), Some(h)) => Some((w as u32, h as u32)),
+        (None, None) => None,
+        _ => {
+            return Err(format!(
+                "input `image` has shape {shape:?}: height and width must both be fixed or both dynamic"
+            ))
+        }
+    };
+    Ok(InputShape {
+        batch: dim(0).map(|n| n as usize),
+        size,
+    })
+}
+
+/// Whether output `name` exists; an error when it exists with another element type
+/// than `expected`.
+fn has_output(
+    session: &Session,
+    name: &str,
+    expected: TensorElementType,
+) -> std::result::Result<bool, String> {
+    match session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == name)
+        .map(|o| o.dtype())
+    {
+        None => Ok(false),
+        Some(ValueType::Tensor { ty, .. }) if *ty == expected => Ok(true),
+        Some(other) => Err(format!(
+            "output `{name}` is {other:?}, expected {}",
+            match expected {
+                TensorElementType::Int64 => "int64",
+                _ => "float32",
+            }
+        )),
+    }
+}
+
+/// Checks the outputs: `labels` int64 and / or `logits` float32, at least one.
+fn outputs(session: &Session) -> std::result::Result<Outputs, String> {
+    let outputs = Outputs {
+        labels: has_output(session, LABELS_OUTPUT, TensorElementType::Int64)?,
+        logits: has_output(session, LOGITS_OUTPUT, TensorElementType::Float32)?,
+    };
+    if !outputs.labels && !outputs.logits {
+        return Err("it has neither a `labels` nor a `logits` output".into());
+    }
+    Ok(outputs)
+}
+
 impl ModelInfo {
     /// Reads and validates the contract from a session created from `path`.
     pub fn from_session(session: &Session, path: &Path) -> Result<ModelInfo> {
@@ -63,131 +143,31 @@ impl ModelInfo {
             path: path.to_path_buf(),
             reason,
         };
-        let input = session
-            .inputs()
-            .iter()
-            .find(|i| i.name() == INPUT_NAME)
-            .ok_or_else(|| {
-                not(format!(
-                    "it has no input named `{INPUT_NAME}` (inputs: {})",
-                    session
-                        .inputs()
-                        .iter()
-                        .map(|i| i.name().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-        let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
-            return Err(not("input `image` is not a tensor".into()));
-        };
-        if *ty != TensorElementType::Float32 {
-            return Err(not(format!("input `image` is {ty:?}, expected float32")));
-        }
-        if shape.len() != 4 || !(shape[1] == 3 || shape[1] < 0) {
-            return Err(not(format!(
-                "input `image` has shape {shape:?}, expected N x 3 x H x W"
-            )));
-        }
-        let dim = |i: usize| (shape[i] > 0).then_some(shape[i]);
-        let fixed_batch = dim(0).map(|n| n as usize);
-        let fixed_size = match (dim(3), dim(2)) {
-            (Some(w), Some(h)) => Some((w as u32, h as u32)),
-            (None, None) => None,
-            _ => {
-                return Err(not(format!(
-                    "input `image` has shape {shape:?}: height and width must both be fixed or both dynamic"
-                )))
-            }
-        };
-
-        let out_type = |name: &str| {
-            session
-                .outputs()
-                .iter()
-                .find(|o| o.name() == name)
-                .map(|o| o.dtype().clone())
-        };
-        let has_labels = match out_type(LABELS_OUTPUT) {
-            Some(ValueType::Tensor {
-                ty: TensorElementType::Int64,
-                ..
-            }) => true,
-            Some(other) => {
-                return Err(not(format!("output `labels` is {other:?}, expected int64")))
-            }
-            None => false,
-        };
-        let has_logits = match out_type(LOGITS_OUTPUT) {
-            Some(ValueType::Tensor {
-                ty: TensorElementType::Float32,
-                ..
-            }) => true,
-            Some(other) => {
-                return Err(not(format!(
-                    "output `logits` is {other:?}, expected float32"
-                )))
-            }
-            None => false,
-        };
-        if !has_labels && !has_logits {
-            return Err(not("it has neither a `labels` nor a `logits` output".into()));
-        }
-
+        let shape = input_shape(session).map_err(not)?;
+        let outputs = outputs(session).map_err(not)?;
         let meta = session
             .metadata()
             .map_err(|e| not(format!("its metadata cannot be read ({e})")))?;
-        let get = |k: &str| meta.custom(k).filter(|v| !v.is_empty());
-        let num_classes: usize = get("rccr.num_classes")
-            .ok_or_else(|| not("metadata `rccr.num_classes` is missing".into()))?
-            .trim()
-            .parse()
-            .ok()
-            .filter(|&n| (1..=255).contains(&n))
-            .ok_or_else(|| not("metadata `rccr.num_classes` is not a number in 1..=255".into()))?;
-        let class_names: Vec<String> = match get("rccr.class_names") {
-            Some(s) => serde_json::from_str(&s).map_err(|e| {
-                not(format!(
-                    "metadata `rccr.class_names` is not a JSON array of strings ({e})"
-                ))
-            })?,
-            None => default_names(num_classes),
-        };
-        if class_names.len() != num_classes {
-            return Err(not(format!(
-                "metadata lists {} class names for {num_classes} classes",
-                class_names.len()
-            )));
+        let meta = ModelMetadata::from_props(|k| meta.custom(k)).map_err(|e| not(e.to_string()))?;
+        Ok(ModelInfo::from_parts(meta, shape, outputs))
+    }
+
+    /// The info of a model with metadata `meta`, input `shape` and `outputs`.
+    pub fn from_parts(meta: ModelMetadata, shape: InputShape, outputs: Outputs) -> ModelInfo {
+        ModelInfo {
+            num_classes: meta.num_classes,
+            class_names: meta.class_names,
+            label_set: meta.label_set,
+            palette: meta.palette,
+            input_format: meta.input_format,
+            backbone: meta.backbone,
+            checkpoint: meta.checkpoint,
+            iteration: meta.iteration,
+            fixed_batch: shape.batch,
+            fixed_size: shape.size,
+            has_labels: outputs.labels,
+            has_logits: outputs.logits,
         }
-        let palette: Vec<[u8; 3]> = match get("rccr.palette") {
-            Some(s) => serde_json::from_str(&s).map_err(|e| {
-                not(format!(
-                    "metadata `rccr.palette` is not a JSON array of [r, g, b] ({e})"
-                ))
-            })?,
-            None => default_palette(num_classes),
-        };
-        if palette.len() != num_classes {
-            return Err(not(format!(
-                "metadata has {} palette colours for {num_classes} classes",
-                palette.len()
-            )));
-        }
-        Ok(ModelInfo {
-            num_classes,
-            class_names,
-            label_set: get("rccr.label_set").unwrap_or_else(|| "unknown".into()),
-            palette,
-            input_format: get("rccr.input_format")
-                .unwrap_or_else(|| "float32 RGB 0..255 NCHW".into()),
-            backbone: get("rccr.backbone"),
-            checkpoint: get("rccr.checkpoint"),
-            iteration: get("rccr.iteration").and_then(|s| s.trim().parse().ok()),
-            fixed_batch,
-            fixed_size,
-            has_labels,
-            has_logits,
-        })
     }
 
     /// Whether the model's train ids are the 19 Cityscapes classes (so labelId outputs and
@@ -200,29 +180,4 @@ impl ModelInfo {
                 .zip(taxonomy::CLASSES.iter())
                 .all(|(a, c)| a == c.name)
     }
-}
-
-fn default_names(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            taxonomy::CLASSES
-                .get(i)
-                .filter(|_| n == taxonomy::NUM_CLASSES)
-                .map_or_else(|| format!("class{i}"), |c| c.name.to_string())
-        })
-        .collect()
-}
-
-fn default_palette(n: usize) -> Vec<[u8; 3]> {
-    (0..n)
-        .map(|i| {
-            taxonomy::CLASSES.get(i).map_or_else(
-                || {
-                    let v = (i as u32).wrapping_mul(2654435761);
-                    [(v >> 24) as u8, (v >> 16) as u8, (v >> 8) as u8]
-                },
-                |c| c.color,
-            )
-        })
-        .collect()
 }

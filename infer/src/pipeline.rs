@@ -254,16 +254,20 @@ fn plan_inputs(opts: &PipelineOptions) -> Result<(Vec<PathBuf>, Vec<Option<PathB
     Ok((images, labels))
 }
 
-/// Runs the model over every image of `opts.images` (or of its shard); see the module
-/// docs.
-pub fn run(opts: &PipelineOptions) -> Result<Report> {
-    let (images, labels) = plan_inputs(opts)?;
-    let list = files::ImageList {
-        images,
-        skipped: Vec::new(),
-    };
+/// A run ready to start: the inputs paired and checked, the model open.
+pub struct PreparedRun<'a> {
+    opts: &'a PipelineOptions,
+    images: Vec<PathBuf>,
+    labels: Vec<Option<PathBuf>>,
+    seg: Segmenter,
+    cityscapes: bool,
+}
 
-    let mut seg = Segmenter::open(&opts.model, &opts.segmenter)?;
+/// Pairs the inputs ([`plan_inputs`]), opens the model and checks that it fits the run
+/// (scoring against Cityscapes labelIds needs the 19 Cityscapes classes).
+pub fn prepare(opts: &PipelineOptions) -> Result<PreparedRun<'_>> {
+    let (images, labels) = plan_inputs(opts)?;
+    let seg = Segmenter::open(&opts.model, &opts.segmenter)?;
     let cityscapes = seg.info().num_classes == taxonomy::NUM_CLASSES;
     if opts.labels.is_some() && !cityscapes {
         return Err(InferError::Invalid(format!(
@@ -275,167 +279,175 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
     if opts.out.is_some() && !cityscapes {
         tracing::warn!("the model is not a 19-class Cityscapes model: no labelIds outputs");
     }
-    println!(
-        "rccr-infer: {} images, provider {}, input {}x{}, batch {}",
-        list.images.len(),
-        seg.provider(),
-        seg.input_size().0,
-        seg.input_size().1,
-        seg.batch_size()
-    );
+    Ok(PreparedRun {
+        opts,
+        images,
+        labels,
+        seg,
+        cityscapes,
+    })
+}
 
-    let workers = opts
-        .workers
-        .unwrap_or_else(|| (physical_cores() / 2).max(1))
-        .max(1);
-    let batch_size = seg.batch_size();
-    let input = seg.input_size();
-    let palette = seg.info().palette.clone();
-    let ctx = PostContext {
-        out: opts.out.as_deref(),
-        root: &opts.images,
-        palette: &palette,
-        label_ids: cityscapes,
-    };
-    let pb = progress_bar(list.images.len(), opts.progress);
-    let abort = AtomicBool::new(false);
-    let skipped: Mutex<Vec<Skipped>> = Mutex::new(Vec::new());
-    let fatal: Mutex<Option<InferError>> = Mutex::new(None);
-    let fail = |path: &Path, e: InferError, fatal_anyway: bool| {
-        if opts.strict || fatal_anyway {
-            abort.store(true, Ordering::SeqCst);
-            let mut f = fatal.lock().unwrap_or_else(|p| p.into_inner());
+/// Runs the model over every image of `opts.images` (or of its shard); see the module
+/// docs. [`prepare`] then [`PreparedRun::execute`].
+pub fn run(opts: &PipelineOptions) -> Result<Report> {
+    prepare(opts)?.execute()
+}
+
+/// How a failed input ends: the run (`strict`, or a fatal error) or only itself.
+struct Failures<'a> {
+    strict: bool,
+    abort: AtomicBool,
+    skipped: Mutex<Vec<Skipped>>,
+    fatal: Mutex<Option<InferError>>,
+    pb: &'a indicatif::ProgressBar,
+}
+
+impl Failures<'_> {
+    /// Records `e` about `path`: skipped, or (strict or `fatal_anyway`) the run's error.
+    fn fail(&self, path: &Path, e: InferError, fatal_anyway: bool) {
+        if self.strict || fatal_anyway {
+            self.abort.store(true, Ordering::SeqCst);
+            let mut f = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
             if f.is_none() {
                 *f = Some(e);
             }
         } else {
-            pb.suspend(|| tracing::warn!("skipped {}: {e}", path.display()));
-            skipped
+            self.pb
+                .suspend(|| tracing::warn!("skipped {}: {e}", path.display()));
+            self.skipped
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(Skipped {
                     file: path.display().to_string(),
                     error: e.to_string(),
                 });
-            pb.inc(1);
+            self.pb.inc(1);
         }
-    };
-
-    let start = Instant::now();
-    let (job_tx, job_rx) = crossbeam_channel::unbounded::<(PathBuf, Option<PathBuf>)>();
-    for (p, l) in list.images.iter().zip(&labels) {
-        let _ = job_tx.send((p.clone(), l.clone()));
     }
-    drop(job_tx);
-    let (load_tx, load_rx) = bounded::<Prepared>(2 * batch_size + workers);
-    let (post_tx, post_rx) = bounded::<(Prepared, LabelMap)>(2 * batch_size + workers);
+
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::SeqCst)
+    }
+
+    /// The fatal error, else the skipped inputs sorted by file.
+    fn finish(self) -> Result<Vec<Skipped>> {
+        if let Some(e) = self.fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        let mut skipped = self.skipped.into_inner().unwrap_or_else(|p| p.into_inner());
+        skipped.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(skipped)
+    }
+}
+
+/// A decode worker: jobs in, preprocessed inputs out, until the jobs end or the run aborts.
+fn decode_worker(
+    jobs: crossbeam_channel::Receiver<(PathBuf, Option<PathBuf>)>,
+    loaded: crossbeam_channel::Sender<Prepared>,
+    input: (u32, u32),
+    overlay: bool,
+    failures: &Failures<'_>,
+) -> Acc {
+    let mut acc = Acc::default();
+    for (path, label) in jobs.iter() {
+        if failures.aborted() {
+            break;
+        }
+        match load(&path, label.as_deref(), input, overlay, &mut acc) {
+            Ok(p) => {
+                if loaded.send(p).is_err() {
+                    break;
+                }
+            }
+            Err(e) => failures.fail(&path, e, false),
+        }
+    }
+    acc
+}
+
+/// A post worker: predictions in, scored and written. Scoring errors are bad inputs;
+/// write errors end the run.
+fn post_worker(
+    predictions: crossbeam_channel::Receiver<(Prepared, LabelMap)>,
+    ctx: &PostContext<'_>,
+    failures: &Failures<'_>,
+) -> Acc {
+    let mut acc = Acc::default();
+    // Always drain the channel so the model thread never blocks on a dead stage.
+    for (item, pred) in predictions.iter() {
+        if failures.aborted() {
+            continue;
+        }
+        let path = item.path.clone();
+        match post(ctx, item, pred, &mut acc) {
+            Ok(()) => failures.pb.inc(1),
+            Err(e) => {
+                let is_io = matches!(e, InferError::Io { .. });
+                failures.fail(&path, e, is_io);
+            }
+        }
+    }
+    acc
+}
+
+/// The model stage: batches of `seg.batch_size()` preprocessed inputs, one run each,
+/// predictions on to the post workers. Returns the time spent in the model.
+fn model_stage(
+    seg: &mut Segmenter,
+    loaded: crossbeam_channel::Receiver<Prepared>,
+    predictions: crossbeam_channel::Sender<(Prepared, LabelMap)>,
+    failures: &Failures<'_>,
+) -> Duration {
+    let batch_size = seg.batch_size();
     let mut model_time = Duration::ZERO;
-
-    let accs: Vec<Acc> = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        for _ in 0..workers {
-            let (job_rx, load_tx) = (job_rx.clone(), load_tx.clone());
-            let (abort, fail) = (&abort, &fail);
-            handles.push(s.spawn(move || {
-                let mut acc = Acc::default();
-                for (path, label) in job_rx.iter() {
-                    if abort.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    match load(&path, label.as_deref(), input, opts.overlay, &mut acc) {
-                        Ok(p) => {
-                            if load_tx.send(p).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => fail(&path, e, false),
-                    }
-                }
-                acc
-            }));
+    let mut batch = seg.new_batch();
+    let mut items: Vec<Prepared> = Vec::with_capacity(batch_size);
+    loop {
+        let next = loaded.recv().ok();
+        if failures.aborted() {
+            break;
         }
-        drop(load_tx);
-        for _ in 0..workers {
-            let post_rx = post_rx.clone();
-            let (abort, fail, ctx, pb) = (&abort, &fail, &ctx, &pb);
-            handles.push(s.spawn(move || {
-                let mut acc = Acc::default();
-                // Always drain the channel so the model thread never blocks on a dead stage.
-                for (item, pred) in post_rx.iter() {
-                    if abort.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    let path = item.path.clone();
-                    // Scoring errors are bad inputs; write errors end the run.
-                    match post(ctx, item, pred, &mut acc) {
-                        Ok(()) => pb.inc(1),
-                        Err(e) => {
-                            let is_io = matches!(e, InferError::Io { .. });
-                            fail(&path, e, is_io);
+        let closed = next.is_none();
+        if let Some(item) = next {
+            batch.push_preprocessed(&item.chw);
+            items.push(item);
+        }
+        if items.len() == batch_size || (closed && !items.is_empty()) {
+            let t = Instant::now();
+            let result = seg.run(&batch);
+            model_time += t.elapsed();
+            batch.clear();
+            match result {
+                Ok(maps) => {
+                    for (mut item, map) in items.drain(..).zip(maps) {
+                        item.chw = Vec::new();
+                        if predictions.send((item, map)).is_err() {
+                            break;
                         }
                     }
                 }
-                acc
-            }));
-        }
-        drop(post_rx);
-
-        // The model stage, on this thread.
-        let mut batch = seg.new_batch();
-        let mut items: Vec<Prepared> = Vec::with_capacity(batch_size);
-        let mut rx = Some(load_rx);
-        loop {
-            let next = rx.as_ref().and_then(|r| r.recv().ok());
-            if abort.load(Ordering::SeqCst) {
-                break;
-            }
-            let closed = next.is_none();
-            if let Some(item) = next {
-                batch.push_preprocessed(&item.chw);
-                items.push(item);
-            }
-            if items.len() == batch_size || (closed && !items.is_empty()) {
-                let t = Instant::now();
-                let result = seg.run(&batch);
-                model_time += t.elapsed();
-                batch.clear();
-                match result {
-                    Ok(maps) => {
-                        for (mut item, map) in items.drain(..).zip(maps) {
-                            item.chw = Vec::new();
-                            if post_tx.send((item, map)).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let first = items[0].path.clone();
-                        items.clear();
-                        fail(&first, e, true);
-                        break;
-                    }
+                Err(e) => {
+                    let first = items[0].path.clone();
+                    items.clear();
+                    failures.fail(&first, e, true);
+                    break;
                 }
             }
-            if closed {
-                break;
-            }
         }
-        // Unblock decode workers still sending, then let post workers finish.
-        drop(rx.take());
-        drop(post_tx);
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    pb.finish_and_clear();
-    if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
+        if closed {
+            break;
+        }
     }
-    let seconds = start.elapsed().as_secs_f64();
+    // Dropping `loaded` unblocks decode workers still sending; dropping `predictions`
+    // lets the post workers finish.
+    model_time
+}
 
+/// The per-stage totals of the workers, summed.
+fn sum_accs(accs: &[Acc]) -> Acc {
     let mut total = Acc::default();
-    for a in &accs {
+    for a in accs {
         total.hist.merge(&a.hist);
         total.decode += a.decode;
         total.preprocess += a.preprocess;
@@ -443,45 +455,136 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
         total.write += a.write;
         total.done += a.done;
     }
-    let done = total.done;
-    let per = |d: Duration| {
-        if done == 0 {
-            0.0
-        } else {
-            d.as_secs_f64() * 1e3 / done as f64
-        }
-    };
-    let mut skipped = skipped.into_inner().unwrap_or_else(|p| p.into_inner());
-    skipped.sort_by(|a, b| a.file.cmp(&b.file));
-    let mut report = Report {
-        images: done,
-        skipped,
-        provider: Some(seg.provider().name().to_string()),
-        images_per_second: if seconds > 0.0 {
-            done as f64 / seconds
-        } else {
-            0.0
-        },
-        seconds,
-        model: Some(opts.model.display().to_string()),
-        input_size: Some([input.0, input.1]),
-        batch_size: Some(batch_size),
-        stage_ms: Some(StageTimes {
-            decode_ms: per(total.decode),
-            preprocess_ms: per(total.preprocess),
-            model_ms: per(model_time),
-            postprocess_ms: per(total.post),
-            write_ms: per(total.write),
-        }),
-        classes: opts.protocol.count(),
-        shard: opts.shard,
-        ..Report::default()
-    };
-    if opts.labels.is_some() {
-        report.set_scores(&Scores {
-            confusion: total.hist.confusion(IdFormat::LabelIds, IdFormat::TrainIds),
-            protocol: opts.protocol,
-        });
+    total
+}
+
+impl PreparedRun<'_> {
+    /// One line about the run: images, provider, input size, batch size.
+    pub fn summary(&self) -> String {
+        let (w, h) = self.seg.input_size();
+        format!(
+            "rccr-infer: {} images, provider {}, input {w}x{h}, batch {}",
+            self.images.len(),
+            self.seg.provider(),
+            self.seg.batch_size()
+        )
     }
-    Ok(report)
+
+    /// Runs the decode, model and post stages (see the module docs) and reports.
+    pub fn execute(mut self) -> Result<Report> {
+        let opts = self.opts;
+        let workers = opts
+            .workers
+            .unwrap_or_else(|| (physical_cores() / 2).max(1))
+            .max(1);
+        let pb = progress_bar(self.images.len(), opts.progress);
+        let failures = Failures {
+            strict: opts.strict,
+            abort: AtomicBool::new(false),
+            skipped: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            pb: &pb,
+        };
+        let start = Instant::now();
+        let (accs, model_time) = self.run_stages(workers, &failures);
+        pb.finish_and_clear();
+        let skipped = failures.finish()?;
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(self.report(&sum_accs(&accs), model_time, skipped, seconds))
+    }
+
+    /// The stages on scoped threads: `workers` decode and `workers` post workers, the
+    /// model on this thread.
+    fn run_stages(&mut self, workers: usize, failures: &Failures<'_>) -> (Vec<Acc>, Duration) {
+        let opts = self.opts;
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<(PathBuf, Option<PathBuf>)>();
+        for job in self.images.iter().cloned().zip(self.labels.iter().cloned()) {
+            let _ = job_tx.send(job);
+        }
+        drop(job_tx);
+        let depth = 2 * self.seg.batch_size() + workers;
+        let (load_tx, load_rx) = bounded::<Prepared>(depth);
+        let (post_tx, post_rx) = bounded::<(Prepared, LabelMap)>(depth);
+        let input = self.seg.input_size();
+        let palette = self.seg.info().palette.clone();
+        let ctx = PostContext {
+            out: opts.out.as_deref(),
+            root: &opts.images,
+            palette: &palette,
+            label_ids: self.cityscapes,
+        };
+        let seg = &mut self.seg;
+        std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for _ in 0..workers {
+                let (jobs, loaded) = (job_rx.clone(), load_tx.clone());
+                handles.push(
+                    s.spawn(move || decode_worker(jobs, loaded, input, opts.overlay, failures)),
+                );
+            }
+            drop(load_tx);
+            for _ in 0..workers {
+                let (predictions, ctx) = (post_rx.clone(), &ctx);
+                handles.push(s.spawn(move || post_worker(predictions, ctx, failures)));
+            }
+            drop(post_rx);
+            let model_time = model_stage(seg, load_rx, post_tx, failures);
+            let accs = handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect();
+            (accs, model_time)
+        })
+    }
+
+    /// The report of a finished run.
+    fn report(
+        &self,
+        total: &Acc,
+        model_time: Duration,
+        skipped: Vec<Skipped>,
+        seconds: f64,
+    ) -> Report {
+        let opts = self.opts;
+        let done = total.done;
+        let per = |d: Duration| {
+            if done == 0 {
+                0.0
+            } else {
+                d.as_secs_f64() * 1e3 / done as f64
+            }
+        };
+        let (w, h) = self.seg.input_size();
+        let mut report = Report {
+            images: done,
+            skipped,
+            provider: Some(self.seg.provider().name().to_string()),
+            images_per_second: if seconds > 0.0 {
+                done as f64 / seconds
+            } else {
+                0.0
+            },
+            seconds,
+            model: Some(opts.model.display().to_string()),
+            input_size: Some([w, h]),
+            batch_size: Some(self.seg.batch_size()),
+            stage_ms: Some(StageTimes {
+                decode_ms: per(total.decode),
+                preprocess_ms: per(total.preprocess),
+                model_ms: per(model_time),
+                postprocess_ms: per(total.post),
+                write_ms: per(total.write),
+            }),
+            classes: opts.protocol.count(),
+            shard: opts.shard,
+            ..Report::default()
+        };
+        if opts.labels.is_some() {
+            report.set_scores(&Scores {
+                confusion: total.hist.confusion(IdFormat::LabelIds, IdFormat::TrainIds),
+                protocol: opts.protocol,
+            });
+        }
+        report
+    }
 }

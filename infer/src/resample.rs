@@ -56,19 +56,27 @@ pub fn resize_rgb_to_planar(
 ) {
     assert_eq!(src.len(), sw * sh * 3, "source buffer size");
     assert_eq!(out.len(), dw * dh * 3, "output buffer size");
-    let plane = dw * dh;
     if (sw, sh) == (dw, dh) {
-        for (i, px) in src.chunks_exact(3).enumerate() {
-            out[i] = px[0] as f32;
-            out[plane + i] = px[1] as f32;
-            out[2 * plane + i] = px[2] as f32;
-        }
+        copy_to_planar(src, out);
         return;
     }
+    let rows = horizontal_pass(src, sw, sh, dw);
+    vertical_pass(&rows, dw, dh, &taps(sh, dh), out);
+}
+
+/// Interleaved RGB bytes to planar f32, without resizing.
+fn copy_to_planar(src: &[u8], out: &mut [f32]) {
+    let plane = out.len() / 3;
+    for (i, px) in src.chunks_exact(3).enumerate() {
+        out[i] = px[0] as f32;
+        out[plane + i] = px[1] as f32;
+        out[2 * plane + i] = px[2] as f32;
+    }
+}
+
+/// The horizontal pass over every source row: interleaved RGB f32, `sh x dw x 3`.
+fn horizontal_pass(src: &[u8], sw: usize, sh: usize, dw: usize) -> Vec<f32> {
     let htaps = taps(sw, dw);
-    let vtaps = taps(sh, dh);
-    // Horizontal pass over the source rows the vertical pass needs (all of them in
-    // practice), interleaved RGB f32, `sh x dw x 3`.
     let mut tmp = vec![0f32; sh * dw * 3];
     for y in 0..sh {
         let row = &src[y * sw * 3..(y + 1) * sw * 3];
@@ -86,14 +94,20 @@ pub fn resize_rgb_to_planar(
             trow[x * 3 + 2] = b;
         }
     }
-    // Vertical pass into the planes.
+    tmp
+}
+
+/// The vertical pass over the horizontally resized `rows` (`dw` wide) into the planes of
+/// `out`.
+fn vertical_pass(rows: &[f32], dw: usize, dh: usize, vtaps: &[Taps], out: &mut [f32]) {
+    let plane = dw * dh;
     let (rp, rest) = out.split_at_mut(plane);
     let (gp, bp) = rest.split_at_mut(plane);
     let mut acc = vec![0f32; dw * 3];
     for (y, t) in vtaps.iter().enumerate() {
         acc.iter_mut().for_each(|v| *v = 0.0);
         for (k, &w) in t.weights.iter().enumerate() {
-            let trow = &tmp[(t.start + k) * dw * 3..(t.start + k + 1) * dw * 3];
+            let trow = &rows[(t.start + k) * dw * 3..(t.start + k + 1) * dw * 3];
             for (a, &v) in acc.iter_mut().zip(trow) {
                 *a += w * v;
             }

@@ -381,6 +381,46 @@ pub fn score_files(gt: &Path, pred: &Path, pred_format: IdFormat) -> Result<Pair
     Ok(h)
 }
 
+/// The running totals of a folder scoring: the merged histograms, the images scored, the
+/// skipped predictions and the first fatal error.
+#[derive(Default)]
+struct DirTally {
+    hist: PairHistogram,
+    images: usize,
+    skipped: Vec<(PathBuf, String)>,
+    fatal: Option<InferError>,
+}
+
+impl DirTally {
+    /// Adds the outcome of one pair: scored, skipped, or (`strict`) fatal.
+    fn add(&mut self, pred: &Path, outcome: Result<PairHistogram>, strict: bool) {
+        match outcome {
+            Ok(h) => {
+                self.hist.merge(&h);
+                self.images += 1;
+            }
+            Err(e) if strict => {
+                self.fatal.get_or_insert(e);
+            }
+            Err(e) => {
+                tracing::warn!("skipped: {e}");
+                self.skipped.push((pred.to_path_buf(), e.to_string()));
+            }
+        }
+    }
+
+    /// Both tallies in one (the first fatal error wins).
+    fn merge(mut self, other: DirTally) -> DirTally {
+        self.hist.merge(&other.hist);
+        self.images += other.images;
+        self.skipped.extend(other.skipped);
+        if self.fatal.is_none() {
+            self.fatal = other.fatal;
+        }
+        self
+    }
+}
+
 /// Scores every prediction in `pred_dir` against the labelIds ground truth in `gt_dir`,
 /// pairs in parallel (rayon); `tick` is called once per pair (for progress bars).
 pub fn score_dirs(
@@ -392,61 +432,38 @@ pub fn score_dirs(
     let start = Instant::now();
     let pairs = pair_dirs(pred_dir, gt_dir)?;
     let abort = AtomicBool::new(false);
-    type Acc = (
-        PairHistogram,
-        usize,
-        Vec<(PathBuf, String)>,
-        Option<InferError>,
-    );
-    let (hist, images, mut skipped, fatal) = pairs
+    let tally = pairs
         .par_iter()
-        .fold(
-            || -> Acc { (PairHistogram::new(), 0, Vec::new(), None) },
-            |mut acc, (gt, pred)| {
-                if abort.load(Ordering::Relaxed) {
-                    return acc;
-                }
-                match score_files(gt, pred, options.pred_format) {
-                    Ok(h) => {
-                        acc.0.merge(&h);
-                        acc.1 += 1;
-                    }
-                    Err(e) if options.strict => {
-                        abort.store(true, Ordering::Relaxed);
-                        acc.3.get_or_insert(e);
-                    }
-                    Err(e) => {
-                        tracing::warn!("skipped: {e}");
-                        acc.2.push((pred.clone(), e.to_string()));
-                    }
-                }
-                tick();
-                acc
-            },
-        )
-        .reduce(
-            || (PairHistogram::new(), 0, Vec::new(), None),
-            |mut a, b| {
-                a.0.merge(&b.0);
-                a.1 += b.1;
-                a.2.extend(b.2);
-                if a.3.is_none() {
-                    a.3 = b.3;
-                }
-                a
-            },
-        );
-    if let Some(e) = fatal {
+        .fold(DirTally::default, |mut tally, (gt, pred)| {
+            if abort.load(Ordering::Relaxed) {
+                return tally;
+            }
+            tally.add(
+                pred,
+                score_files(gt, pred, options.pred_format),
+                options.strict,
+            );
+            if tally.fatal.is_some() {
+                abort.store(true, Ordering::Relaxed);
+            }
+            tick();
+            tally
+        })
+        .reduce(DirTally::default, DirTally::merge);
+    if let Some(e) = tally.fatal {
         return Err(e);
     }
+    let mut skipped = tally.skipped;
     skipped.sort();
     Ok(DirScores {
-        pixels: hist.total(),
+        pixels: tally.hist.total(),
         scores: Scores {
-            confusion: hist.confusion(IdFormat::LabelIds, options.pred_format),
+            confusion: tally
+                .hist
+                .confusion(IdFormat::LabelIds, options.pred_format),
             protocol: options.protocol,
         },
-        images,
+        images: tally.images,
         skipped,
         seconds: start.elapsed().as_secs_f64(),
     })

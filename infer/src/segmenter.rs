@@ -16,9 +16,10 @@ use image::RgbImage;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 
+use crate::contract::{INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use crate::error::{InferError, Result};
-use crate::labelmap::LabelMap;
-use crate::model::{ModelInfo, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
+use crate::labelmap::{argmax_planes, LabelMap};
+use crate::model::ModelInfo;
 use crate::provider::{create_session, create_session_with_dims, Provider, SessionOptions};
 use crate::resample;
 use crate::taxonomy::IGNORE;
@@ -182,23 +183,6 @@ pub fn preprocess(image: &RgbImage, width: u32, height: u32) -> Vec<f32> {
     v
 }
 
-/// Per-pixel argmax over `c` planes of `plane` values each (the first maximum wins, as
-/// ONNX `ArgMax` and `torch.argmax`); NaN scores never win.
-pub fn argmax_planes(logits: &[f32], c: usize, plane: usize) -> Vec<u8> {
-    let mut best = logits[..plane].to_vec();
-    let mut out = vec![0u8; plane];
-    for k in 1..c {
-        let s = &logits[k * plane..(k + 1) * plane];
-        for ((o, b), &v) in out.iter_mut().zip(best.iter_mut()).zip(s) {
-            if v > *b || (b.is_nan() && !v.is_nan()) {
-                *b = v;
-                *o = k as u8;
-            }
-        }
-    }
-    out
-}
-
 /// The symbolic names of the input's H and W dimensions, when both have one.
 fn spatial_dim_names(session: &Session) -> Option<(String, String)> {
     let input = session.inputs().iter().find(|i| i.name() == INPUT_NAME)?;
@@ -295,33 +279,39 @@ fn select_output(model: &Path, output: &str) -> Result<RunOptions<HasSelectedOut
         .with_outputs(OutputSelector::no_default().with(output)))
 }
 
+/// On the CPU, a session with H and W fixed to the input size runs faster (ONNX Runtime
+/// fuses every residual Add + Relu into its convolution only with static shapes): the
+/// session rebuilt so when the input's H and W have symbolic names, else `session`.
+fn fixed_size_cpu_session(
+    session: Session,
+    model: &Path,
+    options: &SessionOptions,
+    (width, height): (u32, u32),
+) -> Result<Session> {
+    let Some((h_name, w_name)) = spatial_dim_names(&session) else {
+        return Ok(session);
+    };
+    let dims = [(h_name, height as i64), (w_name, width as i64)];
+    let cpu = SessionOptions {
+        provider: Provider::Cpu,
+        ..options.clone()
+    };
+    Ok(create_session_with_dims(model, &cpu, &dims)?.0)
+}
+
 impl Segmenter {
     /// Loads `model` (an ONNX file made by `rccr-export`) with `options`.
     pub fn open(model: &Path, options: &SegmenterOptions) -> Result<Segmenter> {
         let (session, provider) = create_session(model, &options.session)?;
+        // The contract (`ModelMetadata::from_props`) keeps num_classes within 8-bit ids.
         let info = ModelInfo::from_session(&session, model)?;
-        if info.num_classes > 255 {
-            return Err(InferError::NotRccrModel {
-                path: model.to_path_buf(),
-                reason: "more than 255 classes do not fit 8-bit label maps".into(),
-            });
-        }
         let input_size = resolve_input_size(&info, options.input_size, model)?;
         let batch_size = resolve_batch_size(&info, options.batch_size, model)?;
-        // On the CPU, a session with H and W fixed to the input size runs faster (ONNX
-        // Runtime fuses every residual Add + Relu into its convolution only with static
-        // shapes): rebuild it so. `info` keeps describing the model file (dynamic).
-        let mut session = session;
-        if provider == Provider::Cpu && info.fixed_size.is_none() {
-            if let Some((h_name, w_name)) = spatial_dim_names(&session) {
-                let dims = [(h_name, input_size.1 as i64), (w_name, input_size.0 as i64)];
-                let cpu = SessionOptions {
-                    provider: Provider::Cpu,
-                    ..options.session.clone()
-                };
-                session = create_session_with_dims(model, &cpu, &dims)?.0;
-            }
-        }
+        let session = if provider == Provider::Cpu && info.fixed_size.is_none() {
+            fixed_size_cpu_session(session, model, &options.session, input_size)?
+        } else {
+            session
+        };
         let wanted = if info.has_labels {
             LABELS_OUTPUT
         } else {
@@ -711,26 +701,6 @@ impl Interleaved {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn argmax_first_maximum_wins() {
-        // 3 classes, 4 pixels.
-        let logits = [
-            1.0,
-            5.0,
-            0.0,
-            f32::NAN, // class 0
-            2.0,
-            5.0,
-            0.0,
-            1.0, // class 1
-            0.0,
-            1.0,
-            3.0,
-            0.5, // class 2
-        ];
-        assert_eq!(argmax_planes(&logits, 3, 4), vec![1, 0, 2, 1]);
-    }
 
     #[test]
     fn preprocess_is_planar_rgb_0_255() {

@@ -24,91 +24,92 @@ pub const LAYER_STRIDES: [i64; 4] = [1, 2, 1, 1];
 /// Dilation of layer1..layer4.
 pub const LAYER_DILATIONS: [i64; 4] = [1, 1, 2, 4];
 
+/// The shape of one residual block: input and inner widths, output width, stride of its
+/// first convolution and dilation of its 3x3 convolutions.
+#[derive(Debug, Clone, Copy)]
+struct BlockShape {
+    inplanes: i64,
+    planes: i64,
+    out: i64,
+    stride: i64,
+    dilation: i64,
+}
+
+/// A Caffe-style bottleneck (1x1 with the stride, dilated 3x3, 1x1) under `bp`.
+fn bottleneck(bp: &nn::Path, g: BlockShape, downsample: Option<ConvBn>) -> Block {
+    let d = g.dilation;
+    Block::Bottleneck {
+        conv1: ConvBn::new(
+            bp / "conv1",
+            bp / "bn1",
+            g.inplanes,
+            g.planes,
+            1,
+            g.stride,
+            0,
+            1,
+        ),
+        conv2: ConvBn::new(bp / "conv2", bp / "bn2", g.planes, g.planes, 3, 1, d, d),
+        conv3: ConvBn::new(bp / "conv3", bp / "bn3", g.planes, g.out, 1, 1, 0, 1),
+        downsample,
+    }
+}
+
+/// A basic block (two dilated 3x3, the first with the stride) under `bp`.
+fn basic(bp: &nn::Path, g: BlockShape, downsample: Option<ConvBn>) -> Block {
+    let d = g.dilation;
+    Block::Basic {
+        conv1: ConvBn::new(
+            bp / "conv1",
+            bp / "bn1",
+            g.inplanes,
+            g.planes,
+            3,
+            g.stride,
+            d,
+            d,
+        ),
+        conv2: ConvBn::new(bp / "conv2", bp / "bn2", g.planes, g.out, 3, 1, d, d),
+        downsample,
+    }
+}
+
+/// Block `b` of a layer under `bp`. DACS: a shortcut projection (`downsample.0/1`) on the
+/// first block when the stride or width changes, or the layer is dilated.
+fn block(bp: &nn::Path, backbone: Backbone, b: usize, g: BlockShape) -> Block {
+    let project = b == 0 && (g.stride != 1 || g.inplanes != g.out || g.dilation > 1);
+    let downsample = project.then(|| {
+        let dp = bp / "downsample";
+        ConvBn::new(&dp / 0, &dp / 1, g.inplanes, g.out, 1, g.stride, 0, 1)
+    });
+    if backbone.bottleneck() {
+        bottleneck(bp, g, downsample)
+    } else {
+        basic(bp, g, downsample)
+    }
+}
+
 impl Encoder {
     /// Builds the encoder under `p` (names at the root of `p`: `p / "conv1"`, ...).
     pub fn new(p: &nn::Path, backbone: Backbone) -> Encoder {
         let stem_w = backbone.stem_width();
         let stem = ConvBn::new(p / "conv1", p / "bn1", 3, stem_w, 7, 2, 3, 1);
         let mut inplanes = stem_w;
-        let blocks = backbone.blocks();
-        let planes = backbone.planes();
-        let exp = backbone.expansion();
+        let (blocks, planes) = (backbone.blocks(), backbone.planes());
         let layers: [Vec<Block>; 4] = std::array::from_fn(|l| {
             let lp = p / format!("layer{}", l + 1);
-            let (stride, dilation) = (LAYER_STRIDES[l], LAYER_DILATIONS[l]);
+            let out = planes[l] * backbone.expansion();
             (0..blocks[l])
                 .map(|b| {
-                    let bp = &lp / b;
-                    let s = if b == 0 { stride } else { 1 };
-                    let out = planes[l] * exp;
-                    // DACS: a shortcut projection on the first block when the stride or
-                    // width changes, or the layer is dilated.
-                    let downsample =
-                        (b == 0 && (s != 1 || inplanes != out || dilation > 1)).then(|| {
-                            let dp = &bp / "downsample";
-                            ConvBn::new(&dp / 0, &dp / 1, inplanes, out, 1, s, 0, 1)
-                        });
-                    let block = if backbone.bottleneck() {
-                        Block::Bottleneck {
-                            conv1: ConvBn::new(
-                                &bp / "conv1",
-                                &bp / "bn1",
-                                inplanes,
-                                planes[l],
-                                1,
-                                s,
-                                0,
-                                1,
-                            ),
-                            conv2: ConvBn::new(
-                                &bp / "conv2",
-                                &bp / "bn2",
-                                planes[l],
-                                planes[l],
-                                3,
-                                1,
-                                dilation,
-                                dilation,
-                            ),
-                            conv3: ConvBn::new(
-                                &bp / "conv3",
-                                &bp / "bn3",
-                                planes[l],
-                                out,
-                                1,
-                                1,
-                                0,
-                                1,
-                            ),
-                            downsample,
-                        }
-                    } else {
-                        Block::Basic {
-                            conv1: ConvBn::new(
-                                &bp / "conv1",
-                                &bp / "bn1",
-                                inplanes,
-                                planes[l],
-                                3,
-                                s,
-                                dilation,
-                                dilation,
-                            ),
-                            conv2: ConvBn::new(
-                                &bp / "conv2",
-                                &bp / "bn2",
-                                planes[l],
-                                out,
-                                3,
-                                1,
-                                dilation,
-                                dilation,
-                            ),
-                            downsample,
-                        }
+                    let shape = BlockShape {
+                        inplanes,
+                        planes: planes[l],
+                        out,
+                        stride: if b == 0 { LAYER_STRIDES[l] } else { 1 },
+                        dilation: LAYER_DILATIONS[l],
                     };
                     inplanes = out;
-                    block
+                    block(&(&lp / b), backbone, b, shape)
                 })
                 .collect()
         });

@@ -28,8 +28,9 @@ use rccr_exporter::onnx::ModelProto;
 use rccr_exporter::quantize::{self, CalibrationMethod};
 use rccr_exporter::ExportOptions;
 use rccr_exporter::{encode, export_loaded, load_teacher, write_model};
+use rccr_infer::contract::{INPUT_NAME, LABELS_OUTPUT};
 use rccr_infer::segmenter::preprocess;
-use rccr_infer::{Batch, Provider, Segmenter, SegmenterOptions, SessionOptions};
+use rccr_infer::{Batch, Provider, Segmenter, SegmenterOptions, SessionOptions, Size};
 use rccr_models::checkpoint::LoadedNet;
 use rccr_models::{Backbone, ModelConfig};
 use std::path::{Path, PathBuf};
@@ -49,7 +50,7 @@ struct Args {
     classes: i64,
     /// Input size WxH.
     #[arg(long, default_value = "1024x512")]
-    size: String,
+    size: Size,
     /// Timed images per variant (after --warmup untimed ones).
     #[arg(long, default_value_t = 3)]
     count: usize,
@@ -216,11 +217,7 @@ struct Setup {
 }
 
 fn setup(args: &Args) -> Result<Setup> {
-    let (w, h) = args
-        .size
-        .split_once('x')
-        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-        .context("--size must be WxH, e.g. 1024x512")?;
+    let (w, h) = args.size.pair();
     let threads = args
         .threads
         .unwrap_or_else(rccr_infer::provider::physical_cores);
@@ -271,7 +268,9 @@ fn bf16_teacher(ckpt: &Path) -> Result<LoadedNet> {
 
 type RunFn<'a> = Box<dyn FnMut(&[f32]) -> Result<Vec<u8>> + 'a>;
 
-/// ONNX Runtime on the fp32 model with default session options but the thread count.
+/// ONNX Runtime on the fp32 model with default session options but the thread count:
+/// deliberately not `rccr_infer::provider::session_builder`, whose tuned options are what
+/// this variant is the baseline for.
 fn ort_default_variant(path: &Path, threads: usize, w: u32, h: u32) -> Result<RunFn<'static>> {
     rccr_infer::runtime::ensure_loaded()?;
     let env = rccr_infer::runtime::environment()?;
@@ -282,8 +281,8 @@ fn ort_default_variant(path: &Path, threads: usize, w: u32, h: u32) -> Result<Ru
     Ok(Box::new(move |x: &[f32]| {
         let input =
             ort::value::TensorRef::from_array_view(([1usize, 3, h as usize, w as usize], x))?;
-        let out = s.run(ort::inputs!["image" => input])?;
-        let (_, labels) = out["labels"].try_extract_tensor::<i64>()?;
+        let out = s.run(ort::inputs![INPUT_NAME => input])?;
+        let (_, labels) = out[LABELS_OUTPUT].try_extract_tensor::<i64>()?;
         Ok(labels.iter().map(|&v| v as u8).collect())
     }))
 }
@@ -446,7 +445,7 @@ fn main() -> Result<()> {
     });
     let text = serde_json::to_string(&summary)?;
     if let Some(p) = &args.json {
-        rccr_models::weights::write_atomic(p, text.as_bytes())
+        rccr_infer::files::write_atomic(p, text.as_bytes())
             .with_context(|| format!("writing {}", p.display()))?;
     }
     println!("{text}");

@@ -24,11 +24,13 @@ pub enum ExportError {
         /// Why.
         reason: String,
     },
-    /// The model could not be written (the error names the file).
-    #[error("cannot write the ONNX model: {cause}")]
+    /// The model could not be written.
+    #[error("{}: cannot write the ONNX model: {cause}", path.display())]
     Write {
+        /// The output path.
+        path: PathBuf,
         /// The cause (in the message; not chained, so it is printed once).
-        cause: ModelError,
+        cause: std::io::Error,
     },
     /// A file that could not be read.
     #[error("{}: {cause}", path.display())]

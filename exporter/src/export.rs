@@ -102,5 +102,8 @@ pub fn decode(bytes: &[u8]) -> Result<ModelProto, ExportError> {
 /// Writes `bytes` to `out` through a temporary file and a rename.
 pub fn write_model(out: &Path, bytes: &[u8]) -> Result<(), ExportError> {
     check_output_path(out)?;
-    rccr_models::weights::write_atomic(out, bytes).map_err(|cause| ExportError::Write { cause })
+    rccr_infer::files::write_atomic_synced(out, bytes).map_err(|cause| ExportError::Write {
+        path: out.to_path_buf(),
+        cause,
+    })
 }

@@ -9,6 +9,7 @@ use crate::options::{ExportOptions, Shape, OPSETS};
 use crate::quantize::{self, Batch, Calibration, CalibrationMethod};
 use crate::verify::{self, Tolerance, VerifyOptions, VerifyReport};
 use crate::ExportError;
+use rccr_infer::Size;
 use rccr_models::checkpoint::LoadedNet;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -39,8 +40,8 @@ pub struct Int8Options {
     pub calibration_count: usize,
     /// The range rule.
     pub method: CalibrationMethod,
-    /// Calibration size `(W, H)`; `None`: the fixed shape, else rccr-infer's default.
-    pub calibration_size: Option<(u32, u32)>,
+    /// Calibration size; `None`: the fixed shape's, else rccr-infer's default.
+    pub calibration_size: Option<Size>,
     /// The verification pass rule: least share of pixels whose argmax equals libtorch's.
     pub min_agreement: f64,
 }
@@ -178,7 +179,7 @@ fn load(job: &ExportJob) -> Result<LoadedNet, ExportError> {
 /// rccr-infer's default input size.
 pub fn calibration_size(int8: &Int8Options, fixed: Option<Shape>) -> (u32, u32) {
     match (int8.calibration_size, fixed) {
-        (Some(s), _) => s,
+        (Some(s), _) => s.pair(),
         (None, Some(f)) => (f.w as u32, f.h as u32),
         (None, None) => rccr_infer::segmenter::DEFAULT_INPUT_SIZE,
     }

@@ -8,7 +8,8 @@
 //! - [`fold`]: batch-norm folding into the preceding convolution.
 //! - [`options`]: the export options (outputs, fp16 weights, fixed shape, opset).
 //! - [`network`]: the DeepLabv2 graph (normalisation, encoder, ASPP, upsampling, argmax).
-//! - [`metadata`]: the `metadata_props` contract read by `rccr-infer`.
+//! - [`metadata`]: the metadata of an exported teacher, written through the model contract
+//!   `rccr_infer::contract` that `rccr-infer` reads.
 //! - [`quantize`]: static int8 quantization (QDQ) with image calibration.
 //! - [`export`]: load a checkpoint's teacher, encode, write atomically.
 //! - [`verify`]: tch vs ONNX Runtime parity report.
@@ -40,7 +41,7 @@ pub mod verify;
 pub use error::ExportError;
 pub use export::{check_output_path, encode, export_loaded, load_teacher, write_model};
 pub use job::{ExportJob, ExportOutcome, Int8Options, VerifyRequest};
-pub use metadata::Metadata;
+pub use metadata::export_metadata;
 pub use network::build_model;
 pub use options::{ExportOptions, Outputs, Shape, Source};
 pub use verify::{verify, Tolerance, VerifyOptions, VerifyReport};

@@ -8,6 +8,7 @@ use clap::Parser;
 use rccr_exporter::options::{Outputs, Shape, DEFAULT_OPSET};
 use rccr_exporter::quantize::{CalibrationMethod, DEFAULT_MIN_AGREEMENT};
 use rccr_exporter::{job, ExportJob, ExportOptions, Int8Options, VerifyRequest};
+use rccr_infer::Size;
 use std::path::PathBuf;
 
 /// Export the RCCR teacher (encoder + segmentation head) of a checkpoint to ONNX.
@@ -71,8 +72,8 @@ struct Cli {
     calibration_method: CalibrationMethod,
     /// Size WxH the calibration images are resized to (default: the fixed shape, else
     /// 1024x512, rccr-infer's default input size).
-    #[arg(long, value_name = "WxH", value_parser = parse_wxh)]
-    calibration_size: Option<(u32, u32)>,
+    #[arg(long, value_name = "WxH")]
+    calibration_size: Option<Size>,
     /// int8 verification: least share of pixels whose argmax equals libtorch fp32's.
     /// Verified on --verify-images, else on the first --verify-max-images calibration
     /// images (random inputs only with an explicit --verify-shape).
@@ -152,12 +153,4 @@ fn run(cli: &Cli) -> Result<()> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
-}
-
-/// `WxH`, both positive.
-fn parse_wxh(s: &str) -> Result<(u32, u32), String> {
-    s.split_once(['x', 'X'])
-        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-        .filter(|&(w, h)| w > 0 && h > 0)
-        .ok_or_else(|| format!("bad size `{s}`: expected WxH, e.g. 1024x512"))
 }

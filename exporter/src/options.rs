@@ -2,8 +2,8 @@
 //! shape and the opset ([`ExportOptions`]), and where the network came from ([`Source`],
 //! recorded in the metadata).
 
-use crate::network::{LABELS, LOGITS};
 use crate::ExportError;
+use rccr_infer::contract::{LABELS_OUTPUT, LOGITS_OUTPUT};
 use std::str::FromStr;
 
 /// Default opset: accepted by ONNX Runtime 1.31 and TensorRT 10.
@@ -37,9 +37,9 @@ impl Outputs {
     /// The output names in graph order.
     pub fn names(self) -> Vec<&'static str> {
         match self {
-            Outputs::Labels => vec![LABELS],
-            Outputs::Logits => vec![LOGITS],
-            Outputs::Both => vec![LABELS, LOGITS],
+            Outputs::Labels => vec![LABELS_OUTPUT],
+            Outputs::Logits => vec![LOGITS_OUTPUT],
+            Outputs::Both => vec![LABELS_OUTPUT, LOGITS_OUTPUT],
         }
     }
 }

@@ -7,13 +7,15 @@
 //! `logits` value (the input to the final ArgMax) is exposed as an extra output for the
 //! comparison; nothing else changes.
 
-use crate::network::{INPUT, LABELS, LOGITS};
 use crate::onnx::{ModelProto, ValueInfoProto};
 use crate::options::Shape;
 use crate::ExportError;
 use image::RgbImage;
 use ort::session::Session;
 use prost::Message;
+use rccr_infer::contract::{INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
+use rccr_infer::labelmap::argmax_planes;
+use rccr_infer::seed::{SplitMix, GOLDEN_GAMMA};
 use rccr_models::DeepLabV2;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -189,7 +191,7 @@ pub fn fixed_input_shape(model: &ModelProto) -> Option<Shape> {
         .as_ref()?
         .input
         .iter()
-        .find(|i| i.name == INPUT)?;
+        .find(|i| i.name == INPUT_NAME)?;
     let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else {
         return None;
     };
@@ -273,20 +275,14 @@ fn fit_image(img: RgbImage, fixed: Option<Shape>, max_side: u32) -> (RgbImage, i
     }
 }
 
-/// Uniform random pixels in [0, 255) of `shape`, from a local SplitMix64 generator (not
-/// tch's global RNG, so that concurrent callers get reproducible inputs).
+/// Uniform random pixels in [0, 255) of `shape`, from a local SplitMix64 generator
+/// (`rccr_infer::seed`; not tch's global RNG, so that concurrent callers get reproducible
+/// inputs).
 pub fn random_image(shape: Shape, seed: u64) -> Tensor {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut rng = SplitMix(seed ^ GOLDEN_GAMMA);
     let n = (shape.n * 3 * shape.h * shape.w) as usize;
     let v: Vec<f32> = (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 255.0
-        })
+        .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 255.0)
         .collect();
     Tensor::from_slice(&v).view(shape.nchw())
 }
@@ -298,14 +294,14 @@ fn with_logits_output(model: &ModelProto) -> Result<(ModelProto, bool), ExportEr
         .graph
         .as_mut()
         .ok_or_else(|| ExportError::Network("the model has no graph".into()))?;
-    let has = graph.output.iter().any(|o| o.name == LOGITS);
+    let has = graph.output.iter().any(|o| o.name == LOGITS_OUTPUT);
     if !has {
         graph.output.push(ValueInfoProto {
-            name: LOGITS.into(),
+            name: LOGITS_OUTPUT.into(),
             ..Default::default()
         });
     }
-    let has_labels = graph.output.iter().any(|o| o.name == LABELS);
+    let has_labels = graph.output.iter().any(|o| o.name == LABELS_OUTPUT);
     Ok((m, has_labels))
 }
 
@@ -313,14 +309,10 @@ fn tensor_vec<T: tch::kind::Element + Copy>(t: &Tensor) -> Result<Vec<T>, Export
     Ok(Vec::<T>::try_from(&t.contiguous().view(-1))?)
 }
 
-/// An ONNX Runtime session (CPU) of a serialised model.
+/// An ONNX Runtime session (CPU) of a serialised model, from rccr-infer's one session
+/// builder (the thread count and options `rccr-infer` runs with).
 pub(crate) fn cpu_session(model_bytes: &[u8]) -> Result<Session, ExportError> {
-    rccr_infer::runtime::ensure_loaded()?;
-    let env = rccr_infer::runtime::environment()?;
-    Ok(Session::builder(&env)?
-        .with_intra_threads(rccr_infer::provider::physical_cores())
-        .map_err(ort::Error::from)?
-        .commit_from_memory(model_bytes)?)
+    Ok(rccr_infer::provider::session_builder(None)?.commit_from_memory(model_bytes)?)
 }
 
 /// Runs `net` (tch, CPU) and the serialised `model` (ONNX Runtime, CPU) on the inputs of
@@ -403,13 +395,13 @@ impl OrtRunner {
         let data: Vec<f32> = tensor_vec(x)?;
         let t0 = Instant::now();
         let input = ort::value::Tensor::from_array((size, data))?;
-        let outputs = self.session.run(ort::inputs![INPUT => input])?;
+        let outputs = self.session.run(ort::inputs![INPUT_NAME => input])?;
         let ort_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let logits = output::<f32>(&outputs, LOGITS, &[n, c, h, w])?;
+        let logits = output::<f32>(&outputs, LOGITS_OUTPUT, &[n, c, h, w])?;
         let labels = if self.has_labels {
-            output::<i64>(&outputs, LABELS, &[n, h, w])?
+            output::<i64>(&outputs, LABELS_OUTPUT, &[n, h, w])?
         } else {
-            argmax_nchw(&logits, n as usize, c as usize, (h * w) as usize)
+            labels_of_logits(&logits, c as usize, (h * w) as usize)
         };
         Ok((logits, labels, ort_ms))
     }
@@ -523,22 +515,14 @@ impl VerifyReport {
     }
 }
 
-/// First-maximum argmax over the channel axis of `N x C x P` logits.
-pub fn argmax_nchw(logits: &[f32], n: usize, c: usize, pixels: usize) -> Vec<i64> {
-    let mut out = Vec::with_capacity(n * pixels);
-    for b in 0..n {
-        let base = b * c * pixels;
-        for p in 0..pixels {
-            let mut best = 0;
-            for k in 1..c {
-                if logits[base + k * pixels + p] > logits[base + best * pixels + p] {
-                    best = k;
-                }
-            }
-            out.push(best as i64);
-        }
-    }
-    out
+/// The first-maximum argmax over the classes of each image of `N x C x P` logits
+/// (`rccr_infer::labelmap::argmax_planes`), as int64 labels like the `labels` output.
+fn labels_of_logits(logits: &[f32], c: usize, pixels: usize) -> Vec<i64> {
+    logits
+        .chunks(c * pixels)
+        .flat_map(|image| argmax_planes(image, c, pixels))
+        .map(i64::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -549,7 +533,10 @@ mod tests {
     fn argmax_by_hand() {
         // N = 1, C = 3, 2 pixels: pixel 0 -> class 2, pixel 1 ties 0 and 1 -> first (0).
         let logits = [0.0, 5.0, 1.0, 5.0, 2.0, -1.0];
-        assert_eq!(argmax_nchw(&logits, 1, 3, 2), vec![2, 0]);
+        assert_eq!(labels_of_logits(&logits, 3, 2), vec![2, 0]);
+        // Two images: the second is the first with classes 0 and 2 swapped.
+        let two = [0.0, 5.0, 1.0, 5.0, 2.0, -1.0, 2.0, -1.0, 1.0, 5.0, 0.0, 5.0];
+        assert_eq!(labels_of_logits(&two, 3, 2), vec![2, 0, 0, 1]);
     }
 
     #[test]

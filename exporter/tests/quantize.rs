@@ -105,9 +105,7 @@ fn hand_calibration() -> Calibration {
 
 /// Runs a serialised model on `x` ([1, 2, 2, 2]) in ONNX Runtime; returns `y`.
 fn run_ort(bytes: &[u8], x: &[f32]) -> Vec<f32> {
-    rccr_infer::runtime::ensure_loaded().unwrap();
-    let env = rccr_infer::runtime::environment().unwrap();
-    let mut s = ort::session::Session::builder(&env)
+    let mut s = rccr_infer::provider::session_builder(None)
         .unwrap()
         .commit_from_memory(bytes)
         .unwrap();

@@ -3,10 +3,10 @@
 //! (`layer5`), the bilinear upsampling of the 1/8 logits and the argmax.
 
 use super::emitter::Emitter;
-use super::{INPUT, LABELS, LOGITS};
 use crate::fold::{self, FoldedConv};
 use crate::graph::Attr;
 use crate::ExportError;
+use rccr_infer::contract::{INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use rccr_models::config::InputNorm;
 use rccr_models::deeplab::Aspp;
 
@@ -14,7 +14,7 @@ impl Emitter {
     /// Channel order, mean and std of the graph input (`deeplab::normalize`): a
     /// `Gather [2, 1, 0]` on the channels when the config feeds BGR, `Sub`, `Div`.
     pub(super) fn normalize(&mut self, input: &InputNorm) -> String {
-        let mut x = INPUT.to_string();
+        let mut x = INPUT_NAME.to_string();
         if input.bgr {
             let idx = self.g.init_i64("input.bgr_indices", &[3], &[2, 1, 0]);
             x = self.g.op(
@@ -61,7 +61,7 @@ impl Emitter {
         let hw = self.g.op(
             "Shape",
             "upsample.input_hw",
-            &[INPUT],
+            &[INPUT_NAME],
             vec![("start", Attr::Int(2)), ("end", Attr::Int(4))],
         );
         let sizes = self.g.op(
@@ -74,7 +74,7 @@ impl Emitter {
             "Resize",
             "upsample",
             &[logits8, "", "", &sizes],
-            &[LOGITS],
+            &[LOGITS_OUTPUT],
             vec![
                 ("mode", Attr::Str("linear".into())),
                 (
@@ -90,8 +90,8 @@ impl Emitter {
         self.g.node(
             "ArgMax",
             "argmax",
-            &[LOGITS],
-            &[LABELS],
+            &[LOGITS_OUTPUT],
+            &[LABELS_OUTPUT],
             vec![
                 ("axis", Attr::Int(1)),
                 ("keepdims", Attr::Int(0)),

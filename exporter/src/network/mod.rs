@@ -23,7 +23,7 @@ mod emitter;
 mod resnet;
 
 use crate::graph::{tensor_value_info, Dim};
-use crate::metadata::Metadata;
+use crate::metadata::export_metadata;
 use crate::onnx::{
     tensor_proto::DataType, GraphProto, ModelProto, OperatorSetIdProto, StringStringEntryProto,
     ValueInfoProto,
@@ -31,14 +31,8 @@ use crate::onnx::{
 use crate::options::{ir_version, ExportOptions, Outputs, Shape, Source};
 use crate::ExportError;
 use emitter::Emitter;
+use rccr_infer::contract::{self, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use rccr_models::{DeepLabV2, ModelConfig};
-
-/// Name of the graph input.
-pub const INPUT: &str = "image";
-/// Name of the label-map output.
-pub const LABELS: &str = "labels";
-/// Name of the upsampled-logits output (always the name of that value inside the graph).
-pub const LOGITS: &str = "logits";
 
 /// The ONNX model of `net` (inference mode) with metadata.
 pub fn build_model(
@@ -78,7 +72,7 @@ fn batch_dims(fixed: Option<Shape>) -> [Dim; 3] {
 fn input_info(fixed: Option<Shape>) -> ValueInfoProto {
     let [n, h, w] = batch_dims(fixed);
     tensor_value_info(
-        INPUT,
+        INPUT_NAME,
         DataType::Float,
         &[n, Dim::Fixed(3), h, w],
         "float32 RGB pixels in 0..255, N x 3 x H x W (not normalised: the graph does it)",
@@ -93,14 +87,14 @@ fn output_infos(opts: &ExportOptions, classes: i64) -> Vec<ValueInfoProto> {
         .names()
         .into_iter()
         .map(|name| match name {
-            LABELS => tensor_value_info(
-                LABELS,
+            LABELS_OUTPUT => tensor_value_info(
+                LABELS_OUTPUT,
                 DataType::Int64,
                 &[n.clone(), h.clone(), w.clone()],
                 "int64 class index (train id) per pixel, N x H x W",
             ),
             _ => tensor_value_info(
-                LOGITS,
+                LOGITS_OUTPUT,
                 DataType::Float,
                 &[n.clone(), c.clone(), h.clone(), w.clone()],
                 "float32 class logits bilinearly upsampled to the input size, N x C x H x W",
@@ -115,7 +109,7 @@ fn doc_string(config: &ModelConfig, outputs: Outputs) -> String {
         "RCCR teacher (DeepLabv2 {}, {} classes). Input `image`: {}. Outputs: {}.",
         config.backbone,
         config.num_classes,
-        crate::metadata::INPUT_FORMAT,
+        contract::INPUT_FORMAT,
         outputs.names().join(", ")
     )
 }
@@ -129,13 +123,7 @@ fn model_proto(
     source: &Source,
     opts: &ExportOptions,
 ) -> ModelProto {
-    let meta = Metadata::new(
-        config,
-        &source.checkpoint,
-        source.iteration,
-        &opts.outputs.names(),
-        opts.fp16,
-    );
+    let meta = export_metadata(config, source, &opts.outputs.names(), opts.fp16);
     ModelProto {
         ir_version: ir_version(opts.opset),
         opset_import: vec![OperatorSetIdProto {

@@ -191,7 +191,7 @@ fn record_quantization(m: &mut ModelProto, calibration: &Calibration) {
         "bias": "int32 (scale s_x * s_w)",
     })
     .to_string();
-    set_metadata(m, crate::metadata::WEIGHTS, WEIGHTS_INT8_QDQ);
+    set_metadata(m, rccr_infer::contract::WEIGHTS, WEIGHTS_INT8_QDQ);
     set_metadata(m, CALIBRATION_KEY, &calib);
     m.doc_string = format!("{} Weights: int8 QDQ (static quantization).", m.doc_string);
     if let Some(g) = m.graph.as_mut() {

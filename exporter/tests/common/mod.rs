@@ -6,6 +6,7 @@
 
 use rccr_exporter::onnx::{GraphProto, ModelProto, NodeProto, TensorProto};
 use rccr_exporter::{export_loaded, load_teacher, ExportOptions};
+use rccr_infer::seed::{SplitMix, GOLDEN_GAMMA};
 use rccr_models::checkpoint::{model_metadata, LoadedNet, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::{ModelConfig, RccrNet};
 use std::path::{Path, PathBuf};
@@ -16,19 +17,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// SplitMix64: a local, seeded generator (tch's global RNG is shared by the test threads).
-pub struct Rng(u64);
+/// A local, seeded generator over rccr-infer's SplitMix64 (tch's global RNG is shared by
+/// the test threads).
+pub struct Rng(SplitMix);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+        Rng(SplitMix(seed ^ GOLDEN_GAMMA))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [lo, hi).
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
@@ -174,6 +172,14 @@ pub fn initializer<'a>(m: &'a ModelProto, name: &str) -> &'a TensorProto {
 /// The op types of the graph's nodes, in order.
 pub fn op_types(m: &ModelProto) -> Vec<String> {
     graph(m).node.iter().map(|n| n.op_type.clone()).collect()
+}
+
+/// An ONNX Runtime session of the model file `path`, from rccr-infer's session builder.
+pub fn ort_session(path: &Path) -> ort::session::Session {
+    rccr_infer::provider::session_builder(None)
+        .unwrap()
+        .commit_from_file(path)
+        .unwrap()
 }
 
 /// Runs this build's `rccr-export` with `args` (logging at warn).

@@ -12,7 +12,7 @@ use std::path::Path;
 use tch::Device;
 
 /// The largest model protobuf can hold (2 GiB; larger needs external data, unused here).
-pub const MAX_MODEL_BYTES: usize = (1 << 31) - 1;
+pub(crate) const MAX_MODEL_BYTES: usize = (1 << 31) - 1;
 
 /// Loads the teacher network of a trainer checkpoint (or the network of a bare model
 /// file) on the CPU. Errors name the file: missing, truncated, not an rccr file, no
@@ -41,7 +41,7 @@ pub fn load_teacher(path: &Path) -> Result<LoadedNet, ExportError> {
 
 /// Fails early, before any work, when `out` cannot be an output file: it is a folder, or
 /// its folder does not exist or is not a folder.
-pub fn check_output_path(out: &Path) -> Result<(), ExportError> {
+pub(crate) fn check_output_path(out: &Path) -> Result<(), ExportError> {
     let err = |reason: String| ExportError::Output {
         path: out.to_path_buf(),
         reason,

@@ -30,7 +30,7 @@ pub enum Attr {
 }
 
 /// Builds an attribute proto.
-pub fn attribute(name: &str, value: Attr) -> AttributeProto {
+pub(crate) fn attribute(name: &str, value: Attr) -> AttributeProto {
     let mut a = AttributeProto {
         name: name.to_string(),
         ..Default::default()
@@ -53,7 +53,7 @@ pub fn attribute(name: &str, value: Attr) -> AttributeProto {
 }
 
 /// A node `name` of `op` reading `inputs` and writing `outputs`.
-pub fn node(
+pub(crate) fn node(
     op: &str,
     name: &str,
     inputs: &[&str],
@@ -122,7 +122,7 @@ impl GraphBuilder {
     }
 
     /// Appends an existing node unchanged.
-    pub fn push(&mut self, node: NodeProto) {
+    pub(crate) fn push(&mut self, node: NodeProto) {
         self.nodes.push(node);
     }
 
@@ -171,24 +171,24 @@ impl GraphBuilder {
     }
 
     /// Adds an i32 initialiser; returns its name.
-    pub fn init_i32(&mut self, name: &str, dims: &[i64], values: &[i32]) -> String {
+    pub(crate) fn init_i32(&mut self, name: &str, dims: &[i64], values: &[i32]) -> String {
         let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.push_raw(name, dims, DataType::Int32, raw)
     }
 
     /// Adds an i8 initialiser; returns its name.
-    pub fn init_i8(&mut self, name: &str, dims: &[i64], values: &[i8]) -> String {
+    pub(crate) fn init_i8(&mut self, name: &str, dims: &[i64], values: &[i8]) -> String {
         let raw = values.iter().map(|&v| v as u8).collect();
         self.push_raw(name, dims, DataType::Int8, raw)
     }
 
     /// Adds a u8 initialiser; returns its name.
-    pub fn init_u8(&mut self, name: &str, dims: &[i64], values: &[u8]) -> String {
+    pub(crate) fn init_u8(&mut self, name: &str, dims: &[i64], values: &[u8]) -> String {
         self.push_raw(name, dims, DataType::Uint8, values.to_vec())
     }
 
     /// The nodes and initialisers added so far, in order (to splice into a graph).
-    pub fn into_parts(self) -> (Vec<NodeProto>, Vec<TensorProto>) {
+    pub(crate) fn into_parts(self) -> (Vec<NodeProto>, Vec<TensorProto>) {
         (self.nodes, self.initializers)
     }
 

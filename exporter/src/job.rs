@@ -177,7 +177,7 @@ fn load(job: &ExportJob) -> Result<LoadedNet, ExportError> {
 
 /// The calibration size `(W, H)`: the one asked for, else the fixed shape's, else
 /// rccr-infer's default input size.
-pub fn calibration_size(int8: &Int8Options, fixed: Option<Shape>) -> (u32, u32) {
+pub(crate) fn calibration_size(int8: &Int8Options, fixed: Option<Shape>) -> (u32, u32) {
     match (int8.calibration_size, fixed) {
         (Some(s), _) => s.pair(),
         (None, Some(f)) => (f.w as u32, f.h as u32),
@@ -187,7 +187,7 @@ pub fn calibration_size(int8: &Int8Options, fixed: Option<Shape>) -> (u32, u32) 
 
 /// The calibration batches of `int8` at [`calibration_size`]; for a fixed shape each
 /// image is repeated to its batch size N.
-pub fn calibration_inputs(
+pub(crate) fn calibration_inputs(
     int8: &Int8Options,
     fixed: Option<Shape>,
 ) -> Result<Vec<Batch>, ExportError> {
@@ -230,7 +230,10 @@ fn quantize_model(
 /// The verification of a job: its images (int8 without images: the first calibration
 /// images), its shapes, its bound or the default for the weights, and for int8 the
 /// argmax-agreement rule.
-pub fn verify_options(job: &ExportJob, v: &VerifyRequest) -> Result<VerifyOptions, ExportError> {
+pub(crate) fn verify_options(
+    job: &ExportJob,
+    v: &VerifyRequest,
+) -> Result<VerifyOptions, ExportError> {
     let image_dir = v
         .images
         .as_ref()
@@ -276,4 +279,96 @@ fn verification_failure(job: &ExportJob, r: &VerifyReport) -> Option<ExportError
             r.max_abs_diff
         ),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(int8: Option<Int8Options>, fp16: bool) -> ExportJob {
+        ExportJob {
+            checkpoint: "c.safetensors".into(),
+            out: "m.onnx".into(),
+            export: ExportOptions {
+                fp16,
+                ..Default::default()
+            },
+            int8,
+            verify: None,
+            progress: false,
+        }
+    }
+
+    fn int8(dir: &std::path::Path, size: Option<Size>) -> Int8Options {
+        Int8Options {
+            calibration_images: dir.to_path_buf(),
+            calibration_count: 16,
+            method: CalibrationMethod::MinMax,
+            calibration_size: size,
+            min_agreement: 0.97,
+        }
+    }
+
+    #[test]
+    fn calibration_size_is_the_request_then_the_fixed_shape_then_infers_default() {
+        let fixed = Some(Shape { n: 2, h: 48, w: 64 });
+        let q = int8("d".as_ref(), Some(Size::new(96, 32)));
+        assert_eq!(calibration_size(&q, fixed), (96, 32));
+        let q = int8("d".as_ref(), None);
+        assert_eq!(calibration_size(&q, fixed), (64, 48));
+        assert_eq!(
+            calibration_size(&q, None),
+            rccr_infer::segmenter::DEFAULT_INPUT_SIZE
+        );
+    }
+
+    #[test]
+    fn verification_follows_the_weights() {
+        let request = VerifyRequest {
+            max_images: 4,
+            max_side: 512,
+            ..Default::default()
+        };
+        // fp32: the default shapes and the absolute bound; an explicit bound replaces it.
+        let v = verify_options(&job(None, false), &request).unwrap();
+        assert_eq!(v.shapes, verify::default_shapes());
+        assert_eq!(
+            v.tolerance,
+            Tolerance {
+                abs: 1e-4,
+                rel: 0.0
+            }
+        );
+        assert_eq!((v.images.len(), v.min_agreement), (0, None));
+        let tight = VerifyRequest {
+            tolerance: Some(0.0),
+            ..request.clone()
+        };
+        let v = verify_options(&job(None, true), &tight).unwrap();
+        assert_eq!(v.tolerance, Tolerance { abs: 0.0, rel: 0.0 });
+        // fp16: the bound relative to the logits.
+        let v = verify_options(&job(None, true), &request).unwrap();
+        assert_eq!(
+            v.tolerance,
+            Tolerance {
+                abs: 0.0,
+                rel: 1e-2
+            }
+        );
+        // int8: argmax agreement on the calibration images, no random inputs unless asked.
+        let dir = tempfile::tempdir().unwrap();
+        image::RgbImage::new(8, 8)
+            .save(dir.path().join("a.png"))
+            .unwrap();
+        let v = verify_options(&job(Some(int8(dir.path(), None)), false), &request).unwrap();
+        assert_eq!(v.images, vec![dir.path().join("a.png")]);
+        assert!(v.shapes.is_empty());
+        assert_eq!(v.min_agreement, Some(0.97));
+        let shaped = VerifyRequest {
+            shapes: vec![Shape { n: 1, h: 8, w: 8 }],
+            ..request
+        };
+        let v = verify_options(&job(Some(int8(dir.path(), None)), false), &shaped).unwrap();
+        assert_eq!(v.shapes, shaped.shapes);
+    }
 }

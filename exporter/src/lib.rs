@@ -5,7 +5,7 @@
 //! - [`onnx`]: the prost types generated at build time from the vendored official
 //!   `proto/onnx.proto3` (Apache-2.0, `proto/LICENSE`).
 //! - [`graph`]: a small graph builder over those types.
-//! - [`fold`]: batch-norm folding into the preceding convolution.
+//! - `fold`: batch-norm folding into the preceding convolution.
 //! - [`options`]: the export options (outputs, fp16 weights, fixed shape, opset).
 //! - [`network`]: the DeepLabv2 graph (normalisation, encoder, ASPP, upsampling, argmax).
 //! - [`metadata`]: the metadata of an exported teacher, written through the model contract
@@ -29,7 +29,7 @@ pub mod onnx {
 
 pub mod error;
 pub mod export;
-pub mod fold;
+pub(crate) mod fold;
 pub mod graph;
 pub mod job;
 pub mod metadata;
@@ -39,7 +39,7 @@ pub mod quantize;
 pub mod verify;
 
 pub use error::ExportError;
-pub use export::{check_output_path, encode, export_loaded, load_teacher, write_model};
+pub use export::{encode, export_loaded, load_teacher, write_model};
 pub use job::{ExportJob, ExportOutcome, Int8Options, VerifyRequest};
 pub use metadata::export_metadata;
 pub use network::build_model;

@@ -10,9 +10,9 @@ use rccr_infer::contract::ModelMetadata;
 use rccr_models::ModelConfig;
 
 /// `rccr.weights` of a model with float32 weights.
-pub const WEIGHTS_FLOAT32: &str = "float32";
+pub(crate) const WEIGHTS_FLOAT32: &str = "float32";
 /// `rccr.weights` of a model with float16 weights (cast to float32 in the graph).
-pub const WEIGHTS_FLOAT16: &str = "float16";
+pub(crate) const WEIGHTS_FLOAT16: &str = "float16";
 
 /// The metadata of `config` exported from `source` with the graph outputs `outputs`,
 /// its weights stored as float16 when `fp16`.

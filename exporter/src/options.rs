@@ -12,7 +12,7 @@ pub const DEFAULT_OPSET: i64 = 17;
 pub const OPSETS: std::ops::RangeInclusive<i64> = 17..=21;
 
 /// The IR version that goes with `opset` (the lowest that supports it).
-pub fn ir_version(opset: i64) -> i64 {
+pub(crate) fn ir_version(opset: i64) -> i64 {
     match opset {
         ..=18 => 8,
         19 | 20 => 9,
@@ -132,7 +132,7 @@ impl Default for ExportOptions {
 
 impl ExportOptions {
     /// Refuses an opset outside [`OPSETS`].
-    pub fn check(&self) -> Result<(), ExportError> {
+    pub(crate) fn check(&self) -> Result<(), ExportError> {
         if OPSETS.contains(&self.opset) {
             return Ok(());
         }

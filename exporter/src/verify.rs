@@ -23,12 +23,12 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Pass bound for fp32 weights: the largest absolute logit difference allowed.
-pub const FP32_ABS_TOLERANCE: f32 = 1e-4;
+pub(crate) const FP32_ABS_TOLERANCE: f32 = 1e-4;
 /// Pass bound for fp16 weights, relative to the largest absolute reference logit: each
 /// weight is rounded to 11 significant bits (relative error up to 2^-11 ~ 4.9e-4), and the
 /// errors of ~100 layers add up; 1e-2 of the logit range leaves the argmax essentially
 /// unchanged while catching any structural error (which gives O(1) relative differences).
-pub const FP16_REL_TOLERANCE: f32 = 1e-2;
+pub(crate) const FP16_REL_TOLERANCE: f32 = 1e-2;
 
 /// When a comparison passes: `max |diff| <= abs + rel * max |reference logit|`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -57,7 +57,7 @@ impl Tolerance {
     }
 
     /// The bound for a case whose largest absolute reference logit is `max_abs_logit`.
-    pub fn bound(&self, max_abs_logit: f32) -> f32 {
+    pub(crate) fn bound(&self, max_abs_logit: f32) -> f32 {
         self.abs + self.rel * max_abs_logit
     }
 }
@@ -184,7 +184,7 @@ impl VerifyReport {
 }
 
 /// The model's input shape if it is fixed (`None` for dynamic N, H, W).
-pub fn fixed_input_shape(model: &ModelProto) -> Option<Shape> {
+pub(crate) fn fixed_input_shape(model: &ModelProto) -> Option<Shape> {
     use crate::onnx::{tensor_shape_proto::dimension::Value, type_proto};
     let input = model
         .graph

@@ -1,6 +1,7 @@
-//! The `rccr-export` binary: a verified export end to end, and the error cases of the
-//! issue (missing, truncated, non-checkpoint file, no teacher, unwritable output, failed
-//! verification): non-zero exit, a message naming the problem, and no ONNX file left.
+//! The `rccr-export` binary: a verified export end to end, and its error cases (missing,
+//! truncated, non-checkpoint file, no teacher, unwritable output, failed verification):
+//! exit status 1 with `error: ...` naming the problem, and no ONNX file left; malformed
+//! option values are clap usage errors (exit status 2).
 
 mod common;
 
@@ -88,6 +89,10 @@ fn expect_failure(ckpt: &Path, out: &Path, extra: &[&str], message: &str) {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains(message), "expected `{message}` in:\n{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("error: ")),
+        "no `error: ` line in:\n{err}"
+    );
     assert!(!out.is_file(), "{} was written", out.display());
 }
 

@@ -1,4 +1,4 @@
-//! PyTorch checkpoints to ONNX, end to end (issue 12's "Done when"): tests/reference/
+//! PyTorch checkpoints to ONNX, end to end: tests/reference/
 //! pth_onnx.py writes `.pth` files with the installed PyTorch — the independent DACS
 //! DeepLabv2 of models/tests/reference/dacs_deeplabv2.py (ResNet-50 layers, 5 classes,
 //! random weights and batch-norm statistics) as a bare state_dict and as a DACS checkpoint

@@ -35,9 +35,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 
 /// The `rccr.weights` metadata value of a quantized model.
-pub const WEIGHTS_INT8_QDQ: &str = "int8-qdq";
+pub(crate) const WEIGHTS_INT8_QDQ: &str = "int8-qdq";
 /// Metadata key: the calibration that produced the activation ranges (JSON).
-pub const CALIBRATION_KEY: &str = "rccr.calibration";
+pub(crate) const CALIBRATION_KEY: &str = "rccr.calibration";
 /// Ops whose non-constant inputs are quantized.
 pub const QUANTIZED_OPS: [&str; 4] = ["Conv", "Add", "MaxPool", "Sum"];
 /// Default `--min-agreement` for verifying an int8 model: the share of pixels whose
@@ -108,7 +108,7 @@ pub struct Calibration {
 
 /// uint8 quantization parameters of a range: `scale = (hi - lo) / 255` over the range
 /// widened to contain 0, `zero_point = round(-lo / scale)`. An empty range gets scale 1.
-pub fn activation_params(r: Range) -> (f32, u8) {
+pub(crate) fn activation_params(r: Range) -> (f32, u8) {
     let lo = r.lo.min(0.0);
     let hi = r.hi.max(0.0);
     let scale = (hi - lo) / 255.0;
@@ -120,12 +120,12 @@ pub fn activation_params(r: Range) -> (f32, u8) {
 }
 
 /// Largest weight magnitude in the integer domain (see the module documentation).
-pub const WEIGHT_QMAX: f32 = 63.0;
+pub(crate) const WEIGHT_QMAX: f32 = 63.0;
 
 /// Per-output-channel symmetric int8 quantization of a weight tensor whose first
 /// dimension has `channels` entries: `scale_c = max |w_c| / 63` (1 for an all-zero
 /// channel), `q = clamp(round(w / scale_c), -63, 63)`.
-pub fn quantize_weights(w: &[f32], channels: usize) -> (Vec<i8>, Vec<f32>) {
+pub(crate) fn quantize_weights(w: &[f32], channels: usize) -> (Vec<i8>, Vec<f32>) {
     let per = w.len() / channels.max(1);
     let mut q = Vec::with_capacity(w.len());
     let mut scales = Vec::with_capacity(channels);

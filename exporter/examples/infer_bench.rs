@@ -24,11 +24,13 @@ mod common;
 use anyhow::{Context, Result};
 use clap::Parser;
 use image::RgbImage;
-use rccr_exporter::network::ExportOptions;
+use rccr_exporter::onnx::ModelProto;
 use rccr_exporter::quantize::{self, CalibrationMethod};
+use rccr_exporter::ExportOptions;
 use rccr_exporter::{encode, export_loaded, load_teacher, write_model};
+use rccr_infer::contract::{INPUT_NAME, LABELS_OUTPUT};
 use rccr_infer::segmenter::preprocess;
-use rccr_infer::{Batch, Provider, Segmenter, SegmenterOptions, SessionOptions};
+use rccr_infer::{Batch, Provider, Segmenter, SegmenterOptions, SessionOptions, Size};
 use rccr_models::checkpoint::LoadedNet;
 use rccr_models::{Backbone, ModelConfig};
 use std::path::{Path, PathBuf};
@@ -48,7 +50,7 @@ struct Args {
     classes: i64,
     /// Input size WxH.
     #[arg(long, default_value = "1024x512")]
-    size: String,
+    size: Size,
     /// Timed images per variant (after --warmup untimed ones).
     #[arg(long, default_value_t = 3)]
     count: usize,
@@ -205,148 +207,174 @@ fn ort_run(seg: &mut Segmenter, x: &[f32], w: u32, h: u32) -> Result<Vec<u8>> {
     Ok(maps.remove(0).data)
 }
 
-fn main() -> Result<()> {
-    rccr_infer::logging::init("warn");
-    let args = Args::parse();
-    let (w, h) = args
-        .size
-        .split_once('x')
-        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-        .context("--size must be WxH, e.g. 1024x512")?;
+/// Threads, input size and the working folder of a run.
+struct Setup {
+    threads: usize,
+    w: u32,
+    h: u32,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn setup(args: &Args) -> Result<Setup> {
+    let (w, h) = args.size.pair();
     let threads = args
         .threads
         .unwrap_or_else(rccr_infer::provider::physical_cores);
     tch::set_num_threads(threads as i32);
-    let tmp = tempfile::tempdir()?;
-    let dir = args
-        .keep
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&dir)?;
+    let (tmp, dir) = common::work_dir(args.keep.as_deref())?;
+    Ok(Setup {
+        threads,
+        w,
+        h,
+        dir,
+        _tmp: tmp,
+    })
+}
 
-    let ckpt = match &args.checkpoint {
+/// The checkpoint to benchmark: `--checkpoint`, else a random network of `--backbone`.
+fn checkpoint(args: &Args, dir: &Path) -> PathBuf {
+    match &args.checkpoint {
         Some(c) => c.clone(),
         None => {
             let config = ModelConfig::new(args.backbone, args.classes);
-            common::checkpoint(&dir, &config, 1).0
+            common::checkpoint(dir, &config, 1).0
         }
-    };
-    let loaded = load_teacher(&ckpt)?;
-    let config = loaded.info.model.clone();
-    eprintln!(
-        "{} ({} classes), input {w}x{h}, {} timed images after {} warm-up, {threads} threads, weights: {}",
-        config.backbone,
-        config.num_classes,
-        args.count,
-        args.warmup,
-        if args.checkpoint.is_some() { ckpt.display().to_string() } else { "random".into() }
-    );
-    let xs = inputs(args.images.as_deref(), args.count.max(1), w, h, 1000)?;
-    let (hh, ww) = (h as i64, w as i64);
+    }
+}
 
-    // Build every variant first, then time them round-robin (image i on every variant
-    // before image i + 1), so that load from other processes on a shared machine hits all
-    // variants alike and the ratios stay meaningful.
-    let bf = if args.no_bf16 {
-        None
-    } else {
-        let mut bf = load_teacher(&ckpt)?;
-        bf.vs.bfloat16();
-        tch::no_grad(|| {
-            for (_, mut v) in bf.vs.variables() {
-                if v.dim() == 4 {
-                    let cl = v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-                    v.set_data(&cl);
-                }
+/// What the weights are, for the log and the JSON.
+fn weights_label(args: &Args, ckpt: &Path) -> String {
+    match args.checkpoint {
+        Some(_) => ckpt.display().to_string(),
+        None => "random".into(),
+    }
+}
+
+/// The teacher in bf16 with its 4-D weights in channels_last layout.
+fn bf16_teacher(ckpt: &Path) -> Result<LoadedNet> {
+    let mut bf = load_teacher(ckpt)?;
+    bf.vs.bfloat16();
+    tch::no_grad(|| {
+        for (_, mut v) in bf.vs.variables() {
+            if v.dim() == 4 {
+                let cl = v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                v.set_data(&cl);
             }
-        });
-        Some(bf)
+        }
+    });
+    Ok(bf)
+}
+
+type RunFn<'a> = Box<dyn FnMut(&[f32]) -> Result<Vec<u8>> + 'a>;
+
+/// ONNX Runtime on the fp32 model with default session options but the thread count:
+/// deliberately not `rccr_infer::provider::session_builder`, whose tuned options are what
+/// this variant is the baseline for.
+fn ort_default_variant(path: &Path, threads: usize, w: u32, h: u32) -> Result<RunFn<'static>> {
+    rccr_infer::runtime::ensure_loaded()?;
+    let env = rccr_infer::runtime::environment()?;
+    let mut s = ort::session::Session::builder(&env)?
+        .with_intra_threads(threads)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .commit_from_file(path)?;
+    Ok(Box::new(move |x: &[f32]| {
+        let input =
+            ort::value::TensorRef::from_array_view(([1usize, 3, h as usize, w as usize], x))?;
+        let out = s.run(ort::inputs![INPUT_NAME => input])?;
+        let (_, labels) = out[LABELS_OUTPUT].try_extract_tensor::<i64>()?;
+        Ok(labels.iter().map(|&v| v as u8).collect())
+    }))
+}
+
+/// Calibrates and quantizes `fp32`, writes it to `dir`; returns its path.
+fn int8_model(args: &Args, fp32: &ModelProto, s: &Setup) -> Result<PathBuf> {
+    let (w, h) = (s.w, s.h);
+    let calib_dir = args
+        .calibration_images
+        .as_deref()
+        .or(args.images.as_deref());
+    let batches: Vec<(Vec<i64>, Vec<f32>)> = match calib_dir {
+        Some(d) => quantize::calibration_batches(d, args.calibration_count, w, h)?,
+        None => inputs(None, args.calibration_count.max(1), w, h, 5000)?
+            .into_iter()
+            .map(|x| (vec![1, 3, h as i64, w as i64], x))
+            .collect(),
     };
-    type RunFn<'a> = Box<dyn FnMut(&[f32]) -> Result<Vec<u8>> + 'a>;
-    let mut variants: Vec<(String, RunFn)> = Vec::new();
-    variants.push((
+    let t0 = Instant::now();
+    let calib = quantize::calibrate(fp32, &batches, args.calibration, true)?;
+    let q = quantize::quantize(fp32, &calib)?;
+    let q_path = s.dir.join("bench-int8.onnx");
+    write_model(&q_path, &encode(&q)?)?;
+    eprintln!(
+        "  (calibrated on {} images and quantized in {:.1} s)",
+        batches.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(q_path)
+}
+
+/// Every variant to time, libtorch eager fp32 first (the reference of the ratios).
+fn variants<'a>(
+    args: &Args,
+    s: &Setup,
+    ckpt: &Path,
+    loaded: &'a LoadedNet,
+    bf: Option<&'a LoadedNet>,
+) -> Result<Vec<(String, RunFn<'a>)>> {
+    let (w, h, threads) = (s.w, s.h, s.threads);
+    let (hh, ww) = (h as i64, w as i64);
+    let mut v: Vec<(String, RunFn<'a>)> = vec![(
         "libtorch eager fp32".into(),
-        Box::new(|x: &[f32]| torch_labels(&loaded, x, hh, ww, false)),
-    ));
-    if let Some(bf) = &bf {
-        variants.push((
+        Box::new(move |x: &[f32]| torch_labels(loaded, x, hh, ww, false)),
+    )];
+    if let Some(bf) = bf {
+        v.push((
             "libtorch eager bf16 channels_last".into(),
             Box::new(move |x: &[f32]| torch_labels(bf, x, hh, ww, true)),
         ));
     }
-
-    // ONNX Runtime fp32 through rccr-infer.
     let t0 = Instant::now();
-    let fp32 = export_loaded(&loaded, &ckpt, &ExportOptions::default())?;
-    let fp32_path = dir.join("bench-fp32.onnx");
+    let fp32 = export_loaded(loaded, ckpt, &ExportOptions::default())?;
+    let fp32_path = s.dir.join("bench-fp32.onnx");
     write_model(&fp32_path, &encode(&fp32)?)?;
     eprintln!("  (exported fp32 in {:.1} s)", t0.elapsed().as_secs_f64());
     let mut seg32 = segmenter(&fp32_path, w, h, threads)?;
-    variants.push((
+    v.push((
         "onnxruntime fp32 (rccr-infer)".into(),
         Box::new(move |x: &[f32]| ort_run(&mut seg32, x, w, h)),
     ));
     if args.ort_default {
-        rccr_infer::runtime::ensure_loaded()?;
-        let env = rccr_infer::runtime::environment()?;
-        let mut s = ort::session::Session::builder(&env)?
-            .with_intra_threads(threads)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .commit_from_file(&fp32_path)?;
-        variants.push((
-            "onnxruntime fp32 (default options)".into(),
-            Box::new(move |x: &[f32]| {
-                let input = ort::value::TensorRef::from_array_view((
-                    [1usize, 3, h as usize, w as usize],
-                    x,
-                ))?;
-                let out = s.run(ort::inputs!["image" => input])?;
-                let (_, labels) = out["labels"].try_extract_tensor::<i64>()?;
-                Ok(labels.iter().map(|&v| v as u8).collect())
-            }),
-        ));
+        let f = ort_default_variant(&fp32_path, threads, w, h)?;
+        v.push(("onnxruntime fp32 (default options)".into(), f));
     }
-
     if !args.no_int8 {
-        let calib_dir = args
-            .calibration_images
-            .as_deref()
-            .or(args.images.as_deref());
-        let batches: Vec<(Vec<i64>, Vec<f32>)> = match calib_dir {
-            Some(d) => quantize::calibration_batches(d, args.calibration_count, w, h)?,
-            None => inputs(None, args.calibration_count.max(1), w, h, 5000)?
-                .into_iter()
-                .map(|x| (vec![1, 3, hh, ww], x))
-                .collect(),
-        };
-        let t0 = Instant::now();
-        let calib = quantize::calibrate(&fp32, &batches, args.calibration, true)?;
-        let q = quantize::quantize(&fp32, &calib)?;
-        let q_path = dir.join("bench-int8.onnx");
-        write_model(&q_path, &encode(&q)?)?;
-        eprintln!(
-            "  (calibrated on {} images and quantized in {:.1} s)",
-            batches.len(),
-            t0.elapsed().as_secs_f64()
-        );
-        let mut seg8 = segmenter(&q_path, w, h, threads)?;
-        variants.push((
+        let mut seg8 = segmenter(&int8_model(args, &fp32, s)?, w, h, threads)?;
+        v.push((
             "onnxruntime int8 QDQ (rccr-infer)".into(),
             Box::new(move |x: &[f32]| ort_run(&mut seg8, x, w, h)),
         ));
     }
+    Ok(v)
+}
 
+/// Runs `warmup` untimed images per variant, then every image on every variant in turn
+/// (round-robin, so that background load hits all variants alike); returns each
+/// variant's times and label maps.
+#[allow(clippy::type_complexity)]
+fn time_round_robin(
+    variants: &mut [(String, RunFn)],
+    xs: &[Vec<f32>],
+    warmup: usize,
+) -> Result<(Vec<Vec<f64>>, Vec<Vec<Vec<u8>>>)> {
     for (name, f) in variants.iter_mut() {
-        for i in 0..args.warmup {
+        for i in 0..warmup {
             f(&xs[i % xs.len()]).with_context(|| format!("warm-up of {name}"))?;
         }
     }
     let mut times = vec![Vec::new(); variants.len()];
     let mut labels = vec![Vec::new(); variants.len()];
-    eprintln!(
-        "  variant                              mean s/image  x torch fp32 | fastest s  x torch fp32 | argmax agreement with torch fp32"
-    );
-    for x in &xs {
+    for x in xs {
         for (k, (_, f)) in variants.iter_mut().enumerate() {
             let t = Instant::now();
             let l = f(x)?;
@@ -354,13 +382,20 @@ fn main() -> Result<()> {
             labels[k].push(l);
         }
     }
+    Ok((times, labels))
+}
+
+/// One row per variant against the first (libtorch eager fp32), printed as it goes.
+fn rows(names: &[String], times: &[Vec<f64>], labels: &[Vec<Vec<u8>>]) -> Vec<Row> {
+    eprintln!(
+        "  variant                              mean s/image  x torch fp32 | fastest s  x torch fp32 | argmax agreement with torch fp32"
+    );
     let mean = |t: &[f64]| t.iter().sum::<f64>() / t.len() as f64;
-    let t_ref = mean(&times[0]);
-    let m_ref = times[0].iter().cloned().fold(f64::INFINITY, f64::min);
-    let mut rows: Vec<Row> = Vec::new();
-    for (k, (name, _)) in variants.iter().enumerate() {
-        let m = mean(&times[k]);
-        let min = times[k].iter().cloned().fold(f64::INFINITY, f64::min);
+    let fastest = |t: &[f64]| t.iter().cloned().fold(f64::INFINITY, f64::min);
+    let (t_ref, m_ref) = (mean(&times[0]), fastest(&times[0]));
+    let mut rows = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        let (m, min) = (mean(&times[k]), fastest(&times[k]));
         let agree = agreement(&labels[k], &labels[0]);
         eprintln!(
             "  {name:<36} {m:7.3} s/image  {:5.2}x | min {min:7.3} s  {:5.2}x | argmax agreement {:.4}%",
@@ -377,20 +412,40 @@ fn main() -> Result<()> {
             argmax_agreement_vs_torch_fp32: agree,
         });
     }
-    drop(variants);
+    rows
+}
 
+fn main() -> Result<()> {
+    rccr_infer::logging::init("warn");
+    let args = Args::parse();
+    let s = setup(&args)?;
+    let ckpt = checkpoint(&args, &s.dir);
+    let loaded = load_teacher(&ckpt)?;
+    let config = loaded.info.model.clone();
+    let weights = weights_label(&args, &ckpt);
+    eprintln!(
+        "{} ({} classes), input {}x{}, {} timed images after {} warm-up, {} threads, weights: {weights}",
+        config.backbone, config.num_classes, s.w, s.h, args.count, args.warmup, s.threads
+    );
+    let xs = inputs(args.images.as_deref(), args.count.max(1), s.w, s.h, 1000)?;
+    // Build every variant first, then time them round-robin.
+    let bf = (!args.no_bf16).then(|| bf16_teacher(&ckpt)).transpose()?;
+    let mut variants = variants(&args, &s, &ckpt, &loaded, bf.as_ref())?;
+    let (times, labels) = time_round_robin(&mut variants, &xs, args.warmup)?;
+    let names: Vec<String> = variants.iter().map(|(n, _)| n.clone()).collect();
+    drop(variants);
     let summary = serde_json::json!({
         "backbone": config.backbone.name(),
         "classes": config.num_classes,
-        "width": w, "height": h,
-        "images": xs.len(), "warmup": args.warmup, "threads": threads,
-        "weights": if args.checkpoint.is_some() { ckpt.display().to_string() } else { "random".into() },
+        "width": s.w, "height": s.h,
+        "images": xs.len(), "warmup": args.warmup, "threads": s.threads,
+        "weights": weights,
         "calibration": args.calibration,
-        "results": rows,
+        "results": rows(&names, &times, &labels),
     });
     let text = serde_json::to_string(&summary)?;
     if let Some(p) = &args.json {
-        rccr_models::weights::write_atomic(p, text.as_bytes())
+        rccr_infer::files::write_atomic(p, text.as_bytes())
             .with_context(|| format!("writing {}", p.display()))?;
     }
     println!("{text}");

@@ -24,6 +24,14 @@ pub enum ExportError {
         /// Why.
         reason: String,
     },
+    /// The model could not be written.
+    #[error("{}: cannot write the ONNX model: {cause}", path.display())]
+    Write {
+        /// The output path.
+        path: PathBuf,
+        /// The cause (in the message; not chained, so it is printed once).
+        cause: std::io::Error,
+    },
     /// A file that could not be read.
     #[error("{}: {cause}", path.display())]
     Io {
@@ -32,13 +40,13 @@ pub enum ExportError {
         /// The cause (in the message; not chained, so it is printed once).
         cause: std::io::Error,
     },
-    /// An image given for verification that could not be decoded.
-    #[error("{}: not a readable image ({reason})", path.display())]
+    /// An image given for verification or calibration that could not be decoded.
+    #[error("{}: not a readable image ({cause})", path.display())]
     Image {
         /// The file.
         path: PathBuf,
-        /// The decoder's message.
-        reason: String,
+        /// The decoder's error (in the message; not chained, so it is printed once).
+        cause: image::ImageError,
     },
     /// A serialised model that could not be decoded.
     #[error("not a readable ONNX model: {0}")]
@@ -48,14 +56,17 @@ pub enum ExportError {
     Runtime(#[from] rccr_infer::runtime::RuntimeError),
     /// ONNX Runtime rejected the model or failed to run it.
     #[error("ONNX Runtime: {0}")]
-    Ort(String),
+    Ort(#[from] ort::Error),
+    /// ONNX Runtime ran the model but an output is missing or has an unexpected shape.
+    #[error("ONNX Runtime output: {0}")]
+    OrtOutput(String),
+    /// A folder listing or another `rccr-infer` call failed.
+    #[error(transparent)]
+    Infer(#[from] rccr_infer::InferError),
+    /// The exported model does not pass verification; it was not written.
+    #[error("verification failed: {0}")]
+    Verification(String),
     /// libtorch failed while running the reference network.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-}
-
-impl From<ort::Error> for ExportError {
-    fn from(e: ort::Error) -> Self {
-        ExportError::Ort(e.to_string())
-    }
 }

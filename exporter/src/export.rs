@@ -2,8 +2,9 @@
 //! trainer checkpoint (or a bare model file), check the output path early, encode the
 //! model and write it atomically (temporary file + rename: never a partial ONNX file).
 
-use crate::network::{build_model, ExportOptions, Source};
+use crate::network::build_model;
 use crate::onnx::ModelProto;
+use crate::options::{ExportOptions, Source};
 use crate::ExportError;
 use prost::Message;
 use rccr_models::checkpoint::{self, LoadedNet};
@@ -11,7 +12,7 @@ use std::path::Path;
 use tch::Device;
 
 /// The largest model protobuf can hold (2 GiB; larger needs external data, unused here).
-pub const MAX_MODEL_BYTES: usize = (1 << 31) - 1;
+pub(crate) const MAX_MODEL_BYTES: usize = (1 << 31) - 1;
 
 /// Loads the teacher network of a trainer checkpoint (or the network of a bare model
 /// file) on the CPU. Errors name the file: missing, truncated, not an rccr file, no
@@ -40,7 +41,7 @@ pub fn load_teacher(path: &Path) -> Result<LoadedNet, ExportError> {
 
 /// Fails early, before any work, when `out` cannot be an output file: it is a folder, or
 /// its folder does not exist or is not a folder.
-pub fn check_output_path(out: &Path) -> Result<(), ExportError> {
+pub(crate) fn check_output_path(out: &Path) -> Result<(), ExportError> {
     let err = |reason: String| ExportError::Output {
         path: out.to_path_buf(),
         reason,
@@ -101,8 +102,8 @@ pub fn decode(bytes: &[u8]) -> Result<ModelProto, ExportError> {
 /// Writes `bytes` to `out` through a temporary file and a rename.
 pub fn write_model(out: &Path, bytes: &[u8]) -> Result<(), ExportError> {
     check_output_path(out)?;
-    rccr_models::weights::write_atomic(out, bytes).map_err(|e| ExportError::Output {
+    rccr_infer::files::write_atomic_synced(out, bytes).map_err(|cause| ExportError::Write {
         path: out.to_path_buf(),
-        reason: e.to_string(),
+        cause,
     })
 }

@@ -13,58 +13,39 @@ use tch::{Kind, Tensor};
 
 /// A convolution with its batch norm folded in.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FoldedConv {
+pub(crate) struct FoldedConv {
     /// `O x I x kH x kW`.
-    pub dims: [i64; 4],
+    pub(crate) dims: [i64; 4],
     /// Weights, row-major in `dims`.
-    pub weight: Vec<f32>,
+    pub(crate) weight: Vec<f32>,
     /// One bias per output channel.
-    pub bias: Vec<f32>,
+    pub(crate) bias: Vec<f32>,
 }
 
 /// The per-channel parameters of an inference-mode batch norm.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BnParams {
+pub(crate) struct BnParams {
     /// Scale (`weight`), 1 when the BN has no affine part.
-    pub gamma: Vec<f32>,
+    pub(crate) gamma: Vec<f32>,
     /// Shift (`bias`), 0 when the BN has no affine part.
-    pub beta: Vec<f32>,
+    pub(crate) beta: Vec<f32>,
     /// Running mean.
-    pub mean: Vec<f32>,
+    pub(crate) mean: Vec<f32>,
     /// Running variance.
-    pub var: Vec<f32>,
+    pub(crate) var: Vec<f32>,
     /// Epsilon added to the variance.
-    pub eps: f64,
+    pub(crate) eps: f64,
 }
 
 /// Folds `bn` into the bias-free convolution `weight` (`dims` = `O x I x kH x kW`).
-pub fn fold(dims: [i64; 4], weight: &[f32], bn: &BnParams) -> Result<FoldedConv, ExportError> {
+pub(crate) fn fold(
+    dims: [i64; 4],
+    weight: &[f32],
+    bn: &BnParams,
+) -> Result<FoldedConv, ExportError> {
+    check_shapes(dims, weight, bn)?;
     let out = dims[0] as usize;
-    let per_out: usize = dims[1..].iter().product::<i64>() as usize;
-    if weight.len() != out * per_out {
-        return Err(ExportError::Network(format!(
-            "convolution weight has {} values but shape {dims:?}",
-            weight.len()
-        )));
-    }
-    for (what, v) in [
-        ("weight", &bn.gamma),
-        ("bias", &bn.beta),
-        ("running_mean", &bn.mean),
-        ("running_var", &bn.var),
-    ] {
-        if v.len() != out {
-            return Err(ExportError::Network(format!(
-                "batch norm {what} has {} channels, the convolution {out}",
-                v.len()
-            )));
-        }
-    }
-    if let Some(v) = bn.var.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
-        return Err(ExportError::Network(format!(
-            "batch norm running_var holds {v}: the checkpoint is corrupt or the training diverged"
-        )));
-    }
+    let per_out = weight.len() / out.max(1);
     let mut folded = Vec::with_capacity(weight.len());
     let mut bias = Vec::with_capacity(out);
     for o in 0..out {
@@ -83,8 +64,39 @@ pub fn fold(dims: [i64; 4], weight: &[f32], bn: &BnParams) -> Result<FoldedConv,
     })
 }
 
+/// Refuses a weight that does not fill `dims`, batch-norm vectors of another channel
+/// count, and a variance that is negative or not finite.
+fn check_shapes(dims: [i64; 4], weight: &[f32], bn: &BnParams) -> Result<(), ExportError> {
+    let out = dims[0] as usize;
+    if weight.len() != dims.iter().product::<i64>() as usize {
+        return Err(ExportError::Network(format!(
+            "convolution weight has {} values but shape {dims:?}",
+            weight.len()
+        )));
+    }
+    for (what, v) in [
+        ("weight", &bn.gamma),
+        ("bias", &bn.beta),
+        ("running_mean", &bn.mean),
+        ("running_var", &bn.var),
+    ] {
+        if v.len() != out {
+            return Err(ExportError::Network(format!(
+                "batch norm {what} has {} channels, the convolution {out}",
+                v.len()
+            )));
+        }
+    }
+    match bn.var.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+        Some(v) => Err(ExportError::Network(format!(
+            "batch norm running_var holds {v}: the checkpoint is corrupt or the training diverged"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A tensor's values as f32, row-major.
-pub fn to_vec(t: &Tensor) -> Result<Vec<f32>, ExportError> {
+pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>, ExportError> {
     let t = t
         .to_device(tch::Device::Cpu)
         .to_kind(Kind::Float)
@@ -94,7 +106,7 @@ pub fn to_vec(t: &Tensor) -> Result<Vec<f32>, ExportError> {
 }
 
 /// The dims of a 4-D convolution weight.
-pub fn conv_dims(weight: &Tensor) -> Result<[i64; 4], ExportError> {
+pub(crate) fn conv_dims(weight: &Tensor) -> Result<[i64; 4], ExportError> {
     let size = weight.size();
     <[i64; 4]>::try_from(size.as_slice()).map_err(|_| {
         ExportError::Network(format!(
@@ -104,7 +116,7 @@ pub fn conv_dims(weight: &Tensor) -> Result<[i64; 4], ExportError> {
 }
 
 /// Folds a model [`ConvBn`] (eval-mode statistics, [`BN_EPS`]).
-pub fn fold_conv_bn(c: &ConvBn) -> Result<FoldedConv, ExportError> {
+pub(crate) fn fold_conv_bn(c: &ConvBn) -> Result<FoldedConv, ExportError> {
     let dims = conv_dims(&c.conv.ws)?;
     if c.conv.bs.is_some() {
         return Err(ExportError::Network(

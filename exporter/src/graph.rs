@@ -1,5 +1,7 @@
 //! A small builder over the prost-generated ONNX types: nodes with attributes,
-//! initialisers (f32, f16 or i64 raw little-endian data) and typed graph inputs/outputs.
+//! initialisers (raw little-endian f32, f16, i64, i32, i8 or u8 data) and typed graph
+//! inputs/outputs. The network export ([`crate::network`]) and the int8 rewrite
+//! ([`crate::quantize`]) both build their nodes and initialisers here.
 
 use crate::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
@@ -28,7 +30,7 @@ pub enum Attr {
 }
 
 /// Builds an attribute proto.
-pub fn attribute(name: &str, value: Attr) -> AttributeProto {
+pub(crate) fn attribute(name: &str, value: Attr) -> AttributeProto {
     let mut a = AttributeProto {
         name: name.to_string(),
         ..Default::default()
@@ -48,6 +50,24 @@ pub fn attribute(name: &str, value: Attr) -> AttributeProto {
         }
     }
     a
+}
+
+/// A node `name` of `op` reading `inputs` and writing `outputs`.
+pub(crate) fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<(&str, Attr)>,
+) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        name: name.to_string(),
+        op_type: op.to_string(),
+        attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
+        ..Default::default()
+    }
 }
 
 /// A typed tensor value description (for graph inputs and outputs).
@@ -98,14 +118,12 @@ impl GraphBuilder {
         outputs: &[&str],
         attrs: Vec<(&str, Attr)>,
     ) {
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: outputs.iter().map(|s| s.to_string()).collect(),
-            name: name.to_string(),
-            op_type: op.to_string(),
-            attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
-            ..Default::default()
-        });
+        self.nodes.push(node(op, name, inputs, outputs, attrs));
+    }
+
+    /// Appends an existing node unchanged.
+    pub(crate) fn push(&mut self, node: NodeProto) {
+        self.nodes.push(node);
     }
 
     /// Appends a single-output node whose output is called `name`; returns that name.
@@ -150,6 +168,28 @@ impl GraphBuilder {
     pub fn init_i64(&mut self, name: &str, dims: &[i64], values: &[i64]) -> String {
         let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.push_raw(name, dims, DataType::Int64, raw)
+    }
+
+    /// Adds an i32 initialiser; returns its name.
+    pub(crate) fn init_i32(&mut self, name: &str, dims: &[i64], values: &[i32]) -> String {
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_raw(name, dims, DataType::Int32, raw)
+    }
+
+    /// Adds an i8 initialiser; returns its name.
+    pub(crate) fn init_i8(&mut self, name: &str, dims: &[i64], values: &[i8]) -> String {
+        let raw = values.iter().map(|&v| v as u8).collect();
+        self.push_raw(name, dims, DataType::Int8, raw)
+    }
+
+    /// Adds a u8 initialiser; returns its name.
+    pub(crate) fn init_u8(&mut self, name: &str, dims: &[i64], values: &[u8]) -> String {
+        self.push_raw(name, dims, DataType::Uint8, values.to_vec())
+    }
+
+    /// The nodes and initialisers added so far, in order (to splice into a graph).
+    pub(crate) fn into_parts(self) -> (Vec<NodeProto>, Vec<TensorProto>) {
+        (self.nodes, self.initializers)
     }
 
     /// The finished graph.

@@ -5,13 +5,16 @@
 //! - [`onnx`]: the prost types generated at build time from the vendored official
 //!   `proto/onnx.proto3` (Apache-2.0, `proto/LICENSE`).
 //! - [`graph`]: a small graph builder over those types.
-//! - [`fold`]: batch-norm folding into the preceding convolution.
-//! - [`network`]: the DeepLabv2 graph (normalisation, encoder, ASPP, upsampling, argmax)
-//!   and the export options.
-//! - [`metadata`]: the `metadata_props` contract read by `rccr-infer`.
+//! - `fold`: batch-norm folding into the preceding convolution.
+//! - [`options`]: the export options (outputs, fp16 weights, fixed shape, opset).
+//! - [`network`]: the DeepLabv2 graph (normalisation, encoder, ASPP, upsampling, argmax).
+//! - [`metadata`]: the metadata of an exported teacher, written through the model contract
+//!   `rccr_infer::contract` that `rccr-infer` reads.
 //! - [`quantize`]: static int8 quantization (QDQ) with image calibration.
 //! - [`export`]: load a checkpoint's teacher, encode, write atomically.
 //! - [`verify`]: tch vs ONNX Runtime parity report.
+//! - [`job`]: one `rccr-export` run (options, int8, verification, write) as a library call.
+//! - [`error`]: [`ExportError`], the one error type of the library.
 //!
 //! The model contract: input `image`, float32 `N x 3 x H x W`, RGB, 0..255 (the graph
 //! reorders channels and normalises as the checkpoint's config says); outputs `labels`
@@ -26,15 +29,34 @@ pub mod onnx {
 
 pub mod error;
 pub mod export;
-pub mod fold;
+pub(crate) mod fold;
 pub mod graph;
+pub mod job;
 pub mod metadata;
 pub mod network;
+pub mod options;
 pub mod quantize;
 pub mod verify;
 
 pub use error::ExportError;
-pub use export::{check_output_path, encode, export_loaded, load_teacher, write_model};
-pub use metadata::Metadata;
-pub use network::{build_model, ExportOptions, Outputs, Shape, Source};
+pub use export::{encode, export_loaded, load_teacher, write_model};
+pub use job::{ExportJob, ExportOutcome, Int8Options, VerifyRequest};
+pub use metadata::export_metadata;
+pub use network::build_model;
+pub use options::{ExportOptions, Outputs, Shape, Source};
 pub use verify::{verify, Tolerance, VerifyOptions, VerifyReport};
+
+/// A progress bar over `len` items on stderr, drawn with `template` (indicatif's syntax);
+/// hidden unless `show`.
+pub(crate) fn progress_bar(show: bool, len: usize, template: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = if show {
+        ProgressBar::new(len as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

@@ -7,11 +7,15 @@
 //! `logits` value (the input to the final ArgMax) is exposed as an extra output for the
 //! comparison; nothing else changes.
 
-use crate::network::{Shape, INPUT, LABELS, LOGITS};
 use crate::onnx::{ModelProto, ValueInfoProto};
+use crate::options::Shape;
 use crate::ExportError;
-use indicatif::{ProgressBar, ProgressStyle};
+use image::RgbImage;
+use ort::session::Session;
 use prost::Message;
+use rccr_infer::contract::{INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
+use rccr_infer::labelmap::argmax_planes;
+use rccr_infer::seed::{SplitMix, GOLDEN_GAMMA};
 use rccr_models::DeepLabV2;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -19,12 +23,12 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Pass bound for fp32 weights: the largest absolute logit difference allowed.
-pub const FP32_ABS_TOLERANCE: f32 = 1e-4;
+pub(crate) const FP32_ABS_TOLERANCE: f32 = 1e-4;
 /// Pass bound for fp16 weights, relative to the largest absolute reference logit: each
 /// weight is rounded to 11 significant bits (relative error up to 2^-11 ~ 4.9e-4), and the
 /// errors of ~100 layers add up; 1e-2 of the logit range leaves the argmax essentially
 /// unchanged while catching any structural error (which gives O(1) relative differences).
-pub const FP16_REL_TOLERANCE: f32 = 1e-2;
+pub(crate) const FP16_REL_TOLERANCE: f32 = 1e-2;
 
 /// When a comparison passes: `max |diff| <= abs + rel * max |reference logit|`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -53,7 +57,7 @@ impl Tolerance {
     }
 
     /// The bound for a case whose largest absolute reference logit is `max_abs_logit`.
-    pub fn bound(&self, max_abs_logit: f32) -> f32 {
+    pub(crate) fn bound(&self, max_abs_logit: f32) -> f32 {
         self.abs + self.rel * max_abs_logit
     }
 }
@@ -180,14 +184,14 @@ impl VerifyReport {
 }
 
 /// The model's input shape if it is fixed (`None` for dynamic N, H, W).
-pub fn fixed_input_shape(model: &ModelProto) -> Option<Shape> {
+pub(crate) fn fixed_input_shape(model: &ModelProto) -> Option<Shape> {
     use crate::onnx::{tensor_shape_proto::dimension::Value, type_proto};
     let input = model
         .graph
         .as_ref()?
         .input
         .iter()
-        .find(|i| i.name == INPUT)?;
+        .find(|i| i.name == INPUT_NAME)?;
     let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else {
         return None;
     };
@@ -228,59 +232,57 @@ pub fn image_files(dir: &Path, what: &str) -> Result<Vec<PathBuf>, ExportError> 
             "{}: no .png / .jpg {what}",
             dir.display()
         ))),
-        Err(e) => Err(ExportError::Options(e.to_string())),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// An image file decoded to RGB; an error names the file.
+pub(crate) fn open_rgb(path: &Path) -> Result<RgbImage, ExportError> {
+    Ok(image::open(path)
+        .map_err(|cause| ExportError::Image {
+            path: path.to_path_buf(),
+            cause,
+        })?
+        .to_rgb8())
 }
 
 /// An image as `N x 3 x H x W` float RGB 0..255 (the model's input format), resized to
 /// `fixed` (and repeated to its N) or scaled down to at most `max_side`.
 fn load_image(path: &Path, fixed: Option<Shape>, max_side: u32) -> Result<Tensor, ExportError> {
-    use image::imageops::FilterType;
-    let img = image::open(path)
-        .map_err(|e| ExportError::Image {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    let (img, n) = match fixed {
-        Some(s) => (
-            image::imageops::resize(&img, s.w as u32, s.h as u32, FilterType::Triangle),
-            s.n,
-        ),
-        None if w.max(h) > max_side => {
-            let scale = max_side as f64 / w.max(h) as f64;
-            let (nw, nh) = (
-                ((w as f64 * scale).round() as u32).max(1),
-                ((h as f64 * scale).round() as u32).max(1),
-            );
-            (
-                image::imageops::resize(&img, nw, nh, FilterType::Triangle),
-                1,
-            )
-        }
-        None => (img, 1),
-    };
+    let (img, n) = fit_image(open_rgb(path)?, fixed, max_side);
     let (w, h) = img.dimensions();
     let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
     let chw = hwc.permute([2, 0, 1]).to_kind(Kind::Float).unsqueeze(0);
     Ok(chw.repeat([n, 1, 1, 1]).contiguous())
 }
 
-/// Uniform random pixels in [0, 255) of `shape`, from a local SplitMix64 generator (not
-/// tch's global RNG, so that concurrent callers get reproducible inputs).
+/// `img` resized to `fixed`'s H x W (with its batch size N), or scaled down to at most
+/// `max_side` pixels on the longer side (batch 1), PIL-style bilinear.
+fn fit_image(img: RgbImage, fixed: Option<Shape>, max_side: u32) -> (RgbImage, i64) {
+    use image::imageops::{resize, FilterType};
+    let (w, h) = img.dimensions();
+    match fixed {
+        Some(s) => (
+            resize(&img, s.w as u32, s.h as u32, FilterType::Triangle),
+            s.n,
+        ),
+        None if w.max(h) > max_side => {
+            let scale = max_side as f64 / w.max(h) as f64;
+            let side = |v: u32| ((v as f64 * scale).round() as u32).max(1);
+            (resize(&img, side(w), side(h), FilterType::Triangle), 1)
+        }
+        None => (img, 1),
+    }
+}
+
+/// Uniform random pixels in [0, 255) of `shape`, from a local SplitMix64 generator
+/// (`rccr_infer::seed`; not tch's global RNG, so that concurrent callers get reproducible
+/// inputs).
 pub fn random_image(shape: Shape, seed: u64) -> Tensor {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut rng = SplitMix(seed ^ GOLDEN_GAMMA);
     let n = (shape.n * 3 * shape.h * shape.w) as usize;
     let v: Vec<f32> = (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 255.0
-        })
+        .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 255.0)
         .collect();
     Tensor::from_slice(&v).view(shape.nchw())
 }
@@ -292,19 +294,25 @@ fn with_logits_output(model: &ModelProto) -> Result<(ModelProto, bool), ExportEr
         .graph
         .as_mut()
         .ok_or_else(|| ExportError::Network("the model has no graph".into()))?;
-    let has = graph.output.iter().any(|o| o.name == LOGITS);
+    let has = graph.output.iter().any(|o| o.name == LOGITS_OUTPUT);
     if !has {
         graph.output.push(ValueInfoProto {
-            name: LOGITS.into(),
+            name: LOGITS_OUTPUT.into(),
             ..Default::default()
         });
     }
-    let has_labels = graph.output.iter().any(|o| o.name == LABELS);
+    let has_labels = graph.output.iter().any(|o| o.name == LABELS_OUTPUT);
     Ok((m, has_labels))
 }
 
 fn tensor_vec<T: tch::kind::Element + Copy>(t: &Tensor) -> Result<Vec<T>, ExportError> {
     Ok(Vec::<T>::try_from(&t.contiguous().view(-1))?)
+}
+
+/// An ONNX Runtime session (CPU) of a serialised model, from rccr-infer's one session
+/// builder (the thread count and options `rccr-infer` runs with).
+pub(crate) fn cpu_session(model_bytes: &[u8]) -> Result<Session, ExportError> {
+    Ok(rccr_infer::provider::session_builder(None)?.commit_from_memory(model_bytes)?)
 }
 
 /// Runs `net` (tch, CPU) and the serialised `model` (ONNX Runtime, CPU) on the inputs of
@@ -318,162 +326,203 @@ pub fn verify(
     let model = ModelProto::decode(model_bytes)?;
     let fixed = fixed_input_shape(&model);
     let (run_model, has_labels) = with_logits_output(&model)?;
-    let bytes = run_model.encode_to_vec();
-
     let library = rccr_infer::runtime::ensure_loaded()?;
-    let env = rccr_infer::runtime::environment()?;
-    let ort_err =
-        |e: ort::Error<ort::session::builder::SessionBuilder>| ExportError::Ort(e.to_string());
-    let mut session = ort::session::Session::builder(&env)?
-        .with_intra_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .map_err(ort_err)?
-        .commit_from_memory(&bytes)?;
+    let mut ort = OrtRunner {
+        session: cpu_session(&run_model.encode_to_vec())?,
+        has_labels,
+    };
+    let inputs = verify_inputs(opts, fixed)?;
+    let bar = crate::progress_bar(
+        opts.progress,
+        inputs.len(),
+        "verify {bar:30} {pos}/{len} {msg}",
+    );
+    let mut cases = Vec::new();
+    for (name, x) in inputs {
+        bar.set_message(name.clone());
+        cases.push(compare_case(net, &mut ort, name, &x, opts)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(VerifyReport::from_cases(
+        cases,
+        opts,
+        library.display().to_string(),
+    ))
+}
 
-    // Inputs: random batches, then the images.
-    let mut inputs: Vec<(String, Tensor)> = Vec::new();
+/// The inputs to compare on: random batches of `opts.shapes` (only `fixed` for a
+/// fixed-shape model), then `opts.images`; each with its name in the report.
+fn verify_inputs(
+    opts: &VerifyOptions,
+    fixed: Option<Shape>,
+) -> Result<Vec<(String, Tensor)>, ExportError> {
     let shapes = match fixed {
         Some(s) => vec![s],
         None => opts.shapes.clone(),
     };
+    let mut inputs = Vec::new();
     for (i, s) in shapes.iter().enumerate() {
         let seed = opts.seed + i as u64;
         inputs.push((format!("random (seed {seed})"), random_image(*s, seed)));
     }
     for p in &opts.images {
-        inputs.push((
-            p.display().to_string(),
-            load_image(p, fixed, opts.max_side)?,
-        ));
+        let x = load_image(p, fixed, opts.max_side)?;
+        inputs.push((p.display().to_string(), x));
     }
+    Ok(inputs)
+}
 
-    let bar = if opts.progress {
-        ProgressBar::new(inputs.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("verify {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let c = net.config.num_classes;
-    let mut cases = Vec::new();
-    for (name, x) in inputs {
-        bar.set_message(name.clone());
+/// The tch teacher's upsampled logits and argmax labels of `x`, flattened.
+fn tch_reference(net: &DeepLabV2, x: &Tensor) -> Result<(Vec<f32>, Vec<i64>), ExportError> {
+    let reference = tch::no_grad(|| net.forward_upsampled(&net.normalize(x), false));
+    let labels = reference.argmax(1, false);
+    Ok((tensor_vec(&reference)?, tensor_vec(&labels)?))
+}
+
+/// The model under test in ONNX Runtime, and whether it has a `labels` output.
+struct OrtRunner {
+    session: Session,
+    has_labels: bool,
+}
+
+impl OrtRunner {
+    /// `logits` (`N x C x H x W`) and labels (`N x H x W`: the `labels` output, else the
+    /// argmax of the logits) of `x`, checked against those shapes; and the run time (ms).
+    fn run(&mut self, x: &Tensor, c: i64) -> Result<(Vec<f32>, Vec<i64>, f64), ExportError> {
         let size = x.size();
         let (n, h, w) = (size[0], size[2], size[3]);
-
+        let data: Vec<f32> = tensor_vec(x)?;
         let t0 = Instant::now();
-        let reference = tch::no_grad(|| net.forward_upsampled(&net.normalize(&x), false));
-        let ref_labels = reference.argmax(1, false);
-        let ref_logits: Vec<f32> = tensor_vec(&reference)?;
-        let ref_labels: Vec<i64> = tensor_vec(&ref_labels)?;
-        let tch_ms = t0.elapsed().as_secs_f64() * 1e3;
-
-        let data: Vec<f32> = tensor_vec(&x)?;
-        let t0 = Instant::now();
-        let input = ort::value::Tensor::from_array((size.clone(), data))?;
-        let outputs = session.run(ort::inputs![INPUT => input])?;
+        let input = ort::value::Tensor::from_array((size, data))?;
+        let outputs = self.session.run(ort::inputs![INPUT_NAME => input])?;
         let ort_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let logits_v = outputs
-            .get(LOGITS)
-            .ok_or_else(|| ExportError::Ort("no `logits` output".into()))?;
-        let (lshape, logits) = logits_v.try_extract_tensor::<f32>()?;
-        if **lshape != [n, c, h, w] {
-            return Err(ExportError::Ort(format!(
-                "`logits` has shape {:?}, expected [{n}, {c}, {h}, {w}]",
-                &**lshape
-            )));
-        }
-        let labels: Vec<i64> = if has_labels {
-            let v = outputs
-                .get(LABELS)
-                .ok_or_else(|| ExportError::Ort("no `labels` output".into()))?;
-            let (shape, labels) = v.try_extract_tensor::<i64>()?;
-            if **shape != [n, h, w] {
-                return Err(ExportError::Ort(format!(
-                    "`labels` has shape {:?}, expected [{n}, {h}, {w}]",
-                    &**shape
-                )));
-            }
-            labels.to_vec()
+        let logits = output::<f32>(&outputs, LOGITS_OUTPUT, &[n, c, h, w])?;
+        let labels = if self.has_labels {
+            output::<i64>(&outputs, LABELS_OUTPUT, &[n, h, w])?
         } else {
-            argmax_nchw(logits, n as usize, c as usize, (h * w) as usize)
+            labels_of_logits(&logits, c as usize, (h * w) as usize)
         };
+        Ok((logits, labels, ort_ms))
+    }
+}
 
-        let mut max_abs_diff = 0f32;
-        let mut sum = 0f64;
-        let mut nan = false;
-        for (a, b) in logits.iter().zip(&ref_logits) {
+/// The output `name` of shape `shape`; an error when it is missing or shaped otherwise.
+fn output<T: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug>(
+    outputs: &ort::session::SessionOutputs,
+    name: &str,
+    shape: &[i64],
+) -> Result<Vec<T>, ExportError> {
+    let v = outputs
+        .get(name)
+        .ok_or_else(|| ExportError::OrtOutput(format!("no `{name}` output")))?;
+    let (got, values) = v.try_extract_tensor::<T>()?;
+    if **got != *shape {
+        return Err(ExportError::OrtOutput(format!(
+            "`{name}` has shape {:?}, expected {shape:?}",
+            &**got
+        )));
+    }
+    Ok(values.to_vec())
+}
+
+/// Runs `x` through the tch teacher and ONNX Runtime and compares the two.
+fn compare_case(
+    net: &DeepLabV2,
+    ort: &mut OrtRunner,
+    input: String,
+    x: &Tensor,
+    opts: &VerifyOptions,
+) -> Result<CaseReport, ExportError> {
+    let size = x.size();
+    let t0 = Instant::now();
+    let (ref_logits, ref_labels) = tch_reference(net, x)?;
+    let tch_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (logits, labels, ort_ms) = ort.run(x, net.config.num_classes)?;
+    let d = LogitDiff::of(&logits, &ref_logits);
+    let bound = opts.tolerance.bound(d.max_abs_logit);
+    let argmax_agreement = agreement(&labels, &ref_labels);
+    let passed = match opts.min_agreement {
+        Some(min) => !d.max_abs_diff.is_nan() && argmax_agreement >= min,
+        None => d.max_abs_diff <= bound,
+    };
+    Ok(CaseReport {
+        input,
+        shape: [size[0], 3, size[2], size[3]],
+        max_abs_diff: d.max_abs_diff,
+        mean_abs_diff: d.mean_abs_diff,
+        max_abs_logit: d.max_abs_logit,
+        bound,
+        argmax_agreement,
+        passed,
+        tch_ms,
+        ort_ms,
+    })
+}
+
+/// How far ONNX Runtime's logits are from the reference's.
+struct LogitDiff {
+    /// Largest |diff|; NaN when any difference is NaN.
+    max_abs_diff: f32,
+    /// Mean |diff|.
+    mean_abs_diff: f64,
+    /// Largest |reference logit|.
+    max_abs_logit: f32,
+}
+
+impl LogitDiff {
+    fn of(logits: &[f32], reference: &[f32]) -> LogitDiff {
+        let (mut max_abs_diff, mut sum, mut nan) = (0f32, 0f64, false);
+        for (a, b) in logits.iter().zip(reference) {
             let d = (a - b).abs();
             nan |= d.is_nan();
             max_abs_diff = max_abs_diff.max(d);
             sum += d as f64;
         }
-        if nan {
-            max_abs_diff = f32::NAN;
+        LogitDiff {
+            max_abs_diff: if nan { f32::NAN } else { max_abs_diff },
+            mean_abs_diff: sum / reference.len().max(1) as f64,
+            max_abs_logit: reference.iter().fold(0f32, |m, v| m.max(v.abs())),
         }
-        let max_abs_logit = ref_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let agree = labels
-            .iter()
-            .zip(&ref_labels)
-            .filter(|(a, b)| a == b)
-            .count();
-        let bound = opts.tolerance.bound(max_abs_logit);
-        let argmax_agreement = agree as f64 / ref_labels.len().max(1) as f64;
-        let passed = match opts.min_agreement {
-            Some(min) => !nan && argmax_agreement >= min,
-            None => max_abs_diff <= bound,
-        };
-        cases.push(CaseReport {
-            input: name,
-            shape: [n, 3, h, w],
-            max_abs_diff,
-            mean_abs_diff: sum / ref_logits.len().max(1) as f64,
-            max_abs_logit,
-            bound,
-            argmax_agreement,
-            passed,
-            tch_ms,
-            ort_ms,
-        });
-        bar.inc(1);
     }
-    bar.finish_and_clear();
-
-    let max_abs_diff = cases.iter().fold(0f32, |m, c| {
-        if c.max_abs_diff.is_nan() || m.is_nan() {
-            f32::NAN
-        } else {
-            m.max(c.max_abs_diff)
-        }
-    });
-    Ok(VerifyReport {
-        passed: !cases.is_empty() && cases.iter().all(|c| c.passed),
-        min_argmax_agreement: cases.iter().map(|c| c.argmax_agreement).fold(1.0, f64::min),
-        max_abs_diff,
-        cases,
-        tolerance: opts.tolerance,
-        min_agreement: opts.min_agreement,
-        ort_library: library.display().to_string(),
-    })
 }
 
-/// First-maximum argmax over the channel axis of `N x C x P` logits.
-pub fn argmax_nchw(logits: &[f32], n: usize, c: usize, pixels: usize) -> Vec<i64> {
-    let mut out = Vec::with_capacity(n * pixels);
-    for b in 0..n {
-        let base = b * c * pixels;
-        for p in 0..pixels {
-            let mut best = 0;
-            for k in 1..c {
-                if logits[base + k * pixels + p] > logits[base + best * pixels + p] {
-                    best = k;
-                }
+/// Share of positions where `labels` equals `reference` (over the reference's length).
+fn agreement(labels: &[i64], reference: &[i64]) -> f64 {
+    let same = labels.iter().zip(reference).filter(|(a, b)| a == b).count();
+    same as f64 / reference.len().max(1) as f64
+}
+
+impl VerifyReport {
+    /// The report over `cases`: passed when there is a case and every one passed.
+    fn from_cases(cases: Vec<CaseReport>, opts: &VerifyOptions, ort_library: String) -> Self {
+        let max_abs_diff = cases.iter().fold(0f32, |m, c| {
+            if c.max_abs_diff.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(c.max_abs_diff)
             }
-            out.push(best as i64);
+        });
+        VerifyReport {
+            passed: !cases.is_empty() && cases.iter().all(|c| c.passed),
+            min_argmax_agreement: cases.iter().map(|c| c.argmax_agreement).fold(1.0, f64::min),
+            max_abs_diff,
+            cases,
+            tolerance: opts.tolerance,
+            min_agreement: opts.min_agreement,
+            ort_library,
         }
     }
-    out
+}
+
+/// The first-maximum argmax over the classes of each image of `N x C x P` logits
+/// (`rccr_infer::labelmap::argmax_planes`), as int64 labels like the `labels` output.
+fn labels_of_logits(logits: &[f32], c: usize, pixels: usize) -> Vec<i64> {
+    logits
+        .chunks(c * pixels)
+        .flat_map(|image| argmax_planes(image, c, pixels))
+        .map(i64::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -484,7 +533,10 @@ mod tests {
     fn argmax_by_hand() {
         // N = 1, C = 3, 2 pixels: pixel 0 -> class 2, pixel 1 ties 0 and 1 -> first (0).
         let logits = [0.0, 5.0, 1.0, 5.0, 2.0, -1.0];
-        assert_eq!(argmax_nchw(&logits, 1, 3, 2), vec![2, 0]);
+        assert_eq!(labels_of_logits(&logits, 3, 2), vec![2, 0]);
+        // Two images: the second is the first with classes 0 and 2 swapped.
+        let two = [0.0, 5.0, 1.0, 5.0, 2.0, -1.0, 2.0, -1.0, 1.0, 5.0, 0.0, 5.0];
+        assert_eq!(labels_of_logits(&two, 3, 2), vec![2, 0, 0, 1]);
     }
 
     #[test]

@@ -1,21 +1,15 @@
-//! The `rccr-export` binary: a verified export end to end, and the error cases of the
-//! issue (missing, truncated, non-checkpoint file, no teacher, unwritable output, failed
-//! verification): non-zero exit, a message naming the problem, and no ONNX file left.
+//! The `rccr-export` binary: a verified export end to end, and its error cases (missing,
+//! truncated, non-checkpoint file, no teacher, unwritable output, failed verification):
+//! exit status 1 with `error: ...` naming the problem, and no ONNX file left; malformed
+//! option values are clap usage errors (exit status 2).
 
 mod common;
 
+use common::rccr_export as export;
 use rccr_models::checkpoint::{model_metadata, CHECKPOINT_FORMAT};
 use rccr_models::{Backbone, ModelConfig};
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn export(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rccr-export"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("rccr-export runs")
-}
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -35,11 +29,18 @@ fn small() -> ModelConfig {
     ModelConfig::new(Backbone::Small, 19)
 }
 
+/// A temporary folder with a random small checkpoint (seed `seed`), and the path of a
+/// model `model.onnx` to write there.
+fn fixture(seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &small(), seed);
+    let out = dir.path().join("model.onnx");
+    (dir, ckpt, out)
+}
+
 #[test]
 fn verified_export_writes_the_model_and_a_json_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &small(), 5);
-    let out = dir.path().join("model.onnx");
+    let (dir, ckpt, out) = fixture(5);
     let o = export(&[
         "--checkpoint",
         ckpt.to_str().unwrap(),
@@ -88,6 +89,10 @@ fn expect_failure(ckpt: &Path, out: &Path, extra: &[&str], message: &str) {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains(message), "expected `{message}` in:\n{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("error: ")),
+        "no `error: ` line in:\n{err}"
+    );
     assert!(!out.is_file(), "{} was written", out.display());
 }
 
@@ -145,8 +150,7 @@ fn missing_truncated_and_foreign_files_are_refused() {
 
 #[test]
 fn unwritable_outputs_are_refused_before_any_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &small(), 2);
+    let (dir, ckpt, _) = fixture(2);
     expect_failure(
         &ckpt,
         &dir.path().join("no/such/folder/model.onnx"),
@@ -166,9 +170,7 @@ fn unwritable_outputs_are_refused_before_any_work() {
 
 #[test]
 fn failed_verification_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &small(), 4);
-    let out = dir.path().join("model.onnx");
+    let (dir, ckpt, out) = fixture(4);
     // A zero bound: float rounding alone (~1e-7 here) exceeds it.
     expect_failure(
         &ckpt,
@@ -181,9 +183,7 @@ fn failed_verification_writes_nothing() {
 
 #[test]
 fn bad_options_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &small(), 6);
-    let out = dir.path().join("model.onnx");
+    let (dir, ckpt, out) = fixture(6);
     expect_failure(
         &ckpt,
         &out,

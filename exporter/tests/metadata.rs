@@ -1,23 +1,20 @@
 //! Metadata round trip: what the exporter writes into `metadata_props` is what ONNX
-//! Runtime (the reader `rccr-infer` uses) reads back, and it parses into the typed
-//! [`Metadata`] again; values checked against the contract by hand.
+//! Runtime (the reader `rccr-infer` uses) reads back, and rccr-infer's contract reader
+//! (`ModelMetadata::from_props`) and model reader (`ModelInfo::from_session`) parse it into
+//! what the exporter meant to write; values checked against the contract by hand.
 
 mod common;
 
-use rccr_exporter::metadata::Metadata;
-use rccr_exporter::network::{ExportOptions, Outputs};
-use rccr_exporter::{encode, export_loaded, load_teacher, write_model};
+use rccr_exporter::{encode, export_metadata, write_model};
+use rccr_exporter::{ExportOptions, Outputs, Source};
+use rccr_infer::contract::{self, ModelMetadata};
+use rccr_infer::ModelInfo;
 use rccr_models::{Backbone, ModelConfig};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn read_with_ort(path: &Path) -> (BTreeMap<String, String>, Option<String>, Option<i64>) {
-    rccr_infer::runtime::ensure_loaded().unwrap();
-    let env = rccr_infer::runtime::environment().unwrap();
-    let session = ort::session::Session::builder(&env)
-        .unwrap()
-        .commit_from_file(path)
-        .unwrap();
+    let session = common::ort_session(path);
     let meta = session.metadata().unwrap();
     let map = meta
         .custom_keys()
@@ -31,24 +28,26 @@ fn read_with_ort(path: &Path) -> (BTreeMap<String, String>, Option<String>, Opti
     (map, meta.producer(), meta.version())
 }
 
+/// A random network of `config` exported with `opts` to `dir/m.onnx`; the checkpoint
+/// and the model's paths.
+fn export_to_file(dir: &Path, config: &ModelConfig, opts: &ExportOptions) -> (PathBuf, PathBuf) {
+    let (ckpt, _, model) = common::export_random(dir, config, 9, opts);
+    let out = dir.join("m.onnx");
+    write_model(&out, &encode(&model).unwrap()).unwrap();
+    (ckpt, out)
+}
+
 #[test]
 fn metadata_round_trips_through_onnx_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ModelConfig::new(Backbone::Small, 19);
     config.aspp_branches = 2;
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &config, 9);
-    let loaded = load_teacher(&ckpt).unwrap();
     let opts = ExportOptions {
         outputs: Outputs::Both,
         fp16: true,
         ..Default::default()
     };
-    let out = dir.path().join("m.onnx");
-    write_model(
-        &out,
-        &encode(&export_loaded(&loaded, &ckpt, &opts).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let (ckpt, out) = export_to_file(dir.path(), &config, &opts);
 
     let (props, producer, version) = read_with_ort(&out);
     assert_eq!(producer.as_deref(), Some("rccr-export"));
@@ -84,16 +83,14 @@ fn metadata_round_trips_through_onnx_runtime() {
     let cfg: ModelConfig = serde_json::from_str(&props["rccr.model_config"]).unwrap();
     assert_eq!(cfg, config);
 
-    let parsed = Metadata::from_props(|k| props.get(k).cloned()).unwrap();
+    let parsed = ModelMetadata::from_props(|k| props.get(k).cloned()).unwrap();
+    let source = Source {
+        checkpoint: ckpt.display().to_string(),
+        iteration: 1234,
+    };
     assert_eq!(
         parsed,
-        Metadata::new(
-            &config,
-            &ckpt.display().to_string(),
-            1234,
-            &["labels", "logits"],
-            true
-        )
+        export_metadata(&config, &source, &["labels", "logits"], true)
     );
 }
 
@@ -101,14 +98,7 @@ fn metadata_round_trips_through_onnx_runtime() {
 fn custom_label_sets_get_generic_names_and_distinct_colours() {
     let dir = tempfile::tempdir().unwrap();
     let config = ModelConfig::new(Backbone::Small, 12);
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &config, 9);
-    let loaded = load_teacher(&ckpt).unwrap();
-    let out = dir.path().join("m.onnx");
-    write_model(
-        &out,
-        &encode(&export_loaded(&loaded, &ckpt, &ExportOptions::default()).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let (_, out) = export_to_file(dir.path(), &config, &ExportOptions::default());
     let (props, _, _) = read_with_ort(&out);
     assert_eq!(props["rccr.label_set"], "custom12");
     assert_eq!(props["rccr.num_classes"], "12");
@@ -120,9 +110,58 @@ fn custom_label_sets_get_generic_names_and_distinct_colours() {
     let distinct: std::collections::BTreeSet<[u8; 3]> = palette.iter().copied().collect();
     assert_eq!(distinct.len(), 12);
     assert_eq!(props["rccr.weights"], "float32");
-    assert!(Metadata::from_props(|k| (k != "rccr.palette")
-        .then(|| props.get(k).cloned())
-        .flatten())
-    .unwrap_err()
-    .contains("rccr.palette"));
+    // The contract's fallbacks are what the exporter wrote: a reader without the palette
+    // or the names gets the same ones; without the class count it gets an error naming it.
+    let without = |key: &str| {
+        ModelMetadata::from_props(|k| (k != key).then(|| props.get(k).cloned()).flatten())
+    };
+    assert_eq!(without("rccr.palette").unwrap().palette, palette);
+    assert_eq!(without("rccr.class_names").unwrap().class_names, names);
+    assert!(without("rccr.num_classes")
+        .unwrap_err()
+        .to_string()
+        .contains("rccr.num_classes"));
+}
+
+#[test]
+fn rccr_infer_reads_what_the_exporter_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (classes, outputs) in [(19, Outputs::Labels), (7, Outputs::Both)] {
+        let config = ModelConfig::new(Backbone::Small, classes);
+        let opts = ExportOptions {
+            outputs,
+            ..Default::default()
+        };
+        let (ckpt, out) = export_to_file(dir.path(), &config, &opts);
+        let written = export_metadata(
+            &config,
+            &Source {
+                checkpoint: ckpt.display().to_string(),
+                iteration: 1234,
+            },
+            &outputs.names(),
+            false,
+        );
+        let info = ModelInfo::from_session(&common::ort_session(&out), &out).unwrap();
+        assert_eq!(info.num_classes, classes as usize);
+        assert_eq!(info.class_names, written.class_names);
+        assert_eq!(
+            info.class_names,
+            contract::default_class_names(classes as usize)
+        );
+        assert_eq!(info.palette, written.palette);
+        assert_eq!(
+            info.label_set,
+            contract::default_label_set(classes as usize)
+        );
+        assert_eq!(info.input_format, contract::INPUT_FORMAT);
+        assert_eq!(info.backbone.as_deref(), Some("small"));
+        assert_eq!(info.checkpoint, written.checkpoint);
+        assert_eq!(info.iteration, Some(1234));
+        assert_eq!(
+            (info.has_labels, info.has_logits),
+            (outputs != Outputs::Logits, outputs != Outputs::Labels)
+        );
+        assert_eq!((info.fixed_batch, info.fixed_size), (None, None));
+    }
 }

@@ -4,8 +4,8 @@
 
 mod common;
 
-use rccr_exporter::network::{ExportOptions, Outputs, Shape};
-use rccr_exporter::{encode, export_loaded, load_teacher, write_model};
+use rccr_exporter::{encode, write_model};
+use rccr_exporter::{ExportOptions, Outputs, Shape};
 use rccr_models::{Backbone, ModelConfig};
 use std::path::Path;
 
@@ -29,9 +29,8 @@ fn export_to(
     config: &ModelConfig,
     opts: &ExportOptions,
 ) -> std::path::PathBuf {
-    let (ckpt, _vs, _net) = common::checkpoint(dir, config, 11);
-    let loaded = load_teacher(&ckpt).unwrap();
-    let bytes = encode(&export_loaded(&loaded, &ckpt, opts).unwrap()).unwrap();
+    let (_, _, model) = common::export_random(dir, config, 11, opts);
+    let bytes = encode(&model).unwrap();
     let out = dir.join(name);
     write_model(&out, &bytes).unwrap();
     out

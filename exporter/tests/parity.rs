@@ -4,17 +4,15 @@
 
 mod common;
 
-use rccr_exporter::network::{ExportOptions, Outputs, Shape};
+use rccr_exporter::encode;
 use rccr_exporter::verify::{verify, Tolerance, VerifyOptions, VerifyReport};
-use rccr_exporter::{encode, export_loaded, load_teacher};
+use rccr_exporter::{ExportOptions, Outputs, Shape};
 use rccr_models::{Backbone, ModelConfig};
 use std::path::Path;
 
 fn run(config: &ModelConfig, opts: &ExportOptions, vopts: &VerifyOptions) -> VerifyReport {
     let dir = tempfile::tempdir().unwrap();
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), config, 7);
-    let loaded = load_teacher(&ckpt).unwrap();
-    let model = export_loaded(&loaded, &ckpt, opts).unwrap();
+    let (_, loaded, model) = common::export_random(dir.path(), config, 7, opts);
     let bytes = encode(&model).unwrap();
     let report = verify(&loaded.net.seg, &bytes, vopts).unwrap();
     eprintln!("{}", report.summary());

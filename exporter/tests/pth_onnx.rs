@@ -1,4 +1,4 @@
-//! PyTorch checkpoints to ONNX, end to end (issue 12's "Done when"): tests/reference/
+//! PyTorch checkpoints to ONNX, end to end: tests/reference/
 //! pth_onnx.py writes `.pth` files with the installed PyTorch — the independent DACS
 //! DeepLabv2 of models/tests/reference/dacs_deeplabv2.py (ResNet-50 layers, 5 classes,
 //! random weights and batch-norm statistics) as a bare state_dict and as a DACS checkpoint
@@ -9,16 +9,15 @@
 //! `rccr-export`; ONNX Runtime's `logits` must equal PyTorch's to
 //! max |diff| <= 1e-4 x max(1, max |logit|).
 
+mod common;
+
+use common::repo_root;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 const SHAPE: [i64; 4] = [2, 3, 57, 70];
 const CLASSES: i64 = 5;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The files of pth_onnx.py, written once per test process.
 fn fixture() -> &'static Path {
@@ -73,12 +72,7 @@ fn export(ckpt: &Path, out: &Path) {
 
 /// ONNX Runtime's `logits` of `model` on pth_onnx.py's input.
 fn onnx_logits(model: &Path) -> Vec<f32> {
-    rccr_infer::runtime::ensure_loaded().unwrap();
-    let env = rccr_infer::runtime::environment().unwrap();
-    let mut session = ort::session::Session::builder(&env)
-        .unwrap()
-        .commit_from_file(model)
-        .unwrap();
+    let mut session = common::ort_session(model);
     let input = read_f32(&fixture().join("input.bin"));
     let input = ort::value::Tensor::from_array((SHAPE.to_vec(), input)).unwrap();
     let outputs = session.run(ort::inputs!["image" => input]).unwrap();

@@ -7,17 +7,18 @@
 
 mod common;
 
+use common::{initializer, op_types};
 use prost::Message;
+use rccr_exporter::encode;
 use rccr_exporter::graph::{tensor_value_info, Attr, Dim, GraphBuilder};
-use rccr_exporter::network::{ExportOptions, Shape};
 use rccr_exporter::onnx::{tensor_proto::DataType, ModelProto, OperatorSetIdProto, TensorProto};
 use rccr_exporter::quantize::{self, Calibration, CalibrationMethod, Range};
 use rccr_exporter::verify::{self, VerifyOptions};
-use rccr_exporter::{encode, export_loaded, load_teacher};
+use rccr_exporter::{ExportOptions, Shape};
 use rccr_models::{Backbone, ModelConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::Output;
 
 const W1: [f32; 4] = [0.5, -1.27, 0.254, 0.1]; // [2 out, 2 in, 1, 1]
 const B1: [f32; 2] = [0.1, -0.2];
@@ -76,16 +77,6 @@ fn tiny_model() -> ModelProto {
     }
 }
 
-fn init<'a>(m: &'a ModelProto, name: &str) -> &'a TensorProto {
-    m.graph
-        .as_ref()
-        .unwrap()
-        .initializer
-        .iter()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("no initialiser {name}"))
-}
-
 fn f32s(t: &TensorProto) -> Vec<f32> {
     t.raw_data
         .chunks_exact(4)
@@ -97,16 +88,6 @@ fn i32s(t: &TensorProto) -> Vec<i32> {
     t.raw_data
         .chunks_exact(4)
         .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
-fn ops(m: &ModelProto) -> Vec<String> {
-    m.graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .map(|n| n.op_type.clone())
         .collect()
 }
 
@@ -124,9 +105,7 @@ fn hand_calibration() -> Calibration {
 
 /// Runs a serialised model on `x` ([1, 2, 2, 2]) in ONNX Runtime; returns `y`.
 fn run_ort(bytes: &[u8], x: &[f32]) -> Vec<f32> {
-    rccr_infer::runtime::ensure_loaded().unwrap();
-    let env = rccr_infer::runtime::environment().unwrap();
-    let mut s = ort::session::Session::builder(&env)
+    let mut s = rccr_infer::provider::session_builder(None)
         .unwrap()
         .commit_from_memory(bytes)
         .unwrap();
@@ -147,7 +126,7 @@ fn tiny_model_weights_biases_and_nodes_by_hand() {
 
     // The Relu folds into relu1's QuantizeLinear (zero point 0); Q/DQ where expected.
     assert_eq!(
-        ops(&q),
+        op_types(&q),
         vec![
             "QuantizeLinear",   // x
             "DequantizeLinear", // x for conv1
@@ -167,12 +146,12 @@ fn tiny_model_weights_biases_and_nodes_by_hand() {
 
     // conv1 (7-bit weights, max 63): channel 0 max|w| = 1.27 -> scale 1.27 / 63;
     // channel 1 max|w| = 0.254 -> 0.254 / 63.
-    let s1 = f32s(init(&q, "w1.int8.scale"));
+    let s1 = f32s(initializer(&q, "w1.int8.scale"));
     assert!(
         (s1[0] - 1.27 / 63.0).abs() < 1e-9 && (s1[1] - 0.254 / 63.0).abs() < 1e-9,
         "{s1:?}"
     );
-    let w1q = init(&q, "w1.int8");
+    let w1q = initializer(&q, "w1.int8");
     assert_eq!(w1q.data_type, DataType::Int8 as i32);
     assert_eq!(w1q.dims, vec![2, 2, 1, 1]);
     let w1v: Vec<i8> = w1q.raw_data.iter().map(|&b| b as i8).collect();
@@ -180,22 +159,22 @@ fn tiny_model_weights_biases_and_nodes_by_hand() {
     assert_eq!(w1v, vec![25, -63, 63, 25]);
     // Bias: b / (s_x * s_w): 0.1 / (0.01 * 1.27 / 63) = 496.06 -> 496,
     // -0.2 / (0.01 * 0.254 / 63) = -4960.6 -> -4961.
-    assert_eq!(i32s(init(&q, "b1.int32")), vec![496, -4961]);
-    let bs = f32s(init(&q, "b1.int32.scale"));
+    assert_eq!(i32s(initializer(&q, "b1.int32")), vec![496, -4961]);
+    let bs = f32s(initializer(&q, "b1.int32.scale"));
     assert!((bs[0] - 0.0127 / 63.0).abs() < 1e-10 && (bs[1] - 0.00254 / 63.0).abs() < 1e-10);
     // conv2: max|w| = 1.27 -> 1.27 / 63; -0.508 -> -25.2 -> -25; 0.05 / (0.01 * 1.27 / 63)
     // = 248.03 -> 248.
-    let w2v: Vec<i8> = init(&q, "w2.int8")
+    let w2v: Vec<i8> = initializer(&q, "w2.int8")
         .raw_data
         .iter()
         .map(|&b| b as i8)
         .collect();
     assert_eq!(w2v, vec![63, -25]);
-    assert_eq!(i32s(init(&q, "b2.int32")), vec![248]);
+    assert_eq!(i32s(initializer(&q, "b2.int32")), vec![248]);
     // Activations: x zero point 100, relu1 zero point 0, both scale 0.01.
-    assert_eq!(init(&q, "x.q_zero").raw_data, vec![100]);
-    assert_eq!(init(&q, "relu1.q_zero").raw_data, vec![0]);
-    assert!((f32s(init(&q, "x.q_scale"))[0] - 0.01).abs() < 1e-9);
+    assert_eq!(initializer(&q, "x.q_zero").raw_data, vec![100]);
+    assert_eq!(initializer(&q, "relu1.q_zero").raw_data, vec![0]);
+    assert!((f32s(initializer(&q, "x.q_scale"))[0] - 0.01).abs() < 1e-9);
     // The float weights are gone.
     assert!(g
         .initializer
@@ -293,18 +272,12 @@ fn minmax_calibration_finds_the_ranges_by_hand() {
     );
 }
 
-/// Runs the official checker with its full check on `model`.
-fn onnx_check(model: &Path) {
-    common::onnx_checker(model, "");
-}
-
 #[test]
 fn small_network_int8_agrees_with_fp32_and_passes_the_checker() {
     let dir = tempfile::tempdir().unwrap();
     let config = ModelConfig::new(Backbone::Small, 19);
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &config, 3);
-    let loaded = load_teacher(&ckpt).unwrap();
-    let fp32 = export_loaded(&loaded, &ckpt, &ExportOptions::default()).unwrap();
+    let (_, loaded, fp32) =
+        common::export_random(dir.path(), &config, 3, &ExportOptions::default());
 
     let calib: Vec<(Vec<i64>, Vec<f32>)> = (0..4)
         .map(|i| {
@@ -321,7 +294,7 @@ fn small_network_int8_agrees_with_fp32_and_passes_the_checker() {
 
     // Structure: one QuantizeLinear per calibrated tensor, every Relu folded, convs kept,
     // one DequantizeLinear per conv weight, per conv bias and per quantized-op input.
-    let count = |m: &ModelProto, op: &str| ops(m).iter().filter(|o| *o == op).count();
+    let count = |m: &ModelProto, op: &str| op_types(m).iter().filter(|o| *o == op).count();
     let convs = count(&fp32, "Conv");
     let acts = quantize::activation_tensors(&fp32).unwrap();
     assert_eq!(count(&q, "QuantizeLinear"), acts.len());
@@ -370,24 +343,28 @@ fn small_network_int8_agrees_with_fp32_and_passes_the_checker() {
 
     let path = dir.path().join("int8.onnx");
     std::fs::write(&path, &bytes).unwrap();
-    onnx_check(&path);
+    common::onnx_checker(&path, "");
 }
 
-fn export_cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rccr-export"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("rccr-export runs")
+/// `rccr-export --checkpoint ckpt --out out --int8 --calibration-images images` and
+/// `extra`.
+fn export_int8(ckpt: &Path, out: &Path, images: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--int8",
+        "--calibration-images",
+        images.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    common::rccr_export(&args)
 }
 
-#[test]
-fn cli_int8_export_verifies_and_rejects_bad_options() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = ModelConfig::new(Backbone::Small, 19);
-    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &config, 4);
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
+/// Three 96 x 64 PNG images (gradients with noise) in `dir`.
+fn write_calibration_images(dir: &Path) {
+    std::fs::create_dir(dir).unwrap();
     let mut rng = common::Rng::new(9);
     for i in 0..3 {
         let img = image::RgbImage::from_fn(96, 64, |x, y| {
@@ -398,29 +375,25 @@ fn cli_int8_export_verifies_and_rejects_bad_options() {
                 ((x + y) as u8).wrapping_mul(i + 1),
             ])
         });
-        img.save(images.join(format!("im{i}.png"))).unwrap();
+        img.save(dir.join(format!("im{i}.png"))).unwrap();
     }
+}
+
+#[test]
+fn cli_int8_export_verifies_and_rejects_bad_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ModelConfig::new(Backbone::Small, 19);
+    let (ckpt, _vs, _net) = common::checkpoint(dir.path(), &config, 4);
+    let images = dir.path().join("images");
+    write_calibration_images(&images);
     let out = dir.path().join("int8.onnx");
-    let (c, o, im) = (
-        ckpt.to_str().unwrap(),
-        out.to_str().unwrap(),
-        images.to_str().unwrap(),
+    let verify = ["--calibration-size", "96x64", "--verify", "--min-agreement"];
+    let r = export_int8(
+        &ckpt,
+        &out,
+        &images,
+        &[&verify[..], &["0.9", "--json"]].concat(),
     );
-    let r = export_cli(&[
-        "--checkpoint",
-        c,
-        "--out",
-        o,
-        "--int8",
-        "--calibration-images",
-        im,
-        "--calibration-size",
-        "96x64",
-        "--verify",
-        "--min-agreement",
-        "0.9",
-        "--json",
-    ]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
@@ -436,51 +409,22 @@ fn cli_int8_export_verifies_and_rejects_bad_options() {
 
     // An impossible agreement: verification fails and nothing is written.
     let out2 = dir.path().join("never.onnx");
-    let r = export_cli(&[
-        "--checkpoint",
-        c,
-        "--out",
-        out2.to_str().unwrap(),
-        "--int8",
-        "--calibration-images",
-        im,
-        "--calibration-size",
-        "96x64",
-        "--verify",
-        "--min-agreement",
-        "1.01",
-    ]);
-    assert!(!r.status.success());
+    let r = export_int8(&ckpt, &out2, &images, &[&verify[..], &["1.01"]].concat());
+    assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("argmax agreement"));
     assert!(!out2.exists());
 
     // --int8 needs calibration images; --int8 and --fp16 exclude each other; an empty
     // calibration folder is named.
-    let r = export_cli(&["--checkpoint", c, "--out", o, "--int8"]);
+    let (c, o) = (ckpt.to_str().unwrap(), out.to_str().unwrap());
+    let r = common::rccr_export(&["--checkpoint", c, "--out", o, "--int8"]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("--calibration-images"));
-    let r = export_cli(&[
-        "--checkpoint",
-        c,
-        "--out",
-        o,
-        "--int8",
-        "--fp16",
-        "--calibration-images",
-        im,
-    ]);
+    let r = export_int8(&ckpt, &out, &images, &["--fp16"]);
     assert!(!r.status.success());
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let r = export_cli(&[
-        "--checkpoint",
-        c,
-        "--out",
-        o,
-        "--int8",
-        "--calibration-images",
-        empty.to_str().unwrap(),
-    ]);
+    let r = export_int8(&ckpt, &out, &empty, &[]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("no .png / .jpg calibration images"));
 }

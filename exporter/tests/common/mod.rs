@@ -1,9 +1,13 @@
 //! Test fixtures: trainer-style checkpoints of randomly initialised networks whose
 //! batch-norm statistics and affine parameters are randomised, so that folding is
-//! exercised with non-trivial values.
+//! exercised with non-trivial values; their exports; lookups into an exported graph; the
+//! `rccr-export` binary and the official ONNX checker. The examples include this file too.
 #![allow(dead_code)]
 
-use rccr_models::checkpoint::{model_metadata, CHECKPOINT_FORMAT, STUDENT, TEACHER};
+use rccr_exporter::onnx::{GraphProto, ModelProto, NodeProto, TensorProto};
+use rccr_exporter::{export_loaded, load_teacher, ExportOptions};
+use rccr_infer::seed::{SplitMix, GOLDEN_GAMMA};
+use rccr_models::checkpoint::{model_metadata, LoadedNet, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::{ModelConfig, RccrNet};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
@@ -13,19 +17,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// SplitMix64: a local, seeded generator (tch's global RNG is shared by the test threads).
-pub struct Rng(u64);
+/// A local, seeded generator over rccr-infer's SplitMix64 (tch's global RNG is shared by
+/// the test threads).
+pub struct Rng(SplitMix);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+        Rng(SplitMix(seed ^ GOLDEN_GAMMA))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [lo, hi).
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
@@ -131,6 +132,66 @@ pub fn checkpoint(dir: &Path, config: &ModelConfig, seed: u64) -> (PathBuf, nn::
     (path, vs, net)
 }
 
+/// A random network of `config` checkpointed in `dir` (see [`checkpoint`]), its teacher
+/// loaded back and exported with `opts`: the checkpoint, the teacher and the model.
+pub fn export_random(
+    dir: &Path,
+    config: &ModelConfig,
+    seed: u64,
+    opts: &ExportOptions,
+) -> (PathBuf, LoadedNet, ModelProto) {
+    let (ckpt, _vs, _net) = checkpoint(dir, config, seed);
+    let loaded = load_teacher(&ckpt).unwrap();
+    let model = export_loaded(&loaded, &ckpt, opts).unwrap();
+    (ckpt, loaded, model)
+}
+
+/// The graph of a model.
+pub fn graph(m: &ModelProto) -> &GraphProto {
+    m.graph.as_ref().expect("the model has a graph")
+}
+
+/// The node called `name`.
+pub fn node<'a>(m: &'a ModelProto, name: &str) -> &'a NodeProto {
+    graph(m)
+        .node
+        .iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("no node {name}"))
+}
+
+/// The initialiser called `name`.
+pub fn initializer<'a>(m: &'a ModelProto, name: &str) -> &'a TensorProto {
+    graph(m)
+        .initializer
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no initialiser {name}"))
+}
+
+/// The op types of the graph's nodes, in order.
+pub fn op_types(m: &ModelProto) -> Vec<String> {
+    graph(m).node.iter().map(|n| n.op_type.clone()).collect()
+}
+
+/// An ONNX Runtime session of the model file `path`, from rccr-infer's session builder.
+pub fn ort_session(path: &Path) -> ort::session::Session {
+    rccr_infer::provider::session_builder(None)
+        .unwrap()
+        .commit_from_file(path)
+        .unwrap()
+}
+
+/// Runs this build's `rccr-export` with `args` (logging at warn).
+#[cfg(test)]
+pub fn rccr_export(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rccr-export"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("rccr-export runs")
+}
+
 /// Runs the official ONNX checker (`onnx.checker.check_model(full_check=True)`, PyPI
 /// `onnx` from `.deps/py`) on `model`, then the Python statements `extra` (with `m` the
 /// loaded model), asserting success; returns what `extra` printed. `.deps/py` is appended
@@ -159,4 +220,20 @@ pub fn onnx_checker(model: &Path, extra: &str) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// The folder a benchmark writes to: `keep` (created when missing), else a new temporary
+/// folder, returned with it so that it lives as long as the caller keeps it.
+pub fn work_dir(keep: Option<&Path>) -> std::io::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Ok((None, dir.to_path_buf()))
+        }
+        None => {
+            let tmp = tempfile::tempdir()?;
+            let dir = tmp.path().to_path_buf();
+            Ok((Some(tmp), dir))
+        }
+    }
 }

@@ -205,6 +205,22 @@ enum Set {
 }
 
 impl Set {
+    /// The sets in the order they are generated.
+    const ALL: [Set; 4] = [
+        Set::SourceTrain,
+        Set::SourceVal,
+        Set::TargetTrain,
+        Set::TargetVal,
+    ];
+
+    /// How many images of this set `args` asks for.
+    fn count(self, args: &SynthArgs) -> usize {
+        match self {
+            Set::SourceTrain | Set::TargetTrain => args.count,
+            Set::SourceVal | Set::TargetVal => args.val_count,
+        }
+    }
+
     fn domain(self) -> Domain {
         match self {
             Set::SourceTrain | Set::SourceVal => Domain::Source,
@@ -328,6 +344,21 @@ fn label_palette() -> Vec<u8> {
     pal
 }
 
+/// The labelIds of a canvas of trainIds, and the histogram of its trainIds.
+fn label_ids(train_ids: &[u8]) -> (Vec<u8>, [u64; NUM_CLASSES]) {
+    let mut hist = [0u64; NUM_CLASSES];
+    let labels = train_ids
+        .iter()
+        .map(|&t| {
+            if let Some(slot) = hist.get_mut(t as usize) {
+                *slot += 1;
+            }
+            train_to_label(t).unwrap_or(0)
+        })
+        .collect();
+    (labels, hist)
+}
+
 /// Generates, writes and returns the class histogram of one sample.
 fn generate_one(
     args: &SynthArgs,
@@ -341,38 +372,16 @@ fn generate_one(
     let canvas = scene.draw(w, h);
     let image_seed = crate::data::augment::mix(args.seed, set.tag() ^ 0xC0_1005, i as u64);
     let rgb = render(&canvas, scene.cam.hy, set.domain(), args.shift, image_seed);
-    let mut hist = [0u64; NUM_CLASSES];
-    let labels: Vec<u8> = canvas
-        .class
-        .iter()
-        .map(|&t| {
-            if let Some(slot) = hist.get_mut(t as usize) {
-                *slot += 1;
-            }
-            train_to_label(t).unwrap_or(0)
-        })
-        .collect();
+    let (labels, hist) = label_ids(&canvas.class);
     let (image_path, label_path) = paths(&args.out, set, i);
     let (wu, hu) = (args.size.width, args.size.height);
     let img = encode_png(&image_path, &rgb, wu, hu, png::ColorType::Rgb, None)?;
-    let lbl = match set.domain() {
-        Domain::Source => encode_png(
-            &label_path,
-            &labels,
-            wu,
-            hu,
-            png::ColorType::Indexed,
-            Some(palette),
-        )?,
-        Domain::Target => encode_png(
-            &label_path,
-            &labels,
-            wu,
-            hu,
-            png::ColorType::Grayscale,
-            None,
-        )?,
+    // GTA5 ships paletted labels, Cityscapes greyscale ones.
+    let (color, label_palette) = match set.domain() {
+        Domain::Source => (png::ColorType::Indexed, Some(palette)),
+        Domain::Target => (png::ColorType::Grayscale, None),
     };
+    let lbl = encode_png(&label_path, &labels, wu, hu, color, label_palette)?;
     write_atomic(&image_path, &img)?;
     write_atomic(&label_path, &lbl)?;
     Ok(hist)
@@ -422,9 +431,9 @@ fn class_names_present(hist: &[u64; NUM_CLASSES]) -> Vec<String> {
         .collect()
 }
 
-/// Generates the benchmark described in the module doc; returns (and writes as
-/// `DIR/synth.json`) the report.
-pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
+/// Refuses arguments that cannot work: no training images, or a shift that is negative
+/// or not finite.
+fn check_args(args: &SynthArgs) -> Result<(), SynthError> {
     if args.count == 0 {
         return Err(SynthError::BadArgs {
             reason: "--count must be at least 1".into(),
@@ -435,28 +444,23 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
             reason: format!("--shift {} must be a finite number >= 0", args.shift),
         });
     }
-    let start = Instant::now();
-    std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
-    prepare_out(&args.out)?;
-    // The marker goes first, so that an interrupted run can be overwritten by the next one.
-    let marker = args.out.join("synth.json");
-    let pending = serde_json::json!({ "args": args, "report": null }).to_string();
-    write_atomic(&marker, pending.as_bytes())?;
-    let mut jobs = Vec::new();
-    for (set, n) in [
-        (Set::SourceTrain, args.count),
-        (Set::SourceVal, args.val_count),
-        (Set::TargetTrain, args.count),
-        (Set::TargetVal, args.val_count),
-    ] {
-        for i in 0..n {
-            jobs.push((set, i));
-        }
-    }
+    Ok(())
+}
+
+/// Every (set, index) to generate, in the order of [`Set::ALL`].
+fn jobs(args: &SynthArgs) -> Vec<(Set, usize)> {
+    Set::ALL
+        .into_iter()
+        .flat_map(|set| (0..set.count(args)).map(move |i| (set, i)))
+        .collect()
+}
+
+/// Creates every folder the `jobs` write into.
+fn create_folders(out: &Path, jobs: &[(Set, usize)]) -> Result<(), SynthError> {
     let mut dirs: Vec<PathBuf> = jobs
         .iter()
         .flat_map(|&(set, i)| {
-            let (a, b) = paths(&args.out, set, i);
+            let (a, b) = paths(out, set, i);
             [a, b]
         })
         .filter_map(|p| p.parent().map(Path::to_path_buf))
@@ -466,6 +470,15 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
     for d in &dirs {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
+    Ok(())
+}
+
+/// Generates every job on the rayon pool behind a progress bar; returns the class
+/// histograms of the source and of the target images.
+fn generate_all(
+    args: &SynthArgs,
+    jobs: &[(Set, usize)],
+) -> Result<[[u64; NUM_CLASSES]; 2], SynthError> {
     let palette = label_palette();
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
     bar.set_style(
@@ -483,20 +496,24 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
         })
         .collect::<Result<_, SynthError>>()?;
     bar.finish_and_clear();
-    let (mut src, mut tgt) = ([0u64; NUM_CLASSES], [0u64; NUM_CLASSES]);
+    let mut by_domain = [[0u64; NUM_CLASSES]; 2];
     for (set, hist) in &results {
-        let acc = if set.domain() == Domain::Source {
-            &mut src
-        } else {
-            &mut tgt
-        };
+        let acc = &mut by_domain[usize::from(set.domain() == Domain::Target)];
         for (a, h) in acc.iter_mut().zip(hist) {
             *a += h;
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let images = jobs.len();
-    let report = SynthReport {
+    Ok(by_domain)
+}
+
+/// The report of a finished run that took `seconds` for `images` pairs.
+fn report(
+    args: &SynthArgs,
+    [src, tgt]: &[[u64; NUM_CLASSES]; 2],
+    images: usize,
+    seconds: f64,
+) -> SynthReport {
+    SynthReport {
         out: args.out.clone(),
         seed: args.seed,
         size: args.size,
@@ -510,11 +527,30 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
         target_spec: format!("cityscapes:{}", args.out.join("cityscapes").display()),
         seconds,
         images_per_second: images as f64 / seconds.max(1e-9),
-        source_class_fraction: class_fraction(&src),
-        target_class_fraction: class_fraction(&tgt),
-        source_classes: class_names_present(&src),
-        target_classes: class_names_present(&tgt),
-    };
+        source_class_fraction: class_fraction(src),
+        target_class_fraction: class_fraction(tgt),
+        source_classes: class_names_present(src),
+        target_classes: class_names_present(tgt),
+    }
+}
+
+/// Generates the benchmark described in the module doc; returns (and writes as
+/// `DIR/synth.json`) the report.
+pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
+    check_args(args)?;
+    let start = Instant::now();
+    std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
+    prepare_out(&args.out)?;
+    // The marker goes first, so that an interrupted run can be overwritten by the next one.
+    let marker = args.out.join("synth.json");
+    let pending = serde_json::json!({ "args": args, "report": null }).to_string();
+    write_atomic(&marker, pending.as_bytes())?;
+    let jobs = jobs(args);
+    create_folders(&args.out, &jobs)?;
+    let histograms = generate_all(args, &jobs)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let images = jobs.len();
+    let report = report(args, &histograms, images, seconds);
     let json = serde_json::json!({ "args": args, "report": &report });
     let text = serde_json::to_string_pretty(&json).map_err(|e| SynthError::Encode {
         path: marker.clone(),

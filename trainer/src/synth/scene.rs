@@ -257,18 +257,189 @@ fn sample_side(rng: &mut impl Rng, sign: f32, ids: &mut Instances) -> Side {
     }
 }
 
-impl Scene {
-    /// Samples a scene for a `width x height` image.
-    pub fn sample(rng: &mut impl Rng, width: usize, height: usize) -> Scene {
-        let (w, h) = (width as f32, height as f32);
+impl Camera {
+    /// A camera for a `w x h` image: horizon, vanishing point and focal length drawn at
+    /// random.
+    fn sample(rng: &mut impl Rng, w: f32, h: f32) -> Camera {
         let hy = h * rng.gen_range(0.36..0.48);
-        let cam = Camera {
+        Camera {
             w,
             h,
             hy,
             vx: w * rng.gen_range(0.38..0.62),
             f: (h - hy) * rng.gen_range(2.0..3.0),
+        }
+    }
+}
+
+/// The far skyline: (right edge column, height) of blocks spanning the image width.
+fn sample_skyline(rng: &mut impl Rng, w: f32) -> Vec<(f32, f32)> {
+    let mut skyline = Vec::new();
+    let mut x = 0.0;
+    while x < w {
+        let bw = rng.gen_range(0.01..0.05) * w;
+        skyline.push((x + bw, rng.gen_range(1.5..14.0)));
+        x += bw;
+    }
+    skyline
+}
+
+/// At most one fence per side, in front of the facade or of the terrain strip.
+fn sample_fences(rng: &mut impl Rng, sides: &[Side; 2], ids: &mut Instances) -> Vec<Fence> {
+    let mut fences = Vec::new();
+    for side in sides {
+        if rng.gen_bool(0.45) {
+            let d0 = rng.gen_range(2.0..20.0);
+            let x = if side.facade > side.walk + 0.5 {
+                side.walk + 0.1
+            } else {
+                side.facade - 0.1
+            };
+            fences.push(Fence {
+                sign: side.sign,
+                x,
+                d0,
+                d1: d0 + rng.gen_range(5.0..30.0),
+                inst: ids.next(),
+            });
+        }
+    }
+    fences
+}
+
+/// Cars, trucks and buses on the road.
+fn sample_vehicles(
+    rng: &mut impl Rng,
+    sides: &[Side; 2],
+    ids: &mut Instances,
+    out: &mut Vec<Object>,
+) {
+    let [left, right] = sides;
+    for _ in 0..rng.gen_range(1..8) {
+        let r: f32 = rng.gen();
+        let (class, width) = if r < 0.8 {
+            (CAR, rng.gen_range(1.1..1.3))
+        } else if r < 0.9 {
+            (TRUCK, rng.gen_range(1.6..1.8))
+        } else {
+            (BUS, rng.gen_range(1.7..1.85))
         };
+        let x = rng.gen_range(-left.road + 0.5 * width + 0.1..right.road - 0.5 * width - 0.1);
+        out.push(Object::Vehicle {
+            x,
+            d: rng.gen_range(3.0..50.0),
+            class,
+            width,
+            inst: ids.next(),
+        });
+    }
+}
+
+/// Pedestrians, mostly on the sidewalks.
+fn sample_pedestrians(
+    rng: &mut impl Rng,
+    sides: &[Side; 2],
+    ids: &mut Instances,
+    out: &mut Vec<Object>,
+) {
+    let [left, right] = sides;
+    for _ in 0..rng.gen_range(0..7) {
+        let side = if rng.gen_bool(0.5) { left } else { right };
+        let x = if rng.gen_bool(0.15) {
+            rng.gen_range(-left.road..right.road)
+        } else {
+            side.sign * rng.gen_range(side.road + 0.3..side.walk - 0.1)
+        };
+        out.push(Object::Person {
+            x,
+            d: rng.gen_range(3.0..35.0),
+            height: rng.gen_range(1.0..1.25),
+            stride: rng.gen_range(0.0..0.25),
+            inst: ids.next(),
+        });
+    }
+}
+
+/// Riders on bicycles or motorcycles near the road edges.
+fn sample_cyclists(
+    rng: &mut impl Rng,
+    sides: &[Side; 2],
+    ids: &mut Instances,
+    out: &mut Vec<Object>,
+) {
+    let riders = if rng.gen_bool(0.65) {
+        rng.gen_range(1..3)
+    } else {
+        0
+    };
+    for _ in 0..riders {
+        let side = if rng.gen_bool(0.5) {
+            &sides[0]
+        } else {
+            &sides[1]
+        };
+        out.push(Object::Cyclist {
+            x: side.sign * (side.road - rng.gen_range(0.5..1.2)),
+            d: rng.gen_range(3.0..30.0),
+            motor: rng.gen_bool(0.4),
+            facing: if rng.gen_bool(0.5) { 1.0 } else { -1.0 },
+            rider: ids.next(),
+            bike: ids.next(),
+        });
+    }
+}
+
+/// What a pole carries: a sign (35%), a light (30%), both (15%) or a bare arm (20%).
+fn sample_attachment(rng: &mut impl Rng) -> Attachment {
+    let r: f32 = rng.gen();
+    if r < 0.35 {
+        Attachment::Sign(rng.gen_range(0..3))
+    } else if r < 0.65 {
+        Attachment::Light
+    } else if r < 0.8 {
+        Attachment::SignAndLight(rng.gen_range(0..3))
+    } else {
+        Attachment::None
+    }
+}
+
+/// Poles along the outer part of one sidewalk.
+fn sample_poles(rng: &mut impl Rng, side: &Side, ids: &mut Instances, out: &mut Vec<Object>) {
+    for _ in 0..rng.gen_range(1..5) {
+        let top = sample_attachment(rng);
+        out.push(Object::Pole {
+            x: side.sign * (side.road + (side.walk - side.road) * rng.gen_range(0.6..0.9)),
+            d: rng.gen_range(3.0..40.0),
+            height: rng.gen_range(3.0..4.5),
+            toward: -side.sign,
+            top,
+            inst: ids.next(),
+        });
+    }
+}
+
+/// Trees on the terrain strip of one side, or at the back of its sidewalk.
+fn sample_trees(rng: &mut impl Rng, side: &Side, out: &mut Vec<Object>) {
+    for _ in 0..rng.gen_range(0..4) {
+        let x = if side.facade > side.walk + 0.5 {
+            rng.gen_range(side.walk + 0.3..side.facade - 0.2)
+        } else {
+            side.walk - rng.gen_range(0.2..0.5)
+        };
+        out.push(Object::Tree {
+            x: side.sign * x,
+            d: rng.gen_range(3.0..45.0),
+            trunk: rng.gen_range(1.2..2.2),
+            crown: rng.gen_range(0.6..1.2),
+            seed: rng.gen(),
+        });
+    }
+}
+
+impl Scene {
+    /// Samples a scene for a `width x height` image.
+    pub fn sample(rng: &mut impl Rng, width: usize, height: usize) -> Scene {
+        let cam = Camera::sample(rng, width as f32, height as f32);
         let mut ids = Instances(0);
         let sides = [
             sample_side(rng, -1.0, &mut ids),
@@ -277,121 +448,15 @@ impl Scene {
         let centre_line = rng
             .gen_bool(0.7)
             .then(|| (sides[1].road - sides[0].road) * 0.5 + rng.gen_range(-0.3..0.3));
-        let mut skyline = Vec::new();
-        let mut x = 0.0;
-        while x < w {
-            let bw = rng.gen_range(0.01..0.05) * w;
-            skyline.push((x + bw, rng.gen_range(1.5..14.0)));
-            x += bw;
-        }
-        let mut fences = Vec::new();
-        for side in &sides {
-            if rng.gen_bool(0.45) {
-                let d0 = rng.gen_range(2.0..20.0);
-                let x = if side.facade > side.walk + 0.5 {
-                    side.walk + 0.1
-                } else {
-                    side.facade - 0.1
-                };
-                fences.push(Fence {
-                    sign: side.sign,
-                    x,
-                    d0,
-                    d1: d0 + rng.gen_range(5.0..30.0),
-                    inst: ids.next(),
-                });
-            }
-        }
+        let skyline = sample_skyline(rng, cam.w);
+        let fences = sample_fences(rng, &sides, &mut ids);
         let mut objects = Vec::new();
-        let (left, right) = (&sides[0], &sides[1]);
-        // Vehicles on the road.
-        for _ in 0..rng.gen_range(1..8) {
-            let r: f32 = rng.gen();
-            let (class, width) = if r < 0.8 {
-                (CAR, rng.gen_range(1.1..1.3))
-            } else if r < 0.9 {
-                (TRUCK, rng.gen_range(1.6..1.8))
-            } else {
-                (BUS, rng.gen_range(1.7..1.85))
-            };
-            let x = rng.gen_range(-left.road + 0.5 * width + 0.1..right.road - 0.5 * width - 0.1);
-            objects.push(Object::Vehicle {
-                x,
-                d: rng.gen_range(3.0..50.0),
-                class,
-                width,
-                inst: ids.next(),
-            });
-        }
-        // Pedestrians, mostly on the sidewalks.
-        for _ in 0..rng.gen_range(0..7) {
-            let side = if rng.gen_bool(0.5) { left } else { right };
-            let x = if rng.gen_bool(0.15) {
-                rng.gen_range(-left.road..right.road)
-            } else {
-                side.sign * rng.gen_range(side.road + 0.3..side.walk - 0.1)
-            };
-            objects.push(Object::Person {
-                x,
-                d: rng.gen_range(3.0..35.0),
-                height: rng.gen_range(1.0..1.25),
-                stride: rng.gen_range(0.0..0.25),
-                inst: ids.next(),
-            });
-        }
-        // Riders near the road edges.
-        let riders = if rng.gen_bool(0.65) {
-            rng.gen_range(1..3)
-        } else {
-            0
-        };
-        for _ in 0..riders {
-            let side = if rng.gen_bool(0.5) { left } else { right };
-            objects.push(Object::Cyclist {
-                x: side.sign * (side.road - rng.gen_range(0.5..1.2)),
-                d: rng.gen_range(3.0..30.0),
-                motor: rng.gen_bool(0.4),
-                facing: if rng.gen_bool(0.5) { 1.0 } else { -1.0 },
-                rider: ids.next(),
-                bike: ids.next(),
-            });
-        }
-        // Poles and trees along the sidewalks.
-        for side in [left, right] {
-            for _ in 0..rng.gen_range(1..5) {
-                let r: f32 = rng.gen();
-                let top = if r < 0.35 {
-                    Attachment::Sign(rng.gen_range(0..3))
-                } else if r < 0.65 {
-                    Attachment::Light
-                } else if r < 0.8 {
-                    Attachment::SignAndLight(rng.gen_range(0..3))
-                } else {
-                    Attachment::None
-                };
-                objects.push(Object::Pole {
-                    x: side.sign * (side.road + (side.walk - side.road) * rng.gen_range(0.6..0.9)),
-                    d: rng.gen_range(3.0..40.0),
-                    height: rng.gen_range(3.0..4.5),
-                    toward: -side.sign,
-                    top,
-                    inst: ids.next(),
-                });
-            }
-            for _ in 0..rng.gen_range(0..4) {
-                let x = if side.facade > side.walk + 0.5 {
-                    rng.gen_range(side.walk + 0.3..side.facade - 0.2)
-                } else {
-                    side.walk - rng.gen_range(0.2..0.5)
-                };
-                objects.push(Object::Tree {
-                    x: side.sign * x,
-                    d: rng.gen_range(3.0..45.0),
-                    trunk: rng.gen_range(1.2..2.2),
-                    crown: rng.gen_range(0.6..1.2),
-                    seed: rng.gen(),
-                });
-            }
+        sample_vehicles(rng, &sides, &mut ids, &mut objects);
+        sample_pedestrians(rng, &sides, &mut ids, &mut objects);
+        sample_cyclists(rng, &sides, &mut ids, &mut objects);
+        for side in &sides {
+            sample_poles(rng, side, &mut ids, &mut objects);
+            sample_trees(rng, side, &mut objects);
         }
         objects.sort_by(|a, b| b.depth().total_cmp(&a.depth()));
         Scene {
@@ -617,47 +682,41 @@ impl Scene {
         let (l, r) = (cam.px(x - w / 2.0, d), cam.px(x + w / 2.0, d));
         let u = |fx: f32| cam.px(x + fx * w / 2.0, d);
         let v = |y: f32| cam.py(y, d);
-        // Wheels.
-        let wheel = p.tone(TONE_DARK);
-        c.rect(u(-0.95), v(0.35), u(-0.6), v(0.0), wheel);
-        c.rect(u(0.6), v(0.35), u(0.95), v(0.0), wheel);
+        // A left/right pair of boxes between the fractions `inner` and `outer` of the half
+        // width (wheels, lights).
+        let pair = |c: &mut Canvas, inner: f32, outer: f32, top: f32, bottom: f32, p: Paint| {
+            c.rect(u(-outer), v(top), u(-inner), v(bottom), p);
+            c.rect(u(inner), v(top), u(outer), v(bottom), p);
+        };
+        // A symmetric trapezoid: half widths `low` at `y0` and `high` at `y1`.
+        let trapezoid = |low: f32, y0: f32, high: f32, y1: f32| {
+            [
+                (u(-low), v(y0)),
+                (u(low), v(y0)),
+                (u(high), v(y1)),
+                (u(-high), v(y1)),
+            ]
+        };
+        pair(c, 0.6, 0.95, 0.35, 0.0, p.tone(TONE_DARK));
+        let lights = p.tone(TONE_ACCENT);
         match class {
             CAR => {
                 c.rect(l, v(0.72), r, v(0.18), p);
-                c.polygon(
-                    &[
-                        (u(-0.9), v(0.72)),
-                        (u(0.9), v(0.72)),
-                        (u(0.7), v(1.08)),
-                        (u(-0.7), v(1.08)),
-                    ],
-                    p,
-                );
-                c.polygon(
-                    &[
-                        (u(-0.78), v(0.76)),
-                        (u(0.78), v(0.76)),
-                        (u(0.62), v(1.02)),
-                        (u(-0.62), v(1.02)),
-                    ],
-                    p.tone(TONE_DARK),
-                );
+                c.polygon(&trapezoid(0.9, 0.72, 0.7, 1.08), p);
+                c.polygon(&trapezoid(0.78, 0.76, 0.62, 1.02), p.tone(TONE_DARK));
                 c.rect(l, v(0.26), r, v(0.18), p.tone(TONE_DARK));
-                c.rect(u(-0.95), v(0.65), u(-0.7), v(0.52), p.tone(TONE_ACCENT));
-                c.rect(u(0.7), v(0.65), u(0.95), v(0.52), p.tone(TONE_ACCENT));
+                pair(c, 0.7, 0.95, 0.65, 0.52, lights);
             }
             TRUCK => {
                 c.rect(l, v(2.4), r, v(0.35), p);
                 c.rect(u(-0.03), v(2.3), u(0.03), v(0.45), p.tone(TONE_DARK));
                 c.rect(l, v(0.45), r, v(0.35), p.tone(TONE_DARK));
-                c.rect(u(-0.98), v(0.62), u(-0.82), v(0.5), p.tone(TONE_ACCENT));
-                c.rect(u(0.82), v(0.62), u(0.98), v(0.5), p.tone(TONE_ACCENT));
+                pair(c, 0.82, 0.98, 0.62, 0.5, lights);
             }
             _ => {
                 c.rect(l, v(2.3), r, v(0.25), p);
                 c.rect(u(-0.85), v(2.0), u(0.85), v(1.35), p.tone(TONE_DARK));
-                c.rect(u(-0.96), v(0.7), u(-0.8), v(0.5), p.tone(TONE_ACCENT));
-                c.rect(u(0.8), v(0.7), u(0.96), v(0.5), p.tone(TONE_ACCENT));
+                pair(c, 0.8, 0.96, 0.7, 0.5, lights);
             }
         }
     }
@@ -669,38 +728,25 @@ impl Scene {
         let s = cam.s(d);
         let pt = |fx: f32, y: f32| (cam.px(x + fx, d), cam.py(y * hgt, d));
         let limb = 0.09 * hgt * s;
-        // Legs (dark), arms, torso, head (accent: skin).
-        c.segment(
-            pt(-0.05, 0.48),
-            pt(-0.05 - stride, 0.0),
-            limb * 1.2,
-            p.tone(TONE_DARK),
-        );
-        c.segment(
-            pt(0.05, 0.48),
-            pt(0.05 + stride, 0.0),
-            limb * 1.2,
-            p.tone(TONE_DARK),
-        );
-        c.segment(pt(-0.17, 0.8), pt(-0.2 - stride * 0.5, 0.48), limb, p);
-        c.segment(pt(0.17, 0.8), pt(0.2 + stride * 0.5, 0.48), limb, p);
-        c.polygon(
-            &[
-                pt(-0.17, 0.82),
-                pt(0.17, 0.82),
-                pt(0.13, 0.46),
-                pt(-0.13, 0.46),
-            ],
-            p,
-        );
+        // Legs (dark), arms, torso, head (accent: skin); `k` mirrors left and right.
+        for k in [-1.0, 1.0] {
+            let (hip, foot) = (pt(0.05 * k, 0.48), pt((0.05 + stride) * k, 0.0));
+            c.segment(hip, foot, limb * 1.2, p.tone(TONE_DARK));
+        }
+        for k in [-1.0, 1.0] {
+            let (shoulder, hand) = (pt(0.17 * k, 0.8), pt((0.2 + stride * 0.5) * k, 0.48));
+            c.segment(shoulder, hand, limb, p);
+        }
+        let torso = [
+            pt(-0.17, 0.82),
+            pt(0.17, 0.82),
+            pt(0.13, 0.46),
+            pt(-0.13, 0.46),
+        ];
+        c.polygon(&torso, p);
         let (hx, hy) = pt(0.0, 0.905);
-        c.ellipse(
-            hx,
-            hy,
-            0.075 * hgt * s,
-            0.095 * hgt * s,
-            p.tone(TONE_ACCENT),
-        );
+        let head = p.tone(TONE_ACCENT);
+        c.ellipse(hx, hy, 0.075 * hgt * s, 0.095 * hgt * s, head);
     }
 
     /// A rider on a bicycle or motorcycle, seen from the side.
@@ -718,60 +764,12 @@ impl Scene {
         let cam = self.cam;
         let s = cam.s(d);
         let pt = |fx: f32, y: f32| (cam.px(x + fx * facing, d), cam.py(y, d));
-        let (radius, base) = if motor { (0.33, 0.7) } else { (0.34, 0.55) };
-        let class = if motor { MOTORCYCLE } else { BICYCLE };
-        let bp = Paint::new(class, bike);
-        let (rear, front) = (pt(-base, radius), pt(base, radius));
         if motor {
-            c.ellipse(rear.0, rear.1, radius * s, radius * s, bp.tone(TONE_DARK));
-            c.ellipse(front.0, front.1, radius * s, radius * s, bp.tone(TONE_DARK));
-            c.polygon(
-                &[
-                    pt(-0.75, 0.55),
-                    pt(0.55, 0.5),
-                    pt(0.45, 0.95),
-                    pt(-0.5, 0.9),
-                ],
-                bp,
-            );
-            c.segment(pt(0.45, 0.9), front, 0.07 * s, bp);
+            draw_motorcycle(c, &pt, s, Paint::new(MOTORCYCLE, bike));
         } else {
-            c.ring(
-                rear.0,
-                rear.1,
-                radius * s,
-                radius * s,
-                0.8,
-                bp.tone(TONE_DARK),
-            );
-            c.ring(
-                front.0,
-                front.1,
-                radius * s,
-                radius * s,
-                0.8,
-                bp.tone(TONE_DARK),
-            );
-            let seat = pt(-0.15, 0.95);
-            let crank = pt(0.0, radius);
-            let bar = pt(0.4, 1.0);
-            let t = 0.05 * s;
-            c.segment(rear, seat, t, bp);
-            c.segment(seat, crank, t, bp);
-            c.segment(crank, rear, t, bp);
-            c.segment(seat, bar, t, bp);
-            c.segment(bar, front, t, bp);
-            c.segment(crank, bar, t, bp);
+            draw_bicycle(c, &pt, s, Paint::new(BICYCLE, bike));
         }
-        let rp = Paint::new(RIDER, rider);
-        let limb = 0.1 * s;
-        let hip = pt(-0.15, 1.0);
-        let shoulder = pt(0.1, 1.55);
-        c.segment(hip, pt(0.05, 0.5), limb * 1.2, rp.tone(TONE_DARK));
-        c.segment(hip, shoulder, 0.3 * s, rp);
-        c.segment(shoulder, pt(0.4, 1.05), limb, rp);
-        let head = pt(0.16, 1.74);
-        c.ellipse(head.0, head.1, 0.11 * s, 0.12 * s, rp.tone(TONE_ACCENT));
+        draw_rider(c, &pt, s, Paint::new(RIDER, rider));
     }
 
     /// A pole, possibly carrying a traffic sign and/or a traffic light.
@@ -787,7 +785,6 @@ impl Scene {
         inst: u16,
     ) {
         let cam = self.cam;
-        let s = cam.s(d);
         let p = Paint::new(POLE, inst);
         c.rect(
             cam.px(x - 0.045, d),
@@ -797,71 +794,48 @@ impl Scene {
             p,
         );
         let sign = |c: &mut Canvas, shape: u8, y: f32| {
-            let sp = Paint::new(SIGN, inst);
-            let (cx, cy) = (cam.px(x, d), cam.py(y, d));
-            let r = 0.28 * s;
-            match shape {
-                0 => {
-                    c.ellipse(cx, cy, r, r, sp.tone(TONE_ACCENT));
-                    c.ellipse(cx, cy, r * 0.72, r * 0.72, sp);
-                }
-                1 => {
-                    let tri = |k: f32| {
-                        [
-                            (cx, cy - r * k),
-                            (cx + r * k, cy + 0.8 * r * k),
-                            (cx - r * k, cy + 0.8 * r * k),
-                        ]
-                    };
-                    c.polygon(&tri(1.15), sp.tone(TONE_ACCENT));
-                    c.polygon(&tri(0.75), sp);
-                }
-                _ => {
-                    c.rect(
-                        cx - r,
-                        cy - 0.75 * r,
-                        cx + r,
-                        cy + 0.75 * r,
-                        sp.tone(TONE_ACCENT),
-                    );
-                    c.rect(cx - 0.8 * r, cy - 0.55 * r, cx + 0.8 * r, cy + 0.55 * r, sp);
-                }
-            }
-        };
-        let light = |c: &mut Canvas| {
-            let lp = Paint::new(LIGHT, inst);
-            let lx = x + toward * 0.25;
-            c.rect(
-                cam.px(x, d),
-                cam.py(hgt - 0.05, d),
-                cam.px(lx, d),
-                cam.py(hgt - 0.12, d),
-                p,
-            );
-            let (l, r) = (cam.px(lx - 0.14, d), cam.px(lx + 0.14, d));
-            c.rect(l.min(r), cam.py(hgt, d), l.max(r), cam.py(hgt - 0.8, d), lp);
-            let cx = cam.px(lx, d);
-            for k in 0..3 {
-                let cy = cam.py(hgt - 0.15 - 0.25 * k as f32, d);
-                let tone = if k == 2 { TONE_ACCENT } else { TONE_ACCENT2 };
-                c.ellipse(cx, cy, 0.075 * s, 0.075 * s, lp.tone(tone));
-            }
+            let centre = (cam.px(x, d), cam.py(y, d));
+            draw_sign(c, centre, 0.28 * cam.s(d), shape, Paint::new(SIGN, inst));
         };
         match top {
             Attachment::None => {
                 c.segment(
                     (cam.px(x, d), cam.py(hgt, d)),
                     (cam.px(x + toward * 0.9, d), cam.py(hgt + 0.15, d)),
-                    0.07 * s,
+                    0.07 * cam.s(d),
                     p,
                 );
             }
             Attachment::Sign(shape) => sign(c, shape, hgt - 0.3),
-            Attachment::Light => light(c),
+            Attachment::Light => self.draw_light(c, x, d, hgt, toward, inst),
             Attachment::SignAndLight(shape) => {
-                light(c);
+                self.draw_light(c, x, d, hgt, toward, inst);
                 sign(c, shape, hgt - 1.4);
             }
+        }
+    }
+
+    /// A traffic light hung from the top of the pole at `x` by an arm reaching `toward`
+    /// the road: a box of three lamps, the lowest in the accent tone.
+    fn draw_light(&self, c: &mut Canvas, x: f32, d: f32, hgt: f32, toward: f32, inst: u16) {
+        let cam = self.cam;
+        let s = cam.s(d);
+        let lp = Paint::new(LIGHT, inst);
+        let lx = x + toward * 0.25;
+        c.rect(
+            cam.px(x, d),
+            cam.py(hgt - 0.05, d),
+            cam.px(lx, d),
+            cam.py(hgt - 0.12, d),
+            Paint::new(POLE, inst),
+        );
+        let (l, r) = (cam.px(lx - 0.14, d), cam.px(lx + 0.14, d));
+        c.rect(l.min(r), cam.py(hgt, d), l.max(r), cam.py(hgt - 0.8, d), lp);
+        let cx = cam.px(lx, d);
+        for k in 0..3 {
+            let cy = cam.py(hgt - 0.15 - 0.25 * k as f32, d);
+            let tone = if k == 2 { TONE_ACCENT } else { TONE_ACCENT2 };
+            c.ellipse(cx, cy, 0.075 * s, 0.075 * s, lp.tone(tone));
         }
     }
 
@@ -895,6 +869,88 @@ impl Scene {
                 r * 0.9 * s,
                 p,
             );
+        }
+    }
+}
+
+/// A point of a side view: (forward offset, height) in world units -> pixel.
+type SideView<'a> = &'a dyn Fn(f32, f32) -> (f32, f32);
+
+/// A motorcycle: two solid wheels, a body and a fork.
+fn draw_motorcycle(c: &mut Canvas, pt: SideView, s: f32, bp: Paint) {
+    let radius = 0.33;
+    let (rear, front) = (pt(-0.7, radius), pt(0.7, radius));
+    for (wx, wy) in [rear, front] {
+        c.ellipse(wx, wy, radius * s, radius * s, bp.tone(TONE_DARK));
+    }
+    let body = [
+        pt(-0.75, 0.55),
+        pt(0.55, 0.5),
+        pt(0.45, 0.95),
+        pt(-0.5, 0.9),
+    ];
+    c.polygon(&body, bp);
+    c.segment(pt(0.45, 0.9), front, 0.07 * s, bp);
+}
+
+/// A bicycle: two ring wheels and a diamond frame of thin tubes.
+fn draw_bicycle(c: &mut Canvas, pt: SideView, s: f32, bp: Paint) {
+    let radius = 0.34;
+    let (rear, front) = (pt(-0.55, radius), pt(0.55, radius));
+    for (wx, wy) in [rear, front] {
+        c.ring(wx, wy, radius * s, radius * s, 0.8, bp.tone(TONE_DARK));
+    }
+    let seat = pt(-0.15, 0.95);
+    let crank = pt(0.0, radius);
+    let bar = pt(0.4, 1.0);
+    let t = 0.05 * s;
+    for (a, b) in [
+        (rear, seat),
+        (seat, crank),
+        (crank, rear),
+        (seat, bar),
+        (bar, front),
+        (crank, bar),
+    ] {
+        c.segment(a, b, t, bp);
+    }
+}
+
+/// The rider on top of either bike: leg, torso, arm and head.
+fn draw_rider(c: &mut Canvas, pt: SideView, s: f32, rp: Paint) {
+    let limb = 0.1 * s;
+    let hip = pt(-0.15, 1.0);
+    let shoulder = pt(0.1, 1.55);
+    c.segment(hip, pt(0.05, 0.5), limb * 1.2, rp.tone(TONE_DARK));
+    c.segment(hip, shoulder, 0.3 * s, rp);
+    c.segment(shoulder, pt(0.4, 1.05), limb, rp);
+    let head = pt(0.16, 1.74);
+    c.ellipse(head.0, head.1, 0.11 * s, 0.12 * s, rp.tone(TONE_ACCENT));
+}
+
+/// A traffic sign of radius `r` centred at `centre`: round (0), triangular (1) or
+/// rectangular (other), an accent-toned rim around a base-toned face.
+fn draw_sign(c: &mut Canvas, (cx, cy): (f32, f32), r: f32, shape: u8, sp: Paint) {
+    match shape {
+        0 => {
+            c.ellipse(cx, cy, r, r, sp.tone(TONE_ACCENT));
+            c.ellipse(cx, cy, r * 0.72, r * 0.72, sp);
+        }
+        1 => {
+            let tri = |k: f32| {
+                [
+                    (cx, cy - r * k),
+                    (cx + r * k, cy + 0.8 * r * k),
+                    (cx - r * k, cy + 0.8 * r * k),
+                ]
+            };
+            c.polygon(&tri(1.15), sp.tone(TONE_ACCENT));
+            c.polygon(&tri(0.75), sp);
+        }
+        _ => {
+            let rim = sp.tone(TONE_ACCENT);
+            c.rect(cx - r, cy - 0.75 * r, cx + r, cy + 0.75 * r, rim);
+            c.rect(cx - 0.8 * r, cy - 0.55 * r, cx + 0.8 * r, cy + 0.55 * r, sp);
         }
     }
 }

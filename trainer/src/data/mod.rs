@@ -12,6 +12,7 @@
 //! - [`loader`]: the infinite, deterministic, multi-threaded [`TrainLoader`].
 //! - [`val`]: the fixed-order validation set [`ValSet`].
 
+mod ahead;
 pub mod augment;
 pub mod decode;
 pub mod layout;
@@ -191,6 +192,20 @@ impl Default for LoaderConfig {
             split: Split::Train,
         }
     }
+}
+
+/// A tensor of `shape` holding `data`; `what` names it in the error.
+pub(crate) fn tensor<T: tch::kind::Element>(
+    data: &[T],
+    shape: &[i64],
+    what: impl Into<String>,
+) -> Result<tch::Tensor, DataError> {
+    tch::Tensor::f_from_slice(data)
+        .and_then(|t| t.f_view(shape))
+        .map_err(|e| DataError::Tensor {
+            what: what.into(),
+            reason: e.to_string(),
+        })
 }
 
 /// Errors of the data pipeline; each names the path and how to fix it.

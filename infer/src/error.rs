@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+#[cfg(feature = "runtime")]
 use crate::runtime::RuntimeError;
 
 /// Everything that can go wrong while segmenting or scoring.
@@ -136,6 +137,14 @@ pub enum InferError {
         /// What is missing or wrong.
         reason: String,
     },
+    /// A model metadata value that breaks the [`crate::contract`].
+    #[error("metadata `{key}` {problem}")]
+    Metadata {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with it ("is missing", "lists 3 class names for 4 classes", ...).
+        problem: String,
+    },
     /// ONNX Runtime refused to load or run the model.
     #[error("ONNX Runtime failed on {path}: {reason}")]
     Session {
@@ -156,7 +165,12 @@ pub enum InferError {
         /// The libraries this provider loads.
         needs: String,
     },
+    /// An ONNX Runtime call failed outside a model's session (building a session).
+    #[cfg(feature = "runtime")]
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
     /// ONNX Runtime itself could not be loaded.
+    #[cfg(feature = "runtime")]
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     /// An external tool (the official Python evaluation) failed.
@@ -170,6 +184,13 @@ pub enum InferError {
     /// A bad option value.
     #[error("invalid option: {0}")]
     Invalid(String),
+}
+
+#[cfg(feature = "runtime")]
+impl From<ort::Error<ort::session::builder::SessionBuilder>> for InferError {
+    fn from(e: ort::Error<ort::session::builder::SessionBuilder>) -> Self {
+        InferError::Ort(e.into())
+    }
 }
 
 impl InferError {

@@ -19,6 +19,7 @@
 use crate::config::TrainConfig;
 use crate::memory_bank::{BankEntry, MemoryBank};
 use crate::optim::Sgd;
+use rccr_infer::files::temporary_owner;
 use rccr_models::checkpoint::{file_info, model_metadata, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::weights::{self, TensorFile};
 use rccr_models::ModelError;
@@ -222,24 +223,20 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
     })
 }
 
-/// Temporary files `.<name>.<pid>.tmp` in `dir` whose writer process no longer runs.
+/// Temporary files in `dir` (`.<name>.<pid>.tmp`, [`rccr_infer::files::temporary_path`])
+/// whose writer process no longer runs.
 pub fn stale_temporaries(dir: &Path) -> Vec<PathBuf> {
-    let alive = |pid: &str| Path::new("/proc").join(pid).exists();
+    let alive = |pid: u32| Path::new("/proc").join(pid.to_string()).exists();
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
-                return false;
-            };
-            let pid = stem.rsplit('.').next().unwrap_or("");
-            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !alive(pid)
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(temporary_owner)
+                .is_some_and(|pid| !alive(pid))
         })
         .collect()
 }

@@ -6,6 +6,7 @@ use crate::data::val::{ValSample, ValSet};
 use crate::tensorboard::side_by_side;
 use crate::validate::{predict, ValidateError};
 use image::RgbImage;
+use rccr_infer::taxonomy::IGNORE;
 use rccr_models::RccrNet;
 use tch::{Device, Kind};
 
@@ -57,10 +58,10 @@ fn input_image(s: &ValSample, w: u32, h: u32) -> RgbImage {
     }
 }
 
-/// trainIds to colours (255 and unknown ids black).
+/// trainIds to colours (the ignore label and unknown ids black).
 pub fn colorize(ids: &[u8], w: u32, h: u32, palette: &[[u8; 3]]) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
-        let id = ids.get((y * w + x) as usize).copied().unwrap_or(255) as usize;
+        let id = ids.get((y * w + x) as usize).copied().unwrap_or(IGNORE) as usize;
         image::Rgb(palette.get(id).copied().unwrap_or([0, 0, 0]))
     })
 }

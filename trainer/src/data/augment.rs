@@ -8,19 +8,13 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rccr_infer::seed::splitmix64;
 use rccr_infer::taxonomy::IGNORE;
 
-/// splitmix64 finaliser: a well-mixed 64-bit hash of `x`.
-pub fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Derives an independent seed from a base seed, a stream tag and an index.
+/// Derives an independent seed from a base seed, a stream tag and an index (SplitMix64,
+/// [`rccr_infer::seed::splitmix64`]).
 pub fn mix(seed: u64, tag: u64, index: u64) -> u64 {
-    splitmix(splitmix(seed ^ splitmix(tag)) ^ index)
+    splitmix64(splitmix64(seed ^ splitmix64(tag)) ^ index)
 }
 
 /// A ChaCha8 generator for (seed, tag, index).
@@ -35,26 +29,6 @@ pub fn resize_rgb(img: RgbImage, size: (u32, u32), filter: FilterType) -> RgbIma
     } else {
         imageops::resize(&img, size.0, size.1, filter)
     }
-}
-
-/// Nearest-neighbour resize of a row-major `src_w x src_h` id map to `dst_w x dst_h`,
-/// sampling source pixel floor((x + 0.5) * src / dst) as PIL's NEAREST does.
-pub fn resize_nearest(src: &[u8], src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Vec<u8> {
-    if (src_w, src_h) == (dst_w, dst_h) {
-        return src.to_vec();
-    }
-    let index = |d: u32, s: u32, n: u32| -> usize {
-        let v = ((2 * d as u64 + 1) * s as u64) / (2 * n as u64);
-        v.min(s as u64 - 1) as usize
-    };
-    let xs: Vec<usize> = (0..dst_w).map(|x| index(x, src_w, dst_w)).collect();
-    let mut out = Vec::with_capacity(dst_w as usize * dst_h as usize);
-    for y in 0..dst_h {
-        let row = index(y, src_h, dst_h) * src_w as usize;
-        let src_row = &src[row..row + src_w as usize];
-        out.extend(xs.iter().map(|&x| src_row[x]));
-    }
-    out
 }
 
 /// Top-left corner of a random `crop x crop` window in a `w x h` image (0 along an axis
@@ -129,28 +103,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nearest_halving_takes_odd_pixels() {
-        // 4x2 -> 2x1: floor((2x+1)*4/4) = 1, 3 on row floor(1*2/2) = 1.
-        let src = [0, 1, 2, 3, 4, 5, 6, 7];
-        assert_eq!(resize_nearest(&src, 4, 2, 2, 1), vec![5, 7]);
-    }
-
-    #[test]
-    fn nearest_doubling_repeats() {
-        let src = [1, 2];
-        assert_eq!(
-            resize_nearest(&src, 2, 1, 4, 2),
-            vec![1, 1, 2, 2, 1, 1, 2, 2]
-        );
-    }
-
-    #[test]
     fn crop_pads_outside() {
         let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([x as u8 + 1, 10, 20]));
         let label = [3, 4];
         let (mut im, mut lb) = (Vec::new(), Vec::new());
         crop_chw(&img, &label, (1, 0), 2, &mut im, &mut lb);
-        assert_eq!(lb, vec![4, 255, 255, 255]);
+        assert_eq!(lb, vec![4, IGNORE, IGNORE, IGNORE]);
         assert_eq!(&im[0..4], &[2.0, 0.0, 0.0, 0.0]);
         assert_eq!(&im[4..8], &[10.0, 0.0, 0.0, 0.0]);
         assert_eq!(&im[8..12], &[20.0, 0.0, 0.0, 0.0]);

@@ -9,9 +9,9 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::RgbImage;
+use rccr_infer::labelmap::resize_nearest;
 use rccr_infer::taxonomy::{label_to_train, synthia_to_train, IGNORE};
 
-use super::augment::resize_nearest;
 use super::{DataError, DatasetKind};
 
 /// A decoded label map in trainIds (255 = ignore), row-major.
@@ -79,9 +79,7 @@ pub(crate) fn decode_label_resized(
     if map.width == 0 || map.height == 0 {
         return Err(decode_err(path, "empty label image"));
     }
-    Ok(resize_nearest(
-        &map.ids, map.width, map.height, size.0, size.1,
-    ))
+    Ok(resize_nearest(&map.ids, (map.width, map.height), size))
 }
 
 /// Decodes label PNG bytes (see [`decode_label`]); the error is a reason without the path.
@@ -193,11 +191,11 @@ mod tests {
         let gta = train_id_table(DatasetKind::Gta5);
         assert_eq!(gta[7], 0);
         assert_eq!(gta[33], 18);
-        assert_eq!(gta[0], 255);
-        assert_eq!(gta[34], 255);
+        assert_eq!(gta[0], IGNORE);
+        assert_eq!(gta[34], IGNORE);
         let syn = train_id_table(DatasetKind::Synthia);
         assert_eq!(syn[3], 0);
         assert_eq!(syn[21], 3);
-        assert_eq!(syn[13], 255);
+        assert_eq!(syn[13], IGNORE);
     }
 }

@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use rayon::prelude::*;
+use rccr_infer::imageio::PngColor;
 use rccr_infer::taxonomy::{train_to_label, CLASSES, NUM_CLASSES};
 
 use crate::data::augment::rng_for;
@@ -287,51 +288,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename
+/// ([`rccr_infer::files::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        SynthError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })
+    rccr_infer::files::write_atomic(path, bytes).map_err(io(path))
 }
 
-/// PNG bytes of an 8-bit image with `color` (grey, RGB or paletted with `palette`).
+/// PNG bytes of an 8-bit image ([`rccr_infer::imageio::encode_png`]), naming `path` in
+/// the error.
 fn encode_png(
     path: &Path,
     data: &[u8],
-    width: u32,
-    height: u32,
-    color: png::ColorType,
-    palette: Option<&[u8]>,
+    size: ImageSize,
+    color: PngColor,
 ) -> Result<Vec<u8>, SynthError> {
-    let enc_err = |e: png::EncodingError| SynthError::Encode {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut bytes = Vec::with_capacity(data.len() / 2);
-    {
-        let mut enc = png::Encoder::new(&mut bytes, width, height);
-        enc.set_color(color);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_compression(png::Compression::Fast);
-        if let Some(p) = palette {
-            enc.set_palette(p.to_vec());
+    rccr_infer::imageio::encode_png(size.width, size.height, color, data).map_err(|e| {
+        SynthError::Encode {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
         }
-        let mut writer = enc.write_header().map_err(enc_err)?;
-        writer.write_image_data(data).map_err(enc_err)?;
-        writer.finish().map_err(enc_err)?;
-    }
-    Ok(bytes)
+    })
 }
 
 /// The GTA5-style palette: index = labelId, colour = the Cityscapes colour of its class.
@@ -374,14 +350,13 @@ fn generate_one(
     let rgb = render(&canvas, scene.cam.hy, set.domain(), args.shift, image_seed);
     let (labels, hist) = label_ids(&canvas.class);
     let (image_path, label_path) = paths(&args.out, set, i);
-    let (wu, hu) = (args.size.width, args.size.height);
-    let img = encode_png(&image_path, &rgb, wu, hu, png::ColorType::Rgb, None)?;
+    let img = encode_png(&image_path, &rgb, args.size, PngColor::Rgb)?;
     // GTA5 ships paletted labels, Cityscapes greyscale ones.
-    let (color, label_palette) = match set.domain() {
-        Domain::Source => (png::ColorType::Indexed, Some(palette)),
-        Domain::Target => (png::ColorType::Grayscale, None),
+    let label_color = match set.domain() {
+        Domain::Source => PngColor::Indexed(palette),
+        Domain::Target => PngColor::Gray,
     };
-    let lbl = encode_png(&label_path, &labels, wu, hu, color, label_palette)?;
+    let lbl = encode_png(&label_path, &labels, args.size, label_color)?;
     write_atomic(&image_path, &img)?;
     write_atomic(&label_path, &lbl)?;
     Ok(hist)

@@ -10,7 +10,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::raster::{Canvas, TONE_ACCENT, TONE_ACCENT2, TONE_DARK};
-use crate::data::augment::splitmix;
+use rccr_infer::seed::splitmix64;
 
 /// The two domains of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -245,7 +245,7 @@ fn is_ground(class: u8) -> bool {
 /// A hash of (a, b) uniform in [0, 1).
 #[inline]
 fn unit(a: u64, b: u64) -> f32 {
-    (splitmix(a ^ splitmix(b)) >> 40) as f32 / (1u64 << 24) as f32
+    (splitmix64(a ^ splitmix64(b)) >> 40) as f32 / (1u64 << 24) as f32
 }
 
 /// Smooth value noise at cell size 8 pixels, in [0, 1).
@@ -279,7 +279,7 @@ fn source_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
         TONE_ACCENT => f3(SRC_ACCENT[c]),
         TONE_ACCENT2 => f3(SRC_ACCENT2),
         _ if inst > 0 => {
-            let h = splitmix(seed ^ inst as u64);
+            let h = splitmix64(seed ^ inst as u64);
             let pick = (h >> 32) as usize;
             let base = match class {
                 13 => SRC_CARS[pick % SRC_CARS.len()],
@@ -295,7 +295,7 @@ fn source_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
 
 fn target_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
     let c = class as usize;
-    let h = splitmix(seed ^ 0xA5A5 ^ inst as u64);
+    let h = splitmix64(seed ^ 0xA5A5 ^ inst as u64);
     match tone {
         TONE_DARK => jitter(TGT_DARK[c], h, 6.0),
         TONE_ACCENT => f3(TGT_ACCENT[c]),
@@ -392,7 +392,7 @@ pub fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -
     let mut img = vec![0f32; w * h * 3];
     let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
     let diag2 = cx * cx + cy * cy;
-    let tex_seed = splitmix(seed ^ 0x7E57);
+    let tex_seed = splitmix64(seed ^ 0x7E57);
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
@@ -425,7 +425,7 @@ pub fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -
     for _ in 0..light.blur_passes {
         blur_121(&mut img, &mut tmp, w, h);
     }
-    let noise_seed = splitmix(seed ^ 0x0015E);
+    let noise_seed = splitmix64(seed ^ 0x0015E);
     for (i, v) in img.iter().enumerate() {
         // Triangular noise (sum of two uniforms), standard deviation ~ light.noise.
         let n = unit(noise_seed, i as u64) + unit(noise_seed ^ 1, i as u64) - 1.0;

@@ -46,9 +46,8 @@ impl FromStr for ImageSize {
         let bad = || SynthError::BadSize {
             text: s.to_string(),
         };
-        let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-        let width: u32 = w.trim().parse().map_err(|_| bad())?;
-        let height: u32 = h.trim().parse().map_err(|_| bad())?;
+        let size: rccr_infer::Size = s.parse().map_err(|_| bad())?;
+        let (width, height) = size.pair();
         if !(32..=8192).contains(&width) || !(32..=8192).contains(&height) {
             return Err(bad());
         }

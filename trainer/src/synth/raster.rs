@@ -114,35 +114,40 @@ impl Canvas {
 
     /// Filled ellipse with centre (cx, cy) and radii (rx, ry) (at least half a pixel).
     pub fn ellipse(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, p: Paint) {
-        let (rx, ry) = (rx.max(0.5), ry.max(0.5));
-        for y in self.rows(cy - ry, cy + ry) {
-            let dy = (y as f32 + 0.5 - cy) / ry;
-            let h = 1.0 - dy * dy;
-            if h <= 0.0 {
-                continue;
-            }
-            let dx = rx * h.sqrt();
-            self.span(y, cx - dx, cx + dx, p);
-        }
+        self.ellipse_rows(cy, rx, ry, |c, y, _, dx| c.span(y, cx - dx, cx + dx, p));
     }
 
     /// Elliptic ring: between the ellipse (rx, ry) and the one scaled by `inner` (0..1).
     pub fn ring(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, inner: f32, p: Paint) {
+        let rx = rx.max(0.5);
+        self.ellipse_rows(cy, rx, ry, |c, y, dy, outer| {
+            let hi = inner * inner - dy * dy;
+            if hi <= 0.0 || outer - rx * hi.sqrt() < 1.0 {
+                c.span(y, cx - outer, cx + outer, p);
+            } else {
+                let inn = rx * hi.sqrt();
+                c.span(y, cx - outer, cx - inn, p);
+                c.span(y, cx + inn, cx + outer, p);
+            }
+        });
+    }
+
+    /// Calls `row(canvas, y, dy, half_width)` for each row `y` an ellipse centred on row
+    /// `cy` with radii (rx, ry) (each at least half a pixel) covers; `dy` is the row's
+    /// offset from the centre in radii.
+    fn ellipse_rows(
+        &mut self,
+        cy: f32,
+        rx: f32,
+        ry: f32,
+        mut row: impl FnMut(&mut Self, i64, f32, f32),
+    ) {
         let (rx, ry) = (rx.max(0.5), ry.max(0.5));
         for y in self.rows(cy - ry, cy + ry) {
             let dy = (y as f32 + 0.5 - cy) / ry;
             let h = 1.0 - dy * dy;
-            if h <= 0.0 {
-                continue;
-            }
-            let outer = rx * h.sqrt();
-            let hi = inner * inner - dy * dy;
-            if hi <= 0.0 || outer - rx * hi.sqrt() < 1.0 {
-                self.span(y, cx - outer, cx + outer, p);
-            } else {
-                let inn = rx * hi.sqrt();
-                self.span(y, cx - outer, cx - inn, p);
-                self.span(y, cx + inn, cx + outer, p);
+            if h > 0.0 {
+                row(self, y, dy, rx * h.sqrt());
             }
         }
     }

@@ -307,85 +307,128 @@ fn sample_fences(rng: &mut impl Rng, sides: &[Side; 2], ids: &mut Instances) -> 
     fences
 }
 
-/// Cars, trucks and buses on the road.
-fn sample_vehicles(
-    rng: &mut impl Rng,
-    sides: &[Side; 2],
-    ids: &mut Instances,
-    out: &mut Vec<Object>,
-) {
-    let [left, right] = sides;
-    for _ in 0..rng.gen_range(1..8) {
-        let r: f32 = rng.gen();
-        let (class, width) = if r < 0.8 {
-            (CAR, rng.gen_range(1.1..1.3))
-        } else if r < 0.9 {
-            (TRUCK, rng.gen_range(1.6..1.8))
-        } else {
-            (BUS, rng.gen_range(1.7..1.85))
-        };
-        let x = rng.gen_range(-left.road + 0.5 * width + 0.1..right.road - 0.5 * width - 0.1);
-        out.push(Object::Vehicle {
-            x,
-            d: rng.gen_range(3.0..50.0),
-            class,
-            width,
-            inst: ids.next(),
-        });
-    }
+/// Draws the objects of a street with the sides already sampled.
+struct Populate<'a, R: Rng> {
+    rng: &'a mut R,
+    ids: &'a mut Instances,
+    sides: &'a [Side; 2],
+    out: Vec<Object>,
 }
 
-/// Pedestrians, mostly on the sidewalks.
-fn sample_pedestrians(
-    rng: &mut impl Rng,
-    sides: &[Side; 2],
-    ids: &mut Instances,
-    out: &mut Vec<Object>,
-) {
-    let [left, right] = sides;
-    for _ in 0..rng.gen_range(0..7) {
-        let side = if rng.gen_bool(0.5) { left } else { right };
-        let x = if rng.gen_bool(0.15) {
-            rng.gen_range(-left.road..right.road)
-        } else {
-            side.sign * rng.gen_range(side.road + 0.3..side.walk - 0.1)
-        };
-        out.push(Object::Person {
-            x,
-            d: rng.gen_range(3.0..35.0),
-            height: rng.gen_range(1.0..1.25),
-            stride: rng.gen_range(0.0..0.25),
-            inst: ids.next(),
-        });
+impl<R: Rng> Populate<'_, R> {
+    /// Cars, trucks and buses on the road.
+    fn vehicles(&mut self) {
+        let [left, right] = self.sides;
+        let rng = &mut *self.rng;
+        for _ in 0..rng.gen_range(1..8) {
+            let r: f32 = rng.gen();
+            let (class, width) = if r < 0.8 {
+                (CAR, rng.gen_range(1.1..1.3))
+            } else if r < 0.9 {
+                (TRUCK, rng.gen_range(1.6..1.8))
+            } else {
+                (BUS, rng.gen_range(1.7..1.85))
+            };
+            let x = rng.gen_range(-left.road + 0.5 * width + 0.1..right.road - 0.5 * width - 0.1);
+            self.out.push(Object::Vehicle {
+                x,
+                d: rng.gen_range(3.0..50.0),
+                class,
+                width,
+                inst: self.ids.next(),
+            });
+        }
     }
-}
 
-/// Riders on bicycles or motorcycles near the road edges.
-fn sample_cyclists(
-    rng: &mut impl Rng,
-    sides: &[Side; 2],
-    ids: &mut Instances,
-    out: &mut Vec<Object>,
-) {
-    let riders = if rng.gen_bool(0.65) {
-        rng.gen_range(1..3)
-    } else {
-        0
-    };
-    for _ in 0..riders {
-        let side = if rng.gen_bool(0.5) {
-            &sides[0]
+    /// Pedestrians, mostly on the sidewalks.
+    fn pedestrians(&mut self) {
+        let [left, right] = self.sides;
+        let rng = &mut *self.rng;
+        for _ in 0..rng.gen_range(0..7) {
+            let side = if rng.gen_bool(0.5) { left } else { right };
+            let x = if rng.gen_bool(0.15) {
+                rng.gen_range(-left.road..right.road)
+            } else {
+                side.sign * rng.gen_range(side.road + 0.3..side.walk - 0.1)
+            };
+            self.out.push(Object::Person {
+                x,
+                d: rng.gen_range(3.0..35.0),
+                height: rng.gen_range(1.0..1.25),
+                stride: rng.gen_range(0.0..0.25),
+                inst: self.ids.next(),
+            });
+        }
+    }
+
+    /// Riders on bicycles or motorcycles near the road edges.
+    fn cyclists(&mut self) {
+        let [left, right] = self.sides;
+        let rng = &mut *self.rng;
+        let riders = if rng.gen_bool(0.65) {
+            rng.gen_range(1..3)
         } else {
-            &sides[1]
+            0
         };
-        out.push(Object::Cyclist {
-            x: side.sign * (side.road - rng.gen_range(0.5..1.2)),
-            d: rng.gen_range(3.0..30.0),
-            motor: rng.gen_bool(0.4),
-            facing: if rng.gen_bool(0.5) { 1.0 } else { -1.0 },
-            rider: ids.next(),
-            bike: ids.next(),
-        });
+        for _ in 0..riders {
+            let side = if rng.gen_bool(0.5) { left } else { right };
+            self.out.push(Object::Cyclist {
+                x: side.sign * (side.road - rng.gen_range(0.5..1.2)),
+                d: rng.gen_range(3.0..30.0),
+                motor: rng.gen_bool(0.4),
+                facing: if rng.gen_bool(0.5) { 1.0 } else { -1.0 },
+                rider: self.ids.next(),
+                bike: self.ids.next(),
+            });
+        }
+    }
+
+    /// Poles along the outer part of one sidewalk.
+    fn poles(&mut self, side: &Side) {
+        let rng = &mut *self.rng;
+        for _ in 0..rng.gen_range(1..5) {
+            let top = sample_attachment(rng);
+            self.out.push(Object::Pole {
+                x: side.sign * (side.road + (side.walk - side.road) * rng.gen_range(0.6..0.9)),
+                d: rng.gen_range(3.0..40.0),
+                height: rng.gen_range(3.0..4.5),
+                toward: -side.sign,
+                top,
+                inst: self.ids.next(),
+            });
+        }
+    }
+
+    /// Trees on the terrain strip of one side, or at the back of its sidewalk.
+    fn trees(&mut self, side: &Side) {
+        let rng = &mut *self.rng;
+        for _ in 0..rng.gen_range(0..4) {
+            let x = if side.facade > side.walk + 0.5 {
+                rng.gen_range(side.walk + 0.3..side.facade - 0.2)
+            } else {
+                side.walk - rng.gen_range(0.2..0.5)
+            };
+            self.out.push(Object::Tree {
+                x: side.sign * x,
+                d: rng.gen_range(3.0..45.0),
+                trunk: rng.gen_range(1.2..2.2),
+                crown: rng.gen_range(0.6..1.2),
+                seed: rng.gen(),
+            });
+        }
+    }
+
+    /// Every object of the street, farthest first (the drawing order).
+    fn all(mut self) -> Vec<Object> {
+        self.vehicles();
+        self.pedestrians();
+        self.cyclists();
+        for side in self.sides {
+            self.poles(side);
+            self.trees(side);
+        }
+        self.out.sort_by(|a, b| b.depth().total_cmp(&a.depth()));
+        self.out
     }
 }
 
@@ -403,39 +446,6 @@ fn sample_attachment(rng: &mut impl Rng) -> Attachment {
     }
 }
 
-/// Poles along the outer part of one sidewalk.
-fn sample_poles(rng: &mut impl Rng, side: &Side, ids: &mut Instances, out: &mut Vec<Object>) {
-    for _ in 0..rng.gen_range(1..5) {
-        let top = sample_attachment(rng);
-        out.push(Object::Pole {
-            x: side.sign * (side.road + (side.walk - side.road) * rng.gen_range(0.6..0.9)),
-            d: rng.gen_range(3.0..40.0),
-            height: rng.gen_range(3.0..4.5),
-            toward: -side.sign,
-            top,
-            inst: ids.next(),
-        });
-    }
-}
-
-/// Trees on the terrain strip of one side, or at the back of its sidewalk.
-fn sample_trees(rng: &mut impl Rng, side: &Side, out: &mut Vec<Object>) {
-    for _ in 0..rng.gen_range(0..4) {
-        let x = if side.facade > side.walk + 0.5 {
-            rng.gen_range(side.walk + 0.3..side.facade - 0.2)
-        } else {
-            side.walk - rng.gen_range(0.2..0.5)
-        };
-        out.push(Object::Tree {
-            x: side.sign * x,
-            d: rng.gen_range(3.0..45.0),
-            trunk: rng.gen_range(1.2..2.2),
-            crown: rng.gen_range(0.6..1.2),
-            seed: rng.gen(),
-        });
-    }
-}
-
 impl Scene {
     /// Samples a scene for a `width x height` image.
     pub fn sample(rng: &mut impl Rng, width: usize, height: usize) -> Scene {
@@ -450,15 +460,13 @@ impl Scene {
             .then(|| (sides[1].road - sides[0].road) * 0.5 + rng.gen_range(-0.3..0.3));
         let skyline = sample_skyline(rng, cam.w);
         let fences = sample_fences(rng, &sides, &mut ids);
-        let mut objects = Vec::new();
-        sample_vehicles(rng, &sides, &mut ids, &mut objects);
-        sample_pedestrians(rng, &sides, &mut ids, &mut objects);
-        sample_cyclists(rng, &sides, &mut ids, &mut objects);
-        for side in &sides {
-            sample_poles(rng, side, &mut ids, &mut objects);
-            sample_trees(rng, side, &mut objects);
+        let objects = Populate {
+            rng,
+            ids: &mut ids,
+            sides: &sides,
+            out: Vec::new(),
         }
-        objects.sort_by(|a, b| b.depth().total_cmp(&a.depth()));
+        .all();
         Scene {
             cam,
             sides,

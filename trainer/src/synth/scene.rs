@@ -696,22 +696,14 @@ impl Scene {
             c.rect(u(-outer), v(top), u(-inner), v(bottom), p);
             c.rect(u(inner), v(top), u(outer), v(bottom), p);
         };
-        // A symmetric trapezoid: half widths `low` at `y0` and `high` at `y1`.
-        let trapezoid = |low: f32, y0: f32, high: f32, y1: f32| {
-            [
-                (u(-low), v(y0)),
-                (u(low), v(y0)),
-                (u(high), v(y1)),
-                (u(-high), v(y1)),
-            ]
-        };
+        let uv = |fx: f32, y: f32| (u(fx), v(y));
         pair(c, 0.6, 0.95, 0.35, 0.0, p.tone(TONE_DARK));
         let lights = p.tone(TONE_ACCENT);
         match class {
             CAR => {
                 c.rect(l, v(0.72), r, v(0.18), p);
-                c.polygon(&trapezoid(0.9, 0.72, 0.7, 1.08), p);
-                c.polygon(&trapezoid(0.78, 0.76, 0.62, 1.02), p.tone(TONE_DARK));
+                c.polygon(&trapezoid(&uv, 0.9, 0.72, 0.7, 1.08), p);
+                c.polygon(&trapezoid(&uv, 0.78, 0.76, 0.62, 1.02), p.tone(TONE_DARK));
                 c.rect(l, v(0.26), r, v(0.18), p.tone(TONE_DARK));
                 pair(c, 0.7, 0.95, 0.65, 0.52, lights);
             }
@@ -745,13 +737,7 @@ impl Scene {
             let (shoulder, hand) = (pt(0.17 * k, 0.8), pt((0.2 + stride * 0.5) * k, 0.48));
             c.segment(shoulder, hand, limb, p);
         }
-        let torso = [
-            pt(-0.17, 0.82),
-            pt(0.17, 0.82),
-            pt(0.13, 0.46),
-            pt(-0.13, 0.46),
-        ];
-        c.polygon(&torso, p);
+        c.polygon(&trapezoid(&pt, 0.17, 0.82, 0.13, 0.46), p);
         let (hx, hy) = pt(0.0, 0.905);
         let head = p.tone(TONE_ACCENT);
         c.ellipse(hx, hy, 0.075 * hgt * s, 0.095 * hgt * s, head);
@@ -879,6 +865,18 @@ impl Scene {
             );
         }
     }
+}
+
+/// A symmetric trapezoid in the frame `pt` (lateral offset, height -> pixel): half widths
+/// `low` at height `y0` and `high` at `y1`.
+fn trapezoid(
+    pt: &impl Fn(f32, f32) -> (f32, f32),
+    low: f32,
+    y0: f32,
+    high: f32,
+    y1: f32,
+) -> [(f32, f32); 4] {
+    [pt(-low, y0), pt(low, y0), pt(high, y1), pt(-high, y1)]
 }
 
 /// A point of a side view: (forward offset, height) in world units -> pixel.

@@ -29,13 +29,13 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Tensor};
 
 /// Metadata key of the training configuration.
-pub const META_TRAIN_CONFIG: &str = "rccr.train_config";
+pub(crate) const META_TRAIN_CONFIG: &str = "rccr.train_config";
 /// Metadata key of the best validation.
-pub const META_BEST: &str = "rccr.best";
+pub(crate) const META_BEST: &str = "rccr.best";
 /// Prefix of the momentum buffers.
-pub const OPTIM: &str = "optim.momentum.";
+pub(crate) const OPTIM: &str = "optim.momentum.";
 /// Prefix of the memory bank.
-pub const BANK: &str = "bank.";
+pub(crate) const BANK: &str = "bank.";
 
 /// Errors reading or writing checkpoints.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +242,7 @@ pub fn stale_temporaries(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Copies `tensors` into `vs`, requiring every variable of `vs` to be present.
-pub fn load_vars(
+pub(crate) fn load_vars(
     vs: &nn::VarStore,
     tensors: &BTreeMap<String, Tensor>,
     path: &Path,
@@ -272,22 +272,22 @@ pub struct CheckpointDir {
 
 /// `checkpoints/index.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Index {
+pub(crate) struct Index {
     /// The newest checkpoint file name.
-    pub latest: Option<String>,
+    pub(crate) latest: Option<String>,
     /// The best checkpoint by validation mIoU.
-    pub best: Option<BestFile>,
+    pub(crate) best: Option<BestFile>,
 }
 
 /// The best checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BestFile {
+pub(crate) struct BestFile {
     /// File name.
-    pub file: String,
+    pub(crate) file: String,
     /// Iterations completed.
-    pub iteration: u64,
+    pub(crate) iteration: u64,
     /// mIoU (0..1).
-    pub miou: f64,
+    pub(crate) miou: f64,
 }
 
 impl CheckpointDir {

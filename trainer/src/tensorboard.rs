@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The version string of the first event of every file.
-pub const FILE_VERSION: &str = "brain.Event:2";
+pub(crate) const FILE_VERSION: &str = "brain.Event:2";
 
 /// Writes one event file.
 #[derive(Debug)]
@@ -158,7 +158,7 @@ fn summary_value(tag: &str, value: summary::value::Value) -> summary::Value {
 }
 
 /// One record: length, masked CRC of the length, data, masked CRC of the data.
-pub fn frame(data: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(data: &[u8]) -> Vec<u8> {
     let len = (data.len() as u64).to_le_bytes();
     let mut record = Vec::with_capacity(data.len() + 16);
     record.extend_from_slice(&len);
@@ -169,7 +169,7 @@ pub fn frame(data: &[u8]) -> Vec<u8> {
 }
 
 /// CRC32C (Castagnoli) masked as TFRecord files store it.
-pub fn masked_crc32c(data: &[u8]) -> u32 {
+pub(crate) fn masked_crc32c(data: &[u8]) -> u32 {
     let crc = crc32c::crc32c(data);
     crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }

@@ -1,5 +1,5 @@
-//! Resizing and deterministic random cropping of image/label pairs (implementation notes,
-//! "Data": bicubic image + nearest label resize to the dataset size, then a random square
+//! Resizing and deterministic random cropping of image/label pairs (paper Section 4, the
+//! DACS protocol: bicubic image + nearest label resize to the dataset size, then a random square
 //! crop, paper: 512x512). Crops that do not fit are padded at the bottom/right with image 0
 //! and label 255. The random numbers come from seeds derived with [`mix`], so a sample's
 //! augmentation depends only on (seed, global sample index), never on thread timing.
@@ -13,17 +13,17 @@ use rccr_infer::taxonomy::IGNORE;
 
 /// Derives an independent seed from a base seed, a stream tag and an index (SplitMix64,
 /// [`rccr_infer::seed::splitmix64`]).
-pub fn mix(seed: u64, tag: u64, index: u64) -> u64 {
+pub(crate) fn mix(seed: u64, tag: u64, index: u64) -> u64 {
     splitmix64(splitmix64(seed ^ splitmix64(tag)) ^ index)
 }
 
 /// A ChaCha8 generator for (seed, tag, index).
-pub fn rng_for(seed: u64, tag: u64, index: u64) -> ChaCha8Rng {
+pub(crate) fn rng_for(seed: u64, tag: u64, index: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(mix(seed, tag, index))
 }
 
 /// Resizes `img` to `size` (W, H) with `filter`; returns it unchanged when already that size.
-pub fn resize_rgb(img: RgbImage, size: (u32, u32), filter: FilterType) -> RgbImage {
+pub(crate) fn resize_rgb(img: RgbImage, size: (u32, u32), filter: FilterType) -> RgbImage {
     if img.dimensions() == size {
         img
     } else {
@@ -33,7 +33,7 @@ pub fn resize_rgb(img: RgbImage, size: (u32, u32), filter: FilterType) -> RgbIma
 
 /// Top-left corner of a random `crop x crop` window in a `w x h` image (0 along an axis
 /// where the image is smaller than the crop; that part is padded).
-pub fn random_crop_origin(rng: &mut impl Rng, w: u32, h: u32, crop: u32) -> (u32, u32) {
+pub(crate) fn random_crop_origin(rng: &mut impl Rng, w: u32, h: u32, crop: u32) -> (u32, u32) {
     let x = if w > crop {
         rng.gen_range(0..=w - crop)
     } else {
@@ -49,7 +49,7 @@ pub fn random_crop_origin(rng: &mut impl Rng, w: u32, h: u32, crop: u32) -> (u32
 
 /// Copies the `crop x crop` window at (x0, y0) into a planar CHW float buffer (RGB, 0..255)
 /// and a label buffer, padding outside the image with 0 / 255.
-pub fn crop_chw(
+pub(crate) fn crop_chw(
     img: &RgbImage,
     label: &[u8],
     origin: (u32, u32),
@@ -84,7 +84,7 @@ pub fn crop_chw(
 }
 
 /// Planar CHW float copy (RGB 0..255) of a whole image.
-pub fn to_chw(img: &RgbImage) -> Vec<f32> {
+pub(crate) fn to_chw(img: &RgbImage) -> Vec<f32> {
     let (w, h) = img.dimensions();
     let plane = w as usize * h as usize;
     let mut out = vec![0.0f32; 3 * plane];

@@ -3,7 +3,8 @@
 //! the raw ids survive: GTA5 labels are paletted PNGs whose index is the labelId,
 //! Cityscapes `*_gtFine_labelIds.png` are 8-bit grey, SYNTHIA `GT/LABELS` are 16-bit with
 //! the class id in the first channel. Ids are mapped to trainIds with the tables of
-//! `rccr_infer::taxonomy` (implementation notes, "Data"); unknown ids become 255.
+//! `rccr_infer::taxonomy` (the official Cityscapes and SYNTHIA id tables); unknown ids
+//! become the ignore label 255.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -16,13 +17,13 @@ use super::{DataError, DatasetKind};
 
 /// A decoded label map in trainIds (255 = ignore), row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelMap {
+pub(crate) struct LabelMap {
     /// Width in pixels.
-    pub width: u32,
+    pub(crate) width: u32,
     /// Height in pixels.
-    pub height: u32,
+    pub(crate) height: u32,
     /// `width * height` trainIds.
-    pub ids: Vec<u8>,
+    pub(crate) ids: Vec<u8>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, DataError> {
@@ -40,7 +41,7 @@ fn decode_err(path: &Path, reason: impl ToString) -> DataError {
 }
 
 /// Decodes an image file to 8-bit RGB (alpha dropped, 16-bit scaled down).
-pub fn decode_rgb(path: &Path) -> Result<RgbImage, DataError> {
+pub(crate) fn decode_rgb(path: &Path) -> Result<RgbImage, DataError> {
     let bytes = read(path)?;
     let img = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -51,7 +52,7 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage, DataError> {
 }
 
 /// The id -> trainId table of a dataset for ids 0..=255 (larger ids map to 255).
-pub fn train_id_table(kind: DatasetKind) -> [u8; 256] {
+pub(crate) fn train_id_table(kind: DatasetKind) -> [u8; 256] {
     let mut lut = [IGNORE; 256];
     for (id, slot) in lut.iter_mut().enumerate() {
         *slot = match kind {
@@ -63,7 +64,7 @@ pub fn train_id_table(kind: DatasetKind) -> [u8; 256] {
 }
 
 /// Decodes a label PNG of `kind` and maps its ids to trainIds.
-pub fn decode_label(path: &Path, kind: DatasetKind) -> Result<LabelMap, DataError> {
+pub(crate) fn decode_label(path: &Path, kind: DatasetKind) -> Result<LabelMap, DataError> {
     let bytes = read(path)?;
     decode_label_bytes(&bytes, kind).map_err(|reason| decode_err(path, reason))
 }
@@ -83,7 +84,7 @@ pub(crate) fn decode_label_resized(
 }
 
 /// Decodes label PNG bytes (see [`decode_label`]); the error is a reason without the path.
-pub fn decode_label_bytes(bytes: &[u8], kind: DatasetKind) -> Result<LabelMap, String> {
+pub(crate) fn decode_label_bytes(bytes: &[u8], kind: DatasetKind) -> Result<LabelMap, String> {
     let (buf, frame) = read_raw_png(bytes)?;
     let (width, height) = (frame.width, frame.height);
     let lut = train_id_table(kind);

@@ -1,5 +1,5 @@
 //! Finding the image/label pairs of a dataset folder in its real on-disk layout
-//! (implementation notes, "Data"): GTA5 `images/` + `labels/`, SYNTHIA `RGB/` +
+//! (each dataset's own release): GTA5 `images/` + `labels/`, SYNTHIA `RGB/` +
 //! `GT/LABELS/`, Cityscapes `leftImg8bit/<split>/<city>/` + `gtFine/<split>/<city>/`.
 //! Pairs are sorted by name so that the sample order never depends on the file system.
 
@@ -9,22 +9,22 @@ use super::{DataError, DatasetKind, DatasetSpec, Split};
 
 /// One sample on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pair {
+pub(crate) struct Pair {
     /// The RGB image.
-    pub image: PathBuf,
+    pub(crate) image: PathBuf,
     /// Its label map; `None` for a Cityscapes split without `gtFine` (images only).
-    pub label: Option<PathBuf>,
+    pub(crate) label: Option<PathBuf>,
     /// A short name: the file stem (Cityscapes: without `_leftImg8bit`).
-    pub name: String,
+    pub(crate) name: String,
 }
 
 /// The pairs found in a dataset folder, and how many images had no label.
 #[derive(Debug, Clone)]
-pub struct Discovered {
+pub(crate) struct Discovered {
     /// The pairs, sorted by name.
-    pub pairs: Vec<Pair>,
+    pub(crate) pairs: Vec<Pair>,
     /// Images skipped because their label file is missing.
-    pub unpaired: usize,
+    pub(crate) unpaired: usize,
 }
 
 fn is_png(p: &Path) -> bool {
@@ -195,7 +195,7 @@ fn add_cityscapes_image(found: &mut Discovered, image: PathBuf, labels: Option<&
 /// Lists the samples of `spec` (Cityscapes: of `split`). Training accepts a Cityscapes
 /// split without `gtFine` (target images only); validation (`labels_required`) does not.
 /// Returns an error naming the expected layout when nothing usable is found.
-pub fn discover(
+pub(crate) fn discover(
     spec: &DatasetSpec,
     split: Split,
     labels_required: bool,

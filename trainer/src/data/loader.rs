@@ -63,7 +63,7 @@ struct Shared {
     skipped: AtomicUsize,
 }
 
-/// The image filter of a dataset's resize: bicubic for the source games (notes, "Data"),
+/// The image filter of a dataset's resize: bicubic for the source games (the DACS loaders),
 /// bilinear for Cityscapes (as the DACS loader).
 pub(crate) fn filter_for(kind: DatasetKind) -> FilterType {
     match kind {

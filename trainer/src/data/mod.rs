@@ -1,8 +1,8 @@
 //! Dataset loaders (GTA5, SYNTHIA RAND-CITYSCAPES, Cityscapes) and the prefetching batch
 //! pipeline that feeds paper Algorithm 1: source batches (x_s, y_s) and target batches x_t.
 //!
-//! The on-disk layouts, resize sizes and label maps are those of the implementation notes
-//! ("Data"): GTA5 `images/` + `labels/` (Cityscapes labelIds) resized to 1280x720, SYNTHIA
+//! The on-disk layouts are the datasets' own releases; resize sizes and crops follow the
+//! paper (Section 4, the DACS protocol): GTA5 `images/` + `labels/` (Cityscapes labelIds) resized to 1280x720, SYNTHIA
 //! `RGB/` + 16-bit `GT/LABELS/` resized to 1280x760, Cityscapes `leftImg8bit/` + `gtFine/`
 //! resized to 1024x512; random square crops (paper: 512). Unknown ids map to 255.
 //!
@@ -13,11 +13,11 @@
 //! - [`val`]: the fixed-order validation set [`ValSet`].
 
 mod ahead;
-pub mod augment;
-pub mod decode;
-pub mod layout;
-pub mod loader;
-pub mod val;
+pub(crate) mod augment;
+pub(crate) mod decode;
+pub(crate) mod layout;
+pub(crate) mod loader;
+pub(crate) mod val;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -48,7 +48,7 @@ impl DatasetKind {
         }
     }
 
-    /// The paper's training resize (W, H) for this dataset (implementation notes, "Data"):
+    /// The paper's training resize (W, H) for this dataset (Section 4, the DACS protocol):
     /// GTA5 1280x720, SYNTHIA 1280x760, Cityscapes 1024x512.
     pub fn paper_size(self) -> (u32, u32) {
         match self {
@@ -161,7 +161,7 @@ impl Split {
 pub struct LoaderConfig {
     /// (W, H) every image (bicubic for source datasets, bilinear for Cityscapes) and label
     /// (nearest) is resized to before cropping. Default `None` = the dataset's paper size:
-    /// GTA5 1280x720, SYNTHIA 1280x760, Cityscapes 1024x512 (paper and notes, "Data").
+    /// GTA5 1280x720, SYNTHIA 1280x760, Cityscapes 1024x512 (paper Section 4).
     pub resize: Option<(u32, u32)>,
     /// Side of the square random crop. Default 512 (paper: 512). When the resized image is
     /// smaller than the crop, it is padded at the bottom/right (image 0, label 255).

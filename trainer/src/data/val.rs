@@ -1,6 +1,6 @@
 //! The validation set: a whole split in fixed (sorted) order, uncropped, for the mIoU of
-//! the teacher (paper Section 4 / Algorithm 1 output). Cityscapes follows the DACS protocol
-//! of the implementation notes: `val` split, image resized (bilinear) to 1024x512 and the
+//! the teacher (paper Section 4 / Algorithm 1 output). Cityscapes follows the DACS protocol:
+//! `val` split, image resized (bilinear) to 1024x512 and the
 //! label NEAREST-resized to the same size. GTA5 / SYNTHIA use every image, at its own size
 //! unless a resize is given (bicubic image, nearest label).
 //!

@@ -1,7 +1,8 @@
-//! The built-in synthetic "game -> real" street-scene benchmark (issue 4), a stand-in for
-//! GTA5 -> Cityscapes (paper Section 4) that runs on a laptop CPU: procedural scenes
-//! ([`scene`]) rasterised into label canvases ([`raster`]) and rendered in two domains
-//! ([`style`]), written in the real on-disk layouts so the real loaders read them:
+//! The built-in synthetic "game -> real" street-scene benchmark (README, "Synthetic
+//! benchmark and measured results"), a stand-in for GTA5 -> Cityscapes (paper Section 4)
+//! that runs on a laptop CPU: procedural scenes ([`scene`]) rasterised into label canvases
+//! ([`raster`]) and rendered in two domains ([`style`]), written in the real on-disk
+//! layouts so the real loaders read them:
 //!
 //! - `DIR/gta5/{images,labels}/NNNNN.png`: source train ("game": flat colours), labels as
 //!   paletted labelId PNGs like the real GTA5 release;
@@ -13,9 +14,9 @@
 //! Every image is a function of (seed, set, index) only, so the same seed gives the same
 //! bytes whatever the thread count. Files are written to a temporary name and renamed.
 
-pub mod raster;
-pub mod scene;
-pub mod style;
+pub(crate) mod raster;
+pub(crate) mod scene;
+pub(crate) mod style;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -238,9 +239,9 @@ impl Set {
 }
 
 /// Made-up city names of the target domain's train and val splits.
-pub const TRAIN_CITIES: [&str; 3] = ["arkham", "brisbury", "coldharbour"];
+pub(crate) const TRAIN_CITIES: [&str; 3] = ["arkham", "brisbury", "coldharbour"];
 /// Made-up city names of the target's val split.
-pub const VAL_CITIES: [&str; 2] = ["dunwich", "eastmarch"];
+pub(crate) const VAL_CITIES: [&str; 2] = ["dunwich", "eastmarch"];
 
 /// The (image, label) paths of sample `i` of `set` under `out`.
 fn paths(out: &Path, set: Set, i: usize) -> (PathBuf, PathBuf) {

@@ -3,7 +3,7 @@
 //! facades of buildings with windows, walls and hedges, a far skyline, sky), populated
 //! with poles carrying traffic signs and lights, trees, fences, cars, trucks, buses,
 //! persons and riders on bicycles or motorcycles. The same sampler (the same layout
-//! statistics) serves both domains of the benchmark (issue 4); only the rendering
+//! statistics) serves both domains of the benchmark; only the rendering
 //! differs. Everything is a function of the RNG, so a seed fixes the scene.
 //!
 //! World units: the camera height is 1 (about 1.5 m); X is lateral (negative = left),
@@ -15,43 +15,43 @@ use rand::Rng;
 use super::raster::{Canvas, Paint, TONE_ACCENT, TONE_ACCENT2, TONE_BASE, TONE_DARK};
 
 /// trainIds of the classes drawn.
-pub mod ids {
+pub(crate) mod ids {
     /// road
-    pub const ROAD: u8 = 0;
+    pub(crate) const ROAD: u8 = 0;
     /// sidewalk
-    pub const SIDEWALK: u8 = 1;
+    pub(crate) const SIDEWALK: u8 = 1;
     /// building
-    pub const BUILDING: u8 = 2;
+    pub(crate) const BUILDING: u8 = 2;
     /// wall
-    pub const WALL: u8 = 3;
+    pub(crate) const WALL: u8 = 3;
     /// fence
-    pub const FENCE: u8 = 4;
+    pub(crate) const FENCE: u8 = 4;
     /// pole
-    pub const POLE: u8 = 5;
+    pub(crate) const POLE: u8 = 5;
     /// traffic light
-    pub const LIGHT: u8 = 6;
+    pub(crate) const LIGHT: u8 = 6;
     /// traffic sign
-    pub const SIGN: u8 = 7;
+    pub(crate) const SIGN: u8 = 7;
     /// vegetation
-    pub const VEGETATION: u8 = 8;
+    pub(crate) const VEGETATION: u8 = 8;
     /// terrain
-    pub const TERRAIN: u8 = 9;
+    pub(crate) const TERRAIN: u8 = 9;
     /// sky
-    pub const SKY: u8 = 10;
+    pub(crate) const SKY: u8 = 10;
     /// person
-    pub const PERSON: u8 = 11;
+    pub(crate) const PERSON: u8 = 11;
     /// rider
-    pub const RIDER: u8 = 12;
+    pub(crate) const RIDER: u8 = 12;
     /// car
-    pub const CAR: u8 = 13;
+    pub(crate) const CAR: u8 = 13;
     /// truck
-    pub const TRUCK: u8 = 14;
+    pub(crate) const TRUCK: u8 = 14;
     /// bus
-    pub const BUS: u8 = 15;
+    pub(crate) const BUS: u8 = 15;
     /// motorcycle
-    pub const MOTORCYCLE: u8 = 17;
+    pub(crate) const MOTORCYCLE: u8 = 17;
     /// bicycle
-    pub const BICYCLE: u8 = 18;
+    pub(crate) const BICYCLE: u8 = 18;
 }
 use ids::*;
 
@@ -60,30 +60,28 @@ const FAR: f32 = 120.0;
 
 /// The pinhole camera of a scene.
 #[derive(Debug, Clone, Copy)]
-pub struct Camera {
+pub(crate) struct Camera {
     /// Image width.
-    pub w: f32,
-    /// Image height.
-    pub h: f32,
+    pub(crate) w: f32,
     /// Horizon row.
-    pub hy: f32,
+    pub(crate) hy: f32,
     /// Vanishing-point column.
-    pub vx: f32,
+    pub(crate) vx: f32,
     /// Focal length in pixels.
-    pub f: f32,
+    pub(crate) f: f32,
 }
 
 impl Camera {
     /// Column of lateral position `x` at depth `d`.
-    pub fn px(&self, x: f32, d: f32) -> f32 {
+    pub(crate) fn px(&self, x: f32, d: f32) -> f32 {
         self.vx + x * self.f / d
     }
     /// Row of height `y` at depth `d`.
-    pub fn py(&self, y: f32, d: f32) -> f32 {
+    pub(crate) fn py(&self, y: f32, d: f32) -> f32 {
         self.hy + (1.0 - y) * self.f / d
     }
     /// Pixels per world unit at depth `d`.
-    pub fn s(&self, d: f32) -> f32 {
+    pub(crate) fn s(&self, d: f32) -> f32 {
         self.f / d
     }
 }
@@ -190,9 +188,9 @@ struct Fence {
 
 /// A sampled scene, ready to rasterise.
 #[derive(Debug, Clone)]
-pub struct Scene {
+pub(crate) struct Scene {
     /// The camera.
-    pub cam: Camera,
+    pub(crate) cam: Camera,
     sides: [Side; 2],
     centre_line: Option<f32>,
     skyline: Vec<(f32, f32)>,
@@ -264,7 +262,6 @@ impl Camera {
         let hy = h * rng.gen_range(0.36..0.48);
         Camera {
             w,
-            h,
             hy,
             vx: w * rng.gen_range(0.38..0.62),
             f: (h - hy) * rng.gen_range(2.0..3.0),
@@ -448,7 +445,7 @@ fn sample_attachment(rng: &mut impl Rng) -> Attachment {
 
 impl Scene {
     /// Samples a scene for a `width x height` image.
-    pub fn sample(rng: &mut impl Rng, width: usize, height: usize) -> Scene {
+    pub(crate) fn sample(rng: &mut impl Rng, width: usize, height: usize) -> Scene {
         let cam = Camera::sample(rng, width as f32, height as f32);
         let mut ids = Instances(0);
         let sides = [
@@ -478,7 +475,7 @@ impl Scene {
     }
 
     /// Rasterises the scene into a label canvas.
-    pub fn draw(&self, width: usize, height: usize) -> Canvas {
+    pub(crate) fn draw(&self, width: usize, height: usize) -> Canvas {
         let mut c = Canvas::new(width, height, Paint::new(SKY, 0));
         self.draw_skyline(&mut c);
         self.draw_ground(&mut c);

@@ -1,7 +1,8 @@
-//! Rendering a label canvas into the two domains of the synthetic benchmark (issue 4):
-//! the source "game" domain (flat, saturated colours per class, sharp edges, no noise) and
-//! the target "real" domain (other per-class and per-instance colours, lighting, shadows,
-//! textures, vignetting, lens blur and sensor noise). `shift` >= 0 interpolates the
+//! Rendering a label canvas into the two domains of the synthetic benchmark (README,
+//! "Synthetic benchmark and measured results"): the source "game" domain (flat, saturated
+//! colours per class, sharp edges, no noise) and the target "real" domain (other
+//! per-class and per-instance colours, lighting, shadows, textures, vignetting, lens blur
+//! and sensor noise). `shift` >= 0 interpolates the
 //! target's colours and scales its effects: 0 renders the target like the source, 1 is
 //! the full target style (the generator's default is 0.7). Geometry is untouched, so
 //! classes stay recognisable by shape and context.
@@ -14,7 +15,7 @@ use rccr_infer::seed::splitmix64;
 
 /// The two domains of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Domain {
+pub(crate) enum Domain {
     /// The "game" domain (written in the GTA5 layout).
     Source,
     /// The "real" domain (written in the Cityscapes layout).
@@ -374,7 +375,7 @@ fn blur_121(img: &mut [f32], tmp: &mut Vec<f32>, w: usize, h: usize) {
 }
 
 /// Renders `canvas` (horizon at row `hy`) in `domain`; returns 8-bit RGB, row-major.
-pub fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -> Vec<u8> {
+pub(crate) fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -> Vec<u8> {
     let (w, h) = (canvas.width, canvas.height);
     let mut out = vec![0u8; w * h * 3];
     if domain == Domain::Source {

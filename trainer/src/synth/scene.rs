@@ -541,60 +541,58 @@ impl Scene {
     }
 
     fn draw_facades(&self, c: &mut Canvas) {
-        let cam = self.cam;
         for x in 0..c.width {
-            let dx = x as f32 + 0.5 - cam.vx;
-            let side = if dx < 0.0 {
-                &self.sides[0]
-            } else {
-                &self.sides[1]
-            };
-            if dx.abs() < 1e-3 {
-                continue;
+            if let Some((d, seg)) = self.facade_at(x) {
+                self.facade_strip(c, x, d, seg);
             }
-            let d = side.facade * cam.f / dx.abs();
-            if d > FAR {
-                continue;
+        }
+    }
+
+    /// The depth and segment of the facade seen in column `x`, if nearer than [`FAR`].
+    fn facade_at(&self, x: usize) -> Option<(f32, &Segment)> {
+        let cam = self.cam;
+        let dx = x as f32 + 0.5 - cam.vx;
+        let side = if dx < 0.0 {
+            &self.sides[0]
+        } else {
+            &self.sides[1]
+        };
+        if dx.abs() < 1e-3 {
+            return None;
+        }
+        let d = side.facade * cam.f / dx.abs();
+        if d > FAR {
+            return None;
+        }
+        let seg = side.segments.iter().find(|s| d >= s.d0 && d < s.d1)?;
+        Some((d, seg))
+    }
+
+    /// Column `x` of facade segment `seg` at depth `d`: a building with windows, a hedge,
+    /// or a wall in front of a hedge.
+    fn facade_strip(&self, c: &mut Canvas, x: usize, d: f32, seg: &Segment) {
+        let cam = self.cam;
+        let bottom = cam.py(0.0, d);
+        let column = |c: &mut Canvas, top: f32, p: Paint| {
+            c.rect(x as f32, top, x as f32 + 1.0, bottom, p);
+        };
+        let hedge = Paint::new(VEGETATION, seg.inst);
+        match seg.kind {
+            SegKind::Building => {
+                let top = cam.py(seg.height, d);
+                self.facade_column(c, x, top, bottom, d, seg);
             }
-            let Some(seg) = side.segments.iter().find(|s| d >= s.d0 && d < s.d1) else {
-                continue;
-            };
-            let bottom = cam.py(0.0, d);
-            match seg.kind {
-                SegKind::Building => {
-                    let top = cam.py(seg.height, d);
-                    self.facade_column(c, x, top, bottom, d, seg);
-                }
-                SegKind::Vegetation => {
-                    let hgt = seg.height
-                        * (1.0
-                            + 0.12 * (d * 2.3 + seg.phase).sin()
-                            + 0.07 * (d * 5.7 + 2.0 * seg.phase).sin());
-                    c.rect(
-                        x as f32,
-                        cam.py(hgt, d),
-                        x as f32 + 1.0,
-                        bottom,
-                        Paint::new(VEGETATION, seg.inst),
-                    );
-                }
-                SegKind::Wall(hedge) => {
-                    let hgt = hedge * (1.0 + 0.1 * (d * 3.1 + seg.phase).sin());
-                    c.rect(
-                        x as f32,
-                        cam.py(hgt, d),
-                        x as f32 + 1.0,
-                        bottom,
-                        Paint::new(VEGETATION, seg.inst),
-                    );
-                    c.rect(
-                        x as f32,
-                        cam.py(seg.height, d),
-                        x as f32 + 1.0,
-                        bottom,
-                        Paint::new(WALL, seg.inst),
-                    );
-                }
+            SegKind::Vegetation => {
+                let hgt = seg.height
+                    * (1.0
+                        + 0.12 * (d * 2.3 + seg.phase).sin()
+                        + 0.07 * (d * 5.7 + 2.0 * seg.phase).sin());
+                column(c, cam.py(hgt, d), hedge);
+            }
+            SegKind::Wall(hedge_height) => {
+                let hgt = hedge_height * (1.0 + 0.1 * (d * 3.1 + seg.phase).sin());
+                column(c, cam.py(hgt, d), hedge);
+                column(c, cam.py(seg.height, d), Paint::new(WALL, seg.inst));
             }
         }
     }

@@ -89,6 +89,13 @@ pub struct DatasetSpec {
     pub root: PathBuf,
 }
 
+impl DatasetSpec {
+    /// Whether this is SYNTHIA, whose runs are also scored on its 16 and 13 classes.
+    pub fn is_synthia(&self) -> bool {
+        matches!(self.kind, DatasetKind::Synthia)
+    }
+}
+
 impl FromStr for DatasetSpec {
     type Err = DataError;
 

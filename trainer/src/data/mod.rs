@@ -6,11 +6,12 @@
 //! `RGB/` + 16-bit `GT/LABELS/` resized to 1280x760, Cityscapes `leftImg8bit/` + `gtFine/`
 //! resized to 1024x512; random square crops (paper: 512). Unknown ids map to 255.
 //!
-//! - [`layout`]: finding image/label pairs in a dataset folder.
-//! - [`decode`]: PNG decoding and label-id -> trainId mapping.
-//! - [`augment`]: resizing and deterministic random cropping.
-//! - [`loader`]: the infinite, deterministic, multi-threaded [`TrainLoader`].
-//! - [`val`]: the fixed-order validation set [`ValSet`].
+//! - `layout`: finding image/label pairs in a dataset folder.
+//! - `decode`: PNG decoding and label-id -> trainId mapping.
+//! - `augment`: resizing and deterministic random cropping.
+//! - `loader`: the infinite, deterministic, multi-threaded [`TrainLoader`].
+//! - `val`: the fixed-order validation set [`ValSet`].
+//! - `ahead`: the worker threads both decode on, delivering in order.
 
 mod ahead;
 pub(crate) mod augment;

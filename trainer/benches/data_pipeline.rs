@@ -1,4 +1,4 @@
-//! Throughput of the data side (issue 3 "Data", issue 4 generator): prints
+//! Throughput of the data side (loaders and the synthetic generator): prints
 //! - the synthetic generator's image/label pairs per second at its default size;
 //! - the TrainLoader's samples per second at the paper's GTA5 setting (1914x1052 PNGs
 //!   resized to 1280x720, 512x512 crops, batch 2) and at the synthetic default

@@ -19,6 +19,7 @@
 use crate::config::TrainConfig;
 use crate::memory_bank::{BankEntry, MemoryBank};
 use crate::optim::Sgd;
+use rccr_infer::files::temporary_owner;
 use rccr_models::checkpoint::{file_info, model_metadata, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::weights::{self, TensorFile};
 use rccr_models::ModelError;
@@ -28,13 +29,13 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Tensor};
 
 /// Metadata key of the training configuration.
-pub const META_TRAIN_CONFIG: &str = "rccr.train_config";
+pub(crate) const META_TRAIN_CONFIG: &str = "rccr.train_config";
 /// Metadata key of the best validation.
-pub const META_BEST: &str = "rccr.best";
+pub(crate) const META_BEST: &str = "rccr.best";
 /// Prefix of the momentum buffers.
-pub const OPTIM: &str = "optim.momentum.";
+pub(crate) const OPTIM: &str = "optim.momentum.";
 /// Prefix of the memory bank.
-pub const BANK: &str = "bank.";
+pub(crate) const BANK: &str = "bank.";
 
 /// Errors reading or writing checkpoints.
 #[derive(Debug, thiserror::Error)]
@@ -222,30 +223,26 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
     })
 }
 
-/// Temporary files `.<name>.<pid>.tmp` in `dir` whose writer process no longer runs.
+/// Temporary files in `dir` (`.<name>.<pid>.tmp`, [`rccr_infer::files::temporary_path`])
+/// whose writer process no longer runs.
 pub fn stale_temporaries(dir: &Path) -> Vec<PathBuf> {
-    let alive = |pid: &str| Path::new("/proc").join(pid).exists();
+    let alive = |pid: u32| Path::new("/proc").join(pid.to_string()).exists();
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
-                return false;
-            };
-            let pid = stem.rsplit('.').next().unwrap_or("");
-            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !alive(pid)
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(temporary_owner)
+                .is_some_and(|pid| !alive(pid))
         })
         .collect()
 }
 
 /// Copies `tensors` into `vs`, requiring every variable of `vs` to be present.
-pub fn load_vars(
+pub(crate) fn load_vars(
     vs: &nn::VarStore,
     tensors: &BTreeMap<String, Tensor>,
     path: &Path,
@@ -275,22 +272,22 @@ pub struct CheckpointDir {
 
 /// `checkpoints/index.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Index {
+pub(crate) struct Index {
     /// The newest checkpoint file name.
-    pub latest: Option<String>,
+    pub(crate) latest: Option<String>,
     /// The best checkpoint by validation mIoU.
-    pub best: Option<BestFile>,
+    pub(crate) best: Option<BestFile>,
 }
 
 /// The best checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BestFile {
+pub(crate) struct BestFile {
     /// File name.
-    pub file: String,
+    pub(crate) file: String,
     /// Iterations completed.
-    pub iteration: u64,
+    pub(crate) iteration: u64,
     /// mIoU (0..1).
-    pub miou: f64,
+    pub(crate) miou: f64,
 }
 
 impl CheckpointDir {

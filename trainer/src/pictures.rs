@@ -6,23 +6,28 @@ use crate::data::val::{ValSample, ValSet};
 use crate::tensorboard::side_by_side;
 use crate::validate::{predict, ValidateError};
 use image::RgbImage;
+use rccr_infer::taxonomy::IGNORE;
 use rccr_models::RccrNet;
 use tch::{Device, Kind};
 
 /// The first validation samples, decoded once.
-pub struct ValPictures {
+pub(crate) struct ValPictures {
     samples: Vec<ValSample>,
 }
 
 impl ValPictures {
     /// The first `n` readable samples of `set` (None when there are none).
-    pub fn new(set: &ValSet, n: usize) -> Option<ValPictures> {
+    pub(crate) fn new(set: &ValSet, n: usize) -> Option<ValPictures> {
         let samples: Vec<ValSample> = set.iter().filter_map(Result::ok).take(n).collect();
         (!samples.is_empty()).then_some(ValPictures { samples })
     }
 
     /// One picture per sample: input | ground truth | prediction of `net`.
-    pub fn render(&self, net: &RccrNet, device: Device) -> Result<Vec<RgbImage>, ValidateError> {
+    pub(crate) fn render(
+        &self,
+        net: &RccrNet,
+        device: Device,
+    ) -> Result<Vec<RgbImage>, ValidateError> {
         let palette = rccr_infer::taxonomy::palette();
         self.samples
             .iter()
@@ -57,10 +62,10 @@ fn input_image(s: &ValSample, w: u32, h: u32) -> RgbImage {
     }
 }
 
-/// trainIds to colours (255 and unknown ids black).
-pub fn colorize(ids: &[u8], w: u32, h: u32, palette: &[[u8; 3]]) -> RgbImage {
+/// trainIds to colours (the ignore label and unknown ids black).
+pub(crate) fn colorize(ids: &[u8], w: u32, h: u32, palette: &[[u8; 3]]) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
-        let id = ids.get((y * w + x) as usize).copied().unwrap_or(255) as usize;
+        let id = ids.get((y * w + x) as usize).copied().unwrap_or(IGNORE) as usize;
         image::Rgb(palette.get(id).copied().unwrap_or([0, 0, 0]))
     })
 }

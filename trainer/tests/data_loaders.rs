@@ -1,6 +1,7 @@
 //! The dataset loaders on tiny datasets written by the test in the real on-disk layouts
 //! (GTA5 paletted labelIds, SYNTHIA 16-bit RGB labels, Cityscapes grey labelIds), with the
-//! label maps checked against literal tables copied from the implementation notes.
+//! label maps checked against literal tables copied from the official Cityscapes and
+//! SYNTHIA id definitions.
 
 use std::path::Path;
 

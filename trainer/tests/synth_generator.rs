@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rccr_trainer::data::{DatasetSpec, LoaderConfig, Split, TrainLoader, ValSet};
 use rccr_trainer::synth::{run, ImageSize, SynthArgs, SynthError};
 
-/// The 19 Cityscapes training labelIds (implementation notes, "Data").
+/// The 19 Cityscapes training labelIds (cityscapesScripts' `labels.py`).
 const TRAIN_LABEL_IDS: [u8; 19] = [
     7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33,
 ];

@@ -4,7 +4,7 @@
 //! lr, mu, alpha, q, anchors, gradient norms; val lines with mIoU and per-class IoU) and
 //! images, is interrupted after its last checkpoint and resumed; TensorBoard must see
 //! every tag with each step once, the resumed values, and the images at their sizes and
-//! pixels. Also checks that the checked-in prost code is what the vendored protos give.
+//! pixels.
 
 mod common;
 
@@ -221,29 +221,6 @@ fn corrupt_records_are_caught_by_tensorboards_reader() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("crc32 check"));
-}
-
-#[test]
-fn generated_proto_is_current() {
-    let root = repo_root().join("trainer");
-    let fds = protox::compile(
-        ["tensorboard/compat/proto/event.proto"],
-        [root.join("proto")],
-    )
-    .unwrap();
-    let out = tempfile::tempdir().unwrap();
-    prost_build::Config::new()
-        .disable_comments(["."])
-        .out_dir(out.path())
-        .compile_fds(fds)
-        .unwrap();
-    let fresh = std::fs::read_to_string(out.path().join("tensorboard.rs")).unwrap();
-    let checked_in = std::fs::read_to_string(root.join("src/tensorboard_proto.rs")).unwrap();
-    let body = &checked_in[checked_in.find("// This file is @generated").unwrap()..];
-    assert!(
-        body == fresh,
-        "src/tensorboard_proto.rs is stale: regenerate it (see its header)"
-    );
 }
 
 /// `rccr-train train` itself: every scalar of metrics.jsonl reaches TensorBoard with its

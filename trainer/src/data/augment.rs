@@ -1,5 +1,5 @@
-//! Resizing and deterministic random cropping of image/label pairs (implementation notes,
-//! "Data": bicubic image + nearest label resize to the dataset size, then a random square
+//! Resizing and deterministic random cropping of image/label pairs (paper Section 4, the
+//! DACS protocol: bicubic image + nearest label resize to the dataset size, then a random square
 //! crop, paper: 512x512). Crops that do not fit are padded at the bottom/right with image 0
 //! and label 255. The random numbers come from seeds derived with [`mix`], so a sample's
 //! augmentation depends only on (seed, global sample index), never on thread timing.
@@ -8,28 +8,22 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rccr_infer::seed::splitmix64;
 use rccr_infer::taxonomy::IGNORE;
 
-/// splitmix64 finaliser: a well-mixed 64-bit hash of `x`.
-pub fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Derives an independent seed from a base seed, a stream tag and an index.
-pub fn mix(seed: u64, tag: u64, index: u64) -> u64 {
-    splitmix(splitmix(seed ^ splitmix(tag)) ^ index)
+/// Derives an independent seed from a base seed, a stream tag and an index (SplitMix64,
+/// [`rccr_infer::seed::splitmix64`]).
+pub(crate) fn mix(seed: u64, tag: u64, index: u64) -> u64 {
+    splitmix64(splitmix64(seed ^ splitmix64(tag)) ^ index)
 }
 
 /// A ChaCha8 generator for (seed, tag, index).
-pub fn rng_for(seed: u64, tag: u64, index: u64) -> ChaCha8Rng {
+pub(crate) fn rng_for(seed: u64, tag: u64, index: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(mix(seed, tag, index))
 }
 
 /// Resizes `img` to `size` (W, H) with `filter`; returns it unchanged when already that size.
-pub fn resize_rgb(img: RgbImage, size: (u32, u32), filter: FilterType) -> RgbImage {
+pub(crate) fn resize_rgb(img: RgbImage, size: (u32, u32), filter: FilterType) -> RgbImage {
     if img.dimensions() == size {
         img
     } else {
@@ -37,29 +31,9 @@ pub fn resize_rgb(img: RgbImage, size: (u32, u32), filter: FilterType) -> RgbIma
     }
 }
 
-/// Nearest-neighbour resize of a row-major `src_w x src_h` id map to `dst_w x dst_h`,
-/// sampling source pixel floor((x + 0.5) * src / dst) as PIL's NEAREST does.
-pub fn resize_nearest(src: &[u8], src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Vec<u8> {
-    if (src_w, src_h) == (dst_w, dst_h) {
-        return src.to_vec();
-    }
-    let index = |d: u32, s: u32, n: u32| -> usize {
-        let v = ((2 * d as u64 + 1) * s as u64) / (2 * n as u64);
-        v.min(s as u64 - 1) as usize
-    };
-    let xs: Vec<usize> = (0..dst_w).map(|x| index(x, src_w, dst_w)).collect();
-    let mut out = Vec::with_capacity(dst_w as usize * dst_h as usize);
-    for y in 0..dst_h {
-        let row = index(y, src_h, dst_h) * src_w as usize;
-        let src_row = &src[row..row + src_w as usize];
-        out.extend(xs.iter().map(|&x| src_row[x]));
-    }
-    out
-}
-
 /// Top-left corner of a random `crop x crop` window in a `w x h` image (0 along an axis
 /// where the image is smaller than the crop; that part is padded).
-pub fn random_crop_origin(rng: &mut impl Rng, w: u32, h: u32, crop: u32) -> (u32, u32) {
+pub(crate) fn random_crop_origin(rng: &mut impl Rng, w: u32, h: u32, crop: u32) -> (u32, u32) {
     let x = if w > crop {
         rng.gen_range(0..=w - crop)
     } else {
@@ -75,7 +49,7 @@ pub fn random_crop_origin(rng: &mut impl Rng, w: u32, h: u32, crop: u32) -> (u32
 
 /// Copies the `crop x crop` window at (x0, y0) into a planar CHW float buffer (RGB, 0..255)
 /// and a label buffer, padding outside the image with 0 / 255.
-pub fn crop_chw(
+pub(crate) fn crop_chw(
     img: &RgbImage,
     label: &[u8],
     origin: (u32, u32),
@@ -110,7 +84,7 @@ pub fn crop_chw(
 }
 
 /// Planar CHW float copy (RGB 0..255) of a whole image.
-pub fn to_chw(img: &RgbImage) -> Vec<f32> {
+pub(crate) fn to_chw(img: &RgbImage) -> Vec<f32> {
     let (w, h) = img.dimensions();
     let plane = w as usize * h as usize;
     let mut out = vec![0.0f32; 3 * plane];
@@ -129,28 +103,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nearest_halving_takes_odd_pixels() {
-        // 4x2 -> 2x1: floor((2x+1)*4/4) = 1, 3 on row floor(1*2/2) = 1.
-        let src = [0, 1, 2, 3, 4, 5, 6, 7];
-        assert_eq!(resize_nearest(&src, 4, 2, 2, 1), vec![5, 7]);
-    }
-
-    #[test]
-    fn nearest_doubling_repeats() {
-        let src = [1, 2];
-        assert_eq!(
-            resize_nearest(&src, 2, 1, 4, 2),
-            vec![1, 1, 2, 2, 1, 1, 2, 2]
-        );
-    }
-
-    #[test]
     fn crop_pads_outside() {
         let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([x as u8 + 1, 10, 20]));
         let label = [3, 4];
         let (mut im, mut lb) = (Vec::new(), Vec::new());
         crop_chw(&img, &label, (1, 0), 2, &mut im, &mut lb);
-        assert_eq!(lb, vec![4, 255, 255, 255]);
+        assert_eq!(lb, vec![4, IGNORE, IGNORE, IGNORE]);
         assert_eq!(&im[0..4], &[2.0, 0.0, 0.0, 0.0]);
         assert_eq!(&im[4..8], &[10.0, 0.0, 0.0, 0.0]);
         assert_eq!(&im[8..12], &[20.0, 0.0, 0.0, 0.0]);

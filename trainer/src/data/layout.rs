@@ -1,5 +1,5 @@
 //! Finding the image/label pairs of a dataset folder in its real on-disk layout
-//! (implementation notes, "Data"): GTA5 `images/` + `labels/`, SYNTHIA `RGB/` +
+//! (each dataset's own release): GTA5 `images/` + `labels/`, SYNTHIA `RGB/` +
 //! `GT/LABELS/`, Cityscapes `leftImg8bit/<split>/<city>/` + `gtFine/<split>/<city>/`.
 //! Pairs are sorted by name so that the sample order never depends on the file system.
 
@@ -9,22 +9,22 @@ use super::{DataError, DatasetKind, DatasetSpec, Split};
 
 /// One sample on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pair {
+pub(crate) struct Pair {
     /// The RGB image.
-    pub image: PathBuf,
+    pub(crate) image: PathBuf,
     /// Its label map; `None` for a Cityscapes split without `gtFine` (images only).
-    pub label: Option<PathBuf>,
+    pub(crate) label: Option<PathBuf>,
     /// A short name: the file stem (Cityscapes: without `_leftImg8bit`).
-    pub name: String,
+    pub(crate) name: String,
 }
 
 /// The pairs found in a dataset folder, and how many images had no label.
 #[derive(Debug, Clone)]
-pub struct Discovered {
+pub(crate) struct Discovered {
     /// The pairs, sorted by name.
-    pub pairs: Vec<Pair>,
+    pub(crate) pairs: Vec<Pair>,
     /// Images skipped because their label file is missing.
-    pub unpaired: usize,
+    pub(crate) unpaired: usize,
 }
 
 fn is_png(p: &Path) -> bool {
@@ -45,25 +45,26 @@ fn require_dir(kind: DatasetKind, path: &Path) -> Result<(), DataError> {
     }
 }
 
-/// The `*.png` files directly inside `dir`, sorted.
-fn pngs_in(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| DataError::Io {
+/// The entries directly inside `dir` that pass `keep`, sorted.
+fn entries_in(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>, DataError> {
+    let io = |e| DataError::Io {
         path: dir.to_path_buf(),
         source: e,
-    })?;
+    };
     let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| DataError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-        let p = entry.path();
-        if is_png(&p) && p.is_file() {
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        if keep(&p) {
             out.push(p);
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// The `*.png` files directly inside `dir`, sorted.
+fn pngs_in(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    entries_in(dir, |p| is_png(p) && p.is_file())
 }
 
 /// Flat layouts (GTA5, SYNTHIA): `root/<images>/<name>.png` with `root/<labels>/<name>.png`.
@@ -128,66 +129,73 @@ fn cityscapes(
     let kind = spec.kind;
     require_dir(kind, &spec.root)?;
     let img_root = spec.root.join("leftImg8bit").join(split.dir_name());
-    let lbl_root = spec.root.join("gtFine").join(split.dir_name());
     require_dir(kind, &img_root)?;
-    let with_labels = lbl_root.is_dir();
-    if !with_labels {
-        if labels_required {
-            require_dir(kind, &lbl_root)?;
-        }
-        tracing::warn!(
-            folder = %lbl_root.display(),
-            "no gtFine labels for this split: images only (labels are all 255)"
-        );
-    }
-    let rd = std::fs::read_dir(&img_root).map_err(|e| DataError::Io {
-        path: img_root.clone(),
-        source: e,
-    })?;
-    let mut cities = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| DataError::Io {
-            path: img_root.clone(),
-            source: e,
-        })?;
-        if entry.path().is_dir() {
-            cities.push(entry.file_name());
+    let lbl_root = cityscapes_label_root(spec, split, labels_required)?;
+    let mut found = Discovered {
+        pairs: Vec::new(),
+        unpaired: 0,
+    };
+    for city in entries_in(&img_root, Path::is_dir)? {
+        let labels = lbl_root
+            .as_ref()
+            .zip(city.file_name())
+            .map(|(l, c)| l.join(c));
+        for image in pngs_in(&city)? {
+            add_cityscapes_image(&mut found, image, labels.as_deref());
         }
     }
-    cities.sort();
-    let mut pairs = Vec::new();
-    let mut unpaired = 0;
-    for city in cities {
-        for image in pngs_in(&img_root.join(&city))? {
-            let file = image
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let Some(stem) = file.strip_suffix(CS_IMAGE_SUFFIX) else {
-                continue;
-            };
-            let name = stem.to_string();
-            if !with_labels {
-                pairs.push(Pair {
-                    image,
-                    label: None,
-                    name,
-                });
-                continue;
-            }
-            let label = lbl_root
-                .join(&city)
-                .join(format!("{stem}{CS_LABEL_SUFFIX}"));
-            pair_if_labelled(&mut pairs, &mut unpaired, image, label, name);
+    Ok(found)
+}
+
+/// `root/gtFine/<split>`, or `None` (images only, with a warning) when it does not exist
+/// and `labels_required` is false.
+fn cityscapes_label_root(
+    spec: &DatasetSpec,
+    split: Split,
+    labels_required: bool,
+) -> Result<Option<PathBuf>, DataError> {
+    let lbl_root = spec.root.join("gtFine").join(split.dir_name());
+    if lbl_root.is_dir() {
+        return Ok(Some(lbl_root));
+    }
+    if labels_required {
+        require_dir(spec.kind, &lbl_root)?;
+    }
+    tracing::warn!(
+        folder = %lbl_root.display(),
+        "no gtFine labels for this split: images only (labels are all 255)"
+    );
+    Ok(None)
+}
+
+/// Adds a `*_leftImg8bit.png` image (others are ignored) with its label from the city's
+/// `labels` folder, or without a label when there is no such folder.
+fn add_cityscapes_image(found: &mut Discovered, image: PathBuf, labels: Option<&Path>) {
+    let file = image
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(stem) = file.strip_suffix(CS_IMAGE_SUFFIX) else {
+        return;
+    };
+    let name = stem.to_string();
+    match labels {
+        None => found.pairs.push(Pair {
+            image,
+            label: None,
+            name,
+        }),
+        Some(dir) => {
+            let label = dir.join(format!("{stem}{CS_LABEL_SUFFIX}"));
+            pair_if_labelled(&mut found.pairs, &mut found.unpaired, image, label, name);
         }
     }
-    Ok(Discovered { pairs, unpaired })
 }
 
 /// Lists the samples of `spec` (Cityscapes: of `split`). Training accepts a Cityscapes
 /// split without `gtFine` (target images only); validation (`labels_required`) does not.
 /// Returns an error naming the expected layout when nothing usable is found.
-pub fn discover(
+pub(crate) fn discover(
     spec: &DatasetSpec,
     split: Split,
     labels_required: bool,

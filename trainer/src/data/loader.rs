@@ -10,24 +10,21 @@
 //! jobs in any order; results are re-ordered before delivery; at most `prefetch * B` samples
 //! are in flight (the bounded queue).
 
-use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
 use image::imageops::FilterType;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rccr_infer::taxonomy::IGNORE;
 use tch::Tensor;
 
-use super::augment::{crop_chw, random_crop_origin, resize_nearest, resize_rgb, rng_for};
-use super::decode::{decode_label, decode_rgb};
+use super::ahead::{Ahead, Names};
+use super::augment::{crop_chw, random_crop_origin, resize_rgb, rng_for};
+use super::decode::{decode_label_resized, decode_rgb};
 use super::layout::{discover, Pair};
-use super::{DataError, DatasetKind, DatasetSpec, LoaderConfig};
+use super::{tensor, DataError, DatasetKind, DatasetSpec, LoaderConfig};
 
 /// RNG stream tags (see [`super::augment::mix`]).
 const TAG_PERMUTATION: u64 = 1;
@@ -64,10 +61,9 @@ struct Shared {
     seed: u64,
     bad: Vec<AtomicBool>,
     skipped: AtomicUsize,
-    stop: AtomicBool,
 }
 
-/// The image filter of a dataset's resize: bicubic for the source games (notes, "Data"),
+/// The image filter of a dataset's resize: bicubic for the source games (the DACS loaders),
 /// bilinear for Cityscapes (as the DACS loader).
 pub(crate) fn filter_for(kind: DatasetKind) -> FilterType {
     match kind {
@@ -83,16 +79,7 @@ impl Shared {
         let img = decode_rgb(&pair.image)?;
         let (w, h) = self.size;
         let label = match &pair.label {
-            Some(path) => {
-                let map = decode_label(path, self.kind)?;
-                if map.width == 0 || map.height == 0 {
-                    return Err(DataError::Decode {
-                        path: path.clone(),
-                        reason: "empty label image".into(),
-                    });
-                }
-                resize_nearest(&map.ids, map.width, map.height, w, h)
-            }
+            Some(path) => decode_label_resized(path, self.kind, self.size)?,
             None => vec![IGNORE; w as usize * h as usize],
         };
         if img.width() == 0 || img.height() == 0 {
@@ -161,37 +148,50 @@ impl Shared {
     }
 }
 
-type Outcome = (u64, Result<Prepared, DataError>);
-
 /// Infinite, epoch-reshuffled, deterministic batches of a dataset (see the module doc).
 pub struct TrainLoader {
     shared: Arc<Shared>,
     batch_size: usize,
     in_flight: u64,
-    jobs: Option<Sender<(u64, usize)>>,
-    results: Receiver<Outcome>,
-    pending: HashMap<u64, Result<Prepared, DataError>>,
+    pool: Ahead<Prepared>,
     next_sample: u64,
     next_dispatch: u64,
     permutation: (u64, Vec<usize>),
-    workers: Vec<JoinHandle<()>>,
-    waited: Duration,
 }
 
-fn worker_loop(shared: Arc<Shared>, jobs: Receiver<(u64, usize)>, results: Sender<Outcome>) {
-    while let Ok((g, first)) = jobs.recv() {
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let out = std::panic::catch_unwind(AssertUnwindSafe(|| shared.produce(g, first)))
-            .unwrap_or_else(|_| {
-                Err(DataError::Worker {
-                    reason: format!("panic while preparing sample {g}"),
-                })
-            });
-        if results.send((g, out)).is_err() {
-            break;
-        }
+/// The (W, H) images are resized to, after checking that `cfg` can work.
+fn checked_size(spec: &DatasetSpec, cfg: &LoaderConfig) -> Result<(u32, u32), DataError> {
+    if cfg.crop == 0 || cfg.batch_size == 0 {
+        return Err(DataError::Config {
+            reason: format!(
+                "crop ({}) and batch size ({}) must be at least 1",
+                cfg.crop, cfg.batch_size
+            ),
+        });
+    }
+    let size = cfg.resize.unwrap_or(spec.kind.paper_size());
+    if size.0 == 0 || size.1 == 0 {
+        return Err(DataError::Config {
+            reason: format!("resize {}x{} must be at least 1x1", size.0, size.1),
+        });
+    }
+    Ok(size)
+}
+
+/// The worker pool producing global samples (job key g, payload: the pair drawn).
+fn start_workers(shared: &Arc<Shared>, workers: usize) -> Result<Ahead<Prepared>, DataError> {
+    let names = Names {
+        thread: "rccr-data",
+        job: "preparing sample",
+        pool: "data",
+    };
+    let s = shared.clone();
+    let (pool, failed) = Ahead::start(names, workers.max(1), move |g, first| s.produce(g, first));
+    match failed.into_iter().next() {
+        Some(e) => Err(DataError::Worker {
+            reason: format!("cannot start a worker thread: {e}"),
+        }),
+        None => Ok(pool),
     }
 }
 
@@ -203,20 +203,7 @@ impl TrainLoader {
         cfg: &LoaderConfig,
         start_iteration: u64,
     ) -> Result<TrainLoader, DataError> {
-        if cfg.crop == 0 || cfg.batch_size == 0 {
-            return Err(DataError::Config {
-                reason: format!(
-                    "crop ({}) and batch size ({}) must be at least 1",
-                    cfg.crop, cfg.batch_size
-                ),
-            });
-        }
-        let size = cfg.resize.unwrap_or(spec.kind.paper_size());
-        if size.0 == 0 || size.1 == 0 {
-            return Err(DataError::Config {
-                reason: format!("resize {}x{} must be at least 1x1", size.0, size.1),
-            });
-        }
+        let size = checked_size(spec, cfg)?;
         let found = discover(spec, cfg.split, false)?;
         let n = found.pairs.len();
         tracing::info!(
@@ -236,34 +223,17 @@ impl TrainLoader {
             crop: cfg.crop,
             seed: cfg.seed,
             skipped: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
         });
-        let (job_tx, job_rx) = crossbeam_channel::unbounded();
-        let (res_tx, res_rx) = crossbeam_channel::unbounded();
-        let workers = (0..cfg.workers.max(1))
-            .map(|i| {
-                let (s, j, r) = (shared.clone(), job_rx.clone(), res_tx.clone());
-                std::thread::Builder::new()
-                    .name(format!("rccr-data-{i}"))
-                    .spawn(move || worker_loop(s, j, r))
-                    .map_err(|e| DataError::Worker {
-                        reason: format!("cannot start a worker thread: {e}"),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let pool = start_workers(&shared, cfg.workers)?;
         let first = start_iteration.saturating_mul(cfg.batch_size as u64);
         let mut loader = TrainLoader {
             shared,
             batch_size: cfg.batch_size,
             in_flight: (cfg.prefetch.max(1) * cfg.batch_size) as u64,
-            jobs: Some(job_tx),
-            results: res_rx,
-            pending: HashMap::new(),
+            pool,
             next_sample: first,
             next_dispatch: first,
             permutation: (u64::MAX, Vec::new()),
-            workers,
-            waited: Duration::ZERO,
         };
         loader.fill_queue();
         Ok(loader)
@@ -285,33 +255,8 @@ impl TrainLoader {
         while self.next_dispatch < self.next_sample + self.in_flight {
             let g = self.next_dispatch;
             let index = self.sample_index(g);
-            if let Some(jobs) = &self.jobs {
-                // Cannot fail while the workers hold the receiver; a dead pool shows up
-                // as a disconnected result channel in `next_batch`.
-                let _ = jobs.send((g, index));
-            }
+            self.pool.submit(g, index);
             self.next_dispatch += 1;
-        }
-    }
-
-    fn take(&mut self, g: u64) -> Result<Prepared, DataError> {
-        loop {
-            if let Some(r) = self.pending.remove(&g) {
-                return r;
-            }
-            let start = Instant::now();
-            let got = self.results.recv();
-            self.waited += start.elapsed();
-            match got {
-                Ok((k, r)) => {
-                    self.pending.insert(k, r);
-                }
-                Err(_) => {
-                    return Err(DataError::Worker {
-                        reason: "all data workers exited".into(),
-                    })
-                }
-            }
         }
     }
 
@@ -337,29 +282,18 @@ impl TrainLoader {
         let mut names = Vec::with_capacity(b);
         for _ in 0..b {
             let g = self.next_sample;
-            let sample = self.take(g)?;
+            let sample = self.pool.take(g)?;
             self.next_sample += 1;
             self.fill_queue();
             images.extend_from_slice(&sample.image);
             labels.extend(sample.label.iter().map(|&v| v as i64));
             names.push(sample.name);
         }
-        let terr = |what: &str| {
-            let what = what.to_string();
-            move |e: tch::TchError| DataError::Tensor {
-                what,
-                reason: e.to_string(),
-            }
-        };
         let (bi, ci) = (b as i64, c as i64);
-        let images = Tensor::f_from_slice(&images)
-            .and_then(|t| t.f_view([bi, 3, ci, ci]))
-            .map_err(terr("batch images"))?;
+        let images = tensor(&images, &[bi, 3, ci, ci], "batch images")?;
         // Built as i64 here (a plain copy into libtorch): no tensor op runs on this thread,
         // so libtorch's worker pool never competes with the decoders.
-        let labels = Tensor::f_from_slice(&labels)
-            .and_then(|t| t.f_view([bi, ci, ci]))
-            .map_err(terr("batch labels"))?;
+        let labels = tensor(&labels, &[bi, ci, ci], "batch labels")?;
         Ok(Batch {
             images,
             labels,
@@ -384,16 +318,6 @@ impl TrainLoader {
 
     /// Total time `next_batch` has spent waiting for the workers (0 when decoding keeps up).
     pub fn wait_time(&self) -> Duration {
-        self.waited
-    }
-}
-
-impl Drop for TrainLoader {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        self.pool.waited()
     }
 }

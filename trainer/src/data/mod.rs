@@ -1,22 +1,24 @@
 //! Dataset loaders (GTA5, SYNTHIA RAND-CITYSCAPES, Cityscapes) and the prefetching batch
 //! pipeline that feeds paper Algorithm 1: source batches (x_s, y_s) and target batches x_t.
 //!
-//! The on-disk layouts, resize sizes and label maps are those of the implementation notes
-//! ("Data"): GTA5 `images/` + `labels/` (Cityscapes labelIds) resized to 1280x720, SYNTHIA
+//! The on-disk layouts are the datasets' own releases; resize sizes and crops follow the
+//! paper (Section 4, the DACS protocol): GTA5 `images/` + `labels/` (Cityscapes labelIds) resized to 1280x720, SYNTHIA
 //! `RGB/` + 16-bit `GT/LABELS/` resized to 1280x760, Cityscapes `leftImg8bit/` + `gtFine/`
 //! resized to 1024x512; random square crops (paper: 512). Unknown ids map to 255.
 //!
-//! - [`layout`]: finding image/label pairs in a dataset folder.
-//! - [`decode`]: PNG decoding and label-id -> trainId mapping.
-//! - [`augment`]: resizing and deterministic random cropping.
-//! - [`loader`]: the infinite, deterministic, multi-threaded [`TrainLoader`].
-//! - [`val`]: the fixed-order validation set [`ValSet`].
+//! - `layout`: finding image/label pairs in a dataset folder.
+//! - `decode`: PNG decoding and label-id -> trainId mapping.
+//! - `augment`: resizing and deterministic random cropping.
+//! - `loader`: the infinite, deterministic, multi-threaded [`TrainLoader`].
+//! - `val`: the fixed-order validation set [`ValSet`].
+//! - `ahead`: the worker threads both decode on, delivering in order.
 
-pub mod augment;
-pub mod decode;
-pub mod layout;
-pub mod loader;
-pub mod val;
+mod ahead;
+pub(crate) mod augment;
+pub(crate) mod decode;
+pub(crate) mod layout;
+pub(crate) mod loader;
+pub(crate) mod val;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -47,7 +49,7 @@ impl DatasetKind {
         }
     }
 
-    /// The paper's training resize (W, H) for this dataset (implementation notes, "Data"):
+    /// The paper's training resize (W, H) for this dataset (Section 4, the DACS protocol):
     /// GTA5 1280x720, SYNTHIA 1280x760, Cityscapes 1024x512.
     pub fn paper_size(self) -> (u32, u32) {
         match self {
@@ -86,6 +88,13 @@ pub struct DatasetSpec {
     pub kind: DatasetKind,
     /// The dataset's root folder.
     pub root: PathBuf,
+}
+
+impl DatasetSpec {
+    /// Whether this is SYNTHIA, whose runs are also scored on its 16 and 13 classes.
+    pub fn is_synthia(&self) -> bool {
+        matches!(self.kind, DatasetKind::Synthia)
+    }
 }
 
 impl FromStr for DatasetSpec {
@@ -160,7 +169,7 @@ impl Split {
 pub struct LoaderConfig {
     /// (W, H) every image (bicubic for source datasets, bilinear for Cityscapes) and label
     /// (nearest) is resized to before cropping. Default `None` = the dataset's paper size:
-    /// GTA5 1280x720, SYNTHIA 1280x760, Cityscapes 1024x512 (paper and notes, "Data").
+    /// GTA5 1280x720, SYNTHIA 1280x760, Cityscapes 1024x512 (paper Section 4).
     pub resize: Option<(u32, u32)>,
     /// Side of the square random crop. Default 512 (paper: 512). When the resized image is
     /// smaller than the crop, it is padded at the bottom/right (image 0, label 255).
@@ -191,6 +200,20 @@ impl Default for LoaderConfig {
             split: Split::Train,
         }
     }
+}
+
+/// A tensor of `shape` holding `data`; `what` names it in the error.
+pub(crate) fn tensor<T: tch::kind::Element>(
+    data: &[T],
+    shape: &[i64],
+    what: impl Into<String>,
+) -> Result<tch::Tensor, DataError> {
+    tch::Tensor::f_from_slice(data)
+        .and_then(|t| t.f_view(shape))
+        .map_err(|e| DataError::Tensor {
+            what: what.into(),
+            reason: e.to_string(),
+        })
 }
 
 /// Errors of the data pipeline; each names the path and how to fix it.

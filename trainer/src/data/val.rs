@@ -1,6 +1,6 @@
 //! The validation set: a whole split in fixed (sorted) order, uncropped, for the mIoU of
-//! the teacher (paper Section 4 / Algorithm 1 output). Cityscapes follows the DACS protocol
-//! of the implementation notes: `val` split, image resized (bilinear) to 1024x512 and the
+//! the teacher (paper Section 4 / Algorithm 1 output). Cityscapes follows the DACS protocol:
+//! `val` split, image resized (bilinear) to 1024x512 and the
 //! label NEAREST-resized to the same size. GTA5 / SYNTHIA use every image, at its own size
 //! unless a resize is given (bicubic image, nearest label).
 //!
@@ -8,21 +8,17 @@
 //! yielded as an `Err` naming the file (validation never silently drops data); the caller
 //! decides whether to skip it.
 
-use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
 use image::imageops::FilterType;
 use tch::Tensor;
 
-use super::augment::{resize_nearest, resize_rgb, to_chw};
-use super::decode::{decode_label, decode_rgb};
+use super::ahead::{Ahead, Names};
+use super::augment::{resize_rgb, to_chw};
+use super::decode::{decode_label_resized, decode_rgb};
 use super::layout::{discover, Pair};
 use super::loader::filter_for;
-use super::{DataError, DatasetKind, DatasetSpec, Split};
+use super::{tensor, DataError, DatasetKind, DatasetSpec, Split};
 
 /// One validation image with its label.
 #[derive(Debug)]
@@ -70,14 +66,7 @@ impl ValShared {
             path: pair.image.clone(),
             reason: "no label for this validation image".into(),
         })?;
-        let map = decode_label(label_path, self.kind)?;
-        if map.width == 0 || map.height == 0 {
-            return Err(DataError::Decode {
-                path: label_path.clone(),
-                reason: "empty label image".into(),
-            });
-        }
-        let label = resize_nearest(&map.ids, map.width, map.height, size.0, size.1);
+        let label = decode_label_resized(label_path, self.kind, size)?;
         Ok(Decoded {
             image: to_chw(&img),
             label,
@@ -144,66 +133,36 @@ impl ValSet {
     }
 }
 
-type Outcome = (usize, Result<Decoded, DataError>);
-
 struct ValIter {
     shared: Arc<ValShared>,
-    jobs: Option<Sender<usize>>,
-    results: Receiver<Outcome>,
-    pending: HashMap<usize, Result<Decoded, DataError>>,
+    pool: Ahead<Decoded>,
     next: usize,
     dispatched: usize,
     ahead: usize,
-    workers: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
 }
 
 impl ValIter {
     fn new(shared: Arc<ValShared>) -> ValIter {
-        let stop = Arc::new(AtomicBool::new(false));
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .min(shared.pairs.len().max(1));
-        let (job_tx, job_rx) = crossbeam_channel::unbounded::<usize>();
-        let (res_tx, res_rx) = crossbeam_channel::unbounded::<Outcome>();
-        let mut workers = Vec::new();
-        for i in 0..threads {
-            let (s, jobs, results) = (shared.clone(), job_rx.clone(), res_tx.clone());
-            let stop = stop.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("rccr-val-{i}"))
-                .spawn(move || {
-                    while let Ok(k) = jobs.recv() {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let out = std::panic::catch_unwind(AssertUnwindSafe(|| s.decode(k)))
-                            .unwrap_or_else(|_| {
-                                Err(DataError::Worker {
-                                    reason: format!("panic while decoding validation sample {k}"),
-                                })
-                            });
-                        if results.send((k, out)).is_err() {
-                            break;
-                        }
-                    }
-                });
-            match spawned {
-                Ok(h) => workers.push(h),
-                Err(e) => tracing::warn!(error = %e, "cannot start a validation worker"),
-            }
+        let names = Names {
+            thread: "rccr-val",
+            job: "decoding validation sample",
+            pool: "validation",
+        };
+        let s = shared.clone();
+        let (pool, failed) = Ahead::start(names, threads, move |k, _| s.decode(k as usize));
+        for e in failed {
+            tracing::warn!(error = %e, "cannot start a validation worker");
         }
         let mut it = ValIter {
             shared,
-            jobs: Some(job_tx),
-            results: res_rx,
-            pending: HashMap::new(),
+            pool,
             next: 0,
             dispatched: 0,
             ahead: 2 * threads.max(1),
-            workers,
-            stop,
         };
         it.fill();
         it
@@ -212,32 +171,16 @@ impl ValIter {
     fn fill(&mut self) {
         let n = self.shared.pairs.len();
         while self.dispatched < n && self.dispatched < self.next + self.ahead {
-            if let Some(jobs) = &self.jobs {
-                let _ = jobs.send(self.dispatched);
-            }
+            self.pool.submit(self.dispatched as u64, 0);
             self.dispatched += 1;
         }
     }
 
     fn take(&mut self, i: usize) -> Result<Decoded, DataError> {
-        if self.workers.is_empty() {
+        if !self.pool.has_workers() {
             return self.shared.decode(i);
         }
-        loop {
-            if let Some(r) = self.pending.remove(&i) {
-                return r;
-            }
-            match self.results.recv() {
-                Ok((k, r)) => {
-                    self.pending.insert(k, r);
-                }
-                Err(_) => {
-                    return Err(DataError::Worker {
-                        reason: "all validation workers exited".into(),
-                    })
-                }
-            }
-        }
+        self.pool.take(i as u64)
     }
 }
 
@@ -254,12 +197,8 @@ impl Iterator for ValIter {
         self.fill();
         Some(decoded.and_then(|d| {
             let (h, w) = (d.height as i64, d.width as i64);
-            let image = Tensor::f_from_slice(&d.image)
-                .and_then(|t| t.f_view([1, 3, h, w]))
-                .map_err(|e| DataError::Tensor {
-                    what: format!("validation image {}", d.name),
-                    reason: e.to_string(),
-                })?;
+            let what = format!("validation image {}", d.name);
+            let image = tensor(&d.image, &[1, 3, h, w], what)?;
             Ok(ValSample {
                 image,
                 label: d.label,
@@ -273,15 +212,5 @@ impl Iterator for ValIter {
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self.shared.pairs.len() - self.next;
         (left, Some(left))
-    }
-}
-
-impl Drop for ValIter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
     }
 }

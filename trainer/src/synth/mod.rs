@@ -1,7 +1,8 @@
-//! The built-in synthetic "game -> real" street-scene benchmark (issue 4), a stand-in for
-//! GTA5 -> Cityscapes (paper Section 4) that runs on a laptop CPU: procedural scenes
-//! ([`scene`]) rasterised into label canvases ([`raster`]) and rendered in two domains
-//! ([`style`]), written in the real on-disk layouts so the real loaders read them:
+//! The built-in synthetic "game -> real" street-scene benchmark (README, "Synthetic
+//! benchmark and measured results"), a stand-in for GTA5 -> Cityscapes (paper Section 4)
+//! that runs on a laptop CPU: procedural scenes (`scene`) rasterised into label canvases
+//! (`raster`) and rendered in two domains (`style`), written in the real on-disk
+//! layouts so the real loaders read them:
 //!
 //! - `DIR/gta5/{images,labels}/NNNNN.png`: source train ("game": flat colours), labels as
 //!   paletted labelId PNGs like the real GTA5 release;
@@ -13,9 +14,9 @@
 //! Every image is a function of (seed, set, index) only, so the same seed gives the same
 //! bytes whatever the thread count. Files are written to a temporary name and renamed.
 
-pub mod raster;
-pub mod scene;
-pub mod style;
+pub(crate) mod raster;
+pub(crate) mod scene;
+pub(crate) mod style;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use rayon::prelude::*;
+use rccr_infer::imageio::PngColor;
 use rccr_infer::taxonomy::{train_to_label, CLASSES, NUM_CLASSES};
 
 use crate::data::augment::rng_for;
@@ -45,9 +47,8 @@ impl FromStr for ImageSize {
         let bad = || SynthError::BadSize {
             text: s.to_string(),
         };
-        let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-        let width: u32 = w.trim().parse().map_err(|_| bad())?;
-        let height: u32 = h.trim().parse().map_err(|_| bad())?;
+        let size: rccr_infer::Size = s.parse().map_err(|_| bad())?;
+        let (width, height) = size.pair();
         if !(32..=8192).contains(&width) || !(32..=8192).contains(&height) {
             return Err(bad());
         }
@@ -205,6 +206,22 @@ enum Set {
 }
 
 impl Set {
+    /// The sets in the order they are generated.
+    const ALL: [Set; 4] = [
+        Set::SourceTrain,
+        Set::SourceVal,
+        Set::TargetTrain,
+        Set::TargetVal,
+    ];
+
+    /// How many images of this set `args` asks for.
+    fn count(self, args: &SynthArgs) -> usize {
+        match self {
+            Set::SourceTrain | Set::TargetTrain => args.count,
+            Set::SourceVal | Set::TargetVal => args.val_count,
+        }
+    }
+
     fn domain(self) -> Domain {
         match self {
             Set::SourceTrain | Set::SourceVal => Domain::Source,
@@ -222,9 +239,9 @@ impl Set {
 }
 
 /// Made-up city names of the target domain's train and val splits.
-pub const TRAIN_CITIES: [&str; 3] = ["arkham", "brisbury", "coldharbour"];
+pub(crate) const TRAIN_CITIES: [&str; 3] = ["arkham", "brisbury", "coldharbour"];
 /// Made-up city names of the target's val split.
-pub const VAL_CITIES: [&str; 2] = ["dunwich", "eastmarch"];
+pub(crate) const VAL_CITIES: [&str; 2] = ["dunwich", "eastmarch"];
 
 /// The (image, label) paths of sample `i` of `set` under `out`.
 fn paths(out: &Path, set: Set, i: usize) -> (PathBuf, PathBuf) {
@@ -271,51 +288,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename
+/// ([`rccr_infer::files::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        SynthError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })
+    rccr_infer::files::write_atomic(path, bytes).map_err(io(path))
 }
 
-/// PNG bytes of an 8-bit image with `color` (grey, RGB or paletted with `palette`).
+/// PNG bytes of an 8-bit image ([`rccr_infer::imageio::encode_png`]), naming `path` in
+/// the error.
 fn encode_png(
     path: &Path,
     data: &[u8],
-    width: u32,
-    height: u32,
-    color: png::ColorType,
-    palette: Option<&[u8]>,
+    size: ImageSize,
+    color: PngColor,
 ) -> Result<Vec<u8>, SynthError> {
-    let enc_err = |e: png::EncodingError| SynthError::Encode {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut bytes = Vec::with_capacity(data.len() / 2);
-    {
-        let mut enc = png::Encoder::new(&mut bytes, width, height);
-        enc.set_color(color);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_compression(png::Compression::Fast);
-        if let Some(p) = palette {
-            enc.set_palette(p.to_vec());
+    rccr_infer::imageio::encode_png(size.width, size.height, color, data).map_err(|e| {
+        SynthError::Encode {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
         }
-        let mut writer = enc.write_header().map_err(enc_err)?;
-        writer.write_image_data(data).map_err(enc_err)?;
-        writer.finish().map_err(enc_err)?;
-    }
-    Ok(bytes)
+    })
 }
 
 /// The GTA5-style palette: index = labelId, colour = the Cityscapes colour of its class.
@@ -326,6 +318,21 @@ fn label_palette() -> Vec<u8> {
         pal[i..i + 3].copy_from_slice(&c.color);
     }
     pal
+}
+
+/// The labelIds of a canvas of trainIds, and the histogram of its trainIds.
+fn label_ids(train_ids: &[u8]) -> (Vec<u8>, [u64; NUM_CLASSES]) {
+    let mut hist = [0u64; NUM_CLASSES];
+    let labels = train_ids
+        .iter()
+        .map(|&t| {
+            if let Some(slot) = hist.get_mut(t as usize) {
+                *slot += 1;
+            }
+            train_to_label(t).unwrap_or(0)
+        })
+        .collect();
+    (labels, hist)
 }
 
 /// Generates, writes and returns the class histogram of one sample.
@@ -341,38 +348,15 @@ fn generate_one(
     let canvas = scene.draw(w, h);
     let image_seed = crate::data::augment::mix(args.seed, set.tag() ^ 0xC0_1005, i as u64);
     let rgb = render(&canvas, scene.cam.hy, set.domain(), args.shift, image_seed);
-    let mut hist = [0u64; NUM_CLASSES];
-    let labels: Vec<u8> = canvas
-        .class
-        .iter()
-        .map(|&t| {
-            if let Some(slot) = hist.get_mut(t as usize) {
-                *slot += 1;
-            }
-            train_to_label(t).unwrap_or(0)
-        })
-        .collect();
+    let (labels, hist) = label_ids(&canvas.class);
     let (image_path, label_path) = paths(&args.out, set, i);
-    let (wu, hu) = (args.size.width, args.size.height);
-    let img = encode_png(&image_path, &rgb, wu, hu, png::ColorType::Rgb, None)?;
-    let lbl = match set.domain() {
-        Domain::Source => encode_png(
-            &label_path,
-            &labels,
-            wu,
-            hu,
-            png::ColorType::Indexed,
-            Some(palette),
-        )?,
-        Domain::Target => encode_png(
-            &label_path,
-            &labels,
-            wu,
-            hu,
-            png::ColorType::Grayscale,
-            None,
-        )?,
+    let img = encode_png(&image_path, &rgb, args.size, PngColor::Rgb)?;
+    // GTA5 ships paletted labels, Cityscapes greyscale ones.
+    let label_color = match set.domain() {
+        Domain::Source => PngColor::Indexed(palette),
+        Domain::Target => PngColor::Gray,
     };
+    let lbl = encode_png(&label_path, &labels, args.size, label_color)?;
     write_atomic(&image_path, &img)?;
     write_atomic(&label_path, &lbl)?;
     Ok(hist)
@@ -422,9 +406,9 @@ fn class_names_present(hist: &[u64; NUM_CLASSES]) -> Vec<String> {
         .collect()
 }
 
-/// Generates the benchmark described in the module doc; returns (and writes as
-/// `DIR/synth.json`) the report.
-pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
+/// Refuses arguments that cannot work: no training images, or a shift that is negative
+/// or not finite.
+fn check_args(args: &SynthArgs) -> Result<(), SynthError> {
     if args.count == 0 {
         return Err(SynthError::BadArgs {
             reason: "--count must be at least 1".into(),
@@ -435,28 +419,23 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
             reason: format!("--shift {} must be a finite number >= 0", args.shift),
         });
     }
-    let start = Instant::now();
-    std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
-    prepare_out(&args.out)?;
-    // The marker goes first, so that an interrupted run can be overwritten by the next one.
-    let marker = args.out.join("synth.json");
-    let pending = serde_json::json!({ "args": args, "report": null }).to_string();
-    write_atomic(&marker, pending.as_bytes())?;
-    let mut jobs = Vec::new();
-    for (set, n) in [
-        (Set::SourceTrain, args.count),
-        (Set::SourceVal, args.val_count),
-        (Set::TargetTrain, args.count),
-        (Set::TargetVal, args.val_count),
-    ] {
-        for i in 0..n {
-            jobs.push((set, i));
-        }
-    }
+    Ok(())
+}
+
+/// Every (set, index) to generate, in the order of [`Set::ALL`].
+fn jobs(args: &SynthArgs) -> Vec<(Set, usize)> {
+    Set::ALL
+        .into_iter()
+        .flat_map(|set| (0..set.count(args)).map(move |i| (set, i)))
+        .collect()
+}
+
+/// Creates every folder the `jobs` write into.
+fn create_folders(out: &Path, jobs: &[(Set, usize)]) -> Result<(), SynthError> {
     let mut dirs: Vec<PathBuf> = jobs
         .iter()
         .flat_map(|&(set, i)| {
-            let (a, b) = paths(&args.out, set, i);
+            let (a, b) = paths(out, set, i);
             [a, b]
         })
         .filter_map(|p| p.parent().map(Path::to_path_buf))
@@ -466,6 +445,15 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
     for d in &dirs {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
+    Ok(())
+}
+
+/// Generates every job on the rayon pool behind a progress bar; returns the class
+/// histograms of the source and of the target images.
+fn generate_all(
+    args: &SynthArgs,
+    jobs: &[(Set, usize)],
+) -> Result<[[u64; NUM_CLASSES]; 2], SynthError> {
     let palette = label_palette();
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
     bar.set_style(
@@ -483,20 +471,24 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
         })
         .collect::<Result<_, SynthError>>()?;
     bar.finish_and_clear();
-    let (mut src, mut tgt) = ([0u64; NUM_CLASSES], [0u64; NUM_CLASSES]);
+    let mut by_domain = [[0u64; NUM_CLASSES]; 2];
     for (set, hist) in &results {
-        let acc = if set.domain() == Domain::Source {
-            &mut src
-        } else {
-            &mut tgt
-        };
+        let acc = &mut by_domain[usize::from(set.domain() == Domain::Target)];
         for (a, h) in acc.iter_mut().zip(hist) {
             *a += h;
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let images = jobs.len();
-    let report = SynthReport {
+    Ok(by_domain)
+}
+
+/// The report of a finished run that took `seconds` for `images` pairs.
+fn report(
+    args: &SynthArgs,
+    [src, tgt]: &[[u64; NUM_CLASSES]; 2],
+    images: usize,
+    seconds: f64,
+) -> SynthReport {
+    SynthReport {
         out: args.out.clone(),
         seed: args.seed,
         size: args.size,
@@ -510,11 +502,30 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
         target_spec: format!("cityscapes:{}", args.out.join("cityscapes").display()),
         seconds,
         images_per_second: images as f64 / seconds.max(1e-9),
-        source_class_fraction: class_fraction(&src),
-        target_class_fraction: class_fraction(&tgt),
-        source_classes: class_names_present(&src),
-        target_classes: class_names_present(&tgt),
-    };
+        source_class_fraction: class_fraction(src),
+        target_class_fraction: class_fraction(tgt),
+        source_classes: class_names_present(src),
+        target_classes: class_names_present(tgt),
+    }
+}
+
+/// Generates the benchmark described in the module doc; returns (and writes as
+/// `DIR/synth.json`) the report.
+pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
+    check_args(args)?;
+    let start = Instant::now();
+    std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
+    prepare_out(&args.out)?;
+    // The marker goes first, so that an interrupted run can be overwritten by the next one.
+    let marker = args.out.join("synth.json");
+    let pending = serde_json::json!({ "args": args, "report": null }).to_string();
+    write_atomic(&marker, pending.as_bytes())?;
+    let jobs = jobs(args);
+    create_folders(&args.out, &jobs)?;
+    let histograms = generate_all(args, &jobs)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let images = jobs.len();
+    let report = report(args, &histograms, images, seconds);
     let json = serde_json::json!({ "args": args, "report": &report });
     let text = serde_json::to_string_pretty(&json).map_err(|e| SynthError::Encode {
         path: marker.clone(),

@@ -2,47 +2,47 @@
 //! ellipses, rings, convex polygons, thick segments). Each pixel holds a trainId, a
 //! "tone" (which part of an object it is: base, dark part, accent, ...) and an instance
 //! number; both domains render colours from this same canvas, so their geometry is
-//! identical in distribution (issue 4). Shapes are drawn back to front (painter's order)
+//! identical in distribution. Shapes are drawn back to front (painter's order)
 //! with hard edges, so labels and pixels always agree.
 
 /// Tone of a pixel: the base colour of its class.
-pub const TONE_BASE: u8 = 0;
+pub(crate) const TONE_BASE: u8 = 0;
 /// Tone: a dark part (windows, wheels, legs, curbs).
-pub const TONE_DARK: u8 = 1;
+pub(crate) const TONE_DARK: u8 = 1;
 /// Tone: an accent (road markings, skin, sign rims, lit lamps).
-pub const TONE_ACCENT: u8 = 2;
+pub(crate) const TONE_ACCENT: u8 = 2;
 /// Tone: a second accent (the other lamps of a traffic light).
-pub const TONE_ACCENT2: u8 = 3;
+pub(crate) const TONE_ACCENT2: u8 = 3;
 
 /// The label canvas: trainIds, tones and instance numbers, row-major.
 #[derive(Debug, Clone)]
-pub struct Canvas {
+pub(crate) struct Canvas {
     /// Width in pixels.
-    pub width: usize,
+    pub(crate) width: usize,
     /// Height in pixels.
-    pub height: usize,
+    pub(crate) height: usize,
     /// trainId per pixel.
-    pub class: Vec<u8>,
+    pub(crate) class: Vec<u8>,
     /// Tone per pixel (`TONE_*`).
-    pub tone: Vec<u8>,
+    pub(crate) tone: Vec<u8>,
     /// Instance number per pixel (0 = stuff).
-    pub inst: Vec<u16>,
+    pub(crate) inst: Vec<u16>,
 }
 
 /// What to paint: class, tone, instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Paint {
+pub(crate) struct Paint {
     /// trainId.
-    pub class: u8,
+    pub(crate) class: u8,
     /// Tone.
-    pub tone: u8,
+    pub(crate) tone: u8,
     /// Instance number.
-    pub inst: u16,
+    pub(crate) inst: u16,
 }
 
 impl Paint {
     /// A paint of `class` with the base tone.
-    pub fn new(class: u8, inst: u16) -> Paint {
+    pub(crate) fn new(class: u8, inst: u16) -> Paint {
         Paint {
             class,
             tone: TONE_BASE,
@@ -51,14 +51,14 @@ impl Paint {
     }
 
     /// The same paint with another tone.
-    pub fn tone(self, tone: u8) -> Paint {
+    pub(crate) fn tone(self, tone: u8) -> Paint {
         Paint { tone, ..self }
     }
 }
 
 impl Canvas {
     /// A canvas filled with `fill`.
-    pub fn new(width: usize, height: usize, fill: Paint) -> Canvas {
+    pub(crate) fn new(width: usize, height: usize, fill: Paint) -> Canvas {
         let n = width * height;
         Canvas {
             width,
@@ -71,7 +71,7 @@ impl Canvas {
 
     /// Paints pixel (x, y) (no bounds check beyond the debug assertion).
     #[inline]
-    pub fn put(&mut self, x: usize, y: usize, p: Paint) {
+    pub(crate) fn put(&mut self, x: usize, y: usize, p: Paint) {
         debug_assert!(x < self.width && y < self.height);
         let i = y * self.width + x;
         self.class[i] = p.class;
@@ -80,7 +80,7 @@ impl Canvas {
     }
 
     /// Paints the pixels of row `y` whose centres lie in [x0, x1).
-    pub fn span(&mut self, y: i64, x0: f32, x1: f32, p: Paint) {
+    pub(crate) fn span(&mut self, y: i64, x0: f32, x1: f32, p: Paint) {
         if y < 0 || y >= self.height as i64 {
             return;
         }
@@ -104,7 +104,7 @@ impl Canvas {
     }
 
     /// Axis-aligned rectangle [x0, x1) x [y0, y1), at least one pixel wide and tall.
-    pub fn rect(&mut self, x0: f32, y0: f32, x1: f32, y1: f32, p: Paint) {
+    pub(crate) fn rect(&mut self, x0: f32, y0: f32, x1: f32, y1: f32, p: Paint) {
         let (x0, x1) = widen(x0, x1);
         let (y0, y1) = widen(y0, y1);
         for y in self.rows(y0, y1) {
@@ -113,42 +113,47 @@ impl Canvas {
     }
 
     /// Filled ellipse with centre (cx, cy) and radii (rx, ry) (at least half a pixel).
-    pub fn ellipse(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, p: Paint) {
-        let (rx, ry) = (rx.max(0.5), ry.max(0.5));
-        for y in self.rows(cy - ry, cy + ry) {
-            let dy = (y as f32 + 0.5 - cy) / ry;
-            let h = 1.0 - dy * dy;
-            if h <= 0.0 {
-                continue;
-            }
-            let dx = rx * h.sqrt();
-            self.span(y, cx - dx, cx + dx, p);
-        }
+    pub(crate) fn ellipse(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, p: Paint) {
+        self.ellipse_rows(cy, rx, ry, |c, y, _, dx| c.span(y, cx - dx, cx + dx, p));
     }
 
     /// Elliptic ring: between the ellipse (rx, ry) and the one scaled by `inner` (0..1).
-    pub fn ring(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, inner: f32, p: Paint) {
+    pub(crate) fn ring(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, inner: f32, p: Paint) {
+        let rx = rx.max(0.5);
+        self.ellipse_rows(cy, rx, ry, |c, y, dy, outer| {
+            let hi = inner * inner - dy * dy;
+            if hi <= 0.0 || outer - rx * hi.sqrt() < 1.0 {
+                c.span(y, cx - outer, cx + outer, p);
+            } else {
+                let inn = rx * hi.sqrt();
+                c.span(y, cx - outer, cx - inn, p);
+                c.span(y, cx + inn, cx + outer, p);
+            }
+        });
+    }
+
+    /// Calls `row(canvas, y, dy, half_width)` for each row `y` an ellipse centred on row
+    /// `cy` with radii (rx, ry) (each at least half a pixel) covers; `dy` is the row's
+    /// offset from the centre in radii.
+    fn ellipse_rows(
+        &mut self,
+        cy: f32,
+        rx: f32,
+        ry: f32,
+        mut row: impl FnMut(&mut Self, i64, f32, f32),
+    ) {
         let (rx, ry) = (rx.max(0.5), ry.max(0.5));
         for y in self.rows(cy - ry, cy + ry) {
             let dy = (y as f32 + 0.5 - cy) / ry;
             let h = 1.0 - dy * dy;
-            if h <= 0.0 {
-                continue;
-            }
-            let outer = rx * h.sqrt();
-            let hi = inner * inner - dy * dy;
-            if hi <= 0.0 || outer - rx * hi.sqrt() < 1.0 {
-                self.span(y, cx - outer, cx + outer, p);
-            } else {
-                let inn = rx * hi.sqrt();
-                self.span(y, cx - outer, cx - inn, p);
-                self.span(y, cx + inn, cx + outer, p);
+            if h > 0.0 {
+                row(self, y, dy, rx * h.sqrt());
             }
         }
     }
 
     /// Filled convex polygon (vertices in order, either orientation).
-    pub fn polygon(&mut self, pts: &[(f32, f32)], p: Paint) {
+    pub(crate) fn polygon(&mut self, pts: &[(f32, f32)], p: Paint) {
         if pts.len() < 3 {
             return;
         }
@@ -175,7 +180,7 @@ impl Canvas {
     }
 
     /// A segment from a to b drawn `width` pixels thick (at least 1).
-    pub fn segment(&mut self, a: (f32, f32), b: (f32, f32), width: f32, p: Paint) {
+    pub(crate) fn segment(&mut self, a: (f32, f32), b: (f32, f32), width: f32, p: Paint) {
         let (dx, dy) = (b.0 - a.0, b.1 - a.1);
         let len = (dx * dx + dy * dy).sqrt().max(1e-3);
         let w = width.max(1.2) * 0.5;

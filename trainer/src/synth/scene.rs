@@ -3,7 +3,7 @@
 //! facades of buildings with windows, walls and hedges, a far skyline, sky), populated
 //! with poles carrying traffic signs and lights, trees, fences, cars, trucks, buses,
 //! persons and riders on bicycles or motorcycles. The same sampler (the same layout
-//! statistics) serves both domains of the benchmark (issue 4); only the rendering
+//! statistics) serves both domains of the benchmark; only the rendering
 //! differs. Everything is a function of the RNG, so a seed fixes the scene.
 //!
 //! World units: the camera height is 1 (about 1.5 m); X is lateral (negative = left),
@@ -15,43 +15,43 @@ use rand::Rng;
 use super::raster::{Canvas, Paint, TONE_ACCENT, TONE_ACCENT2, TONE_BASE, TONE_DARK};
 
 /// trainIds of the classes drawn.
-pub mod ids {
+pub(crate) mod ids {
     /// road
-    pub const ROAD: u8 = 0;
+    pub(crate) const ROAD: u8 = 0;
     /// sidewalk
-    pub const SIDEWALK: u8 = 1;
+    pub(crate) const SIDEWALK: u8 = 1;
     /// building
-    pub const BUILDING: u8 = 2;
+    pub(crate) const BUILDING: u8 = 2;
     /// wall
-    pub const WALL: u8 = 3;
+    pub(crate) const WALL: u8 = 3;
     /// fence
-    pub const FENCE: u8 = 4;
+    pub(crate) const FENCE: u8 = 4;
     /// pole
-    pub const POLE: u8 = 5;
+    pub(crate) const POLE: u8 = 5;
     /// traffic light
-    pub const LIGHT: u8 = 6;
+    pub(crate) const LIGHT: u8 = 6;
     /// traffic sign
-    pub const SIGN: u8 = 7;
+    pub(crate) const SIGN: u8 = 7;
     /// vegetation
-    pub const VEGETATION: u8 = 8;
+    pub(crate) const VEGETATION: u8 = 8;
     /// terrain
-    pub const TERRAIN: u8 = 9;
+    pub(crate) const TERRAIN: u8 = 9;
     /// sky
-    pub const SKY: u8 = 10;
+    pub(crate) const SKY: u8 = 10;
     /// person
-    pub const PERSON: u8 = 11;
+    pub(crate) const PERSON: u8 = 11;
     /// rider
-    pub const RIDER: u8 = 12;
+    pub(crate) const RIDER: u8 = 12;
     /// car
-    pub const CAR: u8 = 13;
+    pub(crate) const CAR: u8 = 13;
     /// truck
-    pub const TRUCK: u8 = 14;
+    pub(crate) const TRUCK: u8 = 14;
     /// bus
-    pub const BUS: u8 = 15;
+    pub(crate) const BUS: u8 = 15;
     /// motorcycle
-    pub const MOTORCYCLE: u8 = 17;
+    pub(crate) const MOTORCYCLE: u8 = 17;
     /// bicycle
-    pub const BICYCLE: u8 = 18;
+    pub(crate) const BICYCLE: u8 = 18;
 }
 use ids::*;
 
@@ -60,30 +60,28 @@ const FAR: f32 = 120.0;
 
 /// The pinhole camera of a scene.
 #[derive(Debug, Clone, Copy)]
-pub struct Camera {
+pub(crate) struct Camera {
     /// Image width.
-    pub w: f32,
-    /// Image height.
-    pub h: f32,
+    pub(crate) w: f32,
     /// Horizon row.
-    pub hy: f32,
+    pub(crate) hy: f32,
     /// Vanishing-point column.
-    pub vx: f32,
+    pub(crate) vx: f32,
     /// Focal length in pixels.
-    pub f: f32,
+    pub(crate) f: f32,
 }
 
 impl Camera {
     /// Column of lateral position `x` at depth `d`.
-    pub fn px(&self, x: f32, d: f32) -> f32 {
+    pub(crate) fn px(&self, x: f32, d: f32) -> f32 {
         self.vx + x * self.f / d
     }
     /// Row of height `y` at depth `d`.
-    pub fn py(&self, y: f32, d: f32) -> f32 {
+    pub(crate) fn py(&self, y: f32, d: f32) -> f32 {
         self.hy + (1.0 - y) * self.f / d
     }
     /// Pixels per world unit at depth `d`.
-    pub fn s(&self, d: f32) -> f32 {
+    pub(crate) fn s(&self, d: f32) -> f32 {
         self.f / d
     }
 }
@@ -190,9 +188,9 @@ struct Fence {
 
 /// A sampled scene, ready to rasterise.
 #[derive(Debug, Clone)]
-pub struct Scene {
+pub(crate) struct Scene {
     /// The camera.
-    pub cam: Camera,
+    pub(crate) cam: Camera,
     sides: [Side; 2],
     centre_line: Option<f32>,
     skyline: Vec<(f32, f32)>,
@@ -257,54 +255,68 @@ fn sample_side(rng: &mut impl Rng, sign: f32, ids: &mut Instances) -> Side {
     }
 }
 
-impl Scene {
-    /// Samples a scene for a `width x height` image.
-    pub fn sample(rng: &mut impl Rng, width: usize, height: usize) -> Scene {
-        let (w, h) = (width as f32, height as f32);
+impl Camera {
+    /// A camera for a `w x h` image: horizon, vanishing point and focal length drawn at
+    /// random.
+    fn sample(rng: &mut impl Rng, w: f32, h: f32) -> Camera {
         let hy = h * rng.gen_range(0.36..0.48);
-        let cam = Camera {
+        Camera {
             w,
-            h,
             hy,
             vx: w * rng.gen_range(0.38..0.62),
             f: (h - hy) * rng.gen_range(2.0..3.0),
-        };
-        let mut ids = Instances(0);
-        let sides = [
-            sample_side(rng, -1.0, &mut ids),
-            sample_side(rng, 1.0, &mut ids),
-        ];
-        let centre_line = rng
-            .gen_bool(0.7)
-            .then(|| (sides[1].road - sides[0].road) * 0.5 + rng.gen_range(-0.3..0.3));
-        let mut skyline = Vec::new();
-        let mut x = 0.0;
-        while x < w {
-            let bw = rng.gen_range(0.01..0.05) * w;
-            skyline.push((x + bw, rng.gen_range(1.5..14.0)));
-            x += bw;
         }
-        let mut fences = Vec::new();
-        for side in &sides {
-            if rng.gen_bool(0.45) {
-                let d0 = rng.gen_range(2.0..20.0);
-                let x = if side.facade > side.walk + 0.5 {
-                    side.walk + 0.1
-                } else {
-                    side.facade - 0.1
-                };
-                fences.push(Fence {
-                    sign: side.sign,
-                    x,
-                    d0,
-                    d1: d0 + rng.gen_range(5.0..30.0),
-                    inst: ids.next(),
-                });
-            }
+    }
+}
+
+/// The far skyline: (right edge column, height) of blocks spanning the image width.
+fn sample_skyline(rng: &mut impl Rng, w: f32) -> Vec<(f32, f32)> {
+    let mut skyline = Vec::new();
+    let mut x = 0.0;
+    while x < w {
+        let bw = rng.gen_range(0.01..0.05) * w;
+        skyline.push((x + bw, rng.gen_range(1.5..14.0)));
+        x += bw;
+    }
+    skyline
+}
+
+/// At most one fence per side, in front of the facade or of the terrain strip.
+fn sample_fences(rng: &mut impl Rng, sides: &[Side; 2], ids: &mut Instances) -> Vec<Fence> {
+    let mut fences = Vec::new();
+    for side in sides {
+        if rng.gen_bool(0.45) {
+            let d0 = rng.gen_range(2.0..20.0);
+            let x = if side.facade > side.walk + 0.5 {
+                side.walk + 0.1
+            } else {
+                side.facade - 0.1
+            };
+            fences.push(Fence {
+                sign: side.sign,
+                x,
+                d0,
+                d1: d0 + rng.gen_range(5.0..30.0),
+                inst: ids.next(),
+            });
         }
-        let mut objects = Vec::new();
-        let (left, right) = (&sides[0], &sides[1]);
-        // Vehicles on the road.
+    }
+    fences
+}
+
+/// Draws the objects of a street with the sides already sampled.
+struct Populate<'a, R: Rng> {
+    rng: &'a mut R,
+    ids: &'a mut Instances,
+    sides: &'a [Side; 2],
+    out: Vec<Object>,
+}
+
+impl<R: Rng> Populate<'_, R> {
+    /// Cars, trucks and buses on the road.
+    fn vehicles(&mut self) {
+        let [left, right] = self.sides;
+        let rng = &mut *self.rng;
         for _ in 0..rng.gen_range(1..8) {
             let r: f32 = rng.gen();
             let (class, width) = if r < 0.8 {
@@ -315,15 +327,20 @@ impl Scene {
                 (BUS, rng.gen_range(1.7..1.85))
             };
             let x = rng.gen_range(-left.road + 0.5 * width + 0.1..right.road - 0.5 * width - 0.1);
-            objects.push(Object::Vehicle {
+            self.out.push(Object::Vehicle {
                 x,
                 d: rng.gen_range(3.0..50.0),
                 class,
                 width,
-                inst: ids.next(),
+                inst: self.ids.next(),
             });
         }
-        // Pedestrians, mostly on the sidewalks.
+    }
+
+    /// Pedestrians, mostly on the sidewalks.
+    fn pedestrians(&mut self) {
+        let [left, right] = self.sides;
+        let rng = &mut *self.rng;
         for _ in 0..rng.gen_range(0..7) {
             let side = if rng.gen_bool(0.5) { left } else { right };
             let x = if rng.gen_bool(0.15) {
@@ -331,15 +348,20 @@ impl Scene {
             } else {
                 side.sign * rng.gen_range(side.road + 0.3..side.walk - 0.1)
             };
-            objects.push(Object::Person {
+            self.out.push(Object::Person {
                 x,
                 d: rng.gen_range(3.0..35.0),
                 height: rng.gen_range(1.0..1.25),
                 stride: rng.gen_range(0.0..0.25),
-                inst: ids.next(),
+                inst: self.ids.next(),
             });
         }
-        // Riders near the road edges.
+    }
+
+    /// Riders on bicycles or motorcycles near the road edges.
+    fn cyclists(&mut self) {
+        let [left, right] = self.sides;
+        let rng = &mut *self.rng;
         let riders = if rng.gen_bool(0.65) {
             rng.gen_range(1..3)
         } else {
@@ -347,53 +369,101 @@ impl Scene {
         };
         for _ in 0..riders {
             let side = if rng.gen_bool(0.5) { left } else { right };
-            objects.push(Object::Cyclist {
+            self.out.push(Object::Cyclist {
                 x: side.sign * (side.road - rng.gen_range(0.5..1.2)),
                 d: rng.gen_range(3.0..30.0),
                 motor: rng.gen_bool(0.4),
                 facing: if rng.gen_bool(0.5) { 1.0 } else { -1.0 },
-                rider: ids.next(),
-                bike: ids.next(),
+                rider: self.ids.next(),
+                bike: self.ids.next(),
             });
         }
-        // Poles and trees along the sidewalks.
-        for side in [left, right] {
-            for _ in 0..rng.gen_range(1..5) {
-                let r: f32 = rng.gen();
-                let top = if r < 0.35 {
-                    Attachment::Sign(rng.gen_range(0..3))
-                } else if r < 0.65 {
-                    Attachment::Light
-                } else if r < 0.8 {
-                    Attachment::SignAndLight(rng.gen_range(0..3))
-                } else {
-                    Attachment::None
-                };
-                objects.push(Object::Pole {
-                    x: side.sign * (side.road + (side.walk - side.road) * rng.gen_range(0.6..0.9)),
-                    d: rng.gen_range(3.0..40.0),
-                    height: rng.gen_range(3.0..4.5),
-                    toward: -side.sign,
-                    top,
-                    inst: ids.next(),
-                });
-            }
-            for _ in 0..rng.gen_range(0..4) {
-                let x = if side.facade > side.walk + 0.5 {
-                    rng.gen_range(side.walk + 0.3..side.facade - 0.2)
-                } else {
-                    side.walk - rng.gen_range(0.2..0.5)
-                };
-                objects.push(Object::Tree {
-                    x: side.sign * x,
-                    d: rng.gen_range(3.0..45.0),
-                    trunk: rng.gen_range(1.2..2.2),
-                    crown: rng.gen_range(0.6..1.2),
-                    seed: rng.gen(),
-                });
-            }
+    }
+
+    /// Poles along the outer part of one sidewalk.
+    fn poles(&mut self, side: &Side) {
+        let rng = &mut *self.rng;
+        for _ in 0..rng.gen_range(1..5) {
+            let top = sample_attachment(rng);
+            self.out.push(Object::Pole {
+                x: side.sign * (side.road + (side.walk - side.road) * rng.gen_range(0.6..0.9)),
+                d: rng.gen_range(3.0..40.0),
+                height: rng.gen_range(3.0..4.5),
+                toward: -side.sign,
+                top,
+                inst: self.ids.next(),
+            });
         }
-        objects.sort_by(|a, b| b.depth().total_cmp(&a.depth()));
+    }
+
+    /// Trees on the terrain strip of one side, or at the back of its sidewalk.
+    fn trees(&mut self, side: &Side) {
+        let rng = &mut *self.rng;
+        for _ in 0..rng.gen_range(0..4) {
+            let x = if side.facade > side.walk + 0.5 {
+                rng.gen_range(side.walk + 0.3..side.facade - 0.2)
+            } else {
+                side.walk - rng.gen_range(0.2..0.5)
+            };
+            self.out.push(Object::Tree {
+                x: side.sign * x,
+                d: rng.gen_range(3.0..45.0),
+                trunk: rng.gen_range(1.2..2.2),
+                crown: rng.gen_range(0.6..1.2),
+                seed: rng.gen(),
+            });
+        }
+    }
+
+    /// Every object of the street, farthest first (the drawing order).
+    fn all(mut self) -> Vec<Object> {
+        self.vehicles();
+        self.pedestrians();
+        self.cyclists();
+        for side in self.sides {
+            self.poles(side);
+            self.trees(side);
+        }
+        self.out.sort_by(|a, b| b.depth().total_cmp(&a.depth()));
+        self.out
+    }
+}
+
+/// What a pole carries: a sign (35%), a light (30%), both (15%) or a bare arm (20%).
+fn sample_attachment(rng: &mut impl Rng) -> Attachment {
+    let r: f32 = rng.gen();
+    if r < 0.35 {
+        Attachment::Sign(rng.gen_range(0..3))
+    } else if r < 0.65 {
+        Attachment::Light
+    } else if r < 0.8 {
+        Attachment::SignAndLight(rng.gen_range(0..3))
+    } else {
+        Attachment::None
+    }
+}
+
+impl Scene {
+    /// Samples a scene for a `width x height` image.
+    pub(crate) fn sample(rng: &mut impl Rng, width: usize, height: usize) -> Scene {
+        let cam = Camera::sample(rng, width as f32, height as f32);
+        let mut ids = Instances(0);
+        let sides = [
+            sample_side(rng, -1.0, &mut ids),
+            sample_side(rng, 1.0, &mut ids),
+        ];
+        let centre_line = rng
+            .gen_bool(0.7)
+            .then(|| (sides[1].road - sides[0].road) * 0.5 + rng.gen_range(-0.3..0.3));
+        let skyline = sample_skyline(rng, cam.w);
+        let fences = sample_fences(rng, &sides, &mut ids);
+        let objects = Populate {
+            rng,
+            ids: &mut ids,
+            sides: &sides,
+            out: Vec::new(),
+        }
+        .all();
         Scene {
             cam,
             sides,
@@ -405,7 +475,7 @@ impl Scene {
     }
 
     /// Rasterises the scene into a label canvas.
-    pub fn draw(&self, width: usize, height: usize) -> Canvas {
+    pub(crate) fn draw(&self, width: usize, height: usize) -> Canvas {
         let mut c = Canvas::new(width, height, Paint::new(SKY, 0));
         self.draw_skyline(&mut c);
         self.draw_ground(&mut c);
@@ -471,60 +541,58 @@ impl Scene {
     }
 
     fn draw_facades(&self, c: &mut Canvas) {
-        let cam = self.cam;
         for x in 0..c.width {
-            let dx = x as f32 + 0.5 - cam.vx;
-            let side = if dx < 0.0 {
-                &self.sides[0]
-            } else {
-                &self.sides[1]
-            };
-            if dx.abs() < 1e-3 {
-                continue;
+            if let Some((d, seg)) = self.facade_at(x) {
+                self.facade_strip(c, x, d, seg);
             }
-            let d = side.facade * cam.f / dx.abs();
-            if d > FAR {
-                continue;
+        }
+    }
+
+    /// The depth and segment of the facade seen in column `x`, if nearer than [`FAR`].
+    fn facade_at(&self, x: usize) -> Option<(f32, &Segment)> {
+        let cam = self.cam;
+        let dx = x as f32 + 0.5 - cam.vx;
+        let side = if dx < 0.0 {
+            &self.sides[0]
+        } else {
+            &self.sides[1]
+        };
+        if dx.abs() < 1e-3 {
+            return None;
+        }
+        let d = side.facade * cam.f / dx.abs();
+        if d > FAR {
+            return None;
+        }
+        let seg = side.segments.iter().find(|s| d >= s.d0 && d < s.d1)?;
+        Some((d, seg))
+    }
+
+    /// Column `x` of facade segment `seg` at depth `d`: a building with windows, a hedge,
+    /// or a wall in front of a hedge.
+    fn facade_strip(&self, c: &mut Canvas, x: usize, d: f32, seg: &Segment) {
+        let cam = self.cam;
+        let bottom = cam.py(0.0, d);
+        let column = |c: &mut Canvas, top: f32, p: Paint| {
+            c.rect(x as f32, top, x as f32 + 1.0, bottom, p);
+        };
+        let hedge = Paint::new(VEGETATION, seg.inst);
+        match seg.kind {
+            SegKind::Building => {
+                let top = cam.py(seg.height, d);
+                self.facade_column(c, x, top, bottom, d, seg);
             }
-            let Some(seg) = side.segments.iter().find(|s| d >= s.d0 && d < s.d1) else {
-                continue;
-            };
-            let bottom = cam.py(0.0, d);
-            match seg.kind {
-                SegKind::Building => {
-                    let top = cam.py(seg.height, d);
-                    self.facade_column(c, x, top, bottom, d, seg);
-                }
-                SegKind::Vegetation => {
-                    let hgt = seg.height
-                        * (1.0
-                            + 0.12 * (d * 2.3 + seg.phase).sin()
-                            + 0.07 * (d * 5.7 + 2.0 * seg.phase).sin());
-                    c.rect(
-                        x as f32,
-                        cam.py(hgt, d),
-                        x as f32 + 1.0,
-                        bottom,
-                        Paint::new(VEGETATION, seg.inst),
-                    );
-                }
-                SegKind::Wall(hedge) => {
-                    let hgt = hedge * (1.0 + 0.1 * (d * 3.1 + seg.phase).sin());
-                    c.rect(
-                        x as f32,
-                        cam.py(hgt, d),
-                        x as f32 + 1.0,
-                        bottom,
-                        Paint::new(VEGETATION, seg.inst),
-                    );
-                    c.rect(
-                        x as f32,
-                        cam.py(seg.height, d),
-                        x as f32 + 1.0,
-                        bottom,
-                        Paint::new(WALL, seg.inst),
-                    );
-                }
+            SegKind::Vegetation => {
+                let hgt = seg.height
+                    * (1.0
+                        + 0.12 * (d * 2.3 + seg.phase).sin()
+                        + 0.07 * (d * 5.7 + 2.0 * seg.phase).sin());
+                column(c, cam.py(hgt, d), hedge);
+            }
+            SegKind::Wall(hedge_height) => {
+                let hgt = hedge_height * (1.0 + 0.1 * (d * 3.1 + seg.phase).sin());
+                column(c, cam.py(hgt, d), hedge);
+                column(c, cam.py(seg.height, d), Paint::new(WALL, seg.inst));
             }
         }
     }
@@ -617,47 +685,33 @@ impl Scene {
         let (l, r) = (cam.px(x - w / 2.0, d), cam.px(x + w / 2.0, d));
         let u = |fx: f32| cam.px(x + fx * w / 2.0, d);
         let v = |y: f32| cam.py(y, d);
-        // Wheels.
-        let wheel = p.tone(TONE_DARK);
-        c.rect(u(-0.95), v(0.35), u(-0.6), v(0.0), wheel);
-        c.rect(u(0.6), v(0.35), u(0.95), v(0.0), wheel);
+        // A left/right pair of boxes between the fractions `inner` and `outer` of the half
+        // width (wheels, lights).
+        let pair = |c: &mut Canvas, inner: f32, outer: f32, top: f32, bottom: f32, p: Paint| {
+            c.rect(u(-outer), v(top), u(-inner), v(bottom), p);
+            c.rect(u(inner), v(top), u(outer), v(bottom), p);
+        };
+        let uv = |fx: f32, y: f32| (u(fx), v(y));
+        pair(c, 0.6, 0.95, 0.35, 0.0, p.tone(TONE_DARK));
+        let lights = p.tone(TONE_ACCENT);
         match class {
             CAR => {
                 c.rect(l, v(0.72), r, v(0.18), p);
-                c.polygon(
-                    &[
-                        (u(-0.9), v(0.72)),
-                        (u(0.9), v(0.72)),
-                        (u(0.7), v(1.08)),
-                        (u(-0.7), v(1.08)),
-                    ],
-                    p,
-                );
-                c.polygon(
-                    &[
-                        (u(-0.78), v(0.76)),
-                        (u(0.78), v(0.76)),
-                        (u(0.62), v(1.02)),
-                        (u(-0.62), v(1.02)),
-                    ],
-                    p.tone(TONE_DARK),
-                );
+                c.polygon(&trapezoid(&uv, 0.9, 0.72, 0.7, 1.08), p);
+                c.polygon(&trapezoid(&uv, 0.78, 0.76, 0.62, 1.02), p.tone(TONE_DARK));
                 c.rect(l, v(0.26), r, v(0.18), p.tone(TONE_DARK));
-                c.rect(u(-0.95), v(0.65), u(-0.7), v(0.52), p.tone(TONE_ACCENT));
-                c.rect(u(0.7), v(0.65), u(0.95), v(0.52), p.tone(TONE_ACCENT));
+                pair(c, 0.7, 0.95, 0.65, 0.52, lights);
             }
             TRUCK => {
                 c.rect(l, v(2.4), r, v(0.35), p);
                 c.rect(u(-0.03), v(2.3), u(0.03), v(0.45), p.tone(TONE_DARK));
                 c.rect(l, v(0.45), r, v(0.35), p.tone(TONE_DARK));
-                c.rect(u(-0.98), v(0.62), u(-0.82), v(0.5), p.tone(TONE_ACCENT));
-                c.rect(u(0.82), v(0.62), u(0.98), v(0.5), p.tone(TONE_ACCENT));
+                pair(c, 0.82, 0.98, 0.62, 0.5, lights);
             }
             _ => {
                 c.rect(l, v(2.3), r, v(0.25), p);
                 c.rect(u(-0.85), v(2.0), u(0.85), v(1.35), p.tone(TONE_DARK));
-                c.rect(u(-0.96), v(0.7), u(-0.8), v(0.5), p.tone(TONE_ACCENT));
-                c.rect(u(0.8), v(0.7), u(0.96), v(0.5), p.tone(TONE_ACCENT));
+                pair(c, 0.8, 0.96, 0.7, 0.5, lights);
             }
         }
     }
@@ -669,38 +723,19 @@ impl Scene {
         let s = cam.s(d);
         let pt = |fx: f32, y: f32| (cam.px(x + fx, d), cam.py(y * hgt, d));
         let limb = 0.09 * hgt * s;
-        // Legs (dark), arms, torso, head (accent: skin).
-        c.segment(
-            pt(-0.05, 0.48),
-            pt(-0.05 - stride, 0.0),
-            limb * 1.2,
-            p.tone(TONE_DARK),
-        );
-        c.segment(
-            pt(0.05, 0.48),
-            pt(0.05 + stride, 0.0),
-            limb * 1.2,
-            p.tone(TONE_DARK),
-        );
-        c.segment(pt(-0.17, 0.8), pt(-0.2 - stride * 0.5, 0.48), limb, p);
-        c.segment(pt(0.17, 0.8), pt(0.2 + stride * 0.5, 0.48), limb, p);
-        c.polygon(
-            &[
-                pt(-0.17, 0.82),
-                pt(0.17, 0.82),
-                pt(0.13, 0.46),
-                pt(-0.13, 0.46),
-            ],
-            p,
-        );
+        // Legs (dark), arms, torso, head (accent: skin); `k` mirrors left and right.
+        for k in [-1.0, 1.0] {
+            let (hip, foot) = (pt(0.05 * k, 0.48), pt((0.05 + stride) * k, 0.0));
+            c.segment(hip, foot, limb * 1.2, p.tone(TONE_DARK));
+        }
+        for k in [-1.0, 1.0] {
+            let (shoulder, hand) = (pt(0.17 * k, 0.8), pt((0.2 + stride * 0.5) * k, 0.48));
+            c.segment(shoulder, hand, limb, p);
+        }
+        c.polygon(&trapezoid(&pt, 0.17, 0.82, 0.13, 0.46), p);
         let (hx, hy) = pt(0.0, 0.905);
-        c.ellipse(
-            hx,
-            hy,
-            0.075 * hgt * s,
-            0.095 * hgt * s,
-            p.tone(TONE_ACCENT),
-        );
+        let head = p.tone(TONE_ACCENT);
+        c.ellipse(hx, hy, 0.075 * hgt * s, 0.095 * hgt * s, head);
     }
 
     /// A rider on a bicycle or motorcycle, seen from the side.
@@ -718,60 +753,12 @@ impl Scene {
         let cam = self.cam;
         let s = cam.s(d);
         let pt = |fx: f32, y: f32| (cam.px(x + fx * facing, d), cam.py(y, d));
-        let (radius, base) = if motor { (0.33, 0.7) } else { (0.34, 0.55) };
-        let class = if motor { MOTORCYCLE } else { BICYCLE };
-        let bp = Paint::new(class, bike);
-        let (rear, front) = (pt(-base, radius), pt(base, radius));
         if motor {
-            c.ellipse(rear.0, rear.1, radius * s, radius * s, bp.tone(TONE_DARK));
-            c.ellipse(front.0, front.1, radius * s, radius * s, bp.tone(TONE_DARK));
-            c.polygon(
-                &[
-                    pt(-0.75, 0.55),
-                    pt(0.55, 0.5),
-                    pt(0.45, 0.95),
-                    pt(-0.5, 0.9),
-                ],
-                bp,
-            );
-            c.segment(pt(0.45, 0.9), front, 0.07 * s, bp);
+            draw_motorcycle(c, &pt, s, Paint::new(MOTORCYCLE, bike));
         } else {
-            c.ring(
-                rear.0,
-                rear.1,
-                radius * s,
-                radius * s,
-                0.8,
-                bp.tone(TONE_DARK),
-            );
-            c.ring(
-                front.0,
-                front.1,
-                radius * s,
-                radius * s,
-                0.8,
-                bp.tone(TONE_DARK),
-            );
-            let seat = pt(-0.15, 0.95);
-            let crank = pt(0.0, radius);
-            let bar = pt(0.4, 1.0);
-            let t = 0.05 * s;
-            c.segment(rear, seat, t, bp);
-            c.segment(seat, crank, t, bp);
-            c.segment(crank, rear, t, bp);
-            c.segment(seat, bar, t, bp);
-            c.segment(bar, front, t, bp);
-            c.segment(crank, bar, t, bp);
+            draw_bicycle(c, &pt, s, Paint::new(BICYCLE, bike));
         }
-        let rp = Paint::new(RIDER, rider);
-        let limb = 0.1 * s;
-        let hip = pt(-0.15, 1.0);
-        let shoulder = pt(0.1, 1.55);
-        c.segment(hip, pt(0.05, 0.5), limb * 1.2, rp.tone(TONE_DARK));
-        c.segment(hip, shoulder, 0.3 * s, rp);
-        c.segment(shoulder, pt(0.4, 1.05), limb, rp);
-        let head = pt(0.16, 1.74);
-        c.ellipse(head.0, head.1, 0.11 * s, 0.12 * s, rp.tone(TONE_ACCENT));
+        draw_rider(c, &pt, s, Paint::new(RIDER, rider));
     }
 
     /// A pole, possibly carrying a traffic sign and/or a traffic light.
@@ -787,7 +774,6 @@ impl Scene {
         inst: u16,
     ) {
         let cam = self.cam;
-        let s = cam.s(d);
         let p = Paint::new(POLE, inst);
         c.rect(
             cam.px(x - 0.045, d),
@@ -797,71 +783,48 @@ impl Scene {
             p,
         );
         let sign = |c: &mut Canvas, shape: u8, y: f32| {
-            let sp = Paint::new(SIGN, inst);
-            let (cx, cy) = (cam.px(x, d), cam.py(y, d));
-            let r = 0.28 * s;
-            match shape {
-                0 => {
-                    c.ellipse(cx, cy, r, r, sp.tone(TONE_ACCENT));
-                    c.ellipse(cx, cy, r * 0.72, r * 0.72, sp);
-                }
-                1 => {
-                    let tri = |k: f32| {
-                        [
-                            (cx, cy - r * k),
-                            (cx + r * k, cy + 0.8 * r * k),
-                            (cx - r * k, cy + 0.8 * r * k),
-                        ]
-                    };
-                    c.polygon(&tri(1.15), sp.tone(TONE_ACCENT));
-                    c.polygon(&tri(0.75), sp);
-                }
-                _ => {
-                    c.rect(
-                        cx - r,
-                        cy - 0.75 * r,
-                        cx + r,
-                        cy + 0.75 * r,
-                        sp.tone(TONE_ACCENT),
-                    );
-                    c.rect(cx - 0.8 * r, cy - 0.55 * r, cx + 0.8 * r, cy + 0.55 * r, sp);
-                }
-            }
-        };
-        let light = |c: &mut Canvas| {
-            let lp = Paint::new(LIGHT, inst);
-            let lx = x + toward * 0.25;
-            c.rect(
-                cam.px(x, d),
-                cam.py(hgt - 0.05, d),
-                cam.px(lx, d),
-                cam.py(hgt - 0.12, d),
-                p,
-            );
-            let (l, r) = (cam.px(lx - 0.14, d), cam.px(lx + 0.14, d));
-            c.rect(l.min(r), cam.py(hgt, d), l.max(r), cam.py(hgt - 0.8, d), lp);
-            let cx = cam.px(lx, d);
-            for k in 0..3 {
-                let cy = cam.py(hgt - 0.15 - 0.25 * k as f32, d);
-                let tone = if k == 2 { TONE_ACCENT } else { TONE_ACCENT2 };
-                c.ellipse(cx, cy, 0.075 * s, 0.075 * s, lp.tone(tone));
-            }
+            let centre = (cam.px(x, d), cam.py(y, d));
+            draw_sign(c, centre, 0.28 * cam.s(d), shape, Paint::new(SIGN, inst));
         };
         match top {
             Attachment::None => {
                 c.segment(
                     (cam.px(x, d), cam.py(hgt, d)),
                     (cam.px(x + toward * 0.9, d), cam.py(hgt + 0.15, d)),
-                    0.07 * s,
+                    0.07 * cam.s(d),
                     p,
                 );
             }
             Attachment::Sign(shape) => sign(c, shape, hgt - 0.3),
-            Attachment::Light => light(c),
+            Attachment::Light => self.draw_light(c, x, d, hgt, toward, inst),
             Attachment::SignAndLight(shape) => {
-                light(c);
+                self.draw_light(c, x, d, hgt, toward, inst);
                 sign(c, shape, hgt - 1.4);
             }
+        }
+    }
+
+    /// A traffic light hung from the top of the pole at `x` by an arm reaching `toward`
+    /// the road: a box of three lamps, the lowest in the accent tone.
+    fn draw_light(&self, c: &mut Canvas, x: f32, d: f32, hgt: f32, toward: f32, inst: u16) {
+        let cam = self.cam;
+        let s = cam.s(d);
+        let lp = Paint::new(LIGHT, inst);
+        let lx = x + toward * 0.25;
+        c.rect(
+            cam.px(x, d),
+            cam.py(hgt - 0.05, d),
+            cam.px(lx, d),
+            cam.py(hgt - 0.12, d),
+            Paint::new(POLE, inst),
+        );
+        let (l, r) = (cam.px(lx - 0.14, d), cam.px(lx + 0.14, d));
+        c.rect(l.min(r), cam.py(hgt, d), l.max(r), cam.py(hgt - 0.8, d), lp);
+        let cx = cam.px(lx, d);
+        for k in 0..3 {
+            let cy = cam.py(hgt - 0.15 - 0.25 * k as f32, d);
+            let tone = if k == 2 { TONE_ACCENT } else { TONE_ACCENT2 };
+            c.ellipse(cx, cy, 0.075 * s, 0.075 * s, lp.tone(tone));
         }
     }
 
@@ -895,6 +858,100 @@ impl Scene {
                 r * 0.9 * s,
                 p,
             );
+        }
+    }
+}
+
+/// A symmetric trapezoid in the frame `pt` (lateral offset, height -> pixel): half widths
+/// `low` at height `y0` and `high` at `y1`.
+fn trapezoid(
+    pt: &impl Fn(f32, f32) -> (f32, f32),
+    low: f32,
+    y0: f32,
+    high: f32,
+    y1: f32,
+) -> [(f32, f32); 4] {
+    [pt(-low, y0), pt(low, y0), pt(high, y1), pt(-high, y1)]
+}
+
+/// A point of a side view: (forward offset, height) in world units -> pixel.
+type SideView<'a> = &'a dyn Fn(f32, f32) -> (f32, f32);
+
+/// A motorcycle: two solid wheels, a body and a fork.
+fn draw_motorcycle(c: &mut Canvas, pt: SideView, s: f32, bp: Paint) {
+    let radius = 0.33;
+    let (rear, front) = (pt(-0.7, radius), pt(0.7, radius));
+    for (wx, wy) in [rear, front] {
+        c.ellipse(wx, wy, radius * s, radius * s, bp.tone(TONE_DARK));
+    }
+    let body = [
+        pt(-0.75, 0.55),
+        pt(0.55, 0.5),
+        pt(0.45, 0.95),
+        pt(-0.5, 0.9),
+    ];
+    c.polygon(&body, bp);
+    c.segment(pt(0.45, 0.9), front, 0.07 * s, bp);
+}
+
+/// A bicycle: two ring wheels and a diamond frame of thin tubes.
+fn draw_bicycle(c: &mut Canvas, pt: SideView, s: f32, bp: Paint) {
+    let radius = 0.34;
+    let (rear, front) = (pt(-0.55, radius), pt(0.55, radius));
+    for (wx, wy) in [rear, front] {
+        c.ring(wx, wy, radius * s, radius * s, 0.8, bp.tone(TONE_DARK));
+    }
+    let seat = pt(-0.15, 0.95);
+    let crank = pt(0.0, radius);
+    let bar = pt(0.4, 1.0);
+    let t = 0.05 * s;
+    for (a, b) in [
+        (rear, seat),
+        (seat, crank),
+        (crank, rear),
+        (seat, bar),
+        (bar, front),
+        (crank, bar),
+    ] {
+        c.segment(a, b, t, bp);
+    }
+}
+
+/// The rider on top of either bike: leg, torso, arm and head.
+fn draw_rider(c: &mut Canvas, pt: SideView, s: f32, rp: Paint) {
+    let limb = 0.1 * s;
+    let hip = pt(-0.15, 1.0);
+    let shoulder = pt(0.1, 1.55);
+    c.segment(hip, pt(0.05, 0.5), limb * 1.2, rp.tone(TONE_DARK));
+    c.segment(hip, shoulder, 0.3 * s, rp);
+    c.segment(shoulder, pt(0.4, 1.05), limb, rp);
+    let head = pt(0.16, 1.74);
+    c.ellipse(head.0, head.1, 0.11 * s, 0.12 * s, rp.tone(TONE_ACCENT));
+}
+
+/// A traffic sign of radius `r` centred at `centre`: round (0), triangular (1) or
+/// rectangular (other), an accent-toned rim around a base-toned face.
+fn draw_sign(c: &mut Canvas, (cx, cy): (f32, f32), r: f32, shape: u8, sp: Paint) {
+    match shape {
+        0 => {
+            c.ellipse(cx, cy, r, r, sp.tone(TONE_ACCENT));
+            c.ellipse(cx, cy, r * 0.72, r * 0.72, sp);
+        }
+        1 => {
+            let tri = |k: f32| {
+                [
+                    (cx, cy - r * k),
+                    (cx + r * k, cy + 0.8 * r * k),
+                    (cx - r * k, cy + 0.8 * r * k),
+                ]
+            };
+            c.polygon(&tri(1.15), sp.tone(TONE_ACCENT));
+            c.polygon(&tri(0.75), sp);
+        }
+        _ => {
+            let rim = sp.tone(TONE_ACCENT);
+            c.rect(cx - r, cy - 0.75 * r, cx + r, cy + 0.75 * r, rim);
+            c.rect(cx - 0.8 * r, cy - 0.55 * r, cx + 0.8 * r, cy + 0.55 * r, sp);
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Rendering a label canvas into the two domains of the synthetic benchmark (issue 4):
-//! the source "game" domain (flat, saturated colours per class, sharp edges, no noise) and
-//! the target "real" domain (other per-class and per-instance colours, lighting, shadows,
-//! textures, vignetting, lens blur and sensor noise). `shift` >= 0 interpolates the
+//! Rendering a label canvas into the two domains of the synthetic benchmark (README,
+//! "Synthetic benchmark and measured results"): the source "game" domain (flat, saturated
+//! colours per class, sharp edges, no noise) and the target "real" domain (other
+//! per-class and per-instance colours, lighting, shadows, textures, vignetting, lens blur
+//! and sensor noise). `shift` >= 0 interpolates the
 //! target's colours and scales its effects: 0 renders the target like the source, 1 is
 //! the full target style (the generator's default is 0.7). Geometry is untouched, so
 //! classes stay recognisable by shape and context.
@@ -10,11 +11,12 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::raster::{Canvas, TONE_ACCENT, TONE_ACCENT2, TONE_DARK};
-use crate::data::augment::splitmix;
+use super::scene::ids::SKY;
+use rccr_infer::seed::splitmix64;
 
 /// The two domains of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Domain {
+pub(crate) enum Domain {
     /// The "game" domain (written in the GTA5 layout).
     Source,
     /// The "real" domain (written in the Cityscapes layout).
@@ -245,7 +247,7 @@ fn is_ground(class: u8) -> bool {
 /// A hash of (a, b) uniform in [0, 1).
 #[inline]
 fn unit(a: u64, b: u64) -> f32 {
-    (splitmix(a ^ splitmix(b)) >> 40) as f32 / (1u64 << 24) as f32
+    (splitmix64(a ^ splitmix64(b)) >> 40) as f32 / (1u64 << 24) as f32
 }
 
 /// Smooth value noise at cell size 8 pixels, in [0, 1).
@@ -279,7 +281,7 @@ fn source_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
         TONE_ACCENT => f3(SRC_ACCENT[c]),
         TONE_ACCENT2 => f3(SRC_ACCENT2),
         _ if inst > 0 => {
-            let h = splitmix(seed ^ inst as u64);
+            let h = splitmix64(seed ^ inst as u64);
             let pick = (h >> 32) as usize;
             let base = match class {
                 13 => SRC_CARS[pick % SRC_CARS.len()],
@@ -295,7 +297,7 @@ fn source_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
 
 fn target_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
     let c = class as usize;
-    let h = splitmix(seed ^ 0xA5A5 ^ inst as u64);
+    let h = splitmix64(seed ^ 0xA5A5 ^ inst as u64);
     match tone {
         TONE_DARK => jitter(TGT_DARK[c], h, 6.0),
         TONE_ACCENT => f3(TGT_ACCENT[c]),
@@ -374,25 +376,57 @@ fn blur_121(img: &mut [f32], tmp: &mut Vec<f32>, w: usize, h: usize) {
 }
 
 /// Renders `canvas` (horizon at row `hy`) in `domain`; returns 8-bit RGB, row-major.
-pub fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -> Vec<u8> {
-    let (w, h) = (canvas.width, canvas.height);
-    let mut out = vec![0u8; w * h * 3];
-    if domain == Domain::Source {
-        for i in 0..w * h {
-            let c = source_colour(canvas.class[i], canvas.tone[i], canvas.inst[i], seed);
-            for k in 0..3 {
-                out[i * 3 + k] = c[k].round().clamp(0.0, 255.0) as u8;
-            }
-        }
-        return out;
+pub(crate) fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -> Vec<u8> {
+    match domain {
+        Domain::Source => render_source(canvas, seed),
+        Domain::Target => render_target(canvas, hy, shift, seed),
     }
+}
+
+/// The "game" domain: each pixel its flat source colour.
+fn render_source(canvas: &Canvas, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; canvas.width * canvas.height * 3];
+    for i in 0..canvas.width * canvas.height {
+        let c = source_colour(canvas.class[i], canvas.tone[i], canvas.inst[i], seed);
+        for k in 0..3 {
+            out[i * 3 + k] = c[k].round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+/// The "real" domain: target colours, texture, lighting and vignetting, then lens blur
+/// and sensor noise, all scaled by `shift`.
+fn render_target(canvas: &Canvas, hy: f32, shift: f32, seed: u64) -> Vec<u8> {
+    let (w, h) = (canvas.width, canvas.height);
     let shift = shift.max(0.0);
     let mut rng = crate::data::augment::rng_for(seed, 0x5717, 0);
     let light = Lighting::sample(&mut rng, shift, w as f32);
+    let mut img = lit_target(canvas, hy, shift, seed, &light);
+    let mut tmp = Vec::new();
+    for _ in 0..light.blur_passes {
+        blur_121(&mut img, &mut tmp, w, h);
+    }
+    let noise_seed = splitmix64(seed ^ 0x0015E);
+    img.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            // Triangular noise (sum of two uniforms), standard deviation ~ light.noise.
+            let n = unit(noise_seed, i as u64) + unit(noise_seed ^ 1, i as u64) - 1.0;
+            (v + n * light.noise * 2.45).round().clamp(0.0, 255.0) as u8
+        })
+        .collect()
+}
+
+/// Float RGB of the target domain before blur and noise: the source colour moved by
+/// `shift` towards the target colour, plus texture, under `light` (gain, cast shadow on
+/// the ground, vignetting).
+fn lit_target(canvas: &Canvas, hy: f32, shift: f32, seed: u64, light: &Lighting) -> Vec<f32> {
+    let (w, h) = (canvas.width, canvas.height);
     let mut img = vec![0f32; w * h * 3];
     let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
     let diag2 = cx * cx + cy * cy;
-    let tex_seed = splitmix(seed ^ 0x7E57);
+    let tex_seed = splitmix64(seed ^ 0x7E57);
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
@@ -402,34 +436,21 @@ pub fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -
             let (fine, coarse) = TEXTURE[class as usize];
             let mut tex = fine * 2.0 * (unit(tex_seed, i as u64) - 0.5)
                 + coarse * 2.0 * (value_noise(tex_seed ^ class as u64, x, y) - 0.5);
-            if class == 10 {
+            if class == SKY {
                 // Sky brightens towards the horizon.
                 tex += 30.0 * ((y as f32 + 0.5) / hy.max(1.0)).min(1.0) - 15.0;
             }
-            let mut factor = 1.0;
-            if let Some((x0, slope)) = light.shadow {
-                if is_ground(class) && (x as f32 - x0) < (y as f32 - hy) * slope {
-                    factor = 0.62;
-                }
-            }
+            let in_shadow = light.shadow.is_some_and(|(x0, slope)| {
+                is_ground(class) && (x as f32 - x0) < (y as f32 - hy) * slope
+            });
+            let factor = if in_shadow { 0.62 } else { 1.0 };
             let (dx, dy) = (x as f32 - cx, y as f32 - cy);
             let vig = 1.0 - light.vignette * (dx * dx + dy * dy) / diag2;
             for k in 0..3 {
                 let base = s[k] + shift * (t[k] - s[k]) + shift * tex;
-                let lit = base * (1.0 + shift * (factor - 1.0)) * light.gain[k] * vig;
-                img[i * 3 + k] = lit;
+                img[i * 3 + k] = base * (1.0 + shift * (factor - 1.0)) * light.gain[k] * vig;
             }
         }
     }
-    let mut tmp = Vec::new();
-    for _ in 0..light.blur_passes {
-        blur_121(&mut img, &mut tmp, w, h);
-    }
-    let noise_seed = splitmix(seed ^ 0x0015E);
-    for (i, v) in img.iter().enumerate() {
-        // Triangular noise (sum of two uniforms), standard deviation ~ light.noise.
-        let n = unit(noise_seed, i as u64) + unit(noise_seed ^ 1, i as u64) - 1.0;
-        out[i] = (v + n * light.noise * 2.45).round().clamp(0.0, 255.0) as u8;
-    }
-    out
+    img
 }

@@ -2,7 +2,7 @@
 //! the loader types used by the training loop, validation and evaluation.
 
 pub use crate::data::{
-    Batch, DataError, DatasetKind, DatasetSpec, LoaderConfig, Split, TrainLoader, ValSample, ValSet,
+    Batch, DatasetKind, DatasetSpec, LoaderConfig, Split, TrainLoader, ValSample, ValSet,
 };
 
 /// Whether a run from this source is also scored on SYNTHIA's 16 and 13 classes.

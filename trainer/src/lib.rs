@@ -20,6 +20,7 @@ pub mod dataio;
 pub mod determinism;
 pub mod dist;
 pub mod ema;
+pub mod error;
 pub mod memory_bank;
 pub mod metrics;
 pub mod mixing;
@@ -33,3 +34,5 @@ pub mod tensorboard;
 pub mod trace;
 pub mod trainer;
 pub mod validate;
+
+pub use error::{Error, Result};

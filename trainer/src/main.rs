@@ -414,10 +414,16 @@ struct BenchArgs {
     dist_timeout: u32,
 }
 
-fn main() -> Result<()> {
+fn main() {
     rccr_infer::logging::init("info");
-    let cli = Cli::parse();
-    match cli.command {
+    if let Err(e) = run_command(Cli::parse().command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_command(command: Command) -> Result<()> {
+    match command {
         Command::Describe(a) => describe(&a),
         Command::Train(a) => train(&a, false),
         Command::Trace(a) => train(&a, true),

@@ -11,7 +11,7 @@ use std::path::Path;
 use image::RgbImage;
 use rccr_infer::taxonomy::{label_to_train, synthia_to_train, IGNORE};
 
-use super::{DataError, DatasetKind};
+use super::{DatasetKind, Error};
 
 /// A decoded label map in trainIds (255 = ignore), row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,22 +24,22 @@ pub struct LabelMap {
     pub ids: Vec<u8>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, DataError> {
-    std::fs::read(path).map_err(|e| DataError::Io {
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Read {
         path: path.to_path_buf(),
         source: e,
     })
 }
 
-fn decode_err(path: &Path, reason: impl ToString) -> DataError {
-    DataError::Decode {
+fn decode_err(path: &Path, reason: impl ToString) -> Error {
+    Error::Decode {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     }
 }
 
 /// Decodes an image file to 8-bit RGB (alpha dropped, 16-bit scaled down).
-pub fn decode_rgb(path: &Path) -> Result<RgbImage, DataError> {
+pub fn decode_rgb(path: &Path) -> Result<RgbImage, Error> {
     let bytes = read(path)?;
     let img = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -62,7 +62,7 @@ pub fn train_id_table(kind: DatasetKind) -> [u8; 256] {
 }
 
 /// Decodes a label PNG of `kind` and maps its ids to trainIds.
-pub fn decode_label(path: &Path, kind: DatasetKind) -> Result<LabelMap, DataError> {
+pub fn decode_label(path: &Path, kind: DatasetKind) -> Result<LabelMap, Error> {
     let bytes = read(path)?;
     decode_label_bytes(&bytes, kind).map_err(|reason| decode_err(path, reason))
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{DataError, DatasetKind, DatasetSpec, Split};
+use super::{DatasetKind, DatasetSpec, Error, Split};
 
 /// One sample on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,11 +33,11 @@ fn is_png(p: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
-fn require_dir(kind: DatasetKind, path: &Path) -> Result<(), DataError> {
+fn require_dir(kind: DatasetKind, path: &Path) -> Result<(), Error> {
     if path.is_dir() {
         Ok(())
     } else {
-        Err(DataError::MissingDir {
+        Err(Error::MissingDir {
             kind,
             path: path.to_path_buf(),
             expected: kind.expected_layout(),
@@ -46,14 +46,14 @@ fn require_dir(kind: DatasetKind, path: &Path) -> Result<(), DataError> {
 }
 
 /// The `*.png` files directly inside `dir`, sorted.
-fn pngs_in(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| DataError::Io {
+fn pngs_in(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::Read {
         path: dir.to_path_buf(),
         source: e,
     })?;
     let mut out = Vec::new();
     for entry in rd {
-        let entry = entry.map_err(|e| DataError::Io {
+        let entry = entry.map_err(|e| Error::Read {
             path: dir.to_path_buf(),
             source: e,
         })?;
@@ -67,7 +67,7 @@ fn pngs_in(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 /// Flat layouts (GTA5, SYNTHIA): `root/<images>/<name>.png` with `root/<labels>/<name>.png`.
-fn flat(spec: &DatasetSpec, images: &Path, labels: &Path) -> Result<Discovered, DataError> {
+fn flat(spec: &DatasetSpec, images: &Path, labels: &Path) -> Result<Discovered, Error> {
     let kind = spec.kind;
     let img_dir = spec.root.join(images);
     let lbl_dir = spec.root.join(labels);
@@ -124,7 +124,7 @@ fn cityscapes(
     spec: &DatasetSpec,
     split: Split,
     labels_required: bool,
-) -> Result<Discovered, DataError> {
+) -> Result<Discovered, Error> {
     let kind = spec.kind;
     require_dir(kind, &spec.root)?;
     let img_root = spec.root.join("leftImg8bit").join(split.dir_name());
@@ -140,13 +140,13 @@ fn cityscapes(
             "no gtFine labels for this split: images only (labels are all 255)"
         );
     }
-    let rd = std::fs::read_dir(&img_root).map_err(|e| DataError::Io {
+    let rd = std::fs::read_dir(&img_root).map_err(|e| Error::Read {
         path: img_root.clone(),
         source: e,
     })?;
     let mut cities = Vec::new();
     for entry in rd {
-        let entry = entry.map_err(|e| DataError::Io {
+        let entry = entry.map_err(|e| Error::Read {
             path: img_root.clone(),
             source: e,
         })?;
@@ -191,7 +191,7 @@ pub fn discover(
     spec: &DatasetSpec,
     split: Split,
     labels_required: bool,
-) -> Result<Discovered, DataError> {
+) -> Result<Discovered, Error> {
     let found = match spec.kind {
         DatasetKind::Gta5 => flat(spec, Path::new("images"), Path::new("labels"))?,
         DatasetKind::Synthia => flat(spec, Path::new("RGB"), &Path::new("GT").join("LABELS"))?,
@@ -203,7 +203,7 @@ pub fn discover(
         } else {
             String::new()
         };
-        return Err(DataError::NoSamples {
+        return Err(Error::NoSamples {
             kind: spec.kind,
             root: spec.root.clone(),
             detail,

@@ -27,7 +27,7 @@ use tch::Tensor;
 use super::augment::{crop_chw, random_crop_origin, resize_nearest, resize_rgb, rng_for};
 use super::decode::{decode_label, decode_rgb};
 use super::layout::{discover, Pair};
-use super::{DataError, DatasetKind, DatasetSpec, LoaderConfig};
+use super::{DatasetKind, DatasetSpec, Error, LoaderConfig};
 
 /// RNG stream tags (see [`super::augment::mix`]).
 const TAG_PERMUTATION: u64 = 1;
@@ -78,7 +78,7 @@ pub(crate) fn filter_for(kind: DatasetKind) -> FilterType {
 
 impl Shared {
     /// Decodes, resizes and crops pair `index` with the crop of global sample `g`.
-    fn prepare(&self, index: usize, g: u64) -> Result<Prepared, DataError> {
+    fn prepare(&self, index: usize, g: u64) -> Result<Prepared, Error> {
         let pair = &self.pairs[index];
         let img = decode_rgb(&pair.image)?;
         let (w, h) = self.size;
@@ -86,7 +86,7 @@ impl Shared {
             Some(path) => {
                 let map = decode_label(path, self.kind)?;
                 if map.width == 0 || map.height == 0 {
-                    return Err(DataError::Decode {
+                    return Err(Error::Decode {
                         path: path.clone(),
                         reason: "empty label image".into(),
                     });
@@ -96,7 +96,7 @@ impl Shared {
             None => vec![IGNORE; w as usize * h as usize],
         };
         if img.width() == 0 || img.height() == 0 {
-            return Err(DataError::Decode {
+            return Err(Error::Decode {
                 path: pair.image.clone(),
                 reason: "empty image".into(),
             });
@@ -131,7 +131,7 @@ impl Shared {
     }
 
     /// Global sample `g`, drawn as pair `first`, or its deterministic replacement.
-    fn produce(&self, g: u64, first: usize) -> Result<Prepared, DataError> {
+    fn produce(&self, g: u64, first: usize) -> Result<Prepared, Error> {
         if let Some(p) = self.try_index(first, g) {
             return Ok(p);
         }
@@ -147,7 +147,7 @@ impl Shared {
                 return Ok(p);
             }
         }
-        Err(DataError::NoSamples {
+        Err(Error::NoSamples {
             kind: self.kind,
             root: self
                 .pairs
@@ -161,7 +161,7 @@ impl Shared {
     }
 }
 
-type Outcome = (u64, Result<Prepared, DataError>);
+type Outcome = (u64, Result<Prepared, Error>);
 
 /// Infinite, epoch-reshuffled, deterministic batches of a dataset (see the module doc).
 pub struct TrainLoader {
@@ -170,7 +170,7 @@ pub struct TrainLoader {
     in_flight: u64,
     jobs: Option<Sender<(u64, usize)>>,
     results: Receiver<Outcome>,
-    pending: HashMap<u64, Result<Prepared, DataError>>,
+    pending: HashMap<u64, Result<Prepared, Error>>,
     next_sample: u64,
     next_dispatch: u64,
     permutation: (u64, Vec<usize>),
@@ -185,7 +185,7 @@ fn worker_loop(shared: Arc<Shared>, jobs: Receiver<(u64, usize)>, results: Sende
         }
         let out = std::panic::catch_unwind(AssertUnwindSafe(|| shared.produce(g, first)))
             .unwrap_or_else(|_| {
-                Err(DataError::Worker {
+                Err(Error::Worker {
                     reason: format!("panic while preparing sample {g}"),
                 })
             });
@@ -202,9 +202,9 @@ impl TrainLoader {
         spec: &DatasetSpec,
         cfg: &LoaderConfig,
         start_iteration: u64,
-    ) -> Result<TrainLoader, DataError> {
+    ) -> Result<TrainLoader, Error> {
         if cfg.crop == 0 || cfg.batch_size == 0 {
-            return Err(DataError::Config {
+            return Err(Error::LoaderConfig {
                 reason: format!(
                     "crop ({}) and batch size ({}) must be at least 1",
                     cfg.crop, cfg.batch_size
@@ -213,7 +213,7 @@ impl TrainLoader {
         }
         let size = cfg.resize.unwrap_or(spec.kind.paper_size());
         if size.0 == 0 || size.1 == 0 {
-            return Err(DataError::Config {
+            return Err(Error::LoaderConfig {
                 reason: format!("resize {}x{} must be at least 1x1", size.0, size.1),
             });
         }
@@ -246,7 +246,7 @@ impl TrainLoader {
                 std::thread::Builder::new()
                     .name(format!("rccr-data-{i}"))
                     .spawn(move || worker_loop(s, j, r))
-                    .map_err(|e| DataError::Worker {
+                    .map_err(|e| Error::Worker {
                         reason: format!("cannot start a worker thread: {e}"),
                     })
             })
@@ -294,7 +294,7 @@ impl TrainLoader {
         }
     }
 
-    fn take(&mut self, g: u64) -> Result<Prepared, DataError> {
+    fn take(&mut self, g: u64) -> Result<Prepared, Error> {
         loop {
             if let Some(r) = self.pending.remove(&g) {
                 return r;
@@ -307,7 +307,7 @@ impl TrainLoader {
                     self.pending.insert(k, r);
                 }
                 Err(_) => {
-                    return Err(DataError::Worker {
+                    return Err(Error::Worker {
                         reason: "all data workers exited".into(),
                     })
                 }
@@ -329,7 +329,7 @@ impl TrainLoader {
     }
 
     /// The batch of the next iteration (start_iteration, start_iteration + 1, ...).
-    pub fn next_batch(&mut self) -> Result<Batch, DataError> {
+    pub fn next_batch(&mut self) -> Result<Batch, Error> {
         let c = self.shared.crop as usize;
         let b = self.batch_size;
         let mut images = Vec::with_capacity(b * 3 * c * c);
@@ -346,7 +346,7 @@ impl TrainLoader {
         }
         let terr = |what: &str| {
             let what = what.to_string();
-            move |e: tch::TchError| DataError::Tensor {
+            move |e: tch::TchError| Error::Tensor {
                 what,
                 reason: e.to_string(),
             }

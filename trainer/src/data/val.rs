@@ -22,7 +22,7 @@ use super::augment::{resize_nearest, resize_rgb, to_chw};
 use super::decode::{decode_label, decode_rgb};
 use super::layout::{discover, Pair};
 use super::loader::filter_for;
-use super::{DataError, DatasetKind, DatasetSpec, Split};
+use super::{DatasetKind, DatasetSpec, Error, Split};
 
 /// One validation image with its label.
 #[derive(Debug)]
@@ -55,24 +55,24 @@ struct Decoded {
 }
 
 impl ValShared {
-    fn decode(&self, i: usize) -> Result<Decoded, DataError> {
+    fn decode(&self, i: usize) -> Result<Decoded, Error> {
         let pair = &self.pairs[i];
         let img = decode_rgb(&pair.image)?;
         let size = self.resize.unwrap_or(img.dimensions());
         if size.0 == 0 || size.1 == 0 {
-            return Err(DataError::Decode {
+            return Err(Error::Decode {
                 path: pair.image.clone(),
                 reason: "empty image".into(),
             });
         }
         let img = resize_rgb(img, size, self.filter);
-        let label_path = pair.label.as_ref().ok_or_else(|| DataError::Decode {
+        let label_path = pair.label.as_ref().ok_or_else(|| Error::Decode {
             path: pair.image.clone(),
             reason: "no label for this validation image".into(),
         })?;
         let map = decode_label(label_path, self.kind)?;
         if map.width == 0 || map.height == 0 {
-            return Err(DataError::Decode {
+            return Err(Error::Decode {
                 path: label_path.clone(),
                 reason: "empty label image".into(),
             });
@@ -101,10 +101,10 @@ impl ValSet {
         spec: &DatasetSpec,
         resize: Option<(u32, u32)>,
         limit: Option<usize>,
-    ) -> Result<ValSet, DataError> {
+    ) -> Result<ValSet, Error> {
         if let Some((w, h)) = resize {
             if w == 0 || h == 0 {
-                return Err(DataError::Config {
+                return Err(Error::LoaderConfig {
                     reason: format!("validation resize {w}x{h} must be at least 1x1"),
                 });
             }
@@ -139,18 +139,18 @@ impl ValSet {
     }
 
     /// The samples in order, decoded ahead on worker threads.
-    pub fn iter(&self) -> impl Iterator<Item = Result<ValSample, DataError>> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Result<ValSample, Error>> + '_ {
         ValIter::new(self.shared.clone())
     }
 }
 
-type Outcome = (usize, Result<Decoded, DataError>);
+type Outcome = (usize, Result<Decoded, Error>);
 
 struct ValIter {
     shared: Arc<ValShared>,
     jobs: Option<Sender<usize>>,
     results: Receiver<Outcome>,
-    pending: HashMap<usize, Result<Decoded, DataError>>,
+    pending: HashMap<usize, Result<Decoded, Error>>,
     next: usize,
     dispatched: usize,
     ahead: usize,
@@ -180,7 +180,7 @@ impl ValIter {
                         }
                         let out = std::panic::catch_unwind(AssertUnwindSafe(|| s.decode(k)))
                             .unwrap_or_else(|_| {
-                                Err(DataError::Worker {
+                                Err(Error::Worker {
                                     reason: format!("panic while decoding validation sample {k}"),
                                 })
                             });
@@ -219,7 +219,7 @@ impl ValIter {
         }
     }
 
-    fn take(&mut self, i: usize) -> Result<Decoded, DataError> {
+    fn take(&mut self, i: usize) -> Result<Decoded, Error> {
         if self.workers.is_empty() {
             return self.shared.decode(i);
         }
@@ -232,7 +232,7 @@ impl ValIter {
                     self.pending.insert(k, r);
                 }
                 Err(_) => {
-                    return Err(DataError::Worker {
+                    return Err(Error::Worker {
                         reason: "all validation workers exited".into(),
                     })
                 }
@@ -242,7 +242,7 @@ impl ValIter {
 }
 
 impl Iterator for ValIter {
-    type Item = Result<ValSample, DataError>;
+    type Item = Result<ValSample, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next >= self.shared.pairs.len() {
@@ -256,7 +256,7 @@ impl Iterator for ValIter {
             let (h, w) = (d.height as i64, d.width as i64);
             let image = Tensor::f_from_slice(&d.image)
                 .and_then(|t| t.f_view([1, 3, h, w]))
-                .map_err(|e| DataError::Tensor {
+                .map_err(|e| Error::Tensor {
                     what: format!("validation image {}", d.name),
                     reason: e.to_string(),
                 })?;

@@ -17,6 +17,7 @@ pub mod raster;
 pub mod scene;
 pub mod style;
 
+use crate::error::Error;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -39,10 +40,10 @@ pub struct ImageSize {
 }
 
 impl FromStr for ImageSize {
-    type Err = SynthError;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || SynthError::BadSize {
+        let bad = || Error::BadSize {
             text: s.to_string(),
         };
         let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
@@ -156,45 +157,6 @@ pub struct SynthReport {
     pub target_classes: Vec<String>,
 }
 
-/// Errors of the generator.
-#[derive(Debug, thiserror::Error)]
-pub enum SynthError {
-    /// A size that is not `WxH` with sides in 32..=8192.
-    #[error("invalid size '{text}': write WxH, e.g. 512x256, each side 32..=8192")]
-    BadSize {
-        /// The text given.
-        text: String,
-    },
-    /// Arguments that cannot work.
-    #[error("invalid synth arguments: {reason}")]
-    BadArgs {
-        /// What is wrong and how to fix it.
-        reason: String,
-    },
-    /// The output folder already holds data this generator did not write.
-    #[error("{path} already holds data that rccr-train synth did not write; choose an empty or new --out folder")]
-    NotOurs {
-        /// The conflicting folder.
-        path: PathBuf,
-    },
-    /// A file or folder could not be written.
-    #[error("cannot write {path}: {source}; check the permissions and free space")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// PNG encoding failed.
-    #[error("cannot encode {path}: {reason}")]
-    Encode {
-        /// The path.
-        path: PathBuf,
-        /// The encoder's message.
-        reason: String,
-    },
-}
-
 /// The four sets written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Set {
@@ -264,15 +226,15 @@ fn paths(out: &Path, set: Set, i: usize) -> (PathBuf, PathBuf) {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
-    move |e| SynthError::Io {
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Write {
         path: path.to_path_buf(),
         source: e,
     }
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -282,7 +244,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
     std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        SynthError::Io {
+        Error::Write {
             path: path.to_path_buf(),
             source: e,
         }
@@ -297,8 +259,8 @@ fn encode_png(
     height: u32,
     color: png::ColorType,
     palette: Option<&[u8]>,
-) -> Result<Vec<u8>, SynthError> {
-    let enc_err = |e: png::EncodingError| SynthError::Encode {
+) -> Result<Vec<u8>, Error> {
+    let enc_err = |e: png::EncodingError| Error::Encode {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
@@ -334,7 +296,7 @@ fn generate_one(
     set: Set,
     i: usize,
     palette: &[u8],
-) -> Result<[u64; NUM_CLASSES], SynthError> {
+) -> Result<[u64; NUM_CLASSES], Error> {
     let (w, h) = (args.size.width as usize, args.size.height as usize);
     let mut rng = rng_for(args.seed, set.tag(), i as u64);
     let scene = Scene::sample(&mut rng, w, h);
@@ -379,7 +341,7 @@ fn generate_one(
 }
 
 /// Refuses an output folder holding data we did not write; clears ours.
-fn prepare_out(out: &Path) -> Result<(), SynthError> {
+fn prepare_out(out: &Path) -> Result<(), Error> {
     let marker = out.join("synth.json");
     let ours = marker.is_file();
     for sub in ["gta5", "gta5-val", "cityscapes"] {
@@ -390,7 +352,7 @@ fn prepare_out(out: &Path) -> Result<(), SynthError> {
         if !ours {
             let empty = std::fs::read_dir(&dir).map_err(io(&dir))?.next().is_none();
             if !empty {
-                return Err(SynthError::NotOurs { path: dir });
+                return Err(Error::NotOurs { path: dir });
             }
         }
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
@@ -424,14 +386,14 @@ fn class_names_present(hist: &[u64; NUM_CLASSES]) -> Vec<String> {
 
 /// Generates the benchmark described in the module doc; returns (and writes as
 /// `DIR/synth.json`) the report.
-pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
+pub fn run(args: &SynthArgs) -> Result<SynthReport, Error> {
     if args.count == 0 {
-        return Err(SynthError::BadArgs {
+        return Err(Error::BadArgs {
             reason: "--count must be at least 1".into(),
         });
     }
     if !args.shift.is_finite() || args.shift < 0.0 {
-        return Err(SynthError::BadArgs {
+        return Err(Error::BadArgs {
             reason: format!("--shift {} must be a finite number >= 0", args.shift),
         });
     }
@@ -481,7 +443,7 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
             bar.inc(1);
             Ok((set, hist))
         })
-        .collect::<Result<_, SynthError>>()?;
+        .collect::<Result<_, Error>>()?;
     bar.finish_and_clear();
     let (mut src, mut tgt) = ([0u64; NUM_CLASSES], [0u64; NUM_CLASSES]);
     for (set, hist) in &results {
@@ -516,7 +478,7 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
         target_classes: class_names_present(&tgt),
     };
     let json = serde_json::json!({ "args": args, "report": &report });
-    let text = serde_json::to_string_pretty(&json).map_err(|e| SynthError::Encode {
+    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Encode {
         path: marker.clone(),
         reason: e.to_string(),
     })?;

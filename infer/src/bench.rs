@@ -18,29 +18,10 @@ use rayon::prelude::*;
 
 use crate::error::{InferError, Result};
 use crate::imageio;
+use crate::seed::SplitMix;
 use crate::labelmap::LabelMap;
 use crate::score::{self, ScoreOptions};
 use crate::taxonomy::MAX_LABEL_ID;
-
-/// A small deterministic generator (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u32) -> u32 {
-        (self.next_u64() % n as u64) as u32
-    }
-}
 
 fn fill_rect(m: &mut LabelMap, x0: u32, y0: u32, w: u32, h: u32, v: u8) {
     for y in y0..(y0 + h).min(m.height) {

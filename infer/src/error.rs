@@ -136,6 +136,14 @@ pub enum InferError {
         /// What is missing or wrong.
         reason: String,
     },
+    /// A model metadata value that breaks the [`crate::contract`].
+    #[error("metadata `{key}` {problem}")]
+    Metadata {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with it ("is missing", "lists 3 class names for 4 classes", ...).
+        problem: String,
+    },
     /// ONNX Runtime refused to load or run the model.
     #[error("ONNX Runtime failed on {path}: {reason}")]
     Session {
@@ -156,6 +164,9 @@ pub enum InferError {
         /// The libraries this provider loads.
         needs: String,
     },
+    /// An ONNX Runtime call failed outside a model's session (building a session).
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
     /// ONNX Runtime itself could not be loaded.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -170,6 +181,12 @@ pub enum InferError {
     /// A bad option value.
     #[error("invalid option: {0}")]
     Invalid(String),
+}
+
+impl From<ort::Error<ort::session::builder::SessionBuilder>> for InferError {
+    fn from(e: ort::Error<ort::session::builder::SessionBuilder>) -> Self {
+        InferError::Ort(e.into())
+    }
 }
 
 impl InferError {

@@ -6,11 +6,19 @@
 //! `aachen_000000_000019_gtFine_labelIds.png` and with any prediction
 //! `aachen_000000_000019*.png`, the official evaluation's rule), otherwise the file stem
 //! (GTA5 / SYNTHIA style `images/00001.png` <-> `labels/00001.png`).
+//!
+//! Every file the workspace writes goes through [`write_atomic`] ([`atomic`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{InferError, Result};
+
+pub mod atomic;
+pub use atomic::{
+    temporary_owner, temporary_path, write_atomic, write_atomic_synced, write_atomic_with,
+    Durability,
+};
 
 /// File extensions read as images (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];

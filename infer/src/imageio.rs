@@ -7,10 +7,11 @@
 //! so an interrupted run never leaves a partial output.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Cursor, Write};
+use std::io::{BufReader, Cursor};
 use std::path::{Path, PathBuf};
 
 use crate::error::{InferError, Result};
+use crate::files;
 use crate::labelmap::LabelMap;
 
 /// Decodes a PNG or JPEG file (format from its content) into 8-bit RGB.
@@ -188,62 +189,79 @@ fn decode_label_png<R: std::io::BufRead + std::io::Seek>(path: &Path, r: R) -> R
     LabelReader::new(path, r)?.read()
 }
 
-/// Encodes 8-bit grayscale (`channels == 1`) or RGB (`channels == 3`) pixels as PNG bytes.
-pub fn encode_png(width: u32, height: u32, channels: u8, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, width, height);
-        enc.set_color(if channels == 1 {
-            png::ColorType::Grayscale
-        } else {
-            png::ColorType::Rgb
-        });
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_compression(png::Compression::Fast);
-        // Writing into a Vec cannot fail for consistent sizes, which the callers guarantee.
-        let mut writer = enc.write_header().expect("PNG header into memory");
-        writer
-            .write_image_data(data)
-            .expect("PNG data of the declared size into memory");
-    }
-    out
+/// The colour layout of an 8-bit PNG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PngColor<'a> {
+    /// One byte per pixel, grey (label maps).
+    Gray,
+    /// Three bytes per pixel, RGB.
+    Rgb,
+    /// One palette index per pixel; the palette is `[r, g, b]` triples, flattened.
+    Indexed(&'a [u8]),
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder (parents are
-/// created) renamed over `path`; a failed write removes the temporary file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| InferError::io("cannot create folder", dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = BufWriter::new(File::create(&tmp)?);
-        f.write_all(bytes)?;
-        // No fsync: the rename already guarantees that readers (and a killed run) see the
-        // old file or the complete new one; syncing every output would dominate small writes.
-        f.into_inner().map_err(|e| e.into_error())?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        InferError::io("cannot write", path, e)
-    })
+impl PngColor<'_> {
+    /// Bytes per pixel.
+    pub fn channels(self) -> usize {
+        match self {
+            PngColor::Rgb => 3,
+            PngColor::Gray | PngColor::Indexed(_) => 1,
+        }
+    }
+}
+
+/// Encodes `width x height` 8-bit pixels (row-major, [`PngColor::channels`] bytes each)
+/// as PNG bytes with fast compression. Fails on an empty image or a `data` length that
+/// does not match the size.
+pub fn encode_png(width: u32, height: u32, color: PngColor, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let expected = width as usize * height as usize * color.channels();
+    if data.len() != expected || expected == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a {width}x{height} PNG needs {expected} bytes (non-zero), got {}",
+                data.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(data.len() / 2);
+    let mut enc = png::Encoder::new(&mut out, width, height);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Fast);
+    match color {
+        PngColor::Gray => enc.set_color(png::ColorType::Grayscale),
+        PngColor::Rgb => enc.set_color(png::ColorType::Rgb),
+        PngColor::Indexed(palette) => {
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_palette(palette.to_vec());
+        }
+    }
+    let mut writer = enc.write_header()?;
+    writer.write_image_data(data)?;
+    writer.finish()?;
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically ([`files::write_atomic`]), naming `path` in the
+/// error.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    files::write_atomic(path, bytes).map_err(|e| InferError::io("cannot write", path, e))
 }
 
 /// Writes a label map as an 8-bit grayscale PNG, atomically.
 pub fn write_label_png(path: &Path, map: &LabelMap) -> Result<()> {
-    write_atomic(path, &encode_png(map.width, map.height, 1, &map.data))
+    write_png(path, map.width, map.height, PngColor::Gray, &map.data)
 }
 
 /// Writes RGB bytes as a PNG, atomically.
 pub fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
-    write_atomic(path, &encode_png(width, height, 3, rgb))
+    write_png(path, width, height, PngColor::Rgb, rgb)
+}
+
+fn write_png(path: &Path, width: u32, height: u32, color: PngColor, data: &[u8]) -> Result<()> {
+    let bytes = encode_png(width, height, color, data)
+        .map_err(|e| InferError::io("cannot encode", path, e))?;
+    write_output(path, &bytes)
 }
 
 #[cfg(test)]

@@ -26,6 +26,54 @@ fn nearest_index(d: u32, src: u32, dst: u32) -> u32 {
     (s as u32).min(src - 1)
 }
 
+/// A row-major `src` id map of size `from` resized to `to` with nearest-neighbour
+/// sampling ([`nearest_index`]; ids are never blended). A copy when the sizes match; an
+/// empty source gives a map of [`IGNORE`].
+pub fn resize_nearest(src: &[u8], from: (u32, u32), to: (u32, u32)) -> Vec<u8> {
+    let ((sw, sh), (width, height)) = (from, to);
+    if from == to {
+        return src.to_vec();
+    }
+    if src.is_empty() || sw == 0 || sh == 0 {
+        return vec![IGNORE; width as usize * height as usize];
+    }
+    let xs: Vec<usize> = (0..width)
+        .map(|x| nearest_index(x, sw, width) as usize)
+        .collect();
+    let mut data = Vec::with_capacity(width as usize * height as usize);
+    // (source row, start of its copy in `data`) of the previous output row.
+    let mut last_row: Option<(u32, usize)> = None;
+    for y in 0..height {
+        let sy = nearest_index(y, sh, height);
+        if let Some((_, start)) = last_row.filter(|&(prev, _)| prev == sy) {
+            data.extend_from_within(start..start + width as usize);
+            continue;
+        }
+        let row = &src[sy as usize * sw as usize..][..sw as usize];
+        let start = data.len();
+        data.extend(xs.iter().map(|&sx| row[sx]));
+        last_row = Some((sy, start));
+    }
+    data
+}
+
+/// Per-pixel argmax over `c` planes of `plane` values each (the first maximum wins, as
+/// ONNX `ArgMax` and `torch.argmax`); NaN scores never win.
+pub fn argmax_planes(logits: &[f32], c: usize, plane: usize) -> Vec<u8> {
+    let mut best = logits[..plane].to_vec();
+    let mut out = vec![0u8; plane];
+    for k in 1..c {
+        let s = &logits[k * plane..(k + 1) * plane];
+        for ((o, b), &v) in out.iter_mut().zip(best.iter_mut()).zip(s) {
+            if v > *b || (b.is_nan() && !v.is_nan()) {
+                *b = v;
+                *o = k as u8;
+            }
+        }
+    }
+    out
+}
+
 impl LabelMap {
     /// A map filled with `value`.
     pub fn filled(width: u32, height: u32, value: u8) -> LabelMap {
@@ -51,36 +99,13 @@ impl LabelMap {
         self.data[y as usize * self.width as usize + x as usize]
     }
 
-    /// This map resized to `width x height` with nearest-neighbour sampling (ids are never
-    /// blended). Returns a clone when the size already matches.
+    /// This map resized to `width x height` with nearest-neighbour sampling
+    /// ([`resize_nearest`]).
     pub fn resize_nearest(&self, width: u32, height: u32) -> LabelMap {
-        if (width, height) == (self.width, self.height) {
-            return self.clone();
-        }
-        if self.is_empty() || width == 0 || height == 0 {
-            return LabelMap::filled(width, height, IGNORE);
-        }
-        let xs: Vec<usize> = (0..width)
-            .map(|x| nearest_index(x, self.width, width) as usize)
-            .collect();
-        let mut data = Vec::with_capacity(width as usize * height as usize);
-        // (source row, start of its copy in `data`) of the previous output row.
-        let mut last_row: Option<(u32, usize)> = None;
-        for y in 0..height {
-            let sy = nearest_index(y, self.height, height);
-            if let Some((_, start)) = last_row.filter(|&(prev, _)| prev == sy) {
-                data.extend_from_within(start..start + width as usize);
-                continue;
-            }
-            let src = &self.data[sy as usize * self.width as usize..][..self.width as usize];
-            let start = data.len();
-            data.extend(xs.iter().map(|&sx| src[sx]));
-            last_row = Some((sy, start));
-        }
         LabelMap {
             width,
             height,
-            data,
+            data: resize_nearest(&self.data, (self.width, self.height), (width, height)),
         }
     }
 
@@ -155,6 +180,26 @@ pub fn blend(image: &[u8], colour: &[u8], alpha: f32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_first_maximum_wins() {
+        // 3 classes, 4 pixels.
+        let logits = [
+            1.0,
+            5.0,
+            0.0,
+            f32::NAN, // class 0
+            2.0,
+            5.0,
+            0.0,
+            1.0, // class 1
+            0.0,
+            1.0,
+            3.0,
+            0.5, // class 2
+        ];
+        assert_eq!(argmax_planes(&logits, 3, 4), vec![1, 0, 2, 1]);
+    }
 
     #[test]
     fn nearest_upsample_by_two_repeats_pixels() {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use image::RgbImage;
 
-use crate::bench::SplitMix;
+use crate::seed::SplitMix;
 use crate::error::{InferError, Result};
 use crate::segmenter::{Batch, Segmenter};
 

@@ -29,6 +29,7 @@
 
 pub mod bench;
 pub mod capi;
+pub mod contract;
 pub mod error;
 pub mod files;
 pub mod imageio;
@@ -44,11 +45,14 @@ pub mod report;
 pub mod resample;
 pub mod runtime;
 pub mod score;
+pub mod seed;
 pub mod segmenter;
+pub mod size;
 pub mod taxonomy;
 
 pub use error::InferError;
 pub use labelmap::LabelMap;
 pub use model::ModelInfo;
+pub use size::Size;
 pub use provider::{Provider, SessionOptions};
 pub use segmenter::{Batch, Segmenter, SegmenterOptions};

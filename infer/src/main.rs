@@ -17,6 +17,7 @@ use rccr_infer::report::{Report, Skipped};
 use rccr_infer::score::{self, IdFormat, ScoreOptions};
 use rccr_infer::segmenter::{self as segmenter_mod, Segmenter, SegmenterOptions};
 use rccr_infer::taxonomy::Protocol;
+use rccr_infer::Size;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -200,17 +201,7 @@ struct BenchArgs {
 }
 
 fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("`{s}`: expected WxH, e.g. 1024x512"))?;
-    let p = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("`{s}`: expected positive WxH, e.g. 1024x512"))
-    };
-    Ok((p(w)?, p(h)?))
+    s.parse::<Size>().map(Size::pair)
 }
 
 fn parse_input_size(s: &str) -> std::result::Result<(u32, u32), String> {
@@ -429,7 +420,7 @@ fn latency_cmd(args: LatencyArgs) -> Result<()> {
     print!("{}", report.table());
     if let Some(j) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
-        rccr_infer::imageio::write_atomic(j, text.as_bytes())?;
+        rccr_infer::imageio::write_output(j, text.as_bytes())?;
         println!("figures written to {}", j.display());
     }
     Ok(())
@@ -461,7 +452,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     print!("{}", res.table());
     if let Some(j) = &args.json {
         let text = serde_json::to_string_pretty(&res)?;
-        rccr_infer::imageio::write_atomic(j, text.as_bytes())?;
+        rccr_infer::imageio::write_output(j, text.as_bytes())?;
     }
     Ok(())
 }

@@ -1,14 +1,7 @@
-//! The rccr ONNX model contract, as `rccr-export` writes it, read back from a session.
-//!
-//! - Input `image`: float32 `N x 3 x H x W`, RGB, 0..255 un-normalised (the network's
-//!   mean subtraction and channel order are inside the graph). Dimensions are dynamic
-//!   unless the model was exported with a fixed shape.
-//! - Outputs: `labels` int64 `N x H x W` (argmax train ids at the input resolution) and/or
-//!   `logits` float32 `N x C x H x W` (bilinearly upsampled, paper Eq. (1)'s segmentation
-//!   output); `labels` is preferred, otherwise the argmax over `logits` is taken here.
-//! - `metadata_props`: `rccr.num_classes`, `rccr.class_names` (JSON array),
-//!   `rccr.label_set`, `rccr.palette` (JSON array of `[r, g, b]`), `rccr.input_format`,
-//!   `rccr.backbone`, `rccr.checkpoint`, `rccr.iteration`, `rccr.outputs`.
+//! The rccr ONNX model contract ([`crate::contract`]) read back from a session: the
+//! `image` input's type and shape (dimensions are dynamic unless the model was exported
+//! with a fixed shape), which of `labels` / `logits` exist (`labels` is preferred,
+//! otherwise the argmax over `logits` is taken here) and the `rccr.*` metadata.
 //!
 //! A file without the `image` input or `rccr.num_classes` is not an rccr model.
 
@@ -17,15 +10,10 @@ use std::path::Path;
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
+use crate::contract::{ModelMetadata, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use crate::error::{InferError, Result};
 use crate::taxonomy;
 
-/// Name of the model's input.
-pub const INPUT_NAME: &str = "image";
-/// Name of the argmax output.
-pub const LABELS_OUTPUT: &str = "labels";
-/// Name of the logits output.
-pub const LOGITS_OUTPUT: &str = "logits";
 
 /// What the model file says about itself.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -137,52 +125,17 @@ impl ModelInfo {
         let meta = session
             .metadata()
             .map_err(|e| not(format!("its metadata cannot be read ({e})")))?;
-        let get = |k: &str| meta.custom(k).filter(|v| !v.is_empty());
-        let num_classes: usize = get("rccr.num_classes")
-            .ok_or_else(|| not("metadata `rccr.num_classes` is missing".into()))?
-            .trim()
-            .parse()
-            .ok()
-            .filter(|&n| (1..=255).contains(&n))
-            .ok_or_else(|| not("metadata `rccr.num_classes` is not a number in 1..=255".into()))?;
-        let class_names: Vec<String> = match get("rccr.class_names") {
-            Some(s) => serde_json::from_str(&s).map_err(|e| {
-                not(format!(
-                    "metadata `rccr.class_names` is not a JSON array of strings ({e})"
-                ))
-            })?,
-            None => default_names(num_classes),
-        };
-        if class_names.len() != num_classes {
-            return Err(not(format!(
-                "metadata lists {} class names for {num_classes} classes",
-                class_names.len()
-            )));
-        }
-        let palette: Vec<[u8; 3]> = match get("rccr.palette") {
-            Some(s) => serde_json::from_str(&s).map_err(|e| {
-                not(format!(
-                    "metadata `rccr.palette` is not a JSON array of [r, g, b] ({e})"
-                ))
-            })?,
-            None => default_palette(num_classes),
-        };
-        if palette.len() != num_classes {
-            return Err(not(format!(
-                "metadata has {} palette colours for {num_classes} classes",
-                palette.len()
-            )));
-        }
+        let meta = ModelMetadata::from_props(|k| meta.custom(k))
+            .map_err(|e| not(e.to_string()))?;
         Ok(ModelInfo {
-            num_classes,
-            class_names,
-            label_set: get("rccr.label_set").unwrap_or_else(|| "unknown".into()),
-            palette,
-            input_format: get("rccr.input_format")
-                .unwrap_or_else(|| "float32 RGB 0..255 NCHW".into()),
-            backbone: get("rccr.backbone"),
-            checkpoint: get("rccr.checkpoint"),
-            iteration: get("rccr.iteration").and_then(|s| s.trim().parse().ok()),
+            num_classes: meta.num_classes,
+            class_names: meta.class_names,
+            label_set: meta.label_set,
+            palette: meta.palette,
+            input_format: meta.input_format,
+            backbone: meta.backbone,
+            checkpoint: meta.checkpoint,
+            iteration: meta.iteration,
             fixed_batch,
             fixed_size,
             has_labels,
@@ -200,29 +153,4 @@ impl ModelInfo {
                 .zip(taxonomy::CLASSES.iter())
                 .all(|(a, c)| a == c.name)
     }
-}
-
-fn default_names(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            taxonomy::CLASSES
-                .get(i)
-                .filter(|_| n == taxonomy::NUM_CLASSES)
-                .map_or_else(|| format!("class{i}"), |c| c.name.to_string())
-        })
-        .collect()
-}
-
-fn default_palette(n: usize) -> Vec<[u8; 3]> {
-    (0..n)
-        .map(|i| {
-            taxonomy::CLASSES.get(i).map_or_else(
-                || {
-                    let v = (i as u32).wrapping_mul(2654435761);
-                    [(v >> 24) as u8, (v >> 16) as u8, (v >> 8) as u8]
-                },
-                |c| c.color,
-            )
-        })
-        .collect()
 }

@@ -135,32 +135,41 @@ pub fn physical_cores() -> usize {
     }
 }
 
+/// A session builder on the shared ONNX Runtime environment (the library is loaded
+/// first, [`runtime::environment`]) with the throughput options of this module: every
+/// graph optimisation, `threads` intra-op threads (default [`physical_cores`]), the
+/// memory-pattern planner and flush-to-zero. No execution provider is registered (CPU).
+pub fn session_builder(threads: Option<usize>) -> Result<SessionBuilder> {
+    let env = runtime::environment()?;
+    let threads = threads.unwrap_or_else(physical_cores).max(1);
+    Ok(Session::builder(&env)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_intra_threads(threads)?
+        .with_memory_pattern(true)?
+        // Subnormals are slow on x86 and carry no information in a segmentation network.
+        .with_flush_to_zero()?)
+}
+
+/// [`session_builder`] for `model` with `opts`' threads and the symbolic input
+/// dimensions `dims` fixed; errors name the model.
 fn base_builder(
     model: &Path,
     opts: &SessionOptions,
     dims: &[(String, i64)],
 ) -> Result<SessionBuilder> {
-    let env = runtime::environment()?;
-    let fail = |e: String| InferError::Session {
+    let fail = |e: ort::Error<SessionBuilder>| InferError::Session {
         path: model.to_path_buf(),
-        reason: e,
+        reason: e.to_string(),
     };
-    let threads = opts.intra_threads.unwrap_or_else(physical_cores).max(1);
-    let mut builder = Session::builder(&env)
-        .map_err(|e| fail(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| fail(e.to_string()))?
-        .with_intra_threads(threads)
-        .map_err(|e| fail(e.to_string()))?
-        .with_memory_pattern(true)
-        .map_err(|e| fail(e.to_string()))?
-        // Subnormals are slow on x86 and carry no information in a segmentation network.
-        .with_flush_to_zero()
-        .map_err(|e| fail(e.to_string()))?;
+    let mut builder = session_builder(opts.intra_threads).map_err(|e| match e {
+        InferError::Ort(e) => InferError::Session {
+            path: model.to_path_buf(),
+            reason: e.to_string(),
+        },
+        other => other,
+    })?;
     for (name, size) in dims {
-        builder = builder
-            .with_dimension_override(name, *size)
-            .map_err(|e| fail(e.to_string()))?;
+        builder = builder.with_dimension_override(name, *size).map_err(fail)?;
     }
     Ok(builder)
 }

@@ -133,29 +133,64 @@ impl Report {
         self.confusion = Some(ConfusionCounts::of(&scores.confusion));
     }
 
-    /// The per-class table, the mean and the pixel accuracy, in percent.
+    /// The per-class table, the mean and the pixel accuracy, in percent
+    /// ([`class_table`]).
     pub fn table(&self) -> String {
-        let mut s = String::new();
-        s.push_str("class            IoU (%)\n");
-        s.push_str("------------------------\n");
-        for (name, v) in &self.per_class.0 {
-            let val = v.map_or_else(|| "    n/a".to_string(), |x| format!("{:7.2}", 100.0 * x));
-            s.push_str(&format!("{name:<15} {val}\n"));
-        }
-        s.push_str("------------------------\n");
-        let pct = |v: Option<f64>| v.map_or_else(|| "n/a".into(), |x| format!("{:.2}", 100.0 * x));
-        s.push_str(&format!(
-            "mIoU ({} classes): {}   pixel accuracy: {}\n",
-            self.classes,
-            pct(self.miou),
-            pct(self.pixel_accuracy)
-        ));
-        s
+        class_table(
+            &self.per_class.0,
+            &[
+                (format!("mIoU ({} classes)", self.classes), self.miou),
+                ("pixel accuracy".to_string(), self.pixel_accuracy),
+            ],
+        )
     }
 
     /// Writes the report as pretty JSON, atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("a report always serialises");
-        imageio::write_atomic(path, text.as_bytes())
+        imageio::write_output(path, text.as_bytes())
+    }
+}
+
+/// Width of the name column of [`class_table`].
+const NAME_WIDTH: usize = 18;
+
+/// The per-class result table: a header, one `name  IoU%` row per class (`-` for an
+/// undefined IoU), a rule, then the `summary` rows (means, accuracies) in the same
+/// columns. Values are fractions, printed as percentages with two decimals.
+pub fn class_table(per_class: &[(String, Option<f64>)], summary: &[(String, Option<f64>)]) -> String {
+    let row = |name: &str, v: Option<f64>| {
+        let value = v.map_or_else(|| "-".to_string(), |x| format!("{:.2}", 100.0 * x));
+        format!("{name:<NAME_WIDTH$} {value:>7}\n")
+    };
+    let rule = format!("{}\n", "-".repeat(NAME_WIDTH + 8));
+    let mut s = format!("{:<NAME_WIDTH$} {:>7}\n", "class", "IoU %");
+    s.push_str(&rule);
+    for (name, v) in per_class {
+        s.push_str(&row(name, *v));
+    }
+    s.push_str(&rule);
+    for (name, v) in summary {
+        s.push_str(&row(name, *v));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_table_rows_and_summary() {
+        let t = class_table(
+            &[("road".into(), Some(0.5)), ("train".into(), None)],
+            &[("mIoU".into(), Some(0.123456))],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[0], "class                IoU %");
+        assert_eq!(lines[2], "road                 50.00");
+        assert_eq!(lines[3], "train                    -");
+        assert_eq!(lines[5], "mIoU                 12.35");
     }
 }

@@ -17,8 +17,9 @@ use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 
 use crate::error::{InferError, Result};
-use crate::labelmap::LabelMap;
-use crate::model::{ModelInfo, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
+use crate::labelmap::{argmax_planes, LabelMap};
+use crate::contract::{INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
+use crate::model::ModelInfo;
 use crate::provider::{create_session, create_session_with_dims, Provider, SessionOptions};
 use crate::resample;
 use crate::taxonomy::IGNORE;
@@ -180,23 +181,6 @@ pub fn preprocess(image: &RgbImage, width: u32, height: u32) -> Vec<f32> {
     let mut v = vec![0.0; 3 * width as usize * height as usize];
     preprocess_into(image, width, height, &mut v);
     v
-}
-
-/// Per-pixel argmax over `c` planes of `plane` values each (the first maximum wins, as
-/// ONNX `ArgMax` and `torch.argmax`); NaN scores never win.
-pub fn argmax_planes(logits: &[f32], c: usize, plane: usize) -> Vec<u8> {
-    let mut best = logits[..plane].to_vec();
-    let mut out = vec![0u8; plane];
-    for k in 1..c {
-        let s = &logits[k * plane..(k + 1) * plane];
-        for ((o, b), &v) in out.iter_mut().zip(best.iter_mut()).zip(s) {
-            if v > *b || (b.is_nan() && !v.is_nan()) {
-                *b = v;
-                *o = k as u8;
-            }
-        }
-    }
-    out
 }
 
 /// The symbolic names of the input's H and W dimensions, when both have one.
@@ -711,26 +695,6 @@ impl Interleaved {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn argmax_first_maximum_wins() {
-        // 3 classes, 4 pixels.
-        let logits = [
-            1.0,
-            5.0,
-            0.0,
-            f32::NAN, // class 0
-            2.0,
-            5.0,
-            0.0,
-            1.0, // class 1
-            0.0,
-            1.0,
-            3.0,
-            0.5, // class 2
-        ];
-        assert_eq!(argmax_planes(&logits, 3, 4), vec![1, 0, 2, 1]);
-    }
 
     #[test]
     fn preprocess_is_planar_rgb_0_255() {

@@ -32,7 +32,7 @@ fn out(mut c: Command) -> Output {
 
 /// Deterministic incompressible bytes.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rccr_infer::bench::SplitMix(seed);
+    let mut rng = rccr_infer::seed::SplitMix(seed);
     (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 

@@ -134,7 +134,7 @@ fn interleaved_frames_and_logits_equal_the_image_api() {
     let at_input = seg.segment(&images).unwrap();
     for (i, map) in at_input.iter().enumerate() {
         let per = 19 * 32 * 16;
-        let arg = rccr_infer::segmenter::argmax_planes(&logits[i * per..][..per], 19, 32 * 16);
+        let arg = rccr_infer::labelmap::argmax_planes(&logits[i * per..][..per], 19, 32 * 16);
         assert_eq!(arg, map.data, "image {i}");
     }
     // Wrong buffer sizes are errors naming the buffer.

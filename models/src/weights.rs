@@ -134,32 +134,13 @@ pub fn first_non_finite<'a>(
         .map(|i| named[i].0.to_string())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` atomically and durably (fsync before the rename,
+/// `rccr_infer::files::write_atomic_synced`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    use std::io::Write;
-    let io = |e: std::io::Error| ModelError::Io {
+    rccr_infer::files::write_atomic_synced(path, bytes).map_err(|cause| ModelError::Io {
         path: path.to_path_buf(),
-        cause: e,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+        cause,
+    })
 }
 
 /// Reads a safetensors file written by [`write_tensors`] or by Python's safetensors.

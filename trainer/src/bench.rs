@@ -15,8 +15,8 @@
 //! cumulative over the process, so the second (rccr) figure is the peak of both modes.
 
 use crate::config::{Components, Mode, Precision, TrainConfig};
+use crate::error::{Context, Result};
 use crate::trainer::{Phases, Trainer};
-use anyhow::{Context, Result};
 use rccr_models::Backbone;
 use serde::Serialize;
 use std::time::Instant;

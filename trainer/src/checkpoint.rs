@@ -17,12 +17,12 @@
 //! mIoU; `checkpoints/index.json` names the latest and the best.
 
 use crate::config::TrainConfig;
+use crate::error::Error;
 use crate::memory_bank::{BankEntry, MemoryBank};
 use crate::optim::Sgd;
 use rccr_infer::files::temporary_owner;
 use rccr_models::checkpoint::{file_info, model_metadata, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::weights::{self, TensorFile};
-use rccr_models::ModelError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -36,30 +36,6 @@ pub(crate) const META_BEST: &str = "rccr.best";
 pub(crate) const OPTIM: &str = "optim.momentum.";
 /// Prefix of the memory bank.
 pub(crate) const BANK: &str = "bank.";
-
-/// Errors reading or writing checkpoints.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// From the models crate (I/O, format, shapes).
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    /// A checkpoint that is not a training checkpoint or is incomplete.
-    #[error("{}: {msg}", path.display())]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong and how to fix it.
-        msg: String,
-    },
-    /// A folder operation failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
 
 /// The best validation so far.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -90,7 +66,7 @@ pub struct Saved<'a> {
 }
 
 /// Writes a checkpoint to `path` atomically.
-pub fn save(path: &Path, s: &Saved) -> Result<(), CheckpointError> {
+pub fn save(path: &Path, s: &Saved) -> Result<(), Error> {
     let model = s.config.model_config();
     let mut meta: HashMap<String, String> = model_metadata(CHECKPOINT_FORMAT, &model, s.iteration);
     meta.insert(
@@ -110,7 +86,7 @@ pub fn save(path: &Path, s: &Saved) -> Result<(), CheckpointError> {
         .map(|(n, t)| (n.as_str(), t))
         .chain(teacher.iter().map(|(n, t)| (n.as_str(), t)));
     if let Some(bad) = weights::first_non_finite(state) {
-        return Err(CheckpointError::Invalid {
+        return Err(Error::BadCheckpoint {
             path: path.to_path_buf(),
             msg: format!("not written: `{bad}` holds NaN or infinite values (the run diverged)"),
         });
@@ -180,10 +156,10 @@ impl Loaded {
 }
 
 /// Reads a training checkpoint (not a bare model file).
-pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
+pub fn load(path: &Path) -> Result<Loaded, Error> {
     let file = weights::read_tensors(path)?;
     let info = file_info(path, &file)?;
-    let invalid = |msg: String| CheckpointError::Invalid {
+    let invalid = |msg: String| Error::BadCheckpoint {
         path: path.to_path_buf(),
         msg,
     };
@@ -247,10 +223,10 @@ pub(crate) fn load_vars(
     tensors: &BTreeMap<String, Tensor>,
     path: &Path,
     what: &str,
-) -> Result<(), CheckpointError> {
+) -> Result<(), Error> {
     let report = weights::load_into(vs, tensors, |_| true, path)?;
     if let Some(m) = report.missing.first() {
-        return Err(CheckpointError::Invalid {
+        return Err(Error::BadCheckpoint {
             path: path.to_path_buf(),
             msg: format!(
                 "the {what} network lacks `{m}` ({} missing): wrong backbone or classes?",
@@ -294,8 +270,8 @@ impl CheckpointDir {
     /// Creates the folder if needed.
     /// Creates the folder and removes the temporary files of writes whose process is
     /// gone (`.<name>.<pid>.tmp`, left by a kill during a checkpoint write).
-    pub fn create(dir: PathBuf, keep_last: usize) -> Result<CheckpointDir, CheckpointError> {
-        std::fs::create_dir_all(&dir).map_err(|source| CheckpointError::Io {
+    pub fn create(dir: PathBuf, keep_last: usize) -> Result<CheckpointDir, Error> {
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
             path: dir.clone(),
             source,
         })?;
@@ -337,7 +313,7 @@ impl CheckpointDir {
 
     /// Saves, then deletes periodic checkpoints beyond the last `keep_last` (never the
     /// best) and rewrites the index.
-    pub fn save(&self, s: &Saved) -> Result<PathBuf, CheckpointError> {
+    pub fn save(&self, s: &Saved) -> Result<PathBuf, Error> {
         let path = self.path(s.iteration);
         save(&path, s)?;
         let keep_best = s.best.map(|b| b.iteration);
@@ -347,8 +323,7 @@ impl CheckpointDir {
             let recent = i + self.keep_last.max(1) >= n;
             if !recent && Some(*it) != keep_best {
                 let p = self.path(*it);
-                std::fs::remove_file(&p)
-                    .map_err(|source| CheckpointError::Io { path: p, source })?;
+                std::fs::remove_file(&p).map_err(|source| Error::Io { path: p, source })?;
             }
         }
         let index = Index {

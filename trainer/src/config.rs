@@ -3,7 +3,8 @@
 //! or JSON file (`--config`), be overridden on the command line, travel inside every
 //! checkpoint and be written, resolved, to `RUN_DIR/config.json`.
 
-use crate::dataio::DatasetSpec;
+use crate::data::DatasetSpec;
+use crate::error::{Error, Result};
 use rccr_models::{Backbone, ModelConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ impl Size {
 
 impl std::str::FromStr for Size {
     type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         let bad = || format!("size `{s}` is not WIDTHxHEIGHT (for example 1280x720)");
         let (w, h) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
         let width: u32 = w.trim().parse().map_err(|_| bad())?;
@@ -51,7 +52,7 @@ impl std::fmt::Display for Size {
 
 impl TryFrom<String> for Size {
     type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
+    fn try_from(s: String) -> std::result::Result<Self, Self::Error> {
         s.parse()
     }
 }
@@ -368,39 +369,15 @@ impl Default for TrainConfig {
     }
 }
 
-/// A config that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The config file does not parse.
-    #[error("{}: {msg}", path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        msg: String,
-    },
-    /// A value out of range.
-    #[error("invalid setting: {0}")]
-    Invalid(String),
-}
-
 impl TrainConfig {
     /// Reads a config file: TOML (`.toml`) or JSON (anything else). Missing fields take
     /// their defaults; unknown fields are an error (they are usually typos).
-    pub fn from_file(path: &Path) -> Result<TrainConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    pub fn from_file(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let parse = |msg: String| ConfigError::Parse {
+        let parse = |msg: String| Error::ConfigParse {
             path: path.to_path_buf(),
             msg,
         };
@@ -430,11 +407,11 @@ impl TrainConfig {
     }
 
     /// Checks ranges (not the data paths; the loaders do that).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
         self.model_config()
             .validate()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
         if self.crop < 16 || !self.crop.is_multiple_of(8) {
             return bad(format!(
                 "crop must be a multiple of 8 and at least 16, got {}",

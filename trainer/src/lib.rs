@@ -16,10 +16,10 @@ pub mod checkpoint;
 pub mod config;
 pub mod contrastive;
 pub mod data;
-pub mod dataio;
 pub mod determinism;
 pub mod dist;
 pub mod ema;
+pub mod error;
 pub mod memory_bank;
 pub mod metrics;
 pub mod mixing;
@@ -33,3 +33,5 @@ pub mod tensorboard;
 pub mod trace;
 pub mod trainer;
 pub mod validate;
+
+pub use error::{Error, Result};

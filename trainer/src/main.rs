@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use rccr_models::{Backbone, ModelConfig, RccrNet, OUTPUT_STRIDE};
 use rccr_trainer::bench::{self, BenchConfig};
 use rccr_trainer::config::{Components, Mode, Precision, Size, TrainConfig};
-use rccr_trainer::dataio::{is_synthia, DatasetSpec, ValSet};
+use rccr_trainer::data::{DatasetSpec, ValSet};
 use rccr_trainer::run::{self, RunOptions};
 use rccr_trainer::{checkpoint, validate};
 use std::path::PathBuf;
@@ -414,10 +414,16 @@ struct BenchArgs {
     dist_timeout: u32,
 }
 
-fn main() -> Result<()> {
+fn main() {
     rccr_infer::logging::init("info");
-    let cli = Cli::parse();
-    match cli.command {
+    if let Err(e) = run_command(Cli::parse().command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_command(command: Command) -> Result<()> {
+    match command {
         Command::Describe(a) => describe(&a),
         Command::Train(a) => train(&a, false),
         Command::Trace(a) => train(&a, true),
@@ -569,11 +575,11 @@ fn eval(a: &EvalArgs) -> Result<()> {
     let trained_on_synthia = checkpoint::load(&a.checkpoint)
         .ok()
         .and_then(|c| c.config.source)
-        .is_some_and(|s| is_synthia(&s));
+        .is_some_and(|s| s.is_synthia());
     let set = ValSet::open(&a.data, a.size.map(|s| s.pair()), a.limit)
         .with_context(|| format!("validation data {}", a.data))?;
     let pb = indicatif::ProgressBar::new(set.len() as u64);
-    let synthia = a.synthia_protocols || is_synthia(&a.data) || trained_on_synthia;
+    let synthia = a.synthia_protocols || a.data.is_synthia() || trained_on_synthia;
     let res = validate::evaluate(&loaded.net, &set, device, a.bf16, synthia, Some(&pb))?;
     pb.finish_and_clear();
     println!("{}: {} on {}", a.checkpoint.display(), a.network, a.data);

@@ -3,8 +3,9 @@
 //! (TensorBoard images at every validation; ignored pixels are black).
 
 use crate::data::val::{ValSample, ValSet};
+use crate::error::Error;
 use crate::tensorboard::side_by_side;
-use crate::validate::{predict, ValidateError};
+use crate::validate::predict;
 use image::RgbImage;
 use rccr_infer::taxonomy::IGNORE;
 use rccr_models::RccrNet;
@@ -23,11 +24,7 @@ impl ValPictures {
     }
 
     /// One picture per sample: input | ground truth | prediction of `net`.
-    pub(crate) fn render(
-        &self,
-        net: &RccrNet,
-        device: Device,
-    ) -> Result<Vec<RgbImage>, ValidateError> {
+    pub(crate) fn render(&self, net: &RccrNet, device: Device) -> Result<Vec<RgbImage>, Error> {
         let palette = rccr_infer::taxonomy::palette();
         self.samples
             .iter()

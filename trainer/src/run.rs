@@ -6,14 +6,14 @@
 
 use crate::checkpoint::{self, Best, CheckpointDir, Saved};
 use crate::config::{Mode, TrainConfig};
-use crate::dataio::{is_synthia, LoaderConfig, Split, TrainLoader, ValSet};
+use crate::data::{LoaderConfig, Split, TrainLoader, ValSet};
 use crate::dist::{Ddp, Launch, ProcessGroup};
 use crate::ema;
+use crate::error::{Context, Error, Result};
 use crate::metrics::{MetricsLog, TrainRecord};
 use crate::tensorboard::{scalars_of, TbWriter};
 use crate::trainer::{StepStats, Trainer};
 use crate::validate;
-use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rccr_models::device::device_name;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -
             let ck = checkpoint::load(path)
                 .with_context(|| format!("cannot resume from {}", path.display()))?;
             if ck.config.model_config() != cfg.model_config() {
-                bail!(
+                return Err(Error::Refused(format!(
                     "{}: the checkpoint's network ({} / {} classes / {} ASPP branches) differs \
                      from the requested one; drop --backbone/--num-classes/--aspp-branches \
                      when resuming",
@@ -78,7 +78,7 @@ pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -
                     ck.config.backbone,
                     ck.config.num_classes,
                     ck.config.aspp_branches
-                );
+                )));
             }
             checkpoint::load_vars(
                 &trainer.student_vs,
@@ -95,7 +95,10 @@ pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -
             trainer
                 .opt
                 .load_state(&ck.with_prefix(checkpoint::OPTIM))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                .map_err(|msg| Error::BadCheckpoint {
+                    path: path.to_path_buf(),
+                    msg,
+                })?;
             let bank: Vec<_> = ck
                 .bank()
                 .into_iter()
@@ -153,7 +156,7 @@ fn init_from_model(trainer: &Trainer, path: &Path) -> Result<()> {
         rccr_models::checkpoint::load_network(path, rccr_models::checkpoint::TEACHER, Device::Cpu)
             .with_context(|| format!("cannot start from {} (--init-from)", path.display()))?;
     if loaded.info.model != trainer.model {
-        bail!(
+        return Err(Error::Refused(format!(
             "{}: --init-from holds a {} / {} classes / {} ASPP branches network, the run \
              trains {} / {} / {}; pass the same --backbone/--num-classes/--aspp-branches",
             path.display(),
@@ -163,7 +166,7 @@ fn init_from_model(trainer: &Trainer, path: &Path) -> Result<()> {
             trainer.model.backbone,
             trainer.model.num_classes,
             trainer.model.aspp_branches
-        );
+        )));
     }
     let src = loaded.vs.variables();
     let mut copied = 0;
@@ -207,11 +210,13 @@ fn loader_config(cfg: &TrainConfig, size: Option<crate::config::Size>, seed: u64
 fn join(cfg: &TrainConfig, trace: bool) -> Result<(TrainConfig, Device, Option<ProcessGroup>)> {
     let mut cfg = cfg.clone();
     let mut device = rccr_models::device::parse_device(&cfg.device)?;
-    let Some(l) = Launch::from_env().map_err(anyhow::Error::msg)? else {
+    let Some(l) = Launch::from_env().map_err(Error::DistSetup)? else {
         return Ok((cfg, device, None));
     };
     if trace {
-        bail!("rccr-train trace runs in one process: launch it without torchrun");
+        return Err(Error::Refused(
+            "rccr-train trace runs in one process: launch it without torchrun".into(),
+        ));
     }
     let (pg, dev, backend) = crate::dist::join(&l, cfg.dist.backend, cfg.dist.timeout_s, device)
         .with_context(|| {
@@ -254,12 +259,17 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let target = match (&cfg.target, cfg.mode) {
         (Some(t), _) => Some(t.clone()),
         (None, Mode::SourceOnly) => None,
-        (None, m) => bail!("mode {m} needs target data: pass --target cityscapes:DIR"),
+        (None, m) => {
+            return Err(Error::Refused(format!(
+                "mode {m} needs target data: pass --target cityscapes:DIR"
+            )))
+        }
     };
     let val_spec = cfg.val.clone().or_else(|| target.clone());
     let run_dir = opts.out.clone();
     std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
+        .map_err(Error::io_at(&run_dir))
+        .context("cannot create the run folder")?;
     let mut trainer = build_trainer(cfg, device, opts.resume.as_deref())?;
     trainer.streams.rank = data_rank as u64;
     if let Some(pg) = pg {
@@ -286,11 +296,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
     let start = trainer.iteration;
     if start >= cfg.iterations {
-        bail!(
+        return Err(Error::Refused(format!(
             "the checkpoint is at iteration {start}, the run has {} iterations: nothing to do \
              (raise --iterations to continue)",
             cfg.iterations
-        );
+        )));
     }
     tracing::info!(
         device = %device_name(device),
@@ -324,7 +334,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         ),
         None => None,
     };
-    let synthia = is_synthia(&source);
+    let synthia = source.is_synthia();
     let mut cfg = cfg.clone();
     cfg.crop_padding = [
         src_loader.padding_share(cfg.crop),
@@ -354,19 +364,21 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     if opts.resume.is_some() && main {
         truncate_log(&run_dir.join("metrics.jsonl"), start)?;
     }
+    let log_path = run_dir.join("metrics.jsonl");
+    let tb_dir = run_dir.join("tb");
     let mut log = match main {
         true => Some(
-            MetricsLog::open(&run_dir.join("metrics.jsonl")).with_context(|| {
-                format!("cannot open {}", run_dir.join("metrics.jsonl").display())
-            })?,
+            MetricsLog::open(&log_path)
+                .map_err(Error::io_at(&log_path))
+                .context("cannot open the metrics log")?,
         ),
         false => None,
     };
 
     let mut events = match (main && opts.tensorboard, opts.resume.is_some()) {
         (false, _) => None,
-        (true, false) => Some(TbWriter::create(&run_dir.join("tb"))?),
-        (true, true) => Some(TbWriter::resume(&run_dir.join("tb"), start + 1)?),
+        (true, false) => Some(TbWriter::create(&tb_dir).map_err(Error::io_at(&tb_dir))?),
+        (true, true) => Some(TbWriter::resume(&tb_dir, start + 1).map_err(Error::io_at(&tb_dir))?),
     };
     let val_pictures = match (&events, &val_set) {
         (Some(_), Some(set)) => crate::pictures::ValPictures::new(set, 3),
@@ -413,10 +425,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             }
             let rec = record(&stats, secs, cfg.dist.world_size);
             if let Some(log) = &mut log {
-                log.write(&rec)?;
+                log.write(&rec).map_err(Error::io_at(&log_path))?;
             }
             if let Some(ev) = &mut events {
-                ev.add_scalars(it, &scalars_of(&serde_json::to_value(&rec)?))?;
+                ev.add_scalars(it, &scalars_of(&serde_json::to_value(&rec)?))
+                    .map_err(Error::io_at(&tb_dir))?;
             }
         }
         if let Some(tr) = &trainer.trace {
@@ -440,13 +453,16 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             )
             .context("validation failed")?;
             if let Some(log) = &mut log {
-                log.write(&res.record(it))?;
+                log.write(&res.record(it))
+                    .map_err(Error::io_at(&log_path))?;
             }
             if let Some(ev) = &mut events {
-                ev.add_scalars(it, &scalars_of(&serde_json::to_value(res.record(it))?))?;
+                ev.add_scalars(it, &scalars_of(&serde_json::to_value(res.record(it))?))
+                    .map_err(Error::io_at(&tb_dir))?;
                 if let Some(p) = &val_pictures {
                     for (i, img) in p.render(&trainer.teacher, device)?.iter().enumerate() {
-                        ev.add_image(&format!("val/image_{i}"), it, img)?;
+                        ev.add_image(&format!("val/image_{i}"), it, img)
+                            .map_err(Error::io_at(&tb_dir))?;
                     }
                 }
             }
@@ -516,7 +532,8 @@ fn check_run_dir(out: &Path, opts: &RunOptions) -> Result<()> {
         return Ok(());
     }
     let held: Vec<PathBuf> = std::fs::read_dir(out)
-        .with_context(|| format!("cannot read the run folder {}", out.display()))?
+        .map_err(Error::io_at(out))
+        .context("cannot read the run folder")?
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
@@ -544,13 +561,13 @@ fn check_run_dir(out: &Path, opts: &RunOptions) -> Result<()> {
         return Ok(());
     }
     if !opts.overwrite {
-        bail!(
+        return Err(Error::Refused(format!(
             "{} already holds a run ({}): continue it with --resume {}/checkpoints/iter_*.safetensors, \
              pick a fresh --out, or pass --overwrite to replace it",
             out.display(),
             held.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", "),
             out.display()
-        );
+        )));
     }
     let rank0 = Launch::from_env()
         .ok()
@@ -563,7 +580,8 @@ fn check_run_dir(out: &Path, opts: &RunOptions) -> Result<()> {
             } else {
                 std::fs::remove_file(&p)
             };
-            r.with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
+            r.map_err(Error::io_at(&p))
+                .context("--overwrite: cannot remove")?;
         }
         tracing::warn!(out = %out.display(), "--overwrite: removed the previous run");
     }
@@ -625,7 +643,7 @@ fn finish_ranks(
 ) -> Result<()> {
     let mut all = Ddp::variables(&trainer.student_vs, false);
     all.extend(Ddp::variables(&trainer.teacher_vs, false));
-    d.check_identical(&all).map_err(anyhow::Error::msg)?;
+    d.check_identical(&all).map_err(Error::DistSetup)?;
     if opts.save_all_ranks && d.rank() > 0 {
         let dir = CheckpointDir::create(run_dir.join(format!("rank{}", d.rank())), 1)?;
         dir.save(&Saved {

@@ -32,6 +32,7 @@ use crate::config::{Mode, Precision, TrainConfig};
 use crate::contrastive::{bank_sample, contrastive_loss, random_keep, ContrastiveInputs};
 use crate::dist::Ddp;
 use crate::ema;
+use crate::error::{Error, Result};
 use crate::memory_bank::MemoryBank;
 use crate::mixing::{self, AugConfig, CutBox};
 use crate::optim::{group_of, Group, Sgd};
@@ -42,50 +43,6 @@ use rccr_models::deeplab::upsample_logits;
 use rccr_models::{ModelConfig, RccrNet};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Reduction, Tensor};
-
-/// Errors of a training step.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// A loss term is NaN or infinite.
-    #[error(
-        "iteration {iteration}: loss term {term} is {value} (not finite); the run stops \
-         here and the last checkpoint is unchanged. Lower the learning rate, check the \
-         data, or resume from the last checkpoint"
-    )]
-    NonFinite {
-        /// 1-based iteration.
-        iteration: u64,
-        /// `loss_ce`, `loss_cons` or `loss_cont`.
-        term: &'static str,
-        /// The value.
-        value: f64,
-    },
-    /// The state after an update holds a NaN or an infinity although the losses were finite.
-    #[error(
-        "iteration {iteration}: after the update, {variable} holds NaN or infinite values \
-         (the losses were finite; the update diverged). The run stops here and no \
-         checkpoint of this state is written; lower the learning rate or resume from the \
-         last checkpoint"
-    )]
-    NonFiniteState {
-        /// 1-based iteration.
-        iteration: u64,
-        /// `student.<var>`, `teacher.<var>` or `momentum.<var>`.
-        variable: String,
-    },
-    /// A setting that cannot run here.
-    #[error("{0}")]
-    Config(String),
-    /// Batches that do not fit the configuration.
-    #[error("batch: {0}")]
-    Batch(String),
-    /// libtorch failed.
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-    /// A collective of a data-parallel run failed (a rank died or timed out).
-    #[error("data-parallel training: {0}")]
-    Dist(#[from] crate::dist::DistError),
-}
 
 /// Seconds spent in each phase of a step (measured only when profiling, with device
 /// synchronisation between phases).
@@ -205,11 +162,11 @@ struct TeacherOut {
 
 impl Trainer {
     /// Fresh networks (libtorch seeded with `cfg.seed`); the teacher starts as a copy.
-    pub fn new(cfg: TrainConfig, device: Device) -> Result<Trainer, TrainError> {
+    pub fn new(cfg: TrainConfig, device: Device) -> Result<Trainer> {
         cfg.validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+            .map_err(|e| Error::Unsupported(e.to_string()))?;
         if cfg.precision == Precision::Bf16 && !device.is_cuda() {
-            return Err(TrainError::Config(
+            return Err(Error::Unsupported(
                 "--precision bf16 uses CUDA autocast; on the CPU use --precision fp32".into(),
             ));
         }
@@ -260,12 +217,12 @@ impl Trainer {
         self.cfg.precision == Precision::Bf16
     }
 
-    fn finite(&self, term: &'static str, t: &Tensor) -> Result<f64, TrainError> {
+    fn finite(&self, term: &'static str, t: &Tensor) -> Result<f64> {
         let value = t.double_value(&[]);
         if value.is_finite() {
             Ok(value)
         } else {
-            Err(TrainError::NonFinite {
+            Err(Error::NonFinite {
                 iteration: self.iteration + 1,
                 term,
                 value,
@@ -291,7 +248,7 @@ impl Trainer {
     }
 
     /// The student's logits at the crop size (bilinear, align_corners, as DACS).
-    fn student_logits(&self, x: &Tensor, crop: i64) -> Result<Tensor, TrainError> {
+    fn student_logits(&self, x: &Tensor, crop: i64) -> Result<Tensor> {
         let xn = self.student.seg.normalize(x);
         let logits = self.student_forward(|| {
             crate::amp::bf16_autocast(self.bf16(), || self.student.seg.forward_t(&xn, true).logits)
@@ -300,7 +257,7 @@ impl Trainer {
     }
 
     /// Runs a student forward, with synchronised batch norm under `--sync-bn`.
-    fn student_forward<T>(&self, f: impl FnOnce() -> T) -> Result<T, TrainError> {
+    fn student_forward<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         let Some(d) = self.ddp.as_ref().filter(|d| d.sync_bn) else {
             return Ok(f());
         };
@@ -319,7 +276,7 @@ impl Trainer {
         source: &Tensor,
         source_labels: &Tensor,
         target: Option<&Tensor>,
-    ) -> Result<StepStats, TrainError> {
+    ) -> Result<StepStats> {
         let cfg = self.cfg.clone();
         let t = self.iteration;
         let mut timer = Timer::new(self.profile, self.device);
@@ -382,11 +339,7 @@ impl Trainer {
     }
 
     /// The source batch on the device, checked to be `N x 3 x C x C` / `N x C x C`.
-    fn check_source(
-        &self,
-        source: &Tensor,
-        labels: &Tensor,
-    ) -> Result<(Tensor, Tensor), TrainError> {
+    fn check_source(&self, source: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
         let xs = source.to_device(self.device).to_kind(Kind::Float);
         let ys = labels.to_device(self.device).to_kind(Kind::Int64);
         let shape = xs.size();
@@ -395,7 +348,7 @@ impl Trainer {
             || shape[2] != shape[3]
             || ys.size() != [shape[0], shape[2], shape[3]]
         {
-            return Err(TrainError::Batch(format!(
+            return Err(Error::Batch(format!(
                 "source images {:?} / labels {:?} are not N x 3 x C x C / N x C x C",
                 shape,
                 ys.size()
@@ -405,15 +358,13 @@ impl Trainer {
     }
 
     /// The target batch on the device, checked to match the source's shape.
-    fn check_target(&self, target: Option<&Tensor>, xs: &Tensor) -> Result<Tensor, TrainError> {
+    fn check_target(&self, target: Option<&Tensor>, xs: &Tensor) -> Result<Tensor> {
         let xt = target
-            .ok_or_else(|| {
-                TrainError::Batch(format!("mode {} needs target images", self.cfg.mode))
-            })?
+            .ok_or_else(|| Error::Batch(format!("mode {} needs target images", self.cfg.mode)))?
             .to_device(self.device)
             .to_kind(Kind::Float);
         if xt.size() != xs.size() {
-            return Err(TrainError::Batch(format!(
+            return Err(Error::Batch(format!(
                 "target images {:?} differ in shape from source images {:?}",
                 xt.size(),
                 xs.size()
@@ -458,7 +409,7 @@ impl Trainer {
         xt: &Tensor,
         teacher: &TeacherOut,
         crop: i64,
-    ) -> Result<f64, TrainError> {
+    ) -> Result<f64> {
         let t = self.iteration;
         let bsz = xs.size()[0];
         let mut rng = self.streams.rng(Purpose::ClassMix, t);
@@ -492,7 +443,7 @@ impl Trainer {
         stats: &mut StepStats,
         timer: &mut Timer,
         phases: &mut Phases,
-    ) -> Result<(), TrainError> {
+    ) -> Result<()> {
         let cfg = self.cfg.clone();
         let t = self.iteration;
         let (bsz, crop) = (xs.size()[0], xs.size()[2]);
@@ -651,7 +602,7 @@ impl Trainer {
         lr: f64,
         lr_head: f64,
         copy_teacher: bool,
-    ) -> Result<StepStats, TrainError> {
+    ) -> Result<StepStats> {
         match &mut self.ddp {
             Some(d) => {
                 let mut grads = self.opt.gradients();
@@ -694,7 +645,7 @@ impl Trainer {
 
 impl Trainer {
     /// Every variable of both networks and the momentum must be finite after an update.
-    fn check_state(&self) -> Result<(), TrainError> {
+    fn check_state(&self) -> Result<()> {
         let named: Vec<(String, Tensor)> = [
             ("student.", &self.student_vs),
             ("teacher.", &self.teacher_vs),
@@ -714,7 +665,7 @@ impl Trainer {
         .collect();
         match rccr_models::weights::first_non_finite(named.iter().map(|(n, t)| (n.as_str(), t))) {
             None => Ok(()),
-            Some(variable) => Err(TrainError::NonFiniteState {
+            Some(variable) => Err(Error::NonFiniteState {
                 iteration: self.iteration + 1,
                 variable,
             }),
@@ -724,13 +675,13 @@ impl Trainer {
 
 /// `--deterministic` on (cuDNN benchmark off, deterministic algorithms, with a note of
 /// what stays non-deterministic), else cuDNN benchmark mode on CUDA (DACS's choice).
-fn configure_determinism(cfg: &TrainConfig, device: Device) -> Result<(), TrainError> {
+fn configure_determinism(cfg: &TrainConfig, device: Device) -> Result<()> {
     if device.is_cuda() {
         tch::Cuda::manual_seed_all(cfg.seed);
         tch::Cuda::cudnn_set_benchmark(!cfg.deterministic);
     }
     if cfg.deterministic {
-        crate::determinism::set(true).map_err(TrainError::Config)?;
+        crate::determinism::set(true).map_err(Error::Unsupported)?;
         if device.is_cuda() {
             tracing::warn!(
                 "--deterministic: cuDNN benchmark off, deterministic algorithms on; still \

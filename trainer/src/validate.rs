@@ -5,7 +5,8 @@
 //! official Cityscapes semantics (`rccr_infer::metrics`), on 19 classes and, for SYNTHIA
 //! runs, on the 16- and 13-class protocols as well.
 
-use crate::dataio::{DataError, ValSet};
+use crate::data::ValSet;
+use crate::error::{Error, Result};
 use crate::metrics::{ClassIous, ValRecord};
 use rccr_infer::metrics::ConfusionMatrix;
 use rccr_infer::taxonomy::{class_names, Protocol};
@@ -14,25 +15,6 @@ use rccr_models::RccrNet;
 use serde::Serialize;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-/// Errors of a validation pass.
-#[derive(Debug, thiserror::Error)]
-pub enum ValidateError {
-    /// A sample could not be read.
-    #[error(transparent)]
-    Data(#[from] DataError),
-    /// A label whose size differs from its image.
-    #[error("validation sample {name}: {msg}")]
-    Sample {
-        /// The sample.
-        name: String,
-        /// What is wrong.
-        msg: String,
-    },
-    /// libtorch failed.
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-}
 
 /// The scores of one pass.
 #[derive(Debug, Clone, Serialize)]
@@ -98,7 +80,7 @@ pub fn predict(
     width: usize,
     device: Device,
     bf16: bool,
-) -> Result<Vec<u8>, ValidateError> {
+) -> Result<Vec<u8>> {
     let pred = tch::no_grad(|| {
         let x = net.seg.normalize(&image.to_device(device));
         let logits = crate::amp::bf16_autocast(bf16, || net.seg.forward_t(&x, false).logits);
@@ -119,7 +101,7 @@ pub fn evaluate(
     bf16: bool,
     synthia: bool,
     progress: Option<&indicatif::ProgressBar>,
-) -> Result<ValResult, ValidateError> {
+) -> Result<ValResult> {
     let start = Instant::now();
     let n = net.seg.config.num_classes as usize;
     let mut cm = ConfusionMatrix::new(n);
@@ -127,7 +109,7 @@ pub fn evaluate(
     for sample in set.iter() {
         let s = sample?;
         if s.label.len() != s.height * s.width {
-            return Err(ValidateError::Sample {
+            return Err(Error::ValSample {
                 name: s.name,
                 msg: format!(
                     "label has {} pixels for {}x{}",
@@ -138,7 +120,7 @@ pub fn evaluate(
             });
         }
         let pred = predict(net, &s.image, s.height, s.width, device, bf16)?;
-        cm.add(&s.label, &pred).map_err(|e| ValidateError::Sample {
+        cm.add(&s.label, &pred).map_err(|e| Error::ValSample {
             name: s.name.clone(),
             msg: e.to_string(),
         })?;

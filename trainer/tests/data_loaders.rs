@@ -5,9 +5,8 @@
 
 use std::path::Path;
 
-use rccr_trainer::data::{
-    DataError, DatasetKind, DatasetSpec, LoaderConfig, Split, TrainLoader, ValSet,
-};
+use rccr_trainer::data::{DatasetKind, DatasetSpec, LoaderConfig, Split, TrainLoader, ValSet};
+use rccr_trainer::Error;
 
 /// Cityscapes labelId -> trainId, typed in from the notes ("Data"), independent of the
 /// crate's tables.
@@ -463,7 +462,7 @@ fn all_corrupt_is_an_error() {
     let spec: DatasetSpec = format!("gta5:{}", dir.path().display()).parse().unwrap();
     let mut l = TrainLoader::open(&spec, &cfg(12, 10, 6, 1), 0).unwrap();
     let err = l.next_batch().unwrap_err();
-    assert!(matches!(err, DataError::NoSamples { .. }), "{err}");
+    assert!(matches!(err, Error::NoSamples { .. }), "{err}");
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
 
@@ -477,7 +476,7 @@ fn empty_or_missing_folders_name_the_layout() {
     let spec: DatasetSpec = format!("gta5:{}", dir.path().display()).parse().unwrap();
     let err = TrainLoader::open(&spec, &cfg(4, 4, 4, 1), 0).err().unwrap();
     let msg = err.to_string();
-    assert!(matches!(err, DataError::NoSamples { .. }), "{msg}");
+    assert!(matches!(err, Error::NoSamples { .. }), "{msg}");
     assert!(
         msg.contains("images/*.png") && msg.contains(&dir.path().display().to_string()),
         "{msg}"
@@ -486,7 +485,7 @@ fn empty_or_missing_folders_name_the_layout() {
 
     let spec: DatasetSpec = format!("synthia:{}", dir.path().display()).parse().unwrap();
     let err = TrainLoader::open(&spec, &cfg(4, 4, 4, 1), 0).err().unwrap();
-    assert!(matches!(err, DataError::MissingDir { .. }), "{err}");
+    assert!(matches!(err, Error::MissingDir { .. }), "{err}");
     assert!(err.to_string().contains("GT/LABELS"), "{err}");
 
     let spec: DatasetSpec = format!("cityscapes:{}", dir.path().display())

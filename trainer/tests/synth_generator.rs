@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rccr_trainer::data::{DatasetSpec, LoaderConfig, Split, TrainLoader, ValSet};
-use rccr_trainer::synth::{run, ImageSize, SynthArgs, SynthError};
+use rccr_trainer::synth::{run, ImageSize, SynthArgs};
+use rccr_trainer::Error;
 
 /// The 19 Cityscapes training labelIds (cityscapesScripts' `labels.py`).
 const TRAIN_LABEL_IDS: [u8; 19] = [
@@ -267,7 +268,7 @@ fn refuses_foreign_folders_and_bad_arguments() {
     std::fs::create_dir_all(dir.path().join("gta5/images")).unwrap();
     std::fs::write(dir.path().join("gta5/images/mine.png"), b"x").unwrap();
     let err = run(&args(dir.path(), 0, 1, 1)).unwrap_err();
-    assert!(matches!(err, SynthError::NotOurs { .. }), "{err}");
+    assert!(matches!(err, Error::NotOurs { .. }), "{err}");
     assert!(
         dir.path().join("gta5/images/mine.png").is_file(),
         "must not delete user data"
@@ -282,8 +283,8 @@ fn refuses_foreign_folders_and_bad_arguments() {
         }
     );
     let mut a = args(dir.path(), 0, 0, 1);
-    assert!(matches!(run(&a), Err(SynthError::BadArgs { .. })));
+    assert!(matches!(run(&a), Err(Error::BadArgs { .. })));
     a.count = 1;
     a.shift = f32::NAN;
-    assert!(matches!(run(&a), Err(SynthError::BadArgs { .. })));
+    assert!(matches!(run(&a), Err(Error::BadArgs { .. })));
 }

@@ -10,7 +10,8 @@ use rccr_models::Backbone;
 use rccr_trainer::checkpoint;
 use rccr_trainer::config::{Components, Mode, Size, TrainConfig};
 use rccr_trainer::run::{run, RunOptions};
-use rccr_trainer::trainer::{TrainError, Trainer};
+use rccr_trainer::trainer::Trainer;
+use rccr_trainer::Error;
 use serde_json::Value;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -219,7 +220,7 @@ fn a_nan_loss_stops_before_any_weight_changes() {
     let bad = xs.copy();
     let _ = bad.narrow(2, 0, 8).fill_(f64::NAN);
     match t.step(&bad, &ys, Some(&xt)) {
-        Err(TrainError::NonFinite {
+        Err(Error::NonFinite {
             iteration, term, ..
         }) => {
             assert_eq!(iteration, 3);
@@ -230,7 +231,7 @@ fn a_nan_loss_stops_before_any_weight_changes() {
     assert!(snapshot(&t.student_vs, "conv1.weight").equal(&before));
     assert!(snapshot(&t.teacher_vs, "conv1.weight").equal(&teacher_before));
     assert_eq!(t.iteration, 2);
-    let msg = TrainError::NonFinite {
+    let msg = Error::NonFinite {
         iteration: 3,
         term: "loss_ce",
         value: f64::NAN,

@@ -2,7 +2,7 @@
 //! training loader ([`super::loader`]) and the validation iterator ([`super::val`]).
 //!
 //! Jobs are keyed by a sample number; workers take them in any order, a panic in a job
-//! becomes a [`DataError::Worker`] for that key, and [`Ahead::take`] hands results back
+//! becomes a [`Error::Worker`] for that key, and [`Ahead::take`] hands results back
 //! by key, holding early arrivals until they are asked for.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::DataError;
+use super::Error;
 
 /// The words a pool uses in thread names and error messages.
 #[derive(Debug, Clone, Copy)]
@@ -27,14 +27,14 @@ pub(crate) struct Names {
     pub pool: &'static str,
 }
 
-type Outcome<T> = (u64, Result<T, DataError>);
+type Outcome<T> = (u64, Result<T, Error>);
 
 /// Worker threads running one job function on (key, payload) jobs (see the module doc).
 pub(crate) struct Ahead<T> {
     names: Names,
     jobs: Option<Sender<(u64, usize)>>,
     results: Receiver<Outcome<T>>,
-    pending: HashMap<u64, Result<T, DataError>>,
+    pending: HashMap<u64, Result<T, Error>>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     waited: Duration,
@@ -45,7 +45,7 @@ impl<T: Send + 'static> Ahead<T> {
     /// errors of the threads that could not be started.
     pub(crate) fn start<F>(names: Names, threads: usize, work: F) -> (Self, Vec<std::io::Error>)
     where
-        F: Fn(u64, usize) -> Result<T, DataError> + Send + Sync + 'static,
+        F: Fn(u64, usize) -> Result<T, Error> + Send + Sync + 'static,
     {
         let work = Arc::new(work);
         let stop = Arc::new(AtomicBool::new(false));
@@ -91,7 +91,7 @@ impl<T: Send + 'static> Ahead<T> {
     }
 
     /// The result of job `key`, waiting for it when it is not in yet.
-    pub(crate) fn take(&mut self, key: u64) -> Result<T, DataError> {
+    pub(crate) fn take(&mut self, key: u64) -> Result<T, Error> {
         loop {
             if let Some(r) = self.pending.remove(&key) {
                 return r;
@@ -104,7 +104,7 @@ impl<T: Send + 'static> Ahead<T> {
                     self.pending.insert(k, r);
                 }
                 Err(_) => {
-                    return Err(DataError::Worker {
+                    return Err(Error::Worker {
                         reason: format!("all {} workers exited", self.names.pool),
                     })
                 }
@@ -121,7 +121,7 @@ impl<T: Send + 'static> Ahead<T> {
 /// A worker: runs jobs until the queue closes, the consumer is gone or `stop` is set.
 fn worker_loop<T>(
     names: Names,
-    work: &dyn Fn(u64, usize) -> Result<T, DataError>,
+    work: &dyn Fn(u64, usize) -> Result<T, Error>,
     jobs: &Receiver<(u64, usize)>,
     results: &Sender<Outcome<T>>,
     stop: &AtomicBool,
@@ -132,7 +132,7 @@ fn worker_loop<T>(
         }
         let out = std::panic::catch_unwind(AssertUnwindSafe(|| work(key, payload))).unwrap_or_else(
             |_| {
-                Err(DataError::Worker {
+                Err(Error::Worker {
                     reason: format!("panic while {} {key}", names.job),
                 })
             },

@@ -13,7 +13,7 @@ use image::RgbImage;
 use rccr_infer::labelmap::resize_nearest;
 use rccr_infer::taxonomy::{label_to_train, synthia_to_train, IGNORE};
 
-use super::{DataError, DatasetKind};
+use super::{DatasetKind, Error};
 
 /// A decoded label map in trainIds (255 = ignore), row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,22 +26,22 @@ pub(crate) struct LabelMap {
     pub(crate) ids: Vec<u8>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, DataError> {
-    std::fs::read(path).map_err(|e| DataError::Io {
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Read {
         path: path.to_path_buf(),
         source: e,
     })
 }
 
-fn decode_err(path: &Path, reason: impl ToString) -> DataError {
-    DataError::Decode {
+fn decode_err(path: &Path, reason: impl ToString) -> Error {
+    Error::Decode {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     }
 }
 
 /// Decodes an image file to 8-bit RGB (alpha dropped, 16-bit scaled down).
-pub(crate) fn decode_rgb(path: &Path) -> Result<RgbImage, DataError> {
+pub(crate) fn decode_rgb(path: &Path) -> Result<RgbImage, Error> {
     let bytes = read(path)?;
     let img = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -64,7 +64,7 @@ pub(crate) fn train_id_table(kind: DatasetKind) -> [u8; 256] {
 }
 
 /// Decodes a label PNG of `kind` and maps its ids to trainIds.
-pub(crate) fn decode_label(path: &Path, kind: DatasetKind) -> Result<LabelMap, DataError> {
+pub(crate) fn decode_label(path: &Path, kind: DatasetKind) -> Result<LabelMap, Error> {
     let bytes = read(path)?;
     decode_label_bytes(&bytes, kind).map_err(|reason| decode_err(path, reason))
 }
@@ -75,7 +75,7 @@ pub(crate) fn decode_label_resized(
     path: &Path,
     kind: DatasetKind,
     size: (u32, u32),
-) -> Result<Vec<u8>, DataError> {
+) -> Result<Vec<u8>, Error> {
     let map = decode_label(path, kind)?;
     if map.width == 0 || map.height == 0 {
         return Err(decode_err(path, "empty label image"));

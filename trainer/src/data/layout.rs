@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{DataError, DatasetKind, DatasetSpec, Split};
+use super::{DatasetKind, DatasetSpec, Error, Split};
 
 /// One sample on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,11 +33,11 @@ fn is_png(p: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
-fn require_dir(kind: DatasetKind, path: &Path) -> Result<(), DataError> {
+fn require_dir(kind: DatasetKind, path: &Path) -> Result<(), Error> {
     if path.is_dir() {
         Ok(())
     } else {
-        Err(DataError::MissingDir {
+        Err(Error::MissingDir {
             kind,
             path: path.to_path_buf(),
             expected: kind.expected_layout(),
@@ -46,8 +46,8 @@ fn require_dir(kind: DatasetKind, path: &Path) -> Result<(), DataError> {
 }
 
 /// The entries directly inside `dir` that pass `keep`, sorted.
-fn entries_in(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>, DataError> {
-    let io = |e| DataError::Io {
+fn entries_in(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>, Error> {
+    let io = |e| Error::Read {
         path: dir.to_path_buf(),
         source: e,
     };
@@ -63,12 +63,12 @@ fn entries_in(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>, 
 }
 
 /// The `*.png` files directly inside `dir`, sorted.
-fn pngs_in(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+fn pngs_in(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     entries_in(dir, |p| is_png(p) && p.is_file())
 }
 
 /// Flat layouts (GTA5, SYNTHIA): `root/<images>/<name>.png` with `root/<labels>/<name>.png`.
-fn flat(spec: &DatasetSpec, images: &Path, labels: &Path) -> Result<Discovered, DataError> {
+fn flat(spec: &DatasetSpec, images: &Path, labels: &Path) -> Result<Discovered, Error> {
     let kind = spec.kind;
     let img_dir = spec.root.join(images);
     let lbl_dir = spec.root.join(labels);
@@ -125,7 +125,7 @@ fn cityscapes(
     spec: &DatasetSpec,
     split: Split,
     labels_required: bool,
-) -> Result<Discovered, DataError> {
+) -> Result<Discovered, Error> {
     let kind = spec.kind;
     require_dir(kind, &spec.root)?;
     let img_root = spec.root.join("leftImg8bit").join(split.dir_name());
@@ -153,7 +153,7 @@ fn cityscapes_label_root(
     spec: &DatasetSpec,
     split: Split,
     labels_required: bool,
-) -> Result<Option<PathBuf>, DataError> {
+) -> Result<Option<PathBuf>, Error> {
     let lbl_root = spec.root.join("gtFine").join(split.dir_name());
     if lbl_root.is_dir() {
         return Ok(Some(lbl_root));
@@ -199,7 +199,7 @@ pub(crate) fn discover(
     spec: &DatasetSpec,
     split: Split,
     labels_required: bool,
-) -> Result<Discovered, DataError> {
+) -> Result<Discovered, Error> {
     let found = match spec.kind {
         DatasetKind::Gta5 => flat(spec, Path::new("images"), Path::new("labels"))?,
         DatasetKind::Synthia => flat(spec, Path::new("RGB"), &Path::new("GT").join("LABELS"))?,
@@ -211,7 +211,7 @@ pub(crate) fn discover(
         } else {
             String::new()
         };
-        return Err(DataError::NoSamples {
+        return Err(Error::NoSamples {
             kind: spec.kind,
             root: spec.root.clone(),
             detail,

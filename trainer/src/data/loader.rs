@@ -24,7 +24,7 @@ use super::ahead::{Ahead, Names};
 use super::augment::{crop_chw, random_crop_origin, resize_rgb, rng_for};
 use super::decode::{decode_label_resized, decode_rgb};
 use super::layout::{discover, Pair};
-use super::{tensor, DataError, DatasetKind, DatasetSpec, LoaderConfig};
+use super::{tensor, DatasetKind, DatasetSpec, Error, LoaderConfig};
 
 /// RNG stream tags (see [`super::augment::mix`]).
 const TAG_PERMUTATION: u64 = 1;
@@ -74,7 +74,7 @@ pub(crate) fn filter_for(kind: DatasetKind) -> FilterType {
 
 impl Shared {
     /// Decodes, resizes and crops pair `index` with the crop of global sample `g`.
-    fn prepare(&self, index: usize, g: u64) -> Result<Prepared, DataError> {
+    fn prepare(&self, index: usize, g: u64) -> Result<Prepared, Error> {
         let pair = &self.pairs[index];
         let img = decode_rgb(&pair.image)?;
         let (w, h) = self.size;
@@ -83,7 +83,7 @@ impl Shared {
             None => vec![IGNORE; w as usize * h as usize],
         };
         if img.width() == 0 || img.height() == 0 {
-            return Err(DataError::Decode {
+            return Err(Error::Decode {
                 path: pair.image.clone(),
                 reason: "empty image".into(),
             });
@@ -118,7 +118,7 @@ impl Shared {
     }
 
     /// Global sample `g`, drawn as pair `first`, or its deterministic replacement.
-    fn produce(&self, g: u64, first: usize) -> Result<Prepared, DataError> {
+    fn produce(&self, g: u64, first: usize) -> Result<Prepared, Error> {
         if let Some(p) = self.try_index(first, g) {
             return Ok(p);
         }
@@ -134,7 +134,7 @@ impl Shared {
                 return Ok(p);
             }
         }
-        Err(DataError::NoSamples {
+        Err(Error::NoSamples {
             kind: self.kind,
             root: self
                 .pairs
@@ -160,9 +160,9 @@ pub struct TrainLoader {
 }
 
 /// The (W, H) images are resized to, after checking that `cfg` can work.
-fn checked_size(spec: &DatasetSpec, cfg: &LoaderConfig) -> Result<(u32, u32), DataError> {
+fn checked_size(spec: &DatasetSpec, cfg: &LoaderConfig) -> Result<(u32, u32), Error> {
     if cfg.crop == 0 || cfg.batch_size == 0 {
-        return Err(DataError::Config {
+        return Err(Error::LoaderConfig {
             reason: format!(
                 "crop ({}) and batch size ({}) must be at least 1",
                 cfg.crop, cfg.batch_size
@@ -171,7 +171,7 @@ fn checked_size(spec: &DatasetSpec, cfg: &LoaderConfig) -> Result<(u32, u32), Da
     }
     let size = cfg.resize.unwrap_or(spec.kind.paper_size());
     if size.0 == 0 || size.1 == 0 {
-        return Err(DataError::Config {
+        return Err(Error::LoaderConfig {
             reason: format!("resize {}x{} must be at least 1x1", size.0, size.1),
         });
     }
@@ -179,7 +179,7 @@ fn checked_size(spec: &DatasetSpec, cfg: &LoaderConfig) -> Result<(u32, u32), Da
 }
 
 /// The worker pool producing global samples (job key g, payload: the pair drawn).
-fn start_workers(shared: &Arc<Shared>, workers: usize) -> Result<Ahead<Prepared>, DataError> {
+fn start_workers(shared: &Arc<Shared>, workers: usize) -> Result<Ahead<Prepared>, Error> {
     let names = Names {
         thread: "rccr-data",
         job: "preparing sample",
@@ -188,7 +188,7 @@ fn start_workers(shared: &Arc<Shared>, workers: usize) -> Result<Ahead<Prepared>
     let s = shared.clone();
     let (pool, failed) = Ahead::start(names, workers.max(1), move |g, first| s.produce(g, first));
     match failed.into_iter().next() {
-        Some(e) => Err(DataError::Worker {
+        Some(e) => Err(Error::Worker {
             reason: format!("cannot start a worker thread: {e}"),
         }),
         None => Ok(pool),
@@ -202,7 +202,7 @@ impl TrainLoader {
         spec: &DatasetSpec,
         cfg: &LoaderConfig,
         start_iteration: u64,
-    ) -> Result<TrainLoader, DataError> {
+    ) -> Result<TrainLoader, Error> {
         let size = checked_size(spec, cfg)?;
         let found = discover(spec, cfg.split, false)?;
         let n = found.pairs.len();
@@ -274,7 +274,7 @@ impl TrainLoader {
     }
 
     /// The batch of the next iteration (start_iteration, start_iteration + 1, ...).
-    pub fn next_batch(&mut self) -> Result<Batch, DataError> {
+    pub fn next_batch(&mut self) -> Result<Batch, Error> {
         let c = self.shared.crop as usize;
         let b = self.batch_size;
         let mut images = Vec::with_capacity(b * 3 * c * c);

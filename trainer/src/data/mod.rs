@@ -20,6 +20,7 @@ pub(crate) mod layout;
 pub(crate) mod loader;
 pub(crate) mod val;
 
+pub(crate) use crate::error::Error;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -98,10 +99,10 @@ impl DatasetSpec {
 }
 
 impl FromStr for DatasetSpec {
-    type Err = DataError;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || DataError::BadSpec {
+        let bad = || Error::BadSpec {
             spec: s.to_string(),
         };
         let (kind, root) = s.split_once(':').ok_or_else(bad)?;
@@ -207,80 +208,11 @@ pub(crate) fn tensor<T: tch::kind::Element>(
     data: &[T],
     shape: &[i64],
     what: impl Into<String>,
-) -> Result<tch::Tensor, DataError> {
+) -> Result<tch::Tensor, Error> {
     tch::Tensor::f_from_slice(data)
         .and_then(|t| t.f_view(shape))
-        .map_err(|e| DataError::Tensor {
+        .map_err(|e| Error::Tensor {
             what: what.into(),
             reason: e.to_string(),
         })
-}
-
-/// Errors of the data pipeline; each names the path and how to fix it.
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    /// A dataset spec that is not `gta5:DIR`, `synthia:DIR` or `cityscapes:DIR`.
-    #[error("invalid dataset '{spec}': write gta5:DIR, synthia:DIR or cityscapes:DIR")]
-    BadSpec {
-        /// The text given.
-        spec: String,
-    },
-    /// A folder the layout needs does not exist.
-    #[error("{kind} dataset: folder {path} not found; expected the layout {expected}")]
-    MissingDir {
-        /// Dataset kind.
-        kind: DatasetKind,
-        /// The missing folder.
-        path: PathBuf,
-        /// The expected layout.
-        expected: &'static str,
-    },
-    /// A dataset folder holds no usable image/label pairs.
-    #[error("{kind} dataset at {root}: no usable image/label pairs{detail}; expected the layout {expected}")]
-    NoSamples {
-        /// Dataset kind.
-        kind: DatasetKind,
-        /// The dataset root.
-        root: PathBuf,
-        /// Extra detail (e.g. how many files were corrupt).
-        detail: String,
-        /// The expected layout.
-        expected: &'static str,
-    },
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}; check that the file exists and is readable")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A file could not be decoded as the expected image.
-    #[error("cannot decode {path}: {reason}; re-extract or replace the file, or delete the pair")]
-    Decode {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A loader configuration that cannot work.
-    #[error("invalid loader configuration: {reason}")]
-    Config {
-        /// What is wrong and how to fix it.
-        reason: String,
-    },
-    /// A worker thread ended unexpectedly.
-    #[error("data worker thread stopped unexpectedly ({reason}); this is a bug, please report it")]
-    Worker {
-        /// What happened.
-        reason: String,
-    },
-    /// A tensor could not be built from decoded data.
-    #[error("cannot build a tensor from {what}: {reason}")]
-    Tensor {
-        /// Which tensor.
-        what: String,
-        /// libtorch's message.
-        reason: String,
-    },
 }

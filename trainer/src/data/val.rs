@@ -18,7 +18,7 @@ use super::augment::{resize_rgb, to_chw};
 use super::decode::{decode_label_resized, decode_rgb};
 use super::layout::{discover, Pair};
 use super::loader::filter_for;
-use super::{tensor, DataError, DatasetKind, DatasetSpec, Split};
+use super::{tensor, DatasetKind, DatasetSpec, Error, Split};
 
 /// One validation image with its label.
 #[derive(Debug)]
@@ -51,18 +51,18 @@ struct Decoded {
 }
 
 impl ValShared {
-    fn decode(&self, i: usize) -> Result<Decoded, DataError> {
+    fn decode(&self, i: usize) -> Result<Decoded, Error> {
         let pair = &self.pairs[i];
         let img = decode_rgb(&pair.image)?;
         let size = self.resize.unwrap_or(img.dimensions());
         if size.0 == 0 || size.1 == 0 {
-            return Err(DataError::Decode {
+            return Err(Error::Decode {
                 path: pair.image.clone(),
                 reason: "empty image".into(),
             });
         }
         let img = resize_rgb(img, size, self.filter);
-        let label_path = pair.label.as_ref().ok_or_else(|| DataError::Decode {
+        let label_path = pair.label.as_ref().ok_or_else(|| Error::Decode {
             path: pair.image.clone(),
             reason: "no label for this validation image".into(),
         })?;
@@ -90,10 +90,10 @@ impl ValSet {
         spec: &DatasetSpec,
         resize: Option<(u32, u32)>,
         limit: Option<usize>,
-    ) -> Result<ValSet, DataError> {
+    ) -> Result<ValSet, Error> {
         if let Some((w, h)) = resize {
             if w == 0 || h == 0 {
-                return Err(DataError::Config {
+                return Err(Error::LoaderConfig {
                     reason: format!("validation resize {w}x{h} must be at least 1x1"),
                 });
             }
@@ -128,7 +128,7 @@ impl ValSet {
     }
 
     /// The samples in order, decoded ahead on worker threads.
-    pub fn iter(&self) -> impl Iterator<Item = Result<ValSample, DataError>> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Result<ValSample, Error>> + '_ {
         ValIter::new(self.shared.clone())
     }
 }
@@ -176,7 +176,7 @@ impl ValIter {
         }
     }
 
-    fn take(&mut self, i: usize) -> Result<Decoded, DataError> {
+    fn take(&mut self, i: usize) -> Result<Decoded, Error> {
         if !self.pool.has_workers() {
             return self.shared.decode(i);
         }
@@ -185,7 +185,7 @@ impl ValIter {
 }
 
 impl Iterator for ValIter {
-    type Item = Result<ValSample, DataError>;
+    type Item = Result<ValSample, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next >= self.shared.pairs.len() {

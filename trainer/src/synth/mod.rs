@@ -18,6 +18,7 @@ pub(crate) mod raster;
 pub(crate) mod scene;
 pub(crate) mod style;
 
+use crate::error::Error;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -41,10 +42,10 @@ pub struct ImageSize {
 }
 
 impl FromStr for ImageSize {
-    type Err = SynthError;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || SynthError::BadSize {
+        let bad = || Error::BadSize {
             text: s.to_string(),
         };
         let size: rccr_infer::Size = s.parse().map_err(|_| bad())?;
@@ -157,45 +158,6 @@ pub struct SynthReport {
     pub target_classes: Vec<String>,
 }
 
-/// Errors of the generator.
-#[derive(Debug, thiserror::Error)]
-pub enum SynthError {
-    /// A size that is not `WxH` with sides in 32..=8192.
-    #[error("invalid size '{text}': write WxH, e.g. 512x256, each side 32..=8192")]
-    BadSize {
-        /// The text given.
-        text: String,
-    },
-    /// Arguments that cannot work.
-    #[error("invalid synth arguments: {reason}")]
-    BadArgs {
-        /// What is wrong and how to fix it.
-        reason: String,
-    },
-    /// The output folder already holds data this generator did not write.
-    #[error("{path} already holds data that rccr-train synth did not write; choose an empty or new --out folder")]
-    NotOurs {
-        /// The conflicting folder.
-        path: PathBuf,
-    },
-    /// A file or folder could not be written.
-    #[error("cannot write {path}: {source}; check the permissions and free space")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// PNG encoding failed.
-    #[error("cannot encode {path}: {reason}")]
-    Encode {
-        /// The path.
-        path: PathBuf,
-        /// The encoder's message.
-        reason: String,
-    },
-}
-
 /// The four sets written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Set {
@@ -281,8 +243,8 @@ fn paths(out: &Path, set: Set, i: usize) -> (PathBuf, PathBuf) {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
-    move |e| SynthError::Io {
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Write {
         path: path.to_path_buf(),
         source: e,
     }
@@ -290,7 +252,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename
 /// ([`rccr_infer::files::write_atomic`]).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     rccr_infer::files::write_atomic(path, bytes).map_err(io(path))
 }
 
@@ -301,9 +263,9 @@ fn encode_png(
     data: &[u8],
     size: ImageSize,
     color: PngColor,
-) -> Result<Vec<u8>, SynthError> {
+) -> Result<Vec<u8>, Error> {
     rccr_infer::imageio::encode_png(size.width, size.height, color, data).map_err(|e| {
-        SynthError::Encode {
+        Error::Encode {
             path: path.to_path_buf(),
             reason: e.to_string(),
         }
@@ -341,7 +303,7 @@ fn generate_one(
     set: Set,
     i: usize,
     palette: &[u8],
-) -> Result<[u64; NUM_CLASSES], SynthError> {
+) -> Result<[u64; NUM_CLASSES], Error> {
     let (w, h) = (args.size.width as usize, args.size.height as usize);
     let mut rng = rng_for(args.seed, set.tag(), i as u64);
     let scene = Scene::sample(&mut rng, w, h);
@@ -363,7 +325,7 @@ fn generate_one(
 }
 
 /// Refuses an output folder holding data we did not write; clears ours.
-fn prepare_out(out: &Path) -> Result<(), SynthError> {
+fn prepare_out(out: &Path) -> Result<(), Error> {
     let marker = out.join("synth.json");
     let ours = marker.is_file();
     for sub in ["gta5", "gta5-val", "cityscapes"] {
@@ -374,7 +336,7 @@ fn prepare_out(out: &Path) -> Result<(), SynthError> {
         if !ours {
             let empty = std::fs::read_dir(&dir).map_err(io(&dir))?.next().is_none();
             if !empty {
-                return Err(SynthError::NotOurs { path: dir });
+                return Err(Error::NotOurs { path: dir });
             }
         }
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
@@ -408,14 +370,14 @@ fn class_names_present(hist: &[u64; NUM_CLASSES]) -> Vec<String> {
 
 /// Refuses arguments that cannot work: no training images, or a shift that is negative
 /// or not finite.
-fn check_args(args: &SynthArgs) -> Result<(), SynthError> {
+fn check_args(args: &SynthArgs) -> Result<(), Error> {
     if args.count == 0 {
-        return Err(SynthError::BadArgs {
+        return Err(Error::BadArgs {
             reason: "--count must be at least 1".into(),
         });
     }
     if !args.shift.is_finite() || args.shift < 0.0 {
-        return Err(SynthError::BadArgs {
+        return Err(Error::BadArgs {
             reason: format!("--shift {} must be a finite number >= 0", args.shift),
         });
     }
@@ -431,7 +393,7 @@ fn jobs(args: &SynthArgs) -> Vec<(Set, usize)> {
 }
 
 /// Creates every folder the `jobs` write into.
-fn create_folders(out: &Path, jobs: &[(Set, usize)]) -> Result<(), SynthError> {
+fn create_folders(out: &Path, jobs: &[(Set, usize)]) -> Result<(), Error> {
     let mut dirs: Vec<PathBuf> = jobs
         .iter()
         .flat_map(|&(set, i)| {
@@ -450,10 +412,7 @@ fn create_folders(out: &Path, jobs: &[(Set, usize)]) -> Result<(), SynthError> {
 
 /// Generates every job on the rayon pool behind a progress bar; returns the class
 /// histograms of the source and of the target images.
-fn generate_all(
-    args: &SynthArgs,
-    jobs: &[(Set, usize)],
-) -> Result<[[u64; NUM_CLASSES]; 2], SynthError> {
+fn generate_all(args: &SynthArgs, jobs: &[(Set, usize)]) -> Result<[[u64; NUM_CLASSES]; 2], Error> {
     let palette = label_palette();
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
     bar.set_style(
@@ -469,7 +428,7 @@ fn generate_all(
             bar.inc(1);
             Ok((set, hist))
         })
-        .collect::<Result<_, SynthError>>()?;
+        .collect::<Result<_, Error>>()?;
     bar.finish_and_clear();
     let mut by_domain = [[0u64; NUM_CLASSES]; 2];
     for (set, hist) in &results {
@@ -511,7 +470,7 @@ fn report(
 
 /// Generates the benchmark described in the module doc; returns (and writes as
 /// `DIR/synth.json`) the report.
-pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
+pub fn run(args: &SynthArgs) -> Result<SynthReport, Error> {
     check_args(args)?;
     let start = Instant::now();
     std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
@@ -527,7 +486,7 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, SynthError> {
     let images = jobs.len();
     let report = report(args, &histograms, images, seconds);
     let json = serde_json::json!({ "args": args, "report": &report });
-    let text = serde_json::to_string_pretty(&json).map_err(|e| SynthError::Encode {
+    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Encode {
         path: marker.clone(),
         reason: e.to_string(),
     })?;

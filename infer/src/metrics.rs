@@ -216,7 +216,8 @@ mod tests {
         // class 2: TP 0, FN 1                        -> 0
         let mut cm = ConfusionMatrix::new(3);
         assert_eq!(
-            cm.add(&[0, 0, 1, 1, 2, IGNORE], &[0, 1, 1, 1, 0, 2]).unwrap(),
+            cm.add(&[0, 0, 1, 1, 2, IGNORE], &[0, 1, 1, 1, 0, 2])
+                .unwrap(),
             5
         );
         let iou = cm.per_class_iou();

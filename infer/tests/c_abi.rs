@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::*;
 use rccr_infer::capi::{self, RccrOptions};
-use rccr_infer::{Provider, Segmenter, SegmenterOptions, SessionOptions};
+use rccr_infer::Segmenter;
 
 fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -280,19 +280,7 @@ fn frames() -> Vec<(String, image::RgbImage)> {
 }
 
 fn rust_reference(model: &Path, frames: &[(String, image::RgbImage)]) -> Vec<Vec<u8>> {
-    let mut seg = Segmenter::open(
-        model,
-        &SegmenterOptions {
-            session: SessionOptions {
-                provider: Provider::Cpu,
-                intra_threads: Some(1),
-                ..SessionOptions::default()
-            },
-            batch_size: 2,
-            input_size: Some((32, 16)),
-        },
-    )
-    .unwrap();
+    let mut seg = Segmenter::open(model, &cpu_options(Some((32, 16)), 2)).unwrap();
     let images: Vec<_> = frames.iter().map(|(_, i)| i.clone()).collect();
     seg.segment_original(&images)
         .unwrap()

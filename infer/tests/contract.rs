@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::*;
 use rccr_infer::contract::{self, ModelMetadata};
-use rccr_infer::{ModelInfo, Provider, Segmenter, SegmenterOptions, SessionOptions};
+use rccr_infer::{ModelInfo, Segmenter};
 
 /// Builds the 19-class test model with exactly `props` as its metadata and opens it.
 fn info_of(dir: &Path, props: &[(String, String)]) -> ModelInfo {
@@ -23,15 +23,7 @@ fn info_of(dir: &Path, props: &[(String, String)]) -> ModelInfo {
         &dir.join("m.onnx"),
         &["--metadata-json", json.to_str().unwrap()],
     );
-    let options = SegmenterOptions {
-        session: SessionOptions {
-            provider: Provider::Cpu,
-            intra_threads: Some(1),
-            ..SessionOptions::default()
-        },
-        batch_size: 1,
-        input_size: Some((32, 16)),
-    };
+    let options = cpu_options(Some((32, 16)), 1);
     Segmenter::open(&model, &options).unwrap().info().clone()
 }
 

@@ -6,25 +6,13 @@ mod common;
 
 use common::*;
 use rccr_infer::segmenter::{preprocess, Batch};
-use rccr_infer::{Provider, Segmenter, SegmenterOptions, SessionOptions};
-
-fn cpu(input: Option<(u32, u32)>, batch: usize) -> SegmenterOptions {
-    SegmenterOptions {
-        session: SessionOptions {
-            provider: Provider::Cpu,
-            intra_threads: Some(1),
-            ..SessionOptions::default()
-        },
-        batch_size: batch,
-        input_size: input,
-    }
-}
+use rccr_infer::{Provider, Segmenter};
 
 #[test]
 fn metadata_and_exact_labels() {
     let d = tempfile::tempdir().unwrap();
     let model = make_model(&d.path().join("m.onnx"), &["--outputs", "labels,logits"]);
-    let mut seg = Segmenter::open(&model, &cpu(Some((32, 16)), 2)).unwrap();
+    let mut seg = Segmenter::open(&model, &cpu_options(Some((32, 16)), 2)).unwrap();
     let info = seg.info().clone();
     assert_eq!(info.num_classes, 19);
     assert_eq!(info.label_set, "cityscapes19");
@@ -61,7 +49,7 @@ fn metadata_and_exact_labels() {
 fn fixed_batch_is_padded_and_pure_runs_time() {
     let d = tempfile::tempdir().unwrap();
     let model = make_model(&d.path().join("f.onnx"), &["--fixed", "2,16,32"]);
-    let mut seg = Segmenter::open(&model, &cpu(None, 1)).unwrap();
+    let mut seg = Segmenter::open(&model, &cpu_options(None, 1)).unwrap();
     assert_eq!(seg.batch_size(), 2);
     assert_eq!(seg.input_size(), (32, 16));
     let m = painted_map(2, 32, 16);
@@ -92,7 +80,7 @@ fn out_of_bound_options_are_typed_errors() {
         (Some((32, 16)), 0, "--batch-size 0"),
         (Some((32, 16)), 257, "--batch-size 257"),
     ] {
-        let e = Segmenter::open(&model, &cpu(input, batch)).unwrap_err();
+        let e = Segmenter::open(&model, &cpu_options(input, batch)).unwrap_err();
         assert!(matches!(e, rccr_infer::InferError::Invalid(_)), "{e}");
         assert!(e.to_string().contains(want), "{want}: {e}");
     }
@@ -102,7 +90,7 @@ fn out_of_bound_options_are_typed_errors() {
 fn interleaved_frames_and_logits_equal_the_image_api() {
     let d = tempfile::tempdir().unwrap();
     let model = make_model(&d.path().join("m.onnx"), &["--outputs", "labels,logits"]);
-    let mut seg = Segmenter::open(&model, &cpu(Some((32, 16)), 2)).unwrap();
+    let mut seg = Segmenter::open(&model, &cpu_options(Some((32, 16)), 2)).unwrap();
     // Three 48x20 frames (resized in and out): the interleaved entry point (what the C ABI
     // calls) gives what segment_original gives for the same images.
     let images: Vec<_> = (0..3)
@@ -150,7 +138,7 @@ fn interleaved_frames_and_logits_equal_the_image_api() {
     assert!(e.contains("train_ids holds"), "{e}");
     // A model without logits says how to export them.
     let labels_only = make_model(&d.path().join("l.onnx"), &["--outputs", "labels"]);
-    let mut seg = Segmenter::open(&labels_only, &cpu(Some((32, 16)), 1)).unwrap();
+    let mut seg = Segmenter::open(&labels_only, &cpu_options(Some((32, 16)), 1)).unwrap();
     let e = seg
         .segment_interleaved(&rgb, shape, &mut ids, Some(&mut logits))
         .unwrap_err()

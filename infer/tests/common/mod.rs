@@ -35,6 +35,19 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rccr-infer"))
 }
 
+/// `Segmenter` options on the CPU with one intra-op thread, `input` size and `batch`.
+pub fn cpu_options(input: Option<(u32, u32)>, batch: usize) -> rccr_infer::SegmenterOptions {
+    rccr_infer::SegmenterOptions {
+        session: rccr_infer::SessionOptions {
+            provider: rccr_infer::Provider::Cpu,
+            intra_threads: Some(1),
+            ..rccr_infer::SessionOptions::default()
+        },
+        batch_size: batch,
+        input_size: input,
+    }
+}
+
 /// Runs `rccr-infer --model MODEL --images IMAGES --provider cpu --quiet` followed by
 /// `extra` (the set-up every CPU run test shares).
 pub fn run_infer(model: &Path, images: &Path, extra: &[&str]) -> Output {

@@ -23,9 +23,10 @@ test: setup
 demo: setup
 	./scripts/demo.sh
 
+# Release profile too, so clippy reuses the dependencies `make test` built.
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

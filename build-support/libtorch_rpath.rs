@@ -7,6 +7,7 @@
 //! libtorch.so) are linked even though Rust code never names a CUDA symbol. Built
 //! binaries then run with no exported variables.
 
+/// Emits the rpath and `-ltorch` link arguments described above.
 pub fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {

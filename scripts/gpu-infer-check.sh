@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of rccr-infer's CUDA execution provider (issue 13): on a GPU host, runs an
+# GPU check of rccr-infer's CUDA execution provider (docs/deployment.md): on a GPU host, runs an
 # exported ResNet-101 model with `--provider cuda` and `--provider cpu` on the same images
 # with labels, and reports which provider ran, both mIoUs and the pixel agreement of the
 # two predictions, then the CUDA latency at batch 1 and 4 (1024x512 input) with

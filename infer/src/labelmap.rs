@@ -1,8 +1,8 @@
 //! Single-channel label maps (train ids or Cityscapes labelIds, one byte per pixel) and the
 //! pixel operations on them: nearest-neighbour resizing (the prediction brought to the
-//! label resolution before scoring, as in the DAFormer-style protocol of the
-//! implementation notes), id remapping through a lookup table (trainId <-> labelId),
-//! colouring with a palette and blending a colour map over the input image.
+//! label resolution before scoring: docs/design.md#evaluation-protocols), id remapping
+//! through a lookup table (trainId <-> labelId), colouring with a palette and blending a
+//! colour map over the input image.
 
 use crate::taxonomy::{self, IGNORE};
 

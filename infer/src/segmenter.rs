@@ -25,7 +25,7 @@ use crate::resample;
 use crate::taxonomy::IGNORE;
 
 /// Input size used when the model is dynamic and none is given: 1024 x 512, the DACS /
-/// RCCR Cityscapes evaluation protocol (implementation notes, "Evaluation protocols").
+/// RCCR Cityscapes evaluation protocol (docs/design.md#evaluation-protocols).
 pub const DEFAULT_INPUT_SIZE: (u32, u32) = (1024, 512);
 
 /// Largest accepted input side (`--input-size`), in pixels.

@@ -1,4 +1,4 @@
-//! The C ABI (issue 13): `include/rccr_infer.h` checked against the Rust definitions
+//! The C ABI (docs/deployment.md): `include/rccr_infer.h` checked against the Rust definitions
 //! (struct layout, constants, exported symbols), every entry point's error cases and a
 //! shared handle under 4 threads from C (`tests/support/abi_check.c`), and the C example
 //! `examples/c/segment.c`, compiled with the system C compiler and linked against the

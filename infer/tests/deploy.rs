@@ -1,4 +1,4 @@
-//! Deployment features of issue 13 through the CLI: `rccr-infer bench` (latency
+//! Deployment features (docs/deployment.md) through the CLI: `rccr-infer bench` (latency
 //! percentiles, stages apart, JSON and table) and `--shard K/N` + `score --merge` (three
 //! shards merged equal one run over all images, every number but the timings).
 

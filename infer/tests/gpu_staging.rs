@@ -1,4 +1,4 @@
-//! The GPU provider staging of issue 13, on this (GPU-less) machine: the failure messages
+//! The GPU provider staging (docs/deployment.md), on this (GPU-less) machine: the failure messages
 //! of `scripts/stage-ort-cuda.sh` (missing and corrupt chunks, missing CUDA libraries) and
 //! `scripts/gpu-infer-check.sh` (no binary, no GPU, nothing staged), and a pack ->
 //! receive -> assemble round trip on a fake onnxruntime-gpu wheel split into 1 MiB chunks

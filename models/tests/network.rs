@@ -1,4 +1,4 @@
-//! Network structure tests: reference parameter counts (implementation notes), output
+//! Network structure tests: reference parameter counts (docs/design.md#reference-figures), output
 //! sizes, forward + backward, and the output-size formula.
 
 use rccr_models::{count_parameters, Backbone, ModelConfig, RccrNet};
@@ -12,7 +12,7 @@ fn build(config: &ModelConfig) -> (nn::VarStore, RccrNet) {
 
 #[test]
 fn resnet101_parameter_counts_match_the_reference() {
-    // Reference figures from the implementation notes (DACS DeepLabv2-R101, 19 classes,
+    // Reference figures of docs/design.md#reference-figures (DACS DeepLabv2-R101, 19 classes,
     // BN affine counted): 43,901,068; with the projector 48,359,692.
     let (vs, _) = build(&ModelConfig::new(Backbone::Resnet101, 19));
     let counts = count_parameters(&vs);
@@ -42,7 +42,7 @@ fn resnet50_and_two_branch_counts() {
 
 #[test]
 fn output_sizes_are_one_eighth_with_ceil_pooling() {
-    // The notes: 512x512 -> 65x65, 512x1024 -> 65x129.
+    // docs/design.md#reference-figures: 512x512 -> 65x65, 512x1024 -> 65x129.
     assert_eq!(ModelConfig::output_size(512, 512), (65, 65));
     assert_eq!(ModelConfig::output_size(512, 1024), (65, 129));
     let config = ModelConfig::new(Backbone::Small, 19);

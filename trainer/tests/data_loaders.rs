@@ -8,7 +8,7 @@ use std::path::Path;
 use rccr_trainer::data::{DatasetKind, DatasetSpec, LoaderConfig, Split, TrainLoader, ValSet};
 use rccr_trainer::Error;
 
-/// Cityscapes labelId -> trainId, typed in from the notes ("Data"), independent of the
+/// Cityscapes labelId -> trainId, typed in from docs/design.md#data-and-label-maps, independent of the
 /// crate's tables.
 fn notes_label_to_train(id: u16) -> u8 {
     match id {
@@ -35,7 +35,7 @@ fn notes_label_to_train(id: u16) -> u8 {
     }
 }
 
-/// SYNTHIA id -> trainId, typed in from the notes.
+/// SYNTHIA id -> trainId, typed in from docs/design.md#data-and-label-maps.
 fn notes_synthia_to_train(id: u16) -> u8 {
     match id {
         3 => 0,
@@ -220,7 +220,7 @@ fn synthia_16bit_first_channel_maps_to_train_ids() {
             "SYNTHIA id {id}"
         );
     }
-    // The 16 mapped ids of the notes give 16 distinct trainIds, no terrain/truck/train.
+    // The 16 mapped ids of docs/design.md#data-and-label-maps give 16 distinct trainIds, no terrain/truck/train.
     let mapped: std::collections::BTreeSet<i64> =
         labels.iter().copied().filter(|&v| v != 255).collect();
     assert_eq!(mapped.len(), 16);

@@ -100,7 +100,8 @@ fn a_config_file_is_read_and_flags_override_it() {
     // The file's mu_max is invalid: refused before any data is read...
     std::fs::write(
         &cfg,
-        "backbone = \"small\"\niterations = 7\nmode = \"baseline\"\nmu_max = -1.0\nsource = \"gta5:/nonexistent\"\n",
+        "[model]\nbackbone = \"small\"\n[data]\nsource = \"gta5:/nonexistent\"\n\
+         [method]\nmode = \"baseline\"\nmu_max = -1.0\n[run]\niterations = 7\n",
     )
     .unwrap();
     let out_dir = tmp.path().join("run");
@@ -132,4 +133,63 @@ fn a_config_file_is_read_and_flags_override_it() {
     assert!(err.contains("/nonexistent"), "{err}");
     // A start that fails on its data writes nothing (README, Failure behaviour).
     assert!(!out_dir.join("config.json").exists());
+}
+
+/// The value at `key` in the section of the default configuration that holds it (options
+/// named after their field; `--dist-*` are `run.dist` fields).
+fn config_default(defaults: &Value, flag: &str) -> Option<String> {
+    let key = flag.replace('-', "_");
+    let found = match key.as_str() {
+        "dist_backend" => Some(&defaults["run"]["dist"]["backend"]),
+        "dist_timeout" => Some(&defaults["run"]["dist"]["timeout_s"]),
+        _ => ["model", "data", "method", "optim", "run"]
+            .iter()
+            .find_map(|s| defaults[s].get(&key)),
+    }?;
+    match found {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        v => Some(v.to_string()),
+    }
+}
+
+/// Every `train --help` option that takes a value and has a default in
+/// `TrainConfig::default()` shows that default, and no other default is shown.
+#[test]
+fn train_help_defaults_are_the_config_defaults() {
+    let out = bin().args(["train", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let defaults = serde_json::to_value(rccr_trainer::config::TrainConfig::default()).unwrap();
+    // One block per option: from its `--name` at the start of a line to the next.
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        match t.strip_prefix("--") {
+            Some(rest) => {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                blocks.push((name, t.to_string()));
+            }
+            None => {
+                if let Some((_, b)) = blocks.last_mut() {
+                    b.push(' ');
+                    b.push_str(t);
+                }
+            }
+        }
+    }
+    let mut checked = 0;
+    for (flag, block) in &blocks {
+        let shown = block
+            .split_once("[default: ")
+            .map(|(_, r)| r.split_once(']').unwrap().0.to_string());
+        let takes_value = block.contains(&format!("--{flag} <"));
+        let expected = config_default(&defaults, flag).filter(|_| takes_value);
+        assert_eq!(shown, expected, "--{flag}: {block}");
+        checked += usize::from(shown.is_some());
+    }
+    assert!(checked >= 20, "{checked} defaults in\n{help}");
 }

@@ -459,8 +459,8 @@ fn torchrun_launches_two_ranks() {
     assert!(out.status.success(), "{}", text(&out));
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["dist"]["world_size"], 2);
-    assert_eq!(cfg["dist"]["backend_used"], "gloo");
+    assert_eq!(cfg["run"]["dist"]["world_size"], 2);
+    assert_eq!(cfg["run"]["dist"]["backend_used"], "gloo");
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()

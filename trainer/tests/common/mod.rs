@@ -2,6 +2,7 @@
 //! output. (Each test binary uses a subset.)
 #![allow(dead_code)]
 
+use rccr_trainer::config::{Size, TrainConfig};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -82,5 +83,30 @@ pub fn train_command(bin: &str, source: &str, size: &str, data: &Path, out: &Pat
         ])
         .env("OMP_NUM_THREADS", "1")
         .env("RUST_BACKTRACE", "0");
+    c
+}
+
+/// A library run on the data of [`synth_lib`] in `data`: GTA5 -> Cityscapes at 128x64,
+/// the `small` backbone, 64 crops, batch 2, seed 7, `iterations` iterations, losses
+/// logged every iteration, validation (at most 2 images) and a checkpoint only at the end.
+pub fn tiny_config(data: &Path, iterations: u64) -> TrainConfig {
+    let size = Some(Size::new(128, 64));
+    let mut c = TrainConfig {
+        model: rccr_models::ModelConfig::new(rccr_models::Backbone::Small, 19),
+        ..TrainConfig::default()
+    };
+    let d = &mut c.data;
+    d.source = Some(gta5(data).parse().unwrap());
+    d.target = Some(
+        format!("cityscapes:{}", data.join("cityscapes").display())
+            .parse()
+            .unwrap(),
+    );
+    (d.crop, d.batch_size, d.workers, d.prefetch) = (64, 2, 2, 2);
+    (d.source_size, d.target_size, d.val_size) = (size, size, size);
+    c.method.bank_per_iteration = 50;
+    let r = &mut c.run;
+    (r.iterations, r.seed, r.device) = (iterations, 7, "cpu".into());
+    (r.val_every, r.save_every, r.log_every, r.val_limit) = (0, 0, 1, Some(2));
     c
 }

@@ -212,7 +212,7 @@ fn synthetic(cfg: &BenchConfig) -> Batches {
     );
     let coarse = coarse.where_self(
         &coarse.lt(cfg.num_classes),
-        &Tensor::from(255i64).to_device(cfg.device),
+        &Tensor::from(crate::mixing::IGNORE).to_device(cfg.device),
     );
     let ys = coarse
         .to_kind(Kind::Float)

@@ -25,8 +25,8 @@ use rand::Rng;
 use rand_distr::{Beta, Distribution};
 use tch::{Device, Kind, Tensor};
 
-/// The ignore label.
-pub const IGNORE: i64 = 255;
+/// The ignore label (rccr-infer's taxonomy) as the label tensors' integer.
+pub const IGNORE: i64 = rccr_infer::taxonomy::IGNORE as i64;
 
 /// The classes present in a label map (`0..num_classes`, 255 and other values excluded),
 /// ascending. `label` is any integer tensor.

@@ -34,7 +34,7 @@ use crate::dist::Ddp;
 use crate::ema;
 use crate::error::{Error, Result};
 use crate::memory_bank::MemoryBank;
-use crate::mixing::{self, AugConfig, CutBox};
+use crate::mixing::{self, AugConfig, CutBox, IGNORE};
 use crate::optim::{group_of, Group, Sgd};
 use crate::schedule;
 use crate::streams::{Purpose, Streams};
@@ -423,7 +423,7 @@ impl Trainer {
         self.rec("classmix.y", &y_class);
         self.rec("classmix.w", &weight);
         let logits = self.student_logits(&x_class, crop)?;
-        let ce = logits.cross_entropy_loss::<Tensor>(&y_class, None, Reduction::None, 255, 0.0);
+        let ce = logits.cross_entropy_loss::<Tensor>(&y_class, None, Reduction::None, IGNORE, 0.0);
         let loss_cons = (ce * weight).mean(Kind::Float);
         let value = self.finite("loss_cons", &loss_cons)?;
         (&loss_cons * self.cfg.method.lambda_cons).backward();
@@ -920,10 +920,10 @@ impl Timer {
     }
 }
 
-/// Mean cross-entropy over the pixels whose label is not 255 (0 when there are none).
+/// Mean cross-entropy over the pixels whose label is not [`IGNORE`] (0 when there are none).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
-    let ce = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::None, 255, 0.0);
-    let valid = labels.ne(255).sum(Kind::Float).clamp_min(1.0);
+    let ce = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::None, IGNORE, 0.0);
+    let valid = labels.ne(IGNORE).sum(Kind::Float).clamp_min(1.0);
     ce.sum(Kind::Float) / valid
 }
 

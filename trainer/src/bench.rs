@@ -149,7 +149,7 @@ impl std::fmt::Display for BenchReport {
 }
 
 /// Peak resident memory of this process (VmHWM), MiB.
-pub fn cpu_peak_mib() -> Option<f64> {
+pub(crate) fn cpu_peak_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -169,7 +169,7 @@ fn nvidia_smi(args: &[&str]) -> Option<String> {
 /// GPU memory of this process from nvidia-smi, MiB, with how it was read: the
 /// per-process figure, or (inside containers, where nvidia-smi often lists no
 /// processes) the device's used memory, which is this process's on a dedicated GPU.
-pub fn cuda_memory_mib(device_index: usize) -> Option<(f64, &'static str)> {
+pub(crate) fn cuda_memory_mib(device_index: usize) -> Option<(f64, &'static str)> {
     let me = std::process::id().to_string();
     let per_process = nvidia_smi(&[
         "--query-compute-apps=pid,used_memory",

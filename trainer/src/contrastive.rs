@@ -26,7 +26,7 @@
 
 use rand::seq::index::sample;
 use rand::Rng;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// What L_cont needs for one batch.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ pub struct ContrastiveLoss {
 }
 
 /// Flattens `B x K x h x w` to `(B h w) x K` (row index b h w + i w + j).
-pub fn flatten_grid(e: &Tensor) -> Tensor {
+pub(crate) fn flatten_grid(e: &Tensor) -> Tensor {
     let k = e.size()[1];
     e.permute([0, 2, 3, 1]).reshape([-1, k])
 }
@@ -266,7 +266,7 @@ fn mask_negatives(
 
 /// MB: up to `per_iteration` random locations of each of E_cut and E_t (embeddings and
 /// labels, detached) to store for the next iterations.
-pub fn bank_sample<R: Rng + ?Sized>(
+pub(crate) fn bank_sample<R: Rng + ?Sized>(
     e_cut: &Tensor,
     e_t: &Tensor,
     cut_labels: &Tensor,
@@ -294,9 +294,4 @@ pub fn bank_sample<R: Rng + ?Sized>(
         labs.push(lab.index_select(0, &idx));
     }
     (Tensor::cat(&embs, 0), Tensor::cat(&labs, 0))
-}
-
-/// Convenience: a CPU i64 tensor from indices.
-pub fn index_tensor(v: &[i64], device: Device) -> Tensor {
-    Tensor::from_slice(v).to_device(device)
 }

@@ -142,7 +142,7 @@ struct TrainArgs {
     /// Replace the run already in --out (without it such a folder is refused).
     #[arg(long)]
     overwrite: bool,
-    /// Test hook: ranks above 0 also write their final checkpoint to OUT/rank<r>/.
+    /// Test hook: ranks above 0 also write their final checkpoint to `OUT/rank<r>/`.
     #[arg(long, hide = true)]
     save_all_ranks: bool,
     /// Iterations N of Algorithm 1.

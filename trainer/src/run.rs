@@ -573,7 +573,7 @@ impl Progress {
 
 /// Drops the lines of iterations after `iteration` from a metrics log (a run resumed
 /// from an earlier checkpoint than its last iteration rewrites that stretch).
-pub fn truncate_log(path: &Path, iteration: u64) -> Result<()> {
+pub(crate) fn truncate_log(path: &Path, iteration: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };

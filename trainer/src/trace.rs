@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
 /// The `rccr.format` of trace files.
-pub const TRACE_FORMAT: &str = "rccr-trace-v1";
+pub(crate) const TRACE_FORMAT: &str = "rccr-trace-v1";
 
 /// The tensors of the iteration being traced.
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ pub struct Trace {
 
 impl Trace {
     /// Starts recording iteration `t` (1-based); drops what an earlier one left.
-    pub fn begin(&mut self, t: u64) {
+    pub(crate) fn begin(&mut self, t: u64) {
         self.iteration = t;
         self.tensors.clear();
     }
@@ -40,14 +40,14 @@ impl Trace {
     }
 
     /// Records every variable of `vs` under `prefix`.
-    pub fn put_vars(&mut self, prefix: &str, vs: &nn::VarStore) {
+    pub(crate) fn put_vars(&mut self, prefix: &str, vs: &nn::VarStore) {
         for (n, t) in vs.variables() {
             self.put(&format!("{prefix}{n}"), &t);
         }
     }
 
     /// Records the losses and schedule values of a finished step as float64 scalars.
-    pub fn put_scalars(&mut self, s: &StepStats, lr_head: f64) {
+    pub(crate) fn put_scalars(&mut self, s: &StepStats, lr_head: f64) {
         for (name, v) in [
             ("loss.ce", s.loss_ce),
             ("loss.cons", s.loss_cons),

@@ -65,7 +65,7 @@ pub struct Phases {
 }
 
 /// Encoder gradient norms of each term of Eq. 9, as weighted in the update (measured on
-/// logged iterations; see [`Trainer::measure_grads`]).
+/// logged iterations; see `Trainer::measure_grads`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct GradNorms {
     /// |grad L_CE| over the encoder parameters.
@@ -795,7 +795,7 @@ fn grid_labels(t_logits: &Tensor, ys: &Tensor, cut: &CutBox, ps: bool, delta: f6
 
 /// `labels[:, 8i, 8j]` for the `h x w` grid (clipped to the crop): the label at each
 /// cell's centre pixel.
-pub fn cell_centre_labels(labels: &Tensor, h: i64, w: i64) -> Tensor {
+pub(crate) fn cell_centre_labels(labels: &Tensor, h: i64, w: i64) -> Tensor {
     let (hh, ww) = (labels.size()[1], labels.size()[2]);
     let dev = labels.device();
     let rows = (Tensor::arange(h, (Kind::Int64, dev)) * 8).clamp_max(hh - 1);
@@ -921,7 +921,7 @@ impl Timer {
 }
 
 /// Mean cross-entropy over the pixels whose label is not [`IGNORE`] (0 when there are none).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
+pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
     let ce = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::None, IGNORE, 0.0);
     let valid = labels.ne(IGNORE).sum(Kind::Float).clamp_min(1.0);
     ce.sum(Kind::Float) / valid

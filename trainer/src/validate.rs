@@ -69,7 +69,7 @@ impl std::fmt::Display for ValResult {
 
 /// Predicted train ids (`H x W`, row-major) of one image `1 x 3 x h x w` (RGB 0..255)
 /// for a label of `height x width`.
-pub fn predict(
+pub(crate) fn predict(
     net: &RccrNet,
     image: &Tensor,
     height: usize,

@@ -1,5 +1,5 @@
 //! The `rccr-train` command line: the describe interface scripts rely on (reference
-//! parameter counts of the notes), the CUDA refusal on a machine without one, a config
+//! parameter counts of README "The network"), the CUDA refusal on a machine without one, a config
 //! file overridden by flags, and the bench report.
 
 use serde_json::Value;
@@ -24,7 +24,7 @@ fn describe_prints_the_reference_counts() {
         .unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    // Reference figures of the implementation notes.
+    // The reference figures (README "The network": the DACS DeepLab-v2 ResNet-101).
     assert_eq!(v["parameters"], 43_901_068);
     assert_eq!(
         v["parameters"].as_i64().unwrap() + v["projector_parameters"].as_i64().unwrap(),

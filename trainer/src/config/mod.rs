@@ -5,7 +5,7 @@
 //! [`TrainConfig::default`]. Serde-serialisable, so a configuration comes from a TOML or
 //! JSON file (`--config`), is overridden on the command line, travels inside every
 //! checkpoint and is written, resolved, to `RUN_DIR/config.json`. Files and checkpoints
-//! of the earlier flat form (every key at the top level) still load ([`legacy`]).
+//! of the earlier flat form (every key at the top level) still load (module `legacy`).
 
 pub(crate) mod legacy;
 pub mod sections;
@@ -70,7 +70,7 @@ impl Default for Nested {
 
 impl TryFrom<serde_json::Value> for TrainConfig {
     type Error = String;
-    /// Reads the nested form, or the flat form moved into it ([`legacy::nest`]).
+    /// Reads the nested form, or the flat form moved into it (`legacy::nest`).
     fn try_from(value: serde_json::Value) -> std::result::Result<Self, String> {
         let serde_json::Value::Object(doc) = value else {
             return Err("a configuration must be a table of settings".into());

@@ -29,7 +29,9 @@ impl Launch {
     }
 
     /// As [`Launch::from_env`] over any variable lookup (tests).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>, String> {
+    pub(crate) fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Launch>, String> {
         let Some(world) = get("WORLD_SIZE") else {
             return Ok(None);
         };

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use rccr_trainer::config::{Size, TrainConfig};
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -52,17 +53,17 @@ pub fn gta5(data: &Path) -> String {
     format!("gta5:{}", data.join("gta5").display())
 }
 
-/// `rccr-train train` (binary `bin`) on tiny data: `source` and the Cityscapes-layout
+/// The arguments of `rccr-train train` on tiny data: `source` and the Cityscapes-layout
 /// target of `data`, images resized to `size` (validation 128x64, at most 2 images), the
-/// `small` backbone, 64 crops, batch 2, one data worker, one libtorch thread, quiet.
-pub fn train_command(bin: &str, source: &str, size: &str, data: &Path, out: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.args(["train", "--source", source])
-        .arg("--target")
-        .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
-        .arg("--out")
-        .arg(out)
-        .args([
+/// `small` backbone, 64 crops, batch 2, one data worker, quiet.
+pub fn tiny_train_args(source: &str, size: &str, data: &Path, out: &Path) -> Vec<OsString> {
+    let target = format!("cityscapes:{}", data.join("cityscapes").display());
+    let mut args: Vec<OsString> = ["train", "--source", source, "--target", &target, "--out"]
+        .map(OsString::from)
+        .into();
+    args.push(out.into());
+    args.extend(
+        [
             "--backbone",
             "small",
             "--crop",
@@ -80,7 +81,16 @@ pub fn train_command(bin: &str, source: &str, size: &str, data: &Path, out: &Pat
             "--workers",
             "1",
             "--quiet",
-        ])
+        ]
+        .map(OsString::from),
+    );
+    args
+}
+
+/// `rccr-train train` (binary `bin`) with [`tiny_train_args`], one libtorch thread.
+pub fn train_command(bin: &str, source: &str, size: &str, data: &Path, out: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args(tiny_train_args(source, size, data, out))
         .env("OMP_NUM_THREADS", "1")
         .env("RUST_BACKTRACE", "0");
     c

@@ -547,17 +547,7 @@ fn describe(a: &DescribeArgs) -> Result<()> {
 
 /// `train`, or with `trace` the same run writing its iterations out.
 fn train(a: &TrainArgs, trace: bool) -> Result<()> {
-    let mut cfg = match (&a.config, &a.resume) {
-        (Some(p), _) => TrainConfig::from_file(p)?,
-        (None, Some(r)) => {
-            checkpoint::load(r)
-                .with_context(|| format!("cannot resume from {}", r.display()))?
-                .config
-        }
-        (None, None) => TrainConfig::default(),
-    };
-    a.apply(&mut cfg);
-    cfg.validate()?;
+    let cfg = resolve_config(a)?;
     let out = match (&a.out, &a.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r
@@ -580,25 +570,46 @@ fn train(a: &TrainArgs, trace: bool) -> Result<()> {
             tensorboard: !a.no_tensorboard && !trace,
         },
     )?;
-    if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
+    print_summary(&summary, a.json)
+}
+
+/// The configuration of `train` / `trace`: `--config`, else the checkpoint's with
+/// `--resume`, else the defaults; the options written over it; checked.
+fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = match (&a.config, &a.resume) {
+        (Some(p), _) => TrainConfig::from_file(p)?,
+        (None, Some(r)) => {
+            checkpoint::load(r)
+                .with_context(|| format!("cannot resume from {}", r.display()))?
+                .config
+        }
+        (None, None) => TrainConfig::default(),
+    };
+    a.apply(&mut cfg);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn print_summary(summary: &run::RunSummary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(summary)?);
+        return Ok(());
+    }
+    println!(
+        "trained {} iterations ({:.3} s/iteration) in {}",
+        summary.iterations,
+        summary.seconds_per_iteration,
+        summary.run_dir.display()
+    );
+    if let Some(b) = summary.best {
         println!(
-            "trained {} iterations ({:.3} s/iteration) in {}",
-            summary.iterations,
-            summary.seconds_per_iteration,
-            summary.run_dir.display()
+            "best teacher mIoU {:.2}% at iteration {}",
+            b.miou * 100.0,
+            b.iteration
         );
-        if let Some(b) = summary.best {
-            println!(
-                "best teacher mIoU {:.2}% at iteration {}",
-                b.miou * 100.0,
-                b.iteration
-            );
-        }
-        if let Some(p) = &summary.last_checkpoint {
-            println!("last checkpoint {}", p.display());
-        }
+    }
+    if let Some(p) = &summary.last_checkpoint {
+        println!("last checkpoint {}", p.display());
     }
     Ok(())
 }

@@ -427,7 +427,7 @@ impl Session<'_> {
             self.outputs.write(it, &rec)?;
         }
         if let Some(tr) = &self.trainer.trace {
-            let path = tr.write(&self.opts.out, &self.trainer.model, &self.cfg)?;
+            let path = tr.write(&self.opts.out, &self.cfg)?;
             self.outputs
                 .pb
                 .println(format!("iteration {it}: {}", path.display()));

@@ -11,7 +11,6 @@
 
 use crate::config::TrainConfig;
 use crate::trainer::StepStats;
-use rccr_models::ModelConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
@@ -65,18 +64,13 @@ impl Trace {
     }
 
     /// Writes `dir/step_<t:07>.safetensors` (atomically) and returns its path.
-    pub fn write(
-        &self,
-        dir: &Path,
-        model: &ModelConfig,
-        cfg: &TrainConfig,
-    ) -> Result<PathBuf, rccr_models::ModelError> {
+    pub fn write(&self, dir: &Path, cfg: &TrainConfig) -> Result<PathBuf, rccr_models::ModelError> {
         let path = dir.join(format!("step_{:07}.safetensors", self.iteration));
         let mut meta = HashMap::new();
         meta.insert("rccr.format".into(), TRACE_FORMAT.into());
         meta.insert(
             "rccr.model_config".into(),
-            serde_json::to_string(model).expect("model config serialises"),
+            serde_json::to_string(&cfg.model).expect("model config serialises"),
         );
         meta.insert(
             "rccr.train_config".into(),

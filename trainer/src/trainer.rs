@@ -40,7 +40,7 @@ use crate::schedule;
 use crate::streams::{Purpose, Streams};
 use crate::trace::Trace;
 use rccr_models::deeplab::upsample_logits;
-use rccr_models::{ModelConfig, RccrNet};
+use rccr_models::RccrNet;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
@@ -118,8 +118,6 @@ pub struct StepStats {
 pub struct Trainer {
     /// The run's configuration.
     pub cfg: TrainConfig,
-    /// The network's configuration.
-    pub model: ModelConfig,
     /// Where the networks live.
     pub device: Device,
     /// Student variables.
@@ -170,13 +168,12 @@ impl Trainer {
                 "--precision bf16 uses CUDA autocast; on the CPU use --precision fp32".into(),
             ));
         }
-        let model = cfg.model.clone();
         tch::manual_seed(cfg.run.seed as i64);
         configure_determinism(&cfg, device)?;
         let student_vs = nn::VarStore::new(device);
-        let student = RccrNet::new(&student_vs.root(), &model);
+        let student = RccrNet::new(&student_vs.root(), &cfg.model);
         let teacher_vs = nn::VarStore::new(device);
-        let teacher = RccrNet::new(&teacher_vs.root(), &model);
+        let teacher = RccrNet::new(&teacher_vs.root(), &cfg.model);
         ema::copy_all(&teacher_vs, &student_vs);
         ema::freeze(&teacher_vs);
         let opt = Sgd::new(
@@ -196,7 +193,6 @@ impl Trainer {
         };
         Ok(Trainer {
             cfg,
-            model,
             device,
             student_vs,
             student,
@@ -413,7 +409,7 @@ impl Trainer {
         let t = self.iteration;
         let bsz = xs.size()[0];
         let mut rng = self.streams.rng(Purpose::ClassMix, t);
-        let (mask, _) = mixing::classmix_masks(ys, self.model.num_classes, &mut rng);
+        let (mask, _) = mixing::classmix_masks(ys, self.cfg.model.num_classes, &mut rng);
         let mut rng = self.streams.rng(Purpose::ClassMixAug, t);
         let params: Vec<_> = (0..bsz).map(|_| self.aug().sample(&mut rng)).collect();
         let x_class = mixing::augment(&mixing::mix(&mask, xs, xt), &params);
@@ -603,7 +599,7 @@ impl Trainer {
             &Tensor::stack(&[&g.cut_labels, &g.t_labels], 0),
         );
         self.rec("contrast.neg_keep", &keep_mask);
-        let k = self.model.projector_dim;
+        let k = self.cfg.model.projector_dim;
         let (be, bl) = match bank {
             Some((e, l)) => (e.shallow_clone(), l.shallow_clone()),
             None => (

@@ -125,7 +125,7 @@ fn init_from_model(trainer: &Trainer, path: &Path) -> Result<()> {
     let loaded =
         rccr_models::checkpoint::load_network(path, rccr_models::checkpoint::TEACHER, Device::Cpu)
             .with_context(|| format!("cannot start from {} (--init-from)", path.display()))?;
-    let (have, want) = (&loaded.info.model, &trainer.model);
+    let (have, want) = (&loaded.info.model, &trainer.cfg.model);
     if have != want {
         return Err(Error::Refused(format!(
             "{}: --init-from holds a {} / {} classes / {} ASPP branches network, the run \

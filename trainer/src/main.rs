@@ -681,7 +681,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
 
 fn bench_cmd(a: &BenchArgs) -> Result<()> {
     let mut device = rccr_models::device::parse_device(&a.device)?;
-    let launch = rccr_trainer::dist::Launch::from_env().map_err(anyhow::Error::msg)?;
+    let launch = rccr_trainer::dist::Launch::from_env()?;
     let group = match &launch {
         Some(l) => {
             let (pg, dev, _) = rccr_trainer::dist::join(l, a.dist_backend, a.dist_timeout, device)

@@ -626,7 +626,7 @@ fn finish_ranks(
     let run_dir = &opts.out;
     let mut all = Ddp::variables(&trainer.student_vs, false);
     all.extend(Ddp::variables(&trainer.teacher_vs, false));
-    d.check_identical(&all).map_err(Error::DistSetup)?;
+    d.check_identical(&all)?;
     if opts.save_all_ranks && d.rank() > 0 {
         let dir = CheckpointDir::create(run_dir.join(format!("rank{}", d.rank())), 1)?;
         dir.save(&Saved {

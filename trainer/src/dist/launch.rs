@@ -24,8 +24,8 @@ pub struct Launch {
 
 impl Launch {
     /// Reads the environment; `Ok(None)` without `WORLD_SIZE`.
-    pub fn from_env() -> Result<Option<Launch>, String> {
-        Launch::from_lookup(|k| std::env::var(k).ok())
+    pub fn from_env() -> crate::Result<Option<Launch>> {
+        Launch::from_lookup(|k| std::env::var(k).ok()).map_err(crate::Error::DistSetup)
     }
 
     /// As [`Launch::from_env`] over any variable lookup (tests).

@@ -215,19 +215,16 @@ impl Ddp {
 
     /// Checks that every rank holds bit-identical `tensors` (a 64-bit hash of their bytes,
     /// all-gathered); the error names the first rank that differs from rank 0.
-    pub(crate) fn check_identical(&self, tensors: &[Tensor]) -> Result<(), String> {
+    pub(crate) fn check_identical(&self, tensors: &[Tensor]) -> crate::Result<()> {
         let h = fingerprint(tensors) as i64;
-        let all = self
-            .pg
-            .all_gather(&Tensor::from_slice(&[h]))
-            .map_err(|e| e.to_string())?;
+        let all = self.pg.all_gather(&Tensor::from_slice(&[h]))?;
         let hs: Vec<i64> = all.iter().map(|t| t.int64_value(&[0])).collect();
         match hs.iter().position(|&x| x != hs[0]) {
             None => Ok(()),
-            Some(r) => Err(format!(
+            Some(r) => Err(crate::Error::DistSetup(format!(
                 "rank {r}'s weights differ from rank 0's (fingerprints {:#x} vs {:#x}): the ranks diverged",
                 hs[r], hs[0]
-            )),
+            ))),
         }
     }
 }

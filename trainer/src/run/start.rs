@@ -172,7 +172,7 @@ pub(super) fn join(
 ) -> Result<(TrainConfig, Device, Option<ProcessGroup>)> {
     let mut cfg = cfg.clone();
     let device = rccr_models::device::parse_device(&cfg.run.device)?;
-    let Some(l) = Launch::from_env().map_err(Error::DistSetup)? else {
+    let Some(l) = Launch::from_env()? else {
         return Ok((cfg, device, None));
     };
     if trace {

@@ -77,6 +77,7 @@ pub(crate) fn nest(doc: Map<String, Value>) -> Result<Map<String, Value>, String
             }
         }
     }
+    check_sections(&out)?;
     for (section, key, value) in moved {
         let entry = out
             .entry(section)
@@ -93,4 +94,25 @@ pub(crate) fn nest(doc: Map<String, Value>) -> Result<Map<String, Value>, String
         table.insert(key, value);
     }
     Ok(out)
+}
+
+/// A key of the flat form written under another section than its own is an error naming
+/// its place (`[run] lr = ..` -> `optim.lr`).
+fn check_sections(doc: &Map<String, Value>) -> Result<(), String> {
+    for (section, value) in doc {
+        let Value::Object(table) = value else {
+            continue;
+        };
+        for key in table.keys() {
+            match section_of(key) {
+                Some(home) if home != section => {
+                    return Err(format!(
+                        "`{section}.{key}` is not a setting: `{key}` belongs in `{home}.{key}`"
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }

@@ -306,13 +306,17 @@ mod tests {
         assert!(TrainConfig::from_file(&flat).is_err());
     }
 
-    /// A flat key given beside its new place fails with a message naming the new key.
+    /// A flat key given beside its new place, or in a section not its own, fails with a
+    /// message naming the new key.
     #[test]
-    fn a_flat_key_beside_its_section_names_the_new_key() {
+    fn a_misplaced_key_names_its_new_place() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "c.toml", "lr = 0.1\n[optim]\nlr = 0.2\n");
         let err = TrainConfig::from_file(&p).unwrap_err().to_string();
-        assert!(err.contains("optim.lr"), "{err}");
+        assert!(err.contains("keep only `optim.lr`"), "{err}");
+        write(dir.path(), "c.toml", "[run]\nlr = 0.1\n");
+        let err = TrainConfig::from_file(&p).unwrap_err().to_string();
+        assert!(err.contains("belongs in `optim.lr`"), "{err}");
     }
 
     /// The flat JSON a checkpoint of the earlier form carries loads; the nested form

@@ -49,14 +49,14 @@ enum Command {
 #[derive(Args, Debug)]
 struct DescribeArgs {
     /// resnet101 | resnet50 | small.
-    #[arg(long, default_value = "resnet101")]
-    backbone: Backbone,
+    #[arg(long)]
+    backbone: Option<Backbone>,
     /// Output classes.
-    #[arg(long, default_value_t = 19)]
-    num_classes: i64,
+    #[arg(long)]
+    num_classes: Option<i64>,
     /// ASPP branches: 4 (paper) or 2 (DACS release).
-    #[arg(long, default_value_t = 4)]
-    aspp_branches: usize,
+    #[arg(long)]
+    aspp_branches: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -340,12 +340,30 @@ fn train_option_defaults() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `train` / `trace` with each option's help ending in `[default: V]`, V from
-/// [`TrainConfig::default`]; the options stay unset unless given, so that they override
-/// `--config` only when present.
-fn with_train_defaults(cmd: clap::Command) -> clap::Command {
+/// The options of `describe` whose default is the network's.
+const DESCRIBE_DEFAULTS: &[&str] = &["backbone", "num_classes", "aspp_branches"];
+
+/// The options of `bench` whose default is a training run's.
+const BENCH_DEFAULTS: &[&str] = &[
+    "backbone",
+    "num_classes",
+    "crop",
+    "batch_size",
+    "device",
+    "mode",
+    "precision",
+    "anchor_chunk",
+    "dist_backend",
+    "dist_timeout",
+];
+
+/// A subcommand with the help of each option in `ids` (all of them when None) ending in
+/// `[default: V]`, V from [`TrainConfig::default`]; the options stay unset unless given,
+/// so that they override `--config` only when present.
+fn with_defaults(cmd: clap::Command, ids: Option<&[&str]>) -> clap::Command {
     train_option_defaults()
         .into_iter()
+        .filter(|(id, _)| ids.is_none_or(|ids| ids.contains(id)))
         .fold(cmd, |cmd, (id, value)| {
             cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
@@ -354,11 +372,14 @@ fn with_train_defaults(cmd: clap::Command) -> clap::Command {
         })
 }
 
-/// Parses the command line, the help of `train` and `trace` showing the defaults.
+/// Parses the command line, the help of `train`, `trace`, `describe` and `bench` showing
+/// the defaults of [`TrainConfig::default`].
 fn parse_cli() -> Cli {
     let cmd = Cli::command()
-        .mut_subcommand("train", with_train_defaults)
-        .mut_subcommand("trace", with_train_defaults);
+        .mut_subcommand("train", |c| with_defaults(c, None))
+        .mut_subcommand("trace", |c| with_defaults(c, None))
+        .mut_subcommand("describe", |c| with_defaults(c, Some(DESCRIBE_DEFAULTS)))
+        .mut_subcommand("bench", |c| with_defaults(c, Some(BENCH_DEFAULTS)));
     let matches = cmd.get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
@@ -422,26 +443,26 @@ struct EvalArgs {
 #[derive(Args, Debug)]
 struct BenchArgs {
     /// resnet101 | resnet50 | small.
-    #[arg(long, default_value = "resnet101")]
-    backbone: Backbone,
+    #[arg(long)]
+    backbone: Option<Backbone>,
     /// Output classes.
-    #[arg(long, default_value_t = 19)]
-    num_classes: i64,
+    #[arg(long)]
+    num_classes: Option<i64>,
     /// Square crop side.
-    #[arg(long, default_value_t = 512)]
-    crop: u32,
+    #[arg(long)]
+    crop: Option<u32>,
     /// Images per domain.
-    #[arg(long, default_value_t = 2)]
-    batch_size: usize,
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// auto | cpu | cuda | cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[arg(long)]
+    device: Option<String>,
     /// rccr (also measures baseline, for the ratio) | baseline | source-only.
-    #[arg(long, value_enum, default_value = "rccr")]
-    mode: Mode,
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
     /// fp32 | bf16.
-    #[arg(long, value_enum, default_value = "fp32")]
-    precision: Precision,
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Timed iterations per mode.
     #[arg(long, default_value_t = 10)]
     iterations: usize,
@@ -449,8 +470,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// Anchors per chunk of the L_cont similarity.
-    #[arg(long, default_value_t = 1024)]
-    anchor_chunk: usize,
+    #[arg(long)]
+    anchor_chunk: Option<usize>,
     /// Switch off the memory bank.
     #[arg(long)]
     no_mb: bool,
@@ -470,11 +491,11 @@ struct BenchArgs {
     #[arg(long)]
     json_out: Option<PathBuf>,
     /// Data-parallel backend under torchrun: auto | nccl | gloo.
-    #[arg(long, value_enum, default_value = "auto")]
-    dist_backend: rccr_trainer::config::DistBackend,
+    #[arg(long, value_enum)]
+    dist_backend: Option<rccr_trainer::config::DistBackend>,
     /// Seconds a rank waits for the others.
-    #[arg(long, default_value_t = 600)]
-    dist_timeout: u32,
+    #[arg(long)]
+    dist_timeout: Option<u32>,
 }
 
 fn main() {
@@ -503,10 +524,10 @@ fn run_command(command: Command) -> Result<()> {
 }
 
 fn describe(a: &DescribeArgs) -> Result<()> {
-    let cfg = ModelConfig {
-        aspp_branches: a.aspp_branches,
-        ..ModelConfig::new(a.backbone, a.num_classes)
-    };
+    let mut cfg = ModelConfig::default();
+    set(&mut cfg.backbone, a.backbone);
+    set(&mut cfg.num_classes, a.num_classes);
+    set(&mut cfg.aspp_branches, a.aspp_branches);
     cfg.validate()?;
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let _net = RccrNet::new(&vs.root(), &cfg);
@@ -680,12 +701,20 @@ fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 fn bench_cmd(a: &BenchArgs) -> Result<()> {
-    let mut device = rccr_models::device::parse_device(&a.device)?;
+    let d = TrainConfig::default();
+    let dist = &d.run.dist;
+    let mut device =
+        rccr_models::device::parse_device(a.device.as_deref().unwrap_or(&d.run.device))?;
     let launch = rccr_trainer::dist::Launch::from_env()?;
     let group = match &launch {
         Some(l) => {
-            let (pg, dev, _) = rccr_trainer::dist::join(l, a.dist_backend, a.dist_timeout, device)
-                .context("cannot join the data-parallel benchmark (torchrun variables)")?;
+            let (pg, dev, _) = rccr_trainer::dist::join(
+                l,
+                a.dist_backend.unwrap_or(dist.backend),
+                a.dist_timeout.unwrap_or(dist.timeout_s),
+                device,
+            )
+            .context("cannot join the data-parallel benchmark (torchrun variables)")?;
             device = dev;
             Some(std::rc::Rc::new(pg))
         }
@@ -695,13 +724,13 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
         tch::set_num_threads(n.max(1));
     }
     let report = bench::run(&BenchConfig {
-        backbone: a.backbone,
-        num_classes: a.num_classes,
-        crop: a.crop,
-        batch_size: a.batch_size,
+        backbone: a.backbone.unwrap_or(d.model.backbone),
+        num_classes: a.num_classes.unwrap_or(d.model.num_classes),
+        crop: a.crop.unwrap_or(d.data.crop),
+        batch_size: a.batch_size.unwrap_or(d.data.batch_size),
         device,
-        mode: a.mode,
-        precision: a.precision,
+        mode: a.mode.unwrap_or(d.method.mode),
+        precision: a.precision.unwrap_or(d.run.precision),
         iterations: a.iterations.max(1),
         warmup: a.warmup,
         components: Components {
@@ -709,7 +738,7 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
             ps: a.ps,
             ..Components::default()
         },
-        anchor_chunk: a.anchor_chunk.max(1),
+        anchor_chunk: a.anchor_chunk.unwrap_or(d.method.anchor_chunk).max(1),
         group,
     })?;
     if a.json {

@@ -153,14 +153,12 @@ fn config_default(defaults: &Value, flag: &str) -> Option<String> {
     }
 }
 
-/// Every `train --help` option that takes a value and has a default in
-/// `TrainConfig::default()` shows that default, and no other default is shown.
-#[test]
-fn train_help_defaults_are_the_config_defaults() {
-    let out = bin().args(["train", "--help"]).output().unwrap();
+/// The `[default: V]` each option of `rccr-train SUB --help` shows and whether it takes
+/// a value, by option name.
+fn help_defaults(sub: &str) -> Vec<(String, Option<String>, bool)> {
+    let out = bin().args([sub, "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout).into_owned();
-    let defaults = serde_json::to_value(rccr_trainer::config::TrainConfig::default()).unwrap();
     // One block per option: from its `--name` at the start of a line to the next.
     let mut blocks: Vec<(String, String)> = Vec::new();
     for line in help.lines() {
@@ -181,15 +179,42 @@ fn train_help_defaults_are_the_config_defaults() {
             }
         }
     }
+    blocks
+        .into_iter()
+        .map(|(flag, block)| {
+            let shown = block
+                .split_once("[default: ")
+                .map(|(_, r)| r.split_once(']').unwrap().0.to_string());
+            let takes_value = block.contains(&format!("--{flag} <"));
+            (flag, shown, takes_value)
+        })
+        .collect()
+}
+
+/// Every option of `rccr-train SUB --help` that takes a value and has a default in
+/// `TrainConfig::default()` shows that default, and no other default is shown except
+/// the subcommand's `own` ones; returns how many defaults agreed.
+fn help_agrees_with_config(sub: &str, own: &[&str]) -> usize {
+    let defaults = serde_json::to_value(rccr_trainer::config::TrainConfig::default()).unwrap();
     let mut checked = 0;
-    for (flag, block) in &blocks {
-        let shown = block
-            .split_once("[default: ")
-            .map(|(_, r)| r.split_once(']').unwrap().0.to_string());
-        let takes_value = block.contains(&format!("--{flag} <"));
-        let expected = config_default(&defaults, flag).filter(|_| takes_value);
-        assert_eq!(shown, expected, "--{flag}: {block}");
+    for (flag, shown, takes_value) in help_defaults(sub) {
+        if own.contains(&flag.as_str()) {
+            continue;
+        }
+        let expected = config_default(&defaults, &flag).filter(|_| takes_value);
+        assert_eq!(shown, expected, "{sub} --{flag}");
         checked += usize::from(shown.is_some());
     }
-    assert!(checked >= 20, "{checked} defaults in\n{help}");
+    checked
+}
+
+#[test]
+fn help_defaults_are_the_config_defaults() {
+    assert!(help_agrees_with_config("train", &[]) >= 20);
+    assert!(help_agrees_with_config("trace", &[]) >= 20);
+    assert_eq!(help_agrees_with_config("describe", &[]), 3);
+    assert_eq!(
+        help_agrees_with_config("bench", &["iterations", "warmup"]),
+        10
+    );
 }

@@ -36,31 +36,27 @@ fn synth_train_export_infer() {
     assert_eq!(report.target_val, 4);
 
     // 2. A few RCCR iterations on the CPU, with validation and a checkpoint at the end.
-    let cfg = TrainConfig {
-        source: Some(
-            format!("gta5:{}", data.join("gta5").display())
-                .parse()
-                .unwrap(),
-        ),
-        target: Some(
-            format!("cityscapes:{}", data.join("cityscapes").display())
-                .parse()
-                .unwrap(),
-        ),
-        mode: Mode::Rccr,
-        backbone: Backbone::Small,
-        iterations: 4,
-        crop: 64,
-        batch_size: 2,
-        source_size: Some(Size::new(w, h)),
-        target_size: Some(Size::new(w, h)),
-        device: "cpu".into(),
-        val_every: 0,
-        save_every: 0,
-        log_every: 1,
-        workers: 2,
+    let mut cfg = TrainConfig {
+        model: rccr_models::ModelConfig::new(Backbone::Small, 19),
         ..TrainConfig::default()
     };
+    let d = &mut cfg.data;
+    d.source = Some(
+        format!("gta5:{}", data.join("gta5").display())
+            .parse()
+            .unwrap(),
+    );
+    d.target = Some(
+        format!("cityscapes:{}", data.join("cityscapes").display())
+            .parse()
+            .unwrap(),
+    );
+    (d.crop, d.batch_size, d.workers) = (64, 2, 2);
+    (d.source_size, d.target_size) = (Some(Size::new(w, h)), Some(Size::new(w, h)));
+    cfg.method.mode = Mode::Rccr;
+    let r = &mut cfg.run;
+    (r.iterations, r.device) = (4, "cpu".into());
+    (r.val_every, r.save_every, r.log_every) = (0, 0, 1);
     let run_dir = dir.path().join("run");
     let summary = run(
         &cfg,

@@ -14,9 +14,9 @@ use tch::autocast;
 /// `c10::DeviceType::CUDA`.
 const DEVICE_CUDA: i8 = 1;
 /// `c10::ScalarType::BFloat16`.
-pub const SCALAR_BFLOAT16: i8 = 15;
+pub(crate) const SCALAR_BFLOAT16: i8 = 15;
 /// `c10::ScalarType::Half`.
-pub const SCALAR_HALF: i8 = 5;
+pub(crate) const SCALAR_HALF: i8 = 5;
 
 extern "C" {
     #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
@@ -26,7 +26,7 @@ extern "C" {
 }
 
 /// Sets the CUDA autocast compute type of this thread (a `c10::ScalarType` code).
-pub fn set_cuda_autocast_dtype(dtype: i8) {
+pub(crate) fn set_cuda_autocast_dtype(dtype: i8) {
     // SAFETY: a plain libtorch function taking two int8_t-backed enums by value; it only
     // stores the value in libtorch's thread-local autocast state. Valid codes only.
     debug_assert!(dtype == SCALAR_BFLOAT16 || dtype == SCALAR_HALF);
@@ -41,7 +41,7 @@ pub fn cuda_autocast_dtype() -> i8 {
 
 /// Runs `f` under bf16 CUDA autocast when `bf16` is true (no-op without CUDA, as
 /// `tch::autocast`), else plainly.
-pub fn bf16_autocast<T>(bf16: bool, f: impl FnOnce() -> T) -> T {
+pub(crate) fn bf16_autocast<T>(bf16: bool, f: impl FnOnce() -> T) -> T {
     if bf16 {
         set_cuda_autocast_dtype(SCALAR_BFLOAT16);
         autocast(true, f)

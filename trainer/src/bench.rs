@@ -14,10 +14,12 @@
 //! allocator statistics return C++ structs that tch does not expose. Both figures are
 //! cumulative over the process, so the second (rccr) figure is the peak of both modes.
 
-use crate::config::{Components, Mode, Precision, TrainConfig};
+use crate::config::{
+    Components, DataConfig, MethodConfig, Mode, Precision, RunConfig, TrainConfig,
+};
 use crate::error::{Context, Result};
 use crate::trainer::{Phases, Trainer};
-use rccr_models::Backbone;
+use rccr_models::{Backbone, ModelConfig};
 use serde::Serialize;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -125,39 +127,7 @@ impl std::fmt::Display for BenchReport {
             self.iterations,
             self.warmup
         )?;
-        writeln!(
-            f,
-            "{:<12} {:>9} {:>9} {:>9} {:>9} | phases ms: {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "mode",
-            "ms/iter",
-            "median",
-            "min",
-            "peak MiB",
-            "teacher",
-            "source",
-            "classmix",
-            "cut fwd",
-            "L_cont",
-            "cut bwd"
-        )?;
-        for m in &self.modes {
-            writeln!(
-                f,
-                "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>9} | {:>19.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
-                m.mode,
-                m.ms_per_iteration,
-                m.ms_median,
-                m.ms_min,
-                m.peak_memory_mib
-                    .map_or("n/a".to_string(), |v| format!("{v:.0}")),
-                m.phases_ms.teacher,
-                m.phases_ms.source,
-                m.phases_ms.classmix,
-                m.phases_ms.cutmix_forward,
-                m.phases_ms.contrastive_loss,
-                m.phases_ms.cutmix_backward
-            )?;
-        }
+        write_table(f, &self.modes)?;
         for m in &self.modes {
             if let (Some(ms), Some(share)) = (m.allreduce_ms, m.allreduce_share) {
                 writeln!(
@@ -179,7 +149,7 @@ impl std::fmt::Display for BenchReport {
 }
 
 /// Peak resident memory of this process (VmHWM), MiB.
-pub fn cpu_peak_mib() -> Option<f64> {
+pub(crate) fn cpu_peak_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -199,7 +169,7 @@ fn nvidia_smi(args: &[&str]) -> Option<String> {
 /// GPU memory of this process from nvidia-smi, MiB, with how it was read: the
 /// per-process figure, or (inside containers, where nvidia-smi often lists no
 /// processes) the device's used memory, which is this process's on a dedicated GPU.
-pub fn cuda_memory_mib(device_index: usize) -> Option<(f64, &'static str)> {
+pub(crate) fn cuda_memory_mib(device_index: usize) -> Option<(f64, &'static str)> {
     let me = std::process::id().to_string();
     let per_process = nvidia_smi(&[
         "--query-compute-apps=pid,used_memory",
@@ -228,7 +198,7 @@ pub fn cuda_memory_mib(device_index: usize) -> Option<(f64, &'static str)> {
     ))
 }
 
-fn synthetic(cfg: &BenchConfig) -> (Tensor, Tensor, Tensor) {
+fn synthetic(cfg: &BenchConfig) -> Batches {
     let (b, c) = (cfg.batch_size as i64, cfg.crop as i64);
     let opts = (Kind::Float, cfg.device);
     let xs = Tensor::rand([b, 3, c, c], opts) * 255.0;
@@ -242,7 +212,7 @@ fn synthetic(cfg: &BenchConfig) -> (Tensor, Tensor, Tensor) {
     );
     let coarse = coarse.where_self(
         &coarse.lt(cfg.num_classes),
-        &Tensor::from(255i64).to_device(cfg.device),
+        &Tensor::from(crate::mixing::IGNORE).to_device(cfg.device),
     );
     let ys = coarse
         .to_kind(Kind::Float)
@@ -252,54 +222,138 @@ fn synthetic(cfg: &BenchConfig) -> (Tensor, Tensor, Tensor) {
     (xs, ys, xt)
 }
 
+/// The per-mode table: iteration times, peak memory and per-phase times.
+fn write_table(f: &mut std::fmt::Formatter<'_>, modes: &[ModeBench]) -> std::fmt::Result {
+    writeln!(
+        f,
+        "{:<12} {:>9} {:>9} {:>9} {:>9} | phases ms: {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "mode",
+        "ms/iter",
+        "median",
+        "min",
+        "peak MiB",
+        "teacher",
+        "source",
+        "classmix",
+        "cut fwd",
+        "L_cont",
+        "cut bwd"
+    )?;
+    for m in modes {
+        writeln!(
+        f,
+        "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>9} | {:>19.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+        m.mode,
+        m.ms_per_iteration,
+        m.ms_median,
+        m.ms_min,
+        m.peak_memory_mib
+            .map_or("n/a".to_string(), |v| format!("{v:.0}")),
+        m.phases_ms.teacher,
+        m.phases_ms.source,
+        m.phases_ms.classmix,
+        m.phases_ms.cutmix_forward,
+        m.phases_ms.contrastive_loss,
+        m.phases_ms.cutmix_backward
+        )?;
+    }
+    Ok(())
+}
+
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
     }
 }
 
-fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
-    let tc = TrainConfig {
-        mode,
-        backbone: cfg.backbone,
-        num_classes: cfg.num_classes,
-        crop: cfg.crop,
-        batch_size: cfg.batch_size,
-        precision: cfg.precision,
-        components: cfg.components,
-        anchor_chunk: cfg.anchor_chunk,
-        iterations: 250_000,
+/// The training configuration of one measured mode.
+fn train_config(cfg: &BenchConfig, mode: Mode) -> TrainConfig {
+    TrainConfig {
+        model: ModelConfig::new(cfg.backbone, cfg.num_classes),
+        data: DataConfig {
+            crop: cfg.crop,
+            batch_size: cfg.batch_size,
+            ..DataConfig::default()
+        },
+        method: MethodConfig {
+            mode,
+            components: cfg.components,
+            anchor_chunk: cfg.anchor_chunk,
+            ..MethodConfig::default()
+        },
+        run: RunConfig {
+            precision: cfg.precision,
+            ..RunConfig::default()
+        },
         ..TrainConfig::default()
-    };
-    let mut trainer = Trainer::new(tc, cfg.device)?;
+    }
+}
+
+/// The three random batches of every step: source images, labels, target images.
+type Batches = (Tensor, Tensor, Tensor);
+
+fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
+    let mut trainer = Trainer::new(train_config(cfg, mode), cfg.device)?;
     if let Some(pg) = &cfg.group {
         trainer.ddp = Some(crate::dist::Ddp::shared(pg.clone(), false));
     }
-    let (xs, ys, xt) = synthetic(cfg);
+    let batches = synthetic(cfg);
+    let (xs, ys, xt) = &batches;
     for _ in 0..cfg.warmup {
-        trainer.step(&xs, &ys, Some(&xt)).context("warm-up step")?;
+        trainer.step(xs, ys, Some(xt)).context("warm-up step")?;
     }
     sync(cfg.device);
     if let Some(d) = &mut trainer.ddp {
         d.take_reduce_seconds();
     }
-    let mut times = Vec::with_capacity(cfg.iterations);
-    let mut anchors = 0i64;
-    for _ in 0..cfg.iterations {
-        let t0 = Instant::now();
-        let s = trainer.step(&xs, &ys, Some(&xt)).context("timed step")?;
-        sync(cfg.device);
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
-        anchors += s.kept_anchors;
-    }
+    let (times, anchors) = timed_steps(&mut trainer, cfg, &batches)?;
     let reduce_ms = trainer
         .ddp
         .as_mut()
         .map(|d| d.take_reduce_seconds() * 1e3 / cfg.iterations.max(1) as f64);
+    let phases_ms = profiled_phases(&mut trainer, cfg, &batches)?;
+    let n = times.len().max(1) as f64;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (peak, source) = peak_memory(cfg.device);
+    let ms_per_iteration = times.iter().sum::<f64>() / n;
+    Ok(ModeBench {
+        mode: mode.name().into(),
+        ms_per_iteration,
+        allreduce_ms: reduce_ms,
+        allreduce_share: reduce_ms.map(|r| r / ms_per_iteration.max(1e-9)),
+        ms_median: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+        ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
+        phases_ms,
+        peak_memory_mib: peak,
+        mean_kept_anchors: anchors as f64 / n,
+        memory_source: source.into(),
+    })
+}
+
+/// `iterations` timed steps (device synchronised): milliseconds of each and the anchors
+/// kept in all.
+fn timed_steps(trainer: &mut Trainer, cfg: &BenchConfig, b: &Batches) -> Result<(Vec<f64>, i64)> {
+    let mut times = Vec::with_capacity(cfg.iterations);
+    let mut anchors = 0i64;
+    for _ in 0..cfg.iterations {
+        let t0 = Instant::now();
+        let s = trainer.step(&b.0, &b.1, Some(&b.2)).context("timed step")?;
+        sync(cfg.device);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        anchors += s.kept_anchors;
+    }
+    Ok((times, anchors))
+}
+
+/// `iterations` steps with per-phase timing: the mean milliseconds of each phase.
+fn profiled_phases(trainer: &mut Trainer, cfg: &BenchConfig, b: &Batches) -> Result<Phases> {
     trainer.profile = true;
     let mut ph = Phases::default();
     for _ in 0..cfg.iterations {
-        let s = trainer.step(&xs, &ys, Some(&xt)).context("profiled step")?;
+        let s = trainer
+            .step(&b.0, &b.1, Some(&b.2))
+            .context("profiled step")?;
         if let Some(p) = s.phases {
             for (acc, v) in [
                 (&mut ph.teacher, p.teacher),
@@ -314,30 +368,18 @@ fn bench_mode(cfg: &BenchConfig, mode: Mode) -> Result<ModeBench> {
             }
         }
     }
-    let n = times.len().max(1) as f64;
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-    let (peak, source) = match cfg.device {
+    Ok(ph)
+}
+
+/// Peak memory in MiB (where it can be read) and how it was measured.
+fn peak_memory(device: Device) -> (Option<f64>, &'static str) {
+    match device {
         Device::Cuda(i) => match cuda_memory_mib(i) {
             Some((v, how)) => (Some(v), how),
             None => (None, "unavailable: nvidia-smi not found or unreadable"),
         },
         _ => (cpu_peak_mib(), "process resident high-water mark (VmHWM)"),
-    };
-    let ms_per_iteration = times.iter().sum::<f64>() / n;
-    Ok(ModeBench {
-        mode: mode.name().into(),
-        ms_per_iteration,
-        allreduce_ms: reduce_ms,
-        allreduce_share: reduce_ms.map(|r| r / ms_per_iteration.max(1e-9)),
-        ms_median: median,
-        ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
-        phases_ms: ph,
-        peak_memory_mib: peak,
-        mean_kept_anchors: anchors as f64 / n,
-        memory_source: source.into(),
-    })
+    }
 }
 
 /// Runs the benchmark.

@@ -67,7 +67,7 @@ pub struct Saved<'a> {
 
 /// Writes a checkpoint to `path` atomically.
 pub fn save(path: &Path, s: &Saved) -> Result<(), Error> {
-    let model = s.config.model_config();
+    let model = s.config.model.clone();
     let mut meta: HashMap<String, String> = model_metadata(CHECKPOINT_FORMAT, &model, s.iteration);
     meta.insert(
         META_TRAIN_CONFIG.into(),

@@ -26,7 +26,7 @@
 
 use rand::seq::index::sample;
 use rand::Rng;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// What L_cont needs for one batch.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ pub struct ContrastiveLoss {
 }
 
 /// Flattens `B x K x h x w` to `(B h w) x K` (row index b h w + i w + j).
-pub fn flatten_grid(e: &Tensor) -> Tensor {
+pub(crate) fn flatten_grid(e: &Tensor) -> Tensor {
     let k = e.size()[1];
     e.permute([0, 2, 3, 1]).reshape([-1, k])
 }
@@ -86,92 +86,21 @@ pub fn random_keep<R: Rng + ?Sized>(total: usize, fraction: f64, rng: &mut R) ->
 pub fn contrastive_loss(inp: &ContrastiveInputs) -> ContrastiveLoss {
     let device = inp.e_cut.device();
     let u_all = flatten_grid(&inp.e_cut.to_kind(Kind::Float)); // autograd
-    let n_loc = u_all.size()[0];
     let anchor_idx = inp.anchors.flatten(0, -1).nonzero().flatten(0, -1);
     let a = anchor_idx.size()[0];
     let (grad, loss_sum, negatives) = tch::no_grad(|| {
-        let u_det = u_all.detach();
-        let t_all = flatten_grid(&inp.e_t.to_kind(Kind::Float)).detach();
-        let cut_lab = inp.cut_labels.flatten(0, -1).to_kind(Kind::Int64);
-        let t_lab = inp.t_labels.flatten(0, -1).to_kind(Kind::Int64);
-        // Current negatives: E_cut locations 0..n, then E_t locations n..2n.
-        let cur = Tensor::cat(&[&u_det, &t_all], 0);
-        let cur_lab = Tensor::cat(&[&cut_lab, &t_lab], 0);
-        // Ascending, so the kept E_cut locations (ids < n) come first.
-        let ids = match inp.keep {
-            Some(k) => k.to_kind(Kind::Int64).to_device(device).sort(0, false).0,
-            None => Tensor::arange(2 * n_loc, (Kind::Int64, device)),
-        };
-        let n_cut_cols = ids.lt(n_loc).sum(Kind::Int64).int64_value(&[]);
-        let mut cols = cur.index_select(0, &ids);
-        let mut col_lab = cur_lab.index_select(0, &ids);
-        if let Some((be, bl)) = inp.bank {
-            cols = Tensor::cat(&[cols, be.to_kind(Kind::Float).to_device(device)], 0);
-            col_lab = Tensor::cat(&[col_lab, bl.to_kind(Kind::Int64).to_device(device)], 0);
-        }
-        let negatives = cols.size()[0];
-        // Column position of each current location id (-1 when not kept).
-        let mut inv = Tensor::full([2 * n_loc], -1, (Kind::Int64, device));
-        let _ = inv.index_put_(
-            &[Some(ids.shallow_clone())],
-            &Tensor::arange(ids.size()[0], (Kind::Int64, device)),
-            false,
-        );
-        let mut grad = u_det.zeros_like();
+        let rows = Rows::new(inp, &u_all);
+        let cols = Columns::new(inp, &rows);
+        let mut grad = rows.u.zeros_like();
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let tau = inp.tau;
-        let cut_col_ids = ids.narrow(0, 0, n_cut_cols);
-        let cols_t = cols.tr();
         let mut start = 0;
         while start < a {
             let c = (inp.chunk as i64).min(a - start);
             let idx = anchor_idx.narrow(0, start, c);
-            let u = u_det.index_select(0, &idx);
-            let tp = t_all.index_select(0, &idx);
-            let pos = (&u * &tp).sum_dim_intlist([1i64].as_slice(), false, Kind::Float) / tau;
-            // 1/tau folded into the c x K factor rather than the c x N product.
-            let mut s = (&u / tau).mm(&cols_t);
-            // Omega: the anchor's own location in E_cut and in E_t is not a negative.
-            for id in [idx.shallow_clone(), &idx + n_loc] {
-                let p = inv.index_select(0, &id);
-                let valid = p.ge(0);
-                let rows = Tensor::arange(c, (Kind::Int64, device)).masked_select(&valid);
-                let colp = p.masked_select(&valid);
-                let _ = s.index_put_(
-                    &[Some(rows), Some(colp)],
-                    &Tensor::from(f32::NEG_INFINITY).to_device(device),
-                    false,
-                );
-            }
-            if inp.category {
-                let al = cut_lab.index_select(0, &idx);
-                let same = al.unsqueeze(1).eq_tensor(&col_lab.unsqueeze(0));
-                let _ = s.masked_fill_(&same, f64::NEG_INFINITY);
-            }
-            let m = if negatives > 0 {
-                s.amax([1i64].as_slice(), false).maximum(&pos)
-            } else {
-                pos.shallow_clone()
-            };
-            // In place from here: s becomes exp(s - m), then the softmax p over negatives.
-            let _ = s.g_sub_(&m.unsqueeze(1));
-            let _ = s.exp_();
-            let ep = (&pos - &m).exp();
-            let denom = &ep + s.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-            let lse = &m + denom.log();
-            loss_sum += (&lse - &pos).sum(Kind::Float);
-            let _ = s.g_div_(&denom.unsqueeze(1));
-            let pn = s;
-            let pp = ep / &denom;
-            let gu = (pn.mm(&cols) + &tp * (pp - 1.0).unsqueeze(1)) / tau;
-            let _ = grad.index_add_(0, &idx, &gu);
-            if n_cut_cols > 0 {
-                let gv = pn.narrow(1, 0, n_cut_cols).tr().mm(&u) / tau;
-                let _ = grad.index_add_(0, &cut_col_ids, &gv);
-            }
+            loss_sum += anchor_chunk(inp, &rows, &cols, &idx, &mut grad);
             start += c;
         }
-        (grad, loss_sum, negatives)
+        (grad, loss_sum, cols.negatives)
     });
     if a == 0 {
         return ContrastiveLoss {
@@ -190,9 +119,154 @@ pub fn contrastive_loss(inp: &ContrastiveInputs) -> ContrastiveLoss {
     }
 }
 
+/// The grid's locations as rows (detached): E_cut, E_t and their labels.
+struct Rows {
+    /// E_cut, `n x K`.
+    u: Tensor,
+    /// E_t, `n x K`.
+    t: Tensor,
+    /// Labels of E_cut, `n`.
+    cut_lab: Tensor,
+    /// Labels of E_t, `n`.
+    t_lab: Tensor,
+    /// Locations `n = B h w`.
+    n: i64,
+}
+
+impl Rows {
+    fn new(inp: &ContrastiveInputs, u_all: &Tensor) -> Rows {
+        Rows {
+            u: u_all.detach(),
+            t: flatten_grid(&inp.e_t.to_kind(Kind::Float)).detach(),
+            cut_lab: inp.cut_labels.flatten(0, -1).to_kind(Kind::Int64),
+            t_lab: inp.t_labels.flatten(0, -1).to_kind(Kind::Int64),
+            n: u_all.size()[0],
+        }
+    }
+}
+
+/// The negatives every anchor is compared with: the kept current locations (E_cut
+/// locations 0..n, then E_t locations n..2n) followed by the bank's.
+struct Columns {
+    /// Negative embeddings, `N x K`.
+    cols: Tensor,
+    /// Their labels, `N`.
+    labels: Tensor,
+    /// Column position of each current location id (-1 when not kept), `2n`.
+    inv: Tensor,
+    /// The kept E_cut location ids (the first columns).
+    cut_ids: Tensor,
+    /// N.
+    negatives: i64,
+}
+
+impl Columns {
+    fn new(inp: &ContrastiveInputs, rows: &Rows) -> Columns {
+        let device = rows.u.device();
+        let n = rows.n;
+        let cur = Tensor::cat(&[&rows.u, &rows.t], 0);
+        let cur_lab = Tensor::cat(&[&rows.cut_lab, &rows.t_lab], 0);
+        // Ascending, so the kept E_cut locations (ids < n) come first.
+        let ids = match inp.keep {
+            Some(k) => k.to_kind(Kind::Int64).to_device(device).sort(0, false).0,
+            None => Tensor::arange(2 * n, (Kind::Int64, device)),
+        };
+        let n_cut_cols = ids.lt(n).sum(Kind::Int64).int64_value(&[]);
+        let mut cols = cur.index_select(0, &ids);
+        let mut labels = cur_lab.index_select(0, &ids);
+        if let Some((be, bl)) = inp.bank {
+            cols = Tensor::cat(&[cols, be.to_kind(Kind::Float).to_device(device)], 0);
+            labels = Tensor::cat(&[labels, bl.to_kind(Kind::Int64).to_device(device)], 0);
+        }
+        let mut inv = Tensor::full([2 * n], -1, (Kind::Int64, device));
+        let _ = inv.index_put_(
+            &[Some(ids.shallow_clone())],
+            &Tensor::arange(ids.size()[0], (Kind::Int64, device)),
+            false,
+        );
+        Columns {
+            negatives: cols.size()[0],
+            cols,
+            labels,
+            inv,
+            cut_ids: ids.narrow(0, 0, n_cut_cols),
+        }
+    }
+}
+
+/// One chunk of anchors `idx`: adds the gradient of their summed loss with respect to
+/// E_cut to `grad` and returns the summed loss.
+fn anchor_chunk(
+    inp: &ContrastiveInputs,
+    rows: &Rows,
+    cols: &Columns,
+    idx: &Tensor,
+    grad: &mut Tensor,
+) -> Tensor {
+    let tau = inp.tau;
+    let u = rows.u.index_select(0, idx);
+    let tp = rows.t.index_select(0, idx);
+    let pos = (&u * &tp).sum_dim_intlist([1i64].as_slice(), false, Kind::Float) / tau;
+    // 1/tau folded into the c x K factor rather than the c x N product.
+    let mut s = (&u / tau).mm(&cols.cols.tr());
+    mask_negatives(&mut s, inp, rows, cols, idx);
+    let m = if cols.negatives > 0 {
+        s.amax([1i64].as_slice(), false).maximum(&pos)
+    } else {
+        pos.shallow_clone()
+    };
+    // In place from here: s becomes exp(s - m), then the softmax p over negatives.
+    let _ = s.g_sub_(&m.unsqueeze(1));
+    let _ = s.exp_();
+    let ep = (&pos - &m).exp();
+    let denom = &ep + s.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let lse = &m + denom.log();
+    let loss = (&lse - &pos).sum(Kind::Float);
+    let _ = s.g_div_(&denom.unsqueeze(1));
+    let pn = s;
+    let pp = ep / &denom;
+    let gu = (pn.mm(&cols.cols) + &tp * (pp - 1.0).unsqueeze(1)) / tau;
+    let _ = grad.index_add_(0, idx, &gu);
+    let n_cut_cols = cols.cut_ids.size()[0];
+    if n_cut_cols > 0 {
+        let gv = pn.narrow(1, 0, n_cut_cols).tr().mm(&u) / tau;
+        let _ = grad.index_add_(0, &cols.cut_ids, &gv);
+    }
+    loss
+}
+
+/// Omega and NS(C): -inf for the anchor's own location in E_cut and in E_t and, with
+/// NS(C), for the negatives carrying the anchor's label.
+fn mask_negatives(
+    s: &mut Tensor,
+    inp: &ContrastiveInputs,
+    rows: &Rows,
+    cols: &Columns,
+    idx: &Tensor,
+) {
+    let device = s.device();
+    let c = idx.size()[0];
+    for id in [idx.shallow_clone(), idx + rows.n] {
+        let p = cols.inv.index_select(0, &id);
+        let valid = p.ge(0);
+        let r = Tensor::arange(c, (Kind::Int64, device)).masked_select(&valid);
+        let colp = p.masked_select(&valid);
+        let _ = s.index_put_(
+            &[Some(r), Some(colp)],
+            &Tensor::from(f32::NEG_INFINITY).to_device(device),
+            false,
+        );
+    }
+    if inp.category {
+        let al = rows.cut_lab.index_select(0, idx);
+        let same = al.unsqueeze(1).eq_tensor(&cols.labels.unsqueeze(0));
+        let _ = s.masked_fill_(&same, f64::NEG_INFINITY);
+    }
+}
+
 /// MB: up to `per_iteration` random locations of each of E_cut and E_t (embeddings and
 /// labels, detached) to store for the next iterations.
-pub fn bank_sample<R: Rng + ?Sized>(
+pub(crate) fn bank_sample<R: Rng + ?Sized>(
     e_cut: &Tensor,
     e_t: &Tensor,
     cut_labels: &Tensor,
@@ -220,9 +294,4 @@ pub fn bank_sample<R: Rng + ?Sized>(
         labs.push(lab.index_select(0, &idx));
     }
     (Tensor::cat(&embs, 0), Tensor::cat(&labs, 0))
-}
-
-/// Convenience: a CPU i64 tensor from indices.
-pub fn index_tensor(v: &[i64], device: Device) -> Tensor {
-    Tensor::from_slice(v).to_device(device)
 }

@@ -13,7 +13,7 @@ extern "C" {
 
 /// What libtorch 2.11 still runs without a deterministic CUDA kernel in an rccr
 /// iteration (warn-only mode lets them run; libtorch prints a warning naming each).
-pub const STILL_NONDETERMINISTIC: &str =
+pub(crate) const STILL_NONDETERMINISTIC: &str =
     "on CUDA the backward of bilinear upsampling (upsample_bilinear2d_backward, used by \
      L_CE and L_cons) and bincount (ClassMix class counting) accumulate with atomics and \
      may differ in the last bits between runs; cuBLAS needs CUBLAS_WORKSPACE_CONFIG=:4096:8 \

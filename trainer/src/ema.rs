@@ -1,7 +1,7 @@
 //! The mean teacher (paper Eq. 2 and Eq. 10, Algorithm 1 lines 14-16): after every
 //! optimiser step each teacher parameter of the encoder, the segmentation head and the
 //! projector becomes theta_hat = alpha theta_hat + (1 - alpha) theta, with
-//! alpha = min(1 - 1/(t+1), 0.99) (see [`crate::schedule::ema_alpha`]).
+//! alpha = min(1 - 1/(t+1), 0.99) (see `crate::schedule::ema_alpha`).
 //!
 //! Batch-norm buffers (our choice, that of DACS and the RCCR release): the running mean
 //! and variance are *not* averaged. The teacher runs its forward on the un-augmented
@@ -30,7 +30,7 @@ fn pairs(teacher: &nn::VarStore, student: &nn::VarStore) -> Vec<(String, Tensor,
 
 /// theta_hat <- alpha theta_hat + (1 - alpha) theta over the parameters (not the BN
 /// running statistics).
-pub fn ema_update(teacher: &nn::VarStore, student: &nn::VarStore, alpha: f64) {
+pub(crate) fn ema_update(teacher: &nn::VarStore, student: &nn::VarStore, alpha: f64) {
     tch::no_grad(|| {
         for (name, mut t, s) in pairs(teacher, student) {
             if is_buffer(&name) {
@@ -44,7 +44,7 @@ pub fn ema_update(teacher: &nn::VarStore, student: &nn::VarStore, alpha: f64) {
 
 /// Copies every variable, buffers included (teacher initialisation; mode `source-only`,
 /// where the "teacher" that is validated and exported is the student itself).
-pub fn copy_all(teacher: &nn::VarStore, student: &nn::VarStore) {
+pub(crate) fn copy_all(teacher: &nn::VarStore, student: &nn::VarStore) {
     tch::no_grad(|| {
         for (_, mut t, s) in pairs(teacher, student) {
             t.copy_(&s);
@@ -53,7 +53,7 @@ pub fn copy_all(teacher: &nn::VarStore, student: &nn::VarStore) {
 }
 
 /// Marks every variable of `vs` as not requiring gradients.
-pub fn freeze(vs: &nn::VarStore) {
+pub(crate) fn freeze(vs: &nn::VarStore) {
     for (_, t) in vs.variables() {
         let _ = t.set_requires_grad(false);
     }

@@ -229,7 +229,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// `Io` at `path`, as a `map_err` argument.
-    pub fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }

@@ -1,13 +1,16 @@
 //! rccr-trainer: the RCCR training method (paper Algorithm 1) and its data pipeline.
 //!
-//! - [`config`]: every setting of a run, with the paper's defaults.
+//! - [`config`]: every setting of a run, nested (model, data, method, optim, run), with
+//!   the paper's defaults.
 //! - [`schedule`]: poly learning rate, mu(t), EMA alpha(t).
 //! - [`mixing`]: ClassMix, CutMix and the strong augmentation of mixed images.
 //! - [`contrastive`], [`memory_bank`]: L_cont (Eq. 4-8), its sampling and the memory bank.
 //! - [`ema`], [`optim`]: the mean teacher (Eq. 2, 10) and SGD with two lr groups.
 //! - [`trainer`]: one iteration of Algorithm 1 and the training run; [`streams`]: its
 //!   per-purpose random generators; [`trace`]: iterations written out for a replay.
-//! - [`checkpoint`], [`metrics`], [`validate`], [`bench`]: run outputs and measurements.
+//! - [`run`]: a whole training run; [`checkpoint`], [`metrics`], [`validate`],
+//!   [`bench`](mod@bench): run outputs and measurements.
+//! - [`error`]: the crate's one error type, [`Error`], its variants grouped by stage.
 //! - [`data`], [`synth`]: dataset loaders and the synthetic benchmark.
 
 pub mod amp;

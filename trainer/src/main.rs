@@ -3,10 +3,13 @@
 //! synthetic benchmark generator) and `bench` (iteration timing).
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use rccr_models::{Backbone, ModelConfig, RccrNet, OUTPUT_STRIDE};
 use rccr_trainer::bench::{self, BenchConfig};
-use rccr_trainer::config::{Components, Mode, Precision, Size, TrainConfig};
+use rccr_trainer::config::{
+    Components, DataConfig, MethodConfig, Mode, OptimConfig, Precision, RunConfig, Size,
+    TrainConfig,
+};
 use rccr_trainer::data::{DatasetSpec, ValSet};
 use rccr_trainer::run::{self, RunOptions};
 use rccr_trainer::{checkpoint, validate};
@@ -46,21 +49,21 @@ enum Command {
 #[derive(Args, Debug)]
 struct DescribeArgs {
     /// resnet101 | resnet50 | small.
-    #[arg(long, default_value = "resnet101")]
-    backbone: Backbone,
+    #[arg(long)]
+    backbone: Option<Backbone>,
     /// Output classes.
-    #[arg(long, default_value_t = 19)]
-    num_classes: i64,
+    #[arg(long)]
+    num_classes: Option<i64>,
     /// ASPP branches: 4 (paper) or 2 (DACS release).
-    #[arg(long, default_value_t = 4)]
-    aspp_branches: usize,
+    #[arg(long)]
+    aspp_branches: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
 }
 
 /// Every option overrides the same field of `--config` (or, with `--resume`, of the
-/// checkpoint's configuration); defaults are the paper's.
+/// checkpoint's configuration); the defaults shown are `TrainConfig::default()`'s.
 #[derive(Args, Debug, Default)]
 struct TrainArgs {
     /// Settings file (TOML or JSON, fields as in RUN_DIR/config.json).
@@ -81,7 +84,7 @@ struct TrainArgs {
     /// Continue from RUN_DIR/checkpoints/iter_*.safetensors.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// source-only | baseline | rccr (default rccr).
+    /// source-only | baseline | rccr.
     #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// Switch off the region-wise contrastive loss (= baseline).
@@ -99,13 +102,13 @@ struct TrainArgs {
     /// Switch off MB, the memory bank.
     #[arg(long)]
     no_mb: bool,
-    /// resnet101 | resnet50 | small (default resnet101).
+    /// resnet101 | resnet50 | small.
     #[arg(long)]
     backbone: Option<Backbone>,
-    /// Output classes (default 19).
+    /// Output classes.
     #[arg(long)]
     num_classes: Option<i64>,
-    /// ASPP branches, 4 (paper, default) or 2 (DACS release).
+    /// ASPP branches, 4 (paper) or 2 (DACS release).
     #[arg(long)]
     aspp_branches: Option<usize>,
     /// ImageNet backbone weights with torchvision names (safetensors).
@@ -115,7 +118,7 @@ struct TrainArgs {
     /// source-only run: the stand-in for the paper's pretrained start).
     #[arg(long)]
     init_from: Option<PathBuf>,
-    /// paper (mu_max exp(-5 (1 - t/N)^0.5), default) | constant (mu_max throughout).
+    /// paper (mu_max exp(-5 (1 - t/N)^0.5)) | constant (mu_max throughout).
     #[arg(long, value_enum)]
     mu_schedule: Option<rccr_trainer::config::MuSchedule>,
     /// cuDNN benchmark off and libtorch's deterministic algorithms on (GPU runs repeat).
@@ -124,7 +127,7 @@ struct TrainArgs {
     /// Data-parallel backend under torchrun: auto (NCCL on CUDA, Gloo on CPU) | nccl | gloo.
     #[arg(long, value_enum)]
     dist_backend: Option<rccr_trainer::config::DistBackend>,
-    /// Seconds a rank waits for the others before failing (default 600).
+    /// Seconds a rank waits for the others before failing.
     #[arg(long)]
     dist_timeout: Option<u32>,
     /// Synchronised batch norm across ranks in the student's forwards.
@@ -139,67 +142,67 @@ struct TrainArgs {
     /// Replace the run already in --out (without it such a folder is refused).
     #[arg(long)]
     overwrite: bool,
-    /// Test hook: ranks above 0 also write their final checkpoint to OUT/rank<r>/.
+    /// Test hook: ranks above 0 also write their final checkpoint to `OUT/rank<r>/`.
     #[arg(long, hide = true)]
     save_all_ranks: bool,
-    /// Iterations (default 250000).
+    /// Iterations N of Algorithm 1.
     #[arg(long)]
     iterations: Option<u64>,
-    /// Square crop side (default 512).
+    /// Square crop side.
     #[arg(long)]
     crop: Option<u32>,
-    /// Images per domain per iteration (default 2).
+    /// Images per domain per iteration.
     #[arg(long)]
     batch_size: Option<usize>,
     /// Source resize WxH (default: the dataset's, GTA5 1280x720, SYNTHIA 1280x760).
     #[arg(long)]
     source_size: Option<Size>,
-    /// Target resize WxH (default 1024x512).
+    /// Target resize WxH (default: Cityscapes 1024x512, DACS).
     #[arg(long)]
     target_size: Option<Size>,
     /// Validation input size WxH (default 1024x512 for Cityscapes).
     #[arg(long)]
     val_size: Option<Size>,
-    /// auto | cpu | cuda | cuda:N (default auto).
+    /// auto | cpu | cuda | cuda:N.
     #[arg(long)]
     device: Option<String>,
     /// fp32 | bf16 (CUDA autocast).
     #[arg(long, value_enum)]
     precision: Option<Precision>,
-    /// Seed (default 0).
+    /// Seed of the weights, the data order and every random choice.
     #[arg(long)]
     seed: Option<u64>,
-    /// Backbone learning rate (default 2.5e-4; head 10x).
+    /// Backbone learning rate (the head's is 10x).
     #[arg(long)]
     lr: Option<f64>,
-    /// mu_max of mu(t) (default 0.01).
+    /// mu_max of mu(t).
     #[arg(long)]
     mu_max: Option<f64>,
     /// Train the BN affine parameters (default: frozen, as DACS).
     #[arg(long)]
     train_bn_affine: bool,
-    /// Validate every N iterations (0: only at the end; default 2000).
+    /// Validate every N iterations (0: only at the end).
     #[arg(long)]
     val_every: Option<u64>,
     /// Validate on at most N images.
     #[arg(long)]
     val_limit: Option<usize>,
-    /// Checkpoint every N iterations (default 5000).
+    /// Checkpoint every N iterations.
     #[arg(long)]
     save_every: Option<u64>,
-    /// Periodic checkpoints kept besides the best (default 3).
+    /// Periodic checkpoints kept besides the best.
     #[arg(long)]
     keep_last: Option<usize>,
-    /// Log every N iterations (default 10).
+    /// Log every N iterations.
     #[arg(long)]
     log_every: Option<u64>,
-    /// Anchors per chunk of the L_cont similarity (default 1024).
+    /// Anchors per chunk of the L_cont similarity.
     #[arg(long)]
     anchor_chunk: Option<usize>,
-    /// Data worker threads (default 4).
+    /// Data worker threads.
     #[arg(long)]
     workers: Option<usize>,
-    /// Batches prefetched (default 4).
+    /// Batches prefetched.
     #[arg(long)]
     prefetch: Option<usize>,
     /// Stop after this iteration (the schedule still spans --iterations).
@@ -214,78 +217,41 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// Writes every option given on the command line over its field of `c`.
     fn apply(&self, c: &mut TrainConfig) {
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone().into(); } )* };
-        }
-        set!(
-            mode,
-            backbone,
-            num_classes,
-            aspp_branches,
-            iterations,
-            crop,
-            batch_size,
-            device,
-            precision,
-            seed,
-            lr,
-            mu_max,
-            mu_schedule,
-            val_every,
-            save_every,
-            keep_last,
-            log_every,
-            anchor_chunk,
-            workers,
-            prefetch
-        );
-        if let Some(v) = &self.source {
-            c.source = Some(v.clone());
-        }
-        if let Some(v) = &self.target {
-            c.target = Some(v.clone());
-        }
-        if let Some(v) = &self.val {
-            c.val = Some(v.clone());
-        }
-        if let Some(v) = &self.init {
-            c.init = Some(v.clone());
-        }
-        if let Some(v) = &self.init_from {
-            c.init_from = Some(v.clone());
-        }
-        if self.deterministic {
-            c.deterministic = true;
-        }
-        if let Some(b) = self.dist_backend {
-            c.dist.backend = b;
-        }
-        if let Some(t) = self.dist_timeout {
-            c.dist.timeout_s = t;
-        }
-        if self.sync_bn {
-            c.dist.sync_bn = true;
-        }
-        if self.data_rank.is_some() {
-            c.data_rank = self.data_rank;
-        }
-        if self.source_size.is_some() {
-            c.source_size = self.source_size;
-        }
-        if self.target_size.is_some() {
-            c.target_size = self.target_size;
-        }
-        if self.val_size.is_some() {
-            c.val_size = self.val_size;
-        }
-        if self.val_limit.is_some() {
-            c.val_limit = self.val_limit;
-        }
-        if self.train_bn_affine {
-            c.train_bn_affine = true;
-        }
-        let comp = &mut c.components;
+        self.apply_model(&mut c.model);
+        self.apply_data(&mut c.data);
+        self.apply_method(&mut c.method);
+        self.apply_optim(&mut c.optim);
+        self.apply_run(&mut c.run);
+    }
+
+    fn apply_model(&self, m: &mut ModelConfig) {
+        set(&mut m.backbone, self.backbone);
+        set(&mut m.num_classes, self.num_classes);
+        set(&mut m.aspp_branches, self.aspp_branches);
+    }
+
+    fn apply_data(&self, d: &mut DataConfig) {
+        set_some(&mut d.source, &self.source);
+        set_some(&mut d.target, &self.target);
+        set_some(&mut d.val, &self.val);
+        set_some(&mut d.source_size, &self.source_size);
+        set_some(&mut d.target_size, &self.target_size);
+        set_some(&mut d.val_size, &self.val_size);
+        set_some(&mut d.data_rank, &self.data_rank);
+        set(&mut d.crop, self.crop);
+        set(&mut d.batch_size, self.batch_size);
+        set(&mut d.workers, self.workers);
+        set(&mut d.prefetch, self.prefetch);
+    }
+
+    fn apply_method(&self, m: &mut MethodConfig) {
+        set(&mut m.mode, self.mode);
+        set(&mut m.mu_max, self.mu_max);
+        set(&mut m.mu_schedule, self.mu_schedule);
+        set(&mut m.anchor_chunk, self.anchor_chunk);
+        let comp = &mut m.components;
         for (off, field) in [
             (self.no_rwc, &mut comp.rwc),
             (self.no_ns_random, &mut comp.ns_random),
@@ -298,6 +264,124 @@ impl TrainArgs {
             }
         }
     }
+
+    fn apply_optim(&self, o: &mut OptimConfig) {
+        set(&mut o.lr, self.lr);
+        o.train_bn_affine |= self.train_bn_affine;
+    }
+
+    fn apply_run(&self, r: &mut RunConfig) {
+        set(&mut r.iterations, self.iterations);
+        set(&mut r.device, self.device.clone());
+        set(&mut r.precision, self.precision);
+        set(&mut r.seed, self.seed);
+        set_some(&mut r.init, &self.init);
+        set_some(&mut r.init_from, &self.init_from);
+        set(&mut r.val_every, self.val_every);
+        set_some(&mut r.val_limit, &self.val_limit);
+        set(&mut r.save_every, self.save_every);
+        set(&mut r.keep_last, self.keep_last);
+        set(&mut r.log_every, self.log_every);
+        set(&mut r.dist.backend, self.dist_backend);
+        set(&mut r.dist.timeout_s, self.dist_timeout);
+        r.deterministic |= self.deterministic;
+        r.dist.sync_bn |= self.sync_bn;
+    }
+}
+
+/// `field = v` when the option was given.
+fn set<T>(field: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *field = v;
+    }
+}
+
+/// `field = Some(v)` when the option was given (an optional setting).
+fn set_some<T: Clone>(field: &mut Option<T>, v: &Option<T>) {
+    if v.is_some() {
+        field.clone_from(v);
+    }
+}
+
+/// The `train` / `trace` options whose help shows a default, each with its value in
+/// [`TrainConfig::default`] (the one place the defaults are stated).
+fn train_option_defaults() -> Vec<(&'static str, String)> {
+    fn show<T: serde::Serialize>(v: &T) -> String {
+        match serde_json::to_value(v).expect("settings serialise") {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        }
+    }
+    let c = TrainConfig::default();
+    let (d, m, o, r) = (&c.data, &c.method, &c.optim, &c.run);
+    vec![
+        ("mode", show(&m.mode)),
+        ("backbone", show(&c.model.backbone)),
+        ("num_classes", show(&c.model.num_classes)),
+        ("aspp_branches", show(&c.model.aspp_branches)),
+        ("mu_schedule", show(&m.mu_schedule)),
+        ("dist_backend", show(&r.dist.backend)),
+        ("dist_timeout", show(&r.dist.timeout_s)),
+        ("iterations", show(&r.iterations)),
+        ("crop", show(&d.crop)),
+        ("batch_size", show(&d.batch_size)),
+        ("device", show(&r.device)),
+        ("precision", show(&r.precision)),
+        ("seed", show(&r.seed)),
+        ("lr", show(&o.lr)),
+        ("mu_max", show(&m.mu_max)),
+        ("val_every", show(&r.val_every)),
+        ("save_every", show(&r.save_every)),
+        ("keep_last", show(&r.keep_last)),
+        ("log_every", show(&r.log_every)),
+        ("anchor_chunk", show(&m.anchor_chunk)),
+        ("workers", show(&d.workers)),
+        ("prefetch", show(&d.prefetch)),
+    ]
+}
+
+/// The options of `describe` whose default is the network's.
+const DESCRIBE_DEFAULTS: &[&str] = &["backbone", "num_classes", "aspp_branches"];
+
+/// The options of `bench` whose default is a training run's.
+const BENCH_DEFAULTS: &[&str] = &[
+    "backbone",
+    "num_classes",
+    "crop",
+    "batch_size",
+    "device",
+    "mode",
+    "precision",
+    "anchor_chunk",
+    "dist_backend",
+    "dist_timeout",
+];
+
+/// A subcommand with the help of each option in `ids` (all of them when None) ending in
+/// `[default: V]`, V from [`TrainConfig::default`]; the options stay unset unless given,
+/// so that they override `--config` only when present.
+fn with_defaults(cmd: clap::Command, ids: Option<&[&str]>) -> clap::Command {
+    train_option_defaults()
+        .into_iter()
+        .filter(|(id, _)| ids.is_none_or(|ids| ids.contains(id)))
+        .fold(cmd, |cmd, (id, value)| {
+            cmd.mut_arg(id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help} [default: {value}]"))
+            })
+        })
+}
+
+/// Parses the command line, the help of `train`, `trace`, `describe` and `bench` showing
+/// the defaults of [`TrainConfig::default`].
+fn parse_cli() -> Cli {
+    let cmd = Cli::command()
+        .mut_subcommand("train", |c| with_defaults(c, None))
+        .mut_subcommand("trace", |c| with_defaults(c, None))
+        .mut_subcommand("describe", |c| with_defaults(c, Some(DESCRIBE_DEFAULTS)))
+        .mut_subcommand("bench", |c| with_defaults(c, Some(BENCH_DEFAULTS)));
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 #[derive(Args, Debug)]
@@ -359,26 +443,26 @@ struct EvalArgs {
 #[derive(Args, Debug)]
 struct BenchArgs {
     /// resnet101 | resnet50 | small.
-    #[arg(long, default_value = "resnet101")]
-    backbone: Backbone,
+    #[arg(long)]
+    backbone: Option<Backbone>,
     /// Output classes.
-    #[arg(long, default_value_t = 19)]
-    num_classes: i64,
+    #[arg(long)]
+    num_classes: Option<i64>,
     /// Square crop side.
-    #[arg(long, default_value_t = 512)]
-    crop: u32,
+    #[arg(long)]
+    crop: Option<u32>,
     /// Images per domain.
-    #[arg(long, default_value_t = 2)]
-    batch_size: usize,
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// auto | cpu | cuda | cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[arg(long)]
+    device: Option<String>,
     /// rccr (also measures baseline, for the ratio) | baseline | source-only.
-    #[arg(long, value_enum, default_value = "rccr")]
-    mode: Mode,
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
     /// fp32 | bf16.
-    #[arg(long, value_enum, default_value = "fp32")]
-    precision: Precision,
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Timed iterations per mode.
     #[arg(long, default_value_t = 10)]
     iterations: usize,
@@ -386,8 +470,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// Anchors per chunk of the L_cont similarity.
-    #[arg(long, default_value_t = 1024)]
-    anchor_chunk: usize,
+    #[arg(long)]
+    anchor_chunk: Option<usize>,
     /// Switch off the memory bank.
     #[arg(long)]
     no_mb: bool,
@@ -407,16 +491,16 @@ struct BenchArgs {
     #[arg(long)]
     json_out: Option<PathBuf>,
     /// Data-parallel backend under torchrun: auto | nccl | gloo.
-    #[arg(long, value_enum, default_value = "auto")]
-    dist_backend: rccr_trainer::config::DistBackend,
+    #[arg(long, value_enum)]
+    dist_backend: Option<rccr_trainer::config::DistBackend>,
     /// Seconds a rank waits for the others.
-    #[arg(long, default_value_t = 600)]
-    dist_timeout: u32,
+    #[arg(long)]
+    dist_timeout: Option<u32>,
 }
 
 fn main() {
     rccr_infer::logging::init("info");
-    if let Err(e) = run_command(Cli::parse().command) {
+    if let Err(e) = run_command(parse_cli().command) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -440,10 +524,10 @@ fn run_command(command: Command) -> Result<()> {
 }
 
 fn describe(a: &DescribeArgs) -> Result<()> {
-    let cfg = ModelConfig {
-        aspp_branches: a.aspp_branches,
-        ..ModelConfig::new(a.backbone, a.num_classes)
-    };
+    let mut cfg = ModelConfig::default();
+    set(&mut cfg.backbone, a.backbone);
+    set(&mut cfg.num_classes, a.num_classes);
+    set(&mut cfg.aspp_branches, a.aspp_branches);
     cfg.validate()?;
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let _net = RccrNet::new(&vs.root(), &cfg);
@@ -484,17 +568,7 @@ fn describe(a: &DescribeArgs) -> Result<()> {
 
 /// `train`, or with `trace` the same run writing its iterations out.
 fn train(a: &TrainArgs, trace: bool) -> Result<()> {
-    let mut cfg = match (&a.config, &a.resume) {
-        (Some(p), _) => TrainConfig::from_file(p)?,
-        (None, Some(r)) => {
-            checkpoint::load(r)
-                .with_context(|| format!("cannot resume from {}", r.display()))?
-                .config
-        }
-        (None, None) => TrainConfig::default(),
-    };
-    a.apply(&mut cfg);
-    cfg.validate()?;
+    let cfg = resolve_config(a)?;
     let out = match (&a.out, &a.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r
@@ -517,25 +591,46 @@ fn train(a: &TrainArgs, trace: bool) -> Result<()> {
             tensorboard: !a.no_tensorboard && !trace,
         },
     )?;
-    if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
+    print_summary(&summary, a.json)
+}
+
+/// The configuration of `train` / `trace`: `--config`, else the checkpoint's with
+/// `--resume`, else the defaults; the options written over it; checked.
+fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = match (&a.config, &a.resume) {
+        (Some(p), _) => TrainConfig::from_file(p)?,
+        (None, Some(r)) => {
+            checkpoint::load(r)
+                .with_context(|| format!("cannot resume from {}", r.display()))?
+                .config
+        }
+        (None, None) => TrainConfig::default(),
+    };
+    a.apply(&mut cfg);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn print_summary(summary: &run::RunSummary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(summary)?);
+        return Ok(());
+    }
+    println!(
+        "trained {} iterations ({:.3} s/iteration) in {}",
+        summary.iterations,
+        summary.seconds_per_iteration,
+        summary.run_dir.display()
+    );
+    if let Some(b) = summary.best {
         println!(
-            "trained {} iterations ({:.3} s/iteration) in {}",
-            summary.iterations,
-            summary.seconds_per_iteration,
-            summary.run_dir.display()
+            "best teacher mIoU {:.2}% at iteration {}",
+            b.miou * 100.0,
+            b.iteration
         );
-        if let Some(b) = summary.best {
-            println!(
-                "best teacher mIoU {:.2}% at iteration {}",
-                b.miou * 100.0,
-                b.iteration
-            );
-        }
-        if let Some(p) = &summary.last_checkpoint {
-            println!("last checkpoint {}", p.display());
-        }
+    }
+    if let Some(p) = &summary.last_checkpoint {
+        println!("last checkpoint {}", p.display());
     }
     Ok(())
 }
@@ -574,7 +669,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
         .with_context(|| format!("cannot load {}", a.checkpoint.display()))?;
     let trained_on_synthia = checkpoint::load(&a.checkpoint)
         .ok()
-        .and_then(|c| c.config.source)
+        .and_then(|c| c.config.data.source)
         .is_some_and(|s| s.is_synthia());
     let set = ValSet::open(&a.data, a.size.map(|s| s.pair()), a.limit)
         .with_context(|| format!("validation data {}", a.data))?;
@@ -606,12 +701,20 @@ fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 fn bench_cmd(a: &BenchArgs) -> Result<()> {
-    let mut device = rccr_models::device::parse_device(&a.device)?;
-    let launch = rccr_trainer::dist::Launch::from_env().map_err(anyhow::Error::msg)?;
+    let d = TrainConfig::default();
+    let dist = &d.run.dist;
+    let mut device =
+        rccr_models::device::parse_device(a.device.as_deref().unwrap_or(&d.run.device))?;
+    let launch = rccr_trainer::dist::Launch::from_env()?;
     let group = match &launch {
         Some(l) => {
-            let (pg, dev, _) = rccr_trainer::dist::join(l, a.dist_backend, a.dist_timeout, device)
-                .context("cannot join the data-parallel benchmark (torchrun variables)")?;
+            let (pg, dev, _) = rccr_trainer::dist::join(
+                l,
+                a.dist_backend.unwrap_or(dist.backend),
+                a.dist_timeout.unwrap_or(dist.timeout_s),
+                device,
+            )
+            .context("cannot join the data-parallel benchmark (torchrun variables)")?;
             device = dev;
             Some(std::rc::Rc::new(pg))
         }
@@ -621,13 +724,13 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
         tch::set_num_threads(n.max(1));
     }
     let report = bench::run(&BenchConfig {
-        backbone: a.backbone,
-        num_classes: a.num_classes,
-        crop: a.crop,
-        batch_size: a.batch_size,
+        backbone: a.backbone.unwrap_or(d.model.backbone),
+        num_classes: a.num_classes.unwrap_or(d.model.num_classes),
+        crop: a.crop.unwrap_or(d.data.crop),
+        batch_size: a.batch_size.unwrap_or(d.data.batch_size),
         device,
-        mode: a.mode,
-        precision: a.precision,
+        mode: a.mode.unwrap_or(d.method.mode),
+        precision: a.precision.unwrap_or(d.run.precision),
         iterations: a.iterations.max(1),
         warmup: a.warmup,
         components: Components {
@@ -635,7 +738,7 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
             ps: a.ps,
             ..Components::default()
         },
-        anchor_chunk: a.anchor_chunk.max(1),
+        anchor_chunk: a.anchor_chunk.unwrap_or(d.method.anchor_chunk).max(1),
         group,
     })?;
     if a.json {

@@ -73,7 +73,7 @@ impl MemoryBank {
     }
 
     /// Replaces the content (restoring a checkpoint), oldest first.
-    pub fn restore(&mut self, entries: Vec<BankEntry>) {
+    pub(crate) fn restore(&mut self, entries: Vec<BankEntry>) {
         self.entries = entries.into();
         while self.entries.len() > self.capacity {
             self.entries.pop_front();

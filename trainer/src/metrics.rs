@@ -25,7 +25,7 @@ pub struct TrainRecord {
 }
 
 /// One validation.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ValRecord {
     /// Always "val".
     pub kind: &'static str,
@@ -46,20 +46,9 @@ pub struct ValRecord {
     pub seconds: f64,
 }
 
-/// Per-class IoUs, serialised as one JSON object `{"road": 0.97, ...}` in class order.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ClassIous(pub Vec<(String, Option<f64>)>);
-
-impl Serialize for ClassIous {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
-}
+/// Per-class IoUs, serialised as one JSON object `{"road": 0.97, ...}` in class order
+/// (the type of rccr-infer's reports).
+pub use rccr_infer::report::PerClass as ClassIous;
 
 /// Appends JSON lines to a file.
 #[derive(Debug)]

@@ -25,12 +25,12 @@ use rand::Rng;
 use rand_distr::{Beta, Distribution};
 use tch::{Device, Kind, Tensor};
 
-/// The ignore label.
-pub const IGNORE: i64 = 255;
+/// The ignore label (rccr-infer's taxonomy) as the label tensors' integer.
+pub const IGNORE: i64 = rccr_infer::taxonomy::IGNORE as i64;
 
 /// The classes present in a label map (`0..num_classes`, 255 and other values excluded),
 /// ascending. `label` is any integer tensor.
-pub fn classes_present(label: &Tensor, num_classes: i64) -> Vec<i64> {
+pub(crate) fn classes_present(label: &Tensor, num_classes: i64) -> Vec<i64> {
     let flat = label.flatten(0, -1).to_kind(Kind::Int64).clamp(0, IGNORE);
     let counts = Vec::<i64>::try_from(
         &flat
@@ -47,7 +47,7 @@ pub fn classes_present(label: &Tensor, num_classes: i64) -> Vec<i64> {
 }
 
 /// ceil(n/2) of `present`, chosen without replacement, ascending.
-pub fn choose_half<R: Rng + ?Sized>(present: &[i64], rng: &mut R) -> Vec<i64> {
+pub(crate) fn choose_half<R: Rng + ?Sized>(present: &[i64], rng: &mut R) -> Vec<i64> {
     let n = present.len();
     let k = n.div_ceil(2);
     let mut chosen: Vec<i64> = sample(rng, n, k).into_iter().map(|i| present[i]).collect();
@@ -57,7 +57,7 @@ pub fn choose_half<R: Rng + ?Sized>(present: &[i64], rng: &mut R) -> Vec<i64> {
 
 /// ClassMix masks `N x H x W` (f32 0/1) from source labels `N x H x W`, and the classes
 /// chosen per image.
-pub fn classmix_masks<R: Rng + ?Sized>(
+pub(crate) fn classmix_masks<R: Rng + ?Sized>(
     labels: &Tensor,
     num_classes: i64,
     rng: &mut R,
@@ -94,18 +94,18 @@ pub fn mix(mask: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
 }
 
 /// Mixed label: `source` where the mask is set, `pseudo` elsewhere (both `N x H x W`).
-pub fn mix_labels(mask: &Tensor, source: &Tensor, pseudo: &Tensor) -> Tensor {
+pub(crate) fn mix_labels(mask: &Tensor, source: &Tensor, pseudo: &Tensor) -> Tensor {
     source.where_self(&mask.gt(0.5), pseudo)
 }
 
 /// Pixel weights of L_cons: 1 where the mask is set, `q` elsewhere (`q` a scalar tensor).
-pub fn mix_weights(mask: &Tensor, q: &Tensor) -> Tensor {
+pub(crate) fn mix_weights(mask: &Tensor, q: &Tensor) -> Tensor {
     let m = mask.to_kind(Kind::Float);
     &m + (1.0 - &m) * q
 }
 
 /// q = fraction of the pixels whose teacher max-softmax is >= `threshold` (scalar tensor).
-pub fn confident_fraction(max_prob: &Tensor, threshold: f64) -> Tensor {
+pub(crate) fn confident_fraction(max_prob: &Tensor, threshold: f64) -> Tensor {
     max_prob
         .ge(threshold)
         .to_kind(Kind::Float)
@@ -132,7 +132,7 @@ impl CutBox {
     }
 
     /// The pixel mask `1 x 1 x crop x crop` (f32), 1 inside the box.
-    pub fn pixel_mask(&self, crop: i64, device: Device) -> Tensor {
+    pub(crate) fn pixel_mask(&self, crop: i64, device: Device) -> Tensor {
         let m = Tensor::zeros([1, 1, crop, crop], (Kind::Float, device));
         let _ = m
             .narrow(2, self.y0, self.side)
@@ -142,7 +142,7 @@ impl CutBox {
     }
 
     /// The cell mask `h x w` (bool) on the 1/8 grid.
-    pub fn cell_mask(&self, h: i64, w: i64, device: Device) -> Tensor {
+    pub(crate) fn cell_mask(&self, h: i64, w: i64, device: Device) -> Tensor {
         let m = Tensor::zeros([h, w], (Kind::Bool, device));
         let (r, c) = self.cells(h, w);
         if !r.is_empty() && !c.is_empty() {
@@ -157,7 +157,7 @@ impl CutBox {
 
 /// Samples a box for a square `crop` (a multiple of 8): area fraction ~ Beta(1, 1),
 /// side = floor(sqrt(area) * crop / 8) * 8 clamped to [8, crop], corner on the 8-px grid.
-pub fn sample_box<R: Rng + ?Sized>(crop: i64, rng: &mut R) -> CutBox {
+pub(crate) fn sample_box<R: Rng + ?Sized>(crop: i64, rng: &mut R) -> CutBox {
     let area: f64 = Beta::new(1.0, 1.0).expect("valid Beta").sample(rng);
     let side = ((area.sqrt() * crop as f64 / 8.0).floor() as i64 * 8).clamp(8, crop);
     let slots = (crop - side) / 8;
@@ -213,7 +213,7 @@ impl AugConfig {
 }
 
 /// Applies `params[i]` to image `i` of `images` (`N x 3 x H x W`, RGB 0..255).
-pub fn augment(images: &Tensor, params: &[AugParams]) -> Tensor {
+pub(crate) fn augment(images: &Tensor, params: &[AugParams]) -> Tensor {
     let outs: Vec<Tensor> = params
         .iter()
         .enumerate()
@@ -239,7 +239,7 @@ fn gray(x: &Tensor) -> Tensor {
 }
 
 /// Brightness, contrast, saturation, hue on `1 x 3 x H x W` in [0, 1], clamped after each.
-pub fn color_jitter(x: &Tensor, [b, c, s, h]: [f64; 4]) -> Tensor {
+pub(crate) fn color_jitter(x: &Tensor, [b, c, s, h]: [f64; 4]) -> Tensor {
     let x = (x * b).clamp(0.0, 1.0);
     let m = gray(&x).mean(Kind::Float);
     let x = ((&x - &m) * c + &m).clamp(0.0, 1.0);
@@ -278,7 +278,7 @@ fn matmul3(a: &[[f32; 3]; 3], b: &[[f32; 3]; 3]) -> [[f32; 3]; 3] {
 }
 
 /// The normalised 1-d Gaussian kernel of `sigma`, radius ceil(4 sigma).
-pub fn gaussian_kernel(sigma: f64) -> Vec<f32> {
+pub(crate) fn gaussian_kernel(sigma: f64) -> Vec<f32> {
     let r = (4.0 * sigma).ceil().max(1.0) as i64;
     let w: Vec<f64> = (-r..=r)
         .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp())
@@ -288,7 +288,7 @@ pub fn gaussian_kernel(sigma: f64) -> Vec<f32> {
 }
 
 /// Separable Gaussian blur with reflected borders on `N x 3 x H x W`.
-pub fn gaussian_blur(x: &Tensor, sigma: f64) -> Tensor {
+pub(crate) fn gaussian_blur(x: &Tensor, sigma: f64) -> Tensor {
     let k = gaussian_kernel(sigma);
     let r = (k.len() / 2) as i64;
     let (h, w) = (x.size()[2], x.size()[3]);

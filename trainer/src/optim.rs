@@ -30,7 +30,7 @@ pub enum Group {
 }
 
 /// The group of a variable name.
-pub fn group_of(name: &str) -> Group {
+pub(crate) fn group_of(name: &str) -> Group {
     if name.starts_with("layer5.") || name.starts_with("projector.") {
         Group::Head
     } else {
@@ -40,7 +40,7 @@ pub fn group_of(name: &str) -> Group {
 
 /// Whether `name` is a batch-norm affine parameter of `vars` (a `weight` / `bias` whose
 /// module also has a `running_mean`).
-pub fn is_bn_affine(name: &str, vars: &BTreeMap<String, Tensor>) -> bool {
+pub(crate) fn is_bn_affine(name: &str, vars: &BTreeMap<String, Tensor>) -> bool {
     let module = name
         .strip_suffix(".weight")
         .or_else(|| name.strip_suffix(".bias"));
@@ -181,7 +181,7 @@ impl Sgd {
     }
 
     /// Restores the momentum buffers; returns the names the map lacked.
-    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
+    pub(crate) fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
         let mut missing = Vec::new();
         tch::no_grad(|| {
             for p in &mut self.params {

@@ -4,16 +4,20 @@
 //! every `val_every` iterations and at the end, and checkpoints every `save_every`
 //! iterations, at each validation and at the end (`--resume` continues exactly).
 
+mod start;
+
+pub use start::build_trainer;
+
 use crate::checkpoint::{self, Best, CheckpointDir, Saved};
-use crate::config::{Mode, TrainConfig};
-use crate::data::{LoaderConfig, Split, TrainLoader, ValSet};
-use crate::dist::{Ddp, Launch, ProcessGroup};
-use crate::ema;
+use crate::config::{Mode, Precision, Size, TrainConfig};
+use crate::data::{DatasetSpec, LoaderConfig, Split, TrainLoader, ValSet};
+use crate::dist::{Ddp, ProcessGroup};
 use crate::error::{Context, Error, Result};
 use crate::metrics::{MetricsLog, TrainRecord};
+use crate::pictures::ValPictures;
 use crate::tensorboard::{scalars_of, TbWriter};
 use crate::trainer::{StepStats, Trainer};
-use crate::validate;
+use crate::validate::{self, ValResult};
 use indicatif::{ProgressBar, ProgressStyle};
 use rccr_models::device::device_name;
 use std::path::{Path, PathBuf};
@@ -62,201 +66,64 @@ pub struct RunOptions {
     pub save_all_ranks: bool,
 }
 
-/// Builds the trainer: fresh (with `--init`) or from `--resume`.
-pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -> Result<Trainer> {
-    let mut trainer = Trainer::new(cfg.clone(), device)?;
-    match resume {
-        Some(path) => {
-            let ck = checkpoint::load(path)
-                .with_context(|| format!("cannot resume from {}", path.display()))?;
-            if ck.config.model_config() != cfg.model_config() {
-                return Err(Error::Refused(format!(
-                    "{}: the checkpoint's network ({} / {} classes / {} ASPP branches) differs \
-                     from the requested one; drop --backbone/--num-classes/--aspp-branches \
-                     when resuming",
-                    path.display(),
-                    ck.config.backbone,
-                    ck.config.num_classes,
-                    ck.config.aspp_branches
-                )));
-            }
-            checkpoint::load_vars(
-                &trainer.student_vs,
-                &ck.with_prefix(rccr_models::checkpoint::STUDENT),
-                path,
-                "student",
-            )?;
-            checkpoint::load_vars(
-                &trainer.teacher_vs,
-                &ck.with_prefix(rccr_models::checkpoint::TEACHER),
-                path,
-                "teacher",
-            )?;
-            trainer
-                .opt
-                .load_state(&ck.with_prefix(checkpoint::OPTIM))
-                .map_err(|msg| Error::BadCheckpoint {
-                    path: path.to_path_buf(),
-                    msg,
-                })?;
-            let bank: Vec<_> = ck
-                .bank()
-                .into_iter()
-                .map(|e| crate::memory_bank::BankEntry {
-                    embeddings: e.embeddings.to_device(device),
-                    labels: e.labels.to_device(device),
-                })
-                .collect();
-            trainer.bank.restore(bank);
-            trainer.iteration = ck.iteration;
-            tracing::info!(checkpoint = %path.display(), iteration = ck.iteration, "resumed");
-        }
-        None => {
-            if let Some(from) = &cfg.init_from {
-                init_from_model(&trainer, from)?;
-            }
-            if let Some(init) = cfg.init.as_ref().filter(|p| rccr_models::pth::is_pth(p)) {
-                let report = rccr_models::pth::import_into(
-                    &trainer.student_vs,
-                    init,
-                    rccr_models::pth::Which::Auto,
-                    false,
-                )
-                .with_context(|| format!("cannot import {} (--init)", init.display()))?;
-                tracing::info!(file = %init.display(), "imported a PyTorch checkpoint:\n{report}");
-                ema::copy_all(&trainer.teacher_vs, &trainer.student_vs);
-            } else if let Some(init) = &cfg.init {
-                let report = rccr_models::weights::import_torchvision(&trainer.student_vs, init)
-                    .with_context(|| format!("cannot import the backbone {}", init.display()))?;
-                tracing::info!(
-                    file = %init.display(),
-                    loaded = report.loaded,
-                    missing = report.missing.len(),
-                    unexpected = report.unexpected.len(),
-                    "imported backbone"
-                );
-                if !report.missing.is_empty() {
-                    tracing::warn!(missing = ?report.missing, "backbone tensors missing from --init (left at random init)");
-                }
-                if !report.unexpected.is_empty() {
-                    tracing::warn!(unexpected = ?report.unexpected, "tensors in --init the network does not have (ignored)");
-                }
-                ema::copy_all(&trainer.teacher_vs, &trainer.student_vs);
-            }
-        }
-    }
-    Ok(trainer)
-}
-
-/// `--init-from`: student and teacher start from the teacher of an rccr checkpoint (or a
-/// bare model file): encoder, classifier, BN statistics and, where the file has one, the
-/// projector (else the projector keeps its fresh initialisation).
-fn init_from_model(trainer: &Trainer, path: &Path) -> Result<()> {
-    let loaded =
-        rccr_models::checkpoint::load_network(path, rccr_models::checkpoint::TEACHER, Device::Cpu)
-            .with_context(|| format!("cannot start from {} (--init-from)", path.display()))?;
-    if loaded.info.model != trainer.model {
-        return Err(Error::Refused(format!(
-            "{}: --init-from holds a {} / {} classes / {} ASPP branches network, the run \
-             trains {} / {} / {}; pass the same --backbone/--num-classes/--aspp-branches",
-            path.display(),
-            loaded.info.model.backbone,
-            loaded.info.model.num_classes,
-            loaded.info.model.aspp_branches,
-            trainer.model.backbone,
-            trainer.model.num_classes,
-            trainer.model.aspp_branches
-        )));
-    }
-    let src = loaded.vs.variables();
-    let mut copied = 0;
-    tch::no_grad(|| {
-        for (name, mut var) in trainer.student_vs.variables() {
-            if loaded.report.missing.contains(&name) {
-                continue;
-            }
-            if let Some(t) = src.get(&name) {
-                var.copy_(&t.to_device(var.device()));
-                copied += 1;
-            }
-        }
-    });
-    ema::copy_all(&trainer.teacher_vs, &trainer.student_vs);
-    tracing::info!(
-        file = %path.display(),
-        iteration = loaded.info.iteration,
-        copied,
-        fresh = ?loaded.report.missing,
-        "student and teacher start from --init-from"
-    );
-    Ok(())
-}
-
-fn loader_config(cfg: &TrainConfig, size: Option<crate::config::Size>, seed: u64) -> LoaderConfig {
-    LoaderConfig {
-        resize: size.map(|s| s.pair()),
-        crop: cfg.crop,
-        batch_size: cfg.batch_size,
-        seed,
-        workers: cfg.workers.max(1),
-        prefetch: cfg.prefetch.max(1),
-        split: Split::Train,
-    }
-}
-
-/// Joins the data-parallel run the launcher's environment describes (module
-/// `crate::dist`); returns the configuration as this process runs it, its device and
-/// the process group (None without a launcher).
-fn join(cfg: &TrainConfig, trace: bool) -> Result<(TrainConfig, Device, Option<ProcessGroup>)> {
-    let mut cfg = cfg.clone();
-    let mut device = rccr_models::device::parse_device(&cfg.device)?;
-    let Some(l) = Launch::from_env().map_err(Error::DistSetup)? else {
-        return Ok((cfg, device, None));
-    };
-    if trace {
-        return Err(Error::Refused(
-            "rccr-train trace runs in one process: launch it without torchrun".into(),
-        ));
-    }
-    let (pg, dev, backend) = crate::dist::join(&l, cfg.dist.backend, cfg.dist.timeout_s, device)
-        .with_context(|| {
-            format!(
-                "cannot join the {}-process run at {}:{} (check MASTER_ADDR/MASTER_PORT and \
-                 that every rank started; --dist-timeout bounds the wait)",
-                l.world_size, l.master_addr, l.master_port
-            )
-        })?;
-    device = dev;
-    cfg.dist.world_size = l.world_size;
-    cfg.dist.backend_used = backend.into();
-    tracing::info!(rank = l.rank, world_size = l.world_size, backend, device = %device_name(device), "joined the data-parallel run");
-    Ok((cfg, device, Some(pg)))
-}
-
-/// The seed of a rank's data loaders: the run's seed for rank 0 (so a 1-process run is
-/// unchanged), a derived one for the others.
-fn rank_seed(seed: u64, rank: usize) -> u64 {
-    if rank == 0 {
-        seed
-    } else {
-        crate::data::augment::mix(seed, 0x5241_4e4b, rank as u64)
-    }
-}
-
 /// Runs (or continues) training as configured.
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
-    check_run_dir(&opts.out, opts)?;
-    let (cfg, device, pg) = join(cfg, opts.trace)?;
-    let cfg = &cfg;
+    start::check_run_dir(&opts.out, opts)?;
+    let (cfg, device, pg) = start::join(cfg, opts.trace)?;
     let rank = pg.as_ref().map_or(0, |p| p.rank);
+    let (source, target) = data_specs(&cfg)?;
+    std::fs::create_dir_all(&opts.out)
+        .map_err(Error::io_at(&opts.out))
+        .context("cannot create the run folder")?;
+    let trainer = prepare_trainer(&cfg, device, pg, opts)?;
+    let best = match &opts.resume {
+        Some(p) => checkpoint::load(p)?.best,
+        None => None,
+    };
+    let start = trainer.iteration;
+    check_start(start, &cfg)?;
+    tracing::info!(
+        device = %device_name(device),
+        mode = %cfg.method.mode,
+        backbone = %cfg.model.backbone,
+        start,
+        iterations = cfg.run.iterations,
+        run_dir = %opts.out.display(),
+        "training"
+    );
     let main = rank == 0;
-    let data_rank = cfg.data_rank.unwrap_or(rank);
+    let data_rank = cfg.data.data_rank.unwrap_or(rank);
+    let seed = rank_seed(cfg.run.seed, data_rank);
+    let inputs = Inputs::open(&cfg, &source, target.as_ref(), seed, start, main)?;
+    let cfg = with_crop_padding(cfg, &inputs);
+    // Everything opened: only now does the run folder receive files.
+    let outputs = Outputs::open(&cfg, opts, main, start, &inputs)?;
+    let session = Session {
+        cfg,
+        opts,
+        device,
+        main,
+        synthia: source.is_synthia(),
+        trainer,
+        inputs,
+        outputs,
+        progress: Progress {
+            best,
+            ..Progress::default()
+        },
+    };
+    session.train(start)
+}
+
+/// The source and target of a run; the target may be absent only in mode `source-only`.
+fn data_specs(cfg: &TrainConfig) -> Result<(DatasetSpec, Option<DatasetSpec>)> {
     let source = cfg
+        .data
         .source
         .clone()
         .context("no source data: pass --source gta5:DIR | synthia:DIR | cityscapes:DIR")?;
-    let target = match (&cfg.target, cfg.mode) {
+    let target = match (&cfg.data.target, cfg.method.mode) {
         (Some(t), _) => Some(t.clone()),
         (None, Mode::SourceOnly) => None,
         (None, m) => {
@@ -265,15 +132,22 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             )))
         }
     };
-    let val_spec = cfg.val.clone().or_else(|| target.clone());
-    let run_dir = opts.out.clone();
-    std::fs::create_dir_all(&run_dir)
-        .map_err(Error::io_at(&run_dir))
-        .context("cannot create the run folder")?;
+    Ok((source, target))
+}
+
+/// The trainer of this process: built or resumed, drawing as its data rank, joined to
+/// the data-parallel group (rank 0's weights broadcast), tracing when asked.
+fn prepare_trainer(
+    cfg: &TrainConfig,
+    device: Device,
+    pg: Option<ProcessGroup>,
+    opts: &RunOptions,
+) -> Result<Trainer> {
     let mut trainer = build_trainer(cfg, device, opts.resume.as_deref())?;
-    trainer.streams.rank = data_rank as u64;
+    let rank = pg.as_ref().map_or(0, |p| p.rank);
+    trainer.streams.rank = cfg.data.data_rank.unwrap_or(rank) as u64;
     if let Some(pg) = pg {
-        let ddp = Ddp::new(pg, cfg.dist.sync_bn);
+        let ddp = Ddp::new(pg, cfg.run.dist.sync_bn);
         let mut all = Ddp::variables(&trainer.student_vs, false);
         all.extend(Ddp::variables(&trainer.teacher_vs, false));
         all.extend(
@@ -290,105 +164,193 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     if opts.trace {
         trainer.trace = Some(crate::trace::Trace::default());
     }
-    let mut best = match &opts.resume {
-        Some(p) => checkpoint::load(p)?.best,
-        None => None,
-    };
-    let start = trainer.iteration;
-    if start >= cfg.iterations {
+    Ok(trainer)
+}
+
+/// A resumed run must have iterations left.
+fn check_start(start: u64, cfg: &TrainConfig) -> Result<()> {
+    if start >= cfg.run.iterations {
         return Err(Error::Refused(format!(
             "the checkpoint is at iteration {start}, the run has {} iterations: nothing to do \
              (raise --iterations to continue)",
-            cfg.iterations
+            cfg.run.iterations
         )));
     }
-    tracing::info!(
-        device = %device_name(device),
-        mode = %cfg.mode,
-        backbone = %cfg.backbone,
-        start,
-        iterations = cfg.iterations,
-        run_dir = %run_dir.display(),
-        "training"
-    );
+    Ok(())
+}
 
-    let seed = rank_seed(cfg.seed, data_rank);
-    let mut src_loader =
-        TrainLoader::open(&source, &loader_config(cfg, cfg.source_size, seed), start)
+fn loader_config(cfg: &TrainConfig, size: Option<Size>, seed: u64) -> LoaderConfig {
+    LoaderConfig {
+        resize: size.map(|s| s.pair()),
+        crop: cfg.data.crop,
+        batch_size: cfg.data.batch_size,
+        seed,
+        workers: cfg.data.workers.max(1),
+        prefetch: cfg.data.prefetch.max(1),
+        split: Split::Train,
+    }
+}
+
+/// The seed of a rank's data loaders: the run's seed for rank 0 (so a 1-process run is
+/// unchanged), a derived one for the others.
+fn rank_seed(seed: u64, rank: usize) -> u64 {
+    if rank == 0 {
+        seed
+    } else {
+        crate::data::augment::mix(seed, 0x5241_4e4b, rank as u64)
+    }
+}
+
+/// The data a run reads.
+struct Inputs {
+    source: TrainLoader,
+    target: Option<TrainLoader>,
+    /// Rank 0's validation split.
+    val: Option<ValSet>,
+    /// Whether the run validates (it has validation data).
+    validates: bool,
+}
+
+impl Inputs {
+    fn open(
+        cfg: &TrainConfig,
+        source: &DatasetSpec,
+        target: Option<&DatasetSpec>,
+        seed: u64,
+        start: u64,
+        main: bool,
+    ) -> Result<Inputs> {
+        let d = &cfg.data;
+        let src = TrainLoader::open(source, &loader_config(cfg, d.source_size, seed), start)
             .with_context(|| format!("source data {source}"))?;
-    let mut tgt_loader = match &target {
-        Some(t) if cfg.mode != Mode::SourceOnly => Some(
-            TrainLoader::open(
-                t,
-                &loader_config(cfg, cfg.target_size, seed.wrapping_add(1)),
-                start,
-            )
-            .with_context(|| format!("target data {t}"))?,
-        ),
-        _ => None,
-    };
-    let val_set = match val_spec.as_ref().filter(|_| main) {
-        Some(v) => Some(
-            ValSet::open(v, cfg.val_size.map(|s| s.pair()), cfg.val_limit)
-                .with_context(|| format!("validation data {v}"))?,
-        ),
-        None => None,
-    };
-    let synthia = source.is_synthia();
-    let mut cfg = cfg.clone();
-    cfg.crop_padding = [
-        src_loader.padding_share(cfg.crop),
-        tgt_loader
+        let tgt = match target {
+            Some(t) if cfg.method.mode != Mode::SourceOnly => {
+                let lc = loader_config(cfg, d.target_size, seed.wrapping_add(1));
+                Some(TrainLoader::open(t, &lc, start).with_context(|| format!("target data {t}"))?)
+            }
+            _ => None,
+        };
+        let val_spec = d.val.as_ref().or(target);
+        let val = match val_spec.filter(|_| main) {
+            Some(v) => Some(
+                ValSet::open(v, d.val_size.map(|s| s.pair()), cfg.run.val_limit)
+                    .with_context(|| format!("validation data {v}"))?,
+            ),
+            None => None,
+        };
+        Ok(Inputs {
+            source: src,
+            target: tgt,
+            val,
+            validates: val_spec.is_some(),
+        })
+    }
+}
+
+/// The configuration with the share of padding in the source / target crops recorded
+/// (and warned about where there is any).
+fn with_crop_padding(mut cfg: TrainConfig, inputs: &Inputs) -> TrainConfig {
+    let crop = cfg.data.crop;
+    cfg.data.crop_padding = [
+        inputs.source.padding_share(crop),
+        inputs
+            .target
             .as_ref()
-            .map_or(0.0, |l| l.padding_share(cfg.crop)),
+            .map_or(0.0, |l| l.padding_share(crop)),
     ];
-    for (domain, share) in ["source", "target"].iter().zip(cfg.crop_padding) {
+    for (domain, share) in ["source", "target"].iter().zip(cfg.data.crop_padding) {
         if share > 0.0 {
             tracing::warn!(
                 domain,
                 padding = format!("{:.1} %", share * 100.0),
-                crop = cfg.crop,
+                crop,
                 "the resized images are smaller than the crop: this share of every crop is \
                  padding (image 0, label 255); lower --crop or raise --source-size/--target-size"
             );
         }
     }
-    let cfg = &cfg;
-    // Everything opened: only now does the run folder receive files.
-    if main {
-        let cfg_json = serde_json::to_vec_pretty(cfg)?;
-        rccr_models::weights::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+    cfg
+}
+
+/// What a run writes: config.json, the metrics log, TensorBoard events and checkpoints
+/// (rank 0), and the progress bar.
+struct Outputs {
+    ckdir: CheckpointDir,
+    log_path: PathBuf,
+    log: Option<MetricsLog>,
+    tb_dir: PathBuf,
+    events: Option<TbWriter>,
+    pictures: Option<ValPictures>,
+    pb: ProgressBar,
+}
+
+impl Outputs {
+    fn open(
+        cfg: &TrainConfig,
+        opts: &RunOptions,
+        main: bool,
+        start: u64,
+        inputs: &Inputs,
+    ) -> Result<Outputs> {
+        let run_dir = &opts.out;
+        if main {
+            let cfg_json = serde_json::to_vec_pretty(cfg)?;
+            rccr_models::weights::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+        }
+        let ckdir = CheckpointDir::create(run_dir.join("checkpoints"), cfg.run.keep_last)?;
+        let log_path = run_dir.join("metrics.jsonl");
+        if opts.resume.is_some() && main {
+            truncate_log(&log_path, start)?;
+        }
+        let log = match main {
+            true => Some(
+                MetricsLog::open(&log_path)
+                    .map_err(Error::io_at(&log_path))
+                    .context("cannot open the metrics log")?,
+            ),
+            false => None,
+        };
+        let tb_dir = run_dir.join("tb");
+        let events = match (main && opts.tensorboard, opts.resume.is_some()) {
+            (false, _) => None,
+            (true, false) => Some(TbWriter::create(&tb_dir).map_err(Error::io_at(&tb_dir))?),
+            (true, true) => {
+                Some(TbWriter::resume(&tb_dir, start + 1).map_err(Error::io_at(&tb_dir))?)
+            }
+        };
+        let pictures = match (&events, &inputs.val) {
+            (Some(_), Some(set)) => ValPictures::new(set, 3),
+            _ => None,
+        };
+        Ok(Outputs {
+            ckdir,
+            log_path,
+            log,
+            tb_dir,
+            events,
+            pictures,
+            pb: progress_bar(cfg, opts, main, start),
+        })
     }
 
-    let ckdir = CheckpointDir::create(run_dir.join("checkpoints"), cfg.keep_last)?;
-    if opts.resume.is_some() && main {
-        truncate_log(&run_dir.join("metrics.jsonl"), start)?;
+    /// A line of the metrics log and its TensorBoard scalars.
+    fn write<T: serde::Serialize>(&mut self, it: u64, record: &T) -> Result<()> {
+        if let Some(log) = &mut self.log {
+            log.write(record).map_err(Error::io_at(&self.log_path))?;
+        }
+        if let Some(ev) = &mut self.events {
+            ev.add_scalars(it, &scalars_of(&serde_json::to_value(record)?))
+                .map_err(Error::io_at(&self.tb_dir))?;
+        }
+        Ok(())
     }
-    let log_path = run_dir.join("metrics.jsonl");
-    let tb_dir = run_dir.join("tb");
-    let mut log = match main {
-        true => Some(
-            MetricsLog::open(&log_path)
-                .map_err(Error::io_at(&log_path))
-                .context("cannot open the metrics log")?,
-        ),
-        false => None,
-    };
+}
 
-    let mut events = match (main && opts.tensorboard, opts.resume.is_some()) {
-        (false, _) => None,
-        (true, false) => Some(TbWriter::create(&tb_dir).map_err(Error::io_at(&tb_dir))?),
-        (true, true) => Some(TbWriter::resume(&tb_dir, start + 1).map_err(Error::io_at(&tb_dir))?),
-    };
-    let val_pictures = match (&events, &val_set) {
-        (Some(_), Some(set)) => crate::pictures::ValPictures::new(set, 3),
-        _ => None,
-    };
-    let end = opts.stop_at.unwrap_or(cfg.iterations).min(cfg.iterations);
+fn progress_bar(cfg: &TrainConfig, opts: &RunOptions, main: bool, start: u64) -> ProgressBar {
     let pb = if opts.quiet || !main {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(cfg.iterations)
+        ProgressBar::new(cfg.run.iterations)
     };
     pb.set_style(
         ProgressStyle::with_template(
@@ -397,200 +359,221 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         .expect("valid template"),
     );
     pb.set_position(start);
-    let t0 = Instant::now();
-    let mut last_checkpoint = None;
-    let mut final_miou = None;
-    let mut validated_at = None;
+    pb
+}
 
-    while trainer.iteration < end {
+/// What the loop has reached.
+#[derive(Default)]
+struct Progress {
+    best: Option<Best>,
+    last_checkpoint: Option<PathBuf>,
+    final_miou: Option<f64>,
+    validated_at: Option<u64>,
+}
+
+/// A run in progress: Algorithm 1's loop with its inputs and outputs.
+struct Session<'a> {
+    cfg: TrainConfig,
+    opts: &'a RunOptions,
+    device: Device,
+    /// Rank 0 (validates, logs and writes checkpoints).
+    main: bool,
+    /// Scored on SYNTHIA's 16 and 13 classes as well.
+    synthia: bool,
+    trainer: Trainer,
+    inputs: Inputs,
+    outputs: Outputs,
+    progress: Progress,
+}
+
+impl Session<'_> {
+    /// Iterations `start + 1 ..= end`, then the summary.
+    fn train(mut self, start: u64) -> Result<RunSummary> {
+        let cfg = &self.cfg;
+        let end = self
+            .opts
+            .stop_at
+            .unwrap_or(cfg.run.iterations)
+            .min(cfg.run.iterations);
+        let t0 = Instant::now();
+        while self.trainer.iteration < end {
+            self.iterate(end)?;
+        }
+        self.outputs.pb.finish_and_clear();
+        if let Some(d) = &self.trainer.ddp {
+            finish_ranks(d, &self.trainer, &self.cfg, self.opts, self.progress.best)?;
+        }
+        Ok(self.summary(start, t0))
+    }
+
+    /// One iteration: a step, its log line, then (trace) its tensors or validation and
+    /// checkpoint where due.
+    fn iterate(&mut self, end: u64) -> Result<()> {
         let it_start = Instant::now();
-        let sb = src_loader.next_batch().context("reading a source batch")?;
-        let tb = match &mut tgt_loader {
-            Some(l) => Some(l.next_batch().context("reading a target batch")?),
-            None => None,
-        };
-        let mut stats = trainer
-            .step(&sb.images, &sb.labels, tb.as_ref().map(|b| &b.images))
-            .context("training step failed")?;
+        let mut stats = self.step()?;
         let secs = it_start.elapsed().as_secs_f64();
         let it = stats.iteration;
+        let pb = &self.outputs.pb;
         pb.set_position(it);
         pb.set_message(format!(
             "ce {:.3} cons {:.3} cont {:.3}",
             stats.loss_ce, stats.loss_cons, stats.loss_cont
         ));
-        if it % cfg.log_every == 0 || it == end {
-            if let Some(d) = &trainer.ddp {
+        if it % self.cfg.run.log_every == 0 || it == end {
+            if let Some(d) = &self.trainer.ddp {
                 mean_over_ranks(d, &mut stats)?;
             }
-            let rec = record(&stats, secs, cfg.dist.world_size);
-            if let Some(log) = &mut log {
-                log.write(&rec).map_err(Error::io_at(&log_path))?;
-            }
-            if let Some(ev) = &mut events {
-                ev.add_scalars(it, &scalars_of(&serde_json::to_value(&rec)?))
-                    .map_err(Error::io_at(&tb_dir))?;
-            }
+            let rec = record(&stats, secs, self.cfg.run.dist.world_size);
+            self.outputs.write(it, &rec)?;
         }
-        if let Some(tr) = &trainer.trace {
-            let path = tr.write(&run_dir, &trainer.model, cfg)?;
-            pb.println(format!("iteration {it}: {}", path.display()));
-            continue;
+        if let Some(tr) = &self.trainer.trace {
+            let path = tr.write(&self.opts.out, &self.cfg)?;
+            self.outputs
+                .pb
+                .println(format!("iteration {it}: {}", path.display()));
+            return Ok(());
         }
-        let last = it == cfg.iterations;
-        let do_val = val_spec.is_some() && ((cfg.val_every > 0 && it % cfg.val_every == 0) || last);
-        if do_val && main {
-            let set = val_set.as_ref().expect("checked");
-            let vpb = pb.clone();
-            vpb.set_message(format!("validating {} images", set.len()));
-            let res = validate::evaluate(
-                &trainer.teacher,
-                set,
-                device,
-                cfg.precision == crate::config::Precision::Bf16,
-                synthia,
-                None,
-            )
-            .context("validation failed")?;
-            if let Some(log) = &mut log {
-                log.write(&res.record(it))
-                    .map_err(Error::io_at(&log_path))?;
-            }
-            if let Some(ev) = &mut events {
-                ev.add_scalars(it, &scalars_of(&serde_json::to_value(res.record(it))?))
-                    .map_err(Error::io_at(&tb_dir))?;
-                if let Some(p) = &val_pictures {
-                    for (i, img) in p.render(&trainer.teacher, device)?.iter().enumerate() {
-                        ev.add_image(&format!("val/image_{i}"), it, img)
-                            .map_err(Error::io_at(&tb_dir))?;
-                    }
-                }
-            }
-            pb.println(format!(
-                "iteration {it}: teacher mIoU {:.2}%",
-                res.miou * 100.0
-            ));
-            tracing::info!(iteration = it, miou = res.miou, "validation");
-            if best.is_none_or(|b| res.miou > b.miou) {
-                best = Some(Best {
-                    iteration: it,
-                    miou: res.miou,
-                });
-            }
-            final_miou = Some(res.miou);
-            validated_at = Some(it);
+        let (do_val, do_save) = self.due(it, end);
+        if do_val && self.main {
+            self.validate(it)?;
         }
-        let do_save =
-            (cfg.save_every > 0 && it % cfg.save_every == 0) || do_val || last || it == end;
-        if do_save && main {
-            let path = ckdir.save(&Saved {
-                student: &trainer.student_vs,
-                teacher: &trainer.teacher_vs,
-                optim: &trainer.opt,
-                bank: &trainer.bank,
-                iteration: it,
-                config: cfg,
-                best,
-            })?;
-            last_checkpoint = Some(path);
+        if do_save && self.main {
+            self.save(it)?;
         }
-        if let (Some(d), true) = (&trainer.ddp, do_val || do_save) {
+        if let (Some(d), true) = (&self.trainer.ddp, do_val || do_save) {
             d.pg.barrier()
                 .context("waiting for rank 0's validation / checkpoint")?;
         }
+        Ok(())
     }
-    pb.finish_and_clear();
-    if let Some(d) = &trainer.ddp {
-        finish_ranks(d, &trainer, cfg, opts, &run_dir, best)?;
+
+    /// Whether iteration `it` validates and whether it writes a checkpoint: every
+    /// `val_every` / `save_every` iterations and at the end; a checkpoint at each
+    /// validation and where the run stops.
+    fn due(&self, it: u64, end: u64) -> (bool, bool) {
+        let r = &self.cfg.run;
+        let last = it == r.iterations;
+        let every = |n: u64| n > 0 && it.is_multiple_of(n);
+        let do_val = self.inputs.validates && (every(r.val_every) || last);
+        (do_val, every(r.save_every) || do_val || last || it == end)
     }
-    let done = trainer.iteration - start;
-    let summary = RunSummary {
-        run_dir,
-        iterations: trainer.iteration,
-        last_checkpoint,
-        best,
-        final_miou: if validated_at == Some(trainer.iteration) {
-            final_miou
-        } else {
-            None
-        },
-        seconds_per_iteration: t0.elapsed().as_secs_f64() / done.max(1) as f64,
-    };
-    tracing::info!(
-        skipped_source = src_loader.skipped(),
-        skipped_target = tgt_loader.as_ref().map_or(0, |l| l.skipped()),
-        "data files skipped (corrupt or unreadable)"
-    );
-    Ok(summary)
+
+    /// Reads a source (and target) batch and runs [`Trainer::step`] on it.
+    fn step(&mut self) -> Result<StepStats> {
+        let sb = self
+            .inputs
+            .source
+            .next_batch()
+            .context("reading a source batch")?;
+        let tb = match &mut self.inputs.target {
+            Some(l) => Some(l.next_batch().context("reading a target batch")?),
+            None => None,
+        };
+        self.trainer
+            .step(&sb.images, &sb.labels, tb.as_ref().map(|b| &b.images))
+            .context("training step failed")
+    }
+
+    /// Scores the teacher, logs the scores (and pictures) and keeps the best.
+    fn validate(&mut self, it: u64) -> Result<()> {
+        let set = self
+            .inputs
+            .val
+            .as_ref()
+            .expect("rank 0 opened the validation data");
+        self.outputs
+            .pb
+            .set_message(format!("validating {} images", set.len()));
+        let res = validate::evaluate(
+            &self.trainer.teacher,
+            set,
+            self.device,
+            self.cfg.run.precision == Precision::Bf16,
+            self.synthia,
+            None,
+        )
+        .context("validation failed")?;
+        self.outputs.write(it, &res.record(it))?;
+        self.write_pictures(it)?;
+        self.outputs.pb.println(format!(
+            "iteration {it}: teacher mIoU {:.2}%",
+            res.miou * 100.0
+        ));
+        tracing::info!(iteration = it, miou = res.miou, "validation");
+        self.progress.record(it, &res);
+        Ok(())
+    }
+
+    /// The teacher's predictions on the first validation images, to TensorBoard.
+    fn write_pictures(&mut self, it: u64) -> Result<()> {
+        let (Some(ev), Some(p)) = (&mut self.outputs.events, &self.outputs.pictures) else {
+            return Ok(());
+        };
+        for (i, img) in p
+            .render(&self.trainer.teacher, self.device)?
+            .iter()
+            .enumerate()
+        {
+            ev.add_image(&format!("val/image_{i}"), it, img)
+                .map_err(Error::io_at(&self.outputs.tb_dir))?;
+        }
+        Ok(())
+    }
+
+    /// A checkpoint of iteration `it`.
+    fn save(&mut self, it: u64) -> Result<()> {
+        let t = &self.trainer;
+        let path = self.outputs.ckdir.save(&Saved {
+            student: &t.student_vs,
+            teacher: &t.teacher_vs,
+            optim: &t.opt,
+            bank: &t.bank,
+            iteration: it,
+            config: &self.cfg,
+            best: self.progress.best,
+        })?;
+        self.progress.last_checkpoint = Some(path);
+        Ok(())
+    }
+
+    fn summary(self, start: u64, t0: Instant) -> RunSummary {
+        let done = self.trainer.iteration - start;
+        let p = self.progress;
+        tracing::info!(
+            skipped_source = self.inputs.source.skipped(),
+            skipped_target = self.inputs.target.as_ref().map_or(0, |l| l.skipped()),
+            "data files skipped (corrupt or unreadable)"
+        );
+        RunSummary {
+            run_dir: self.opts.out.clone(),
+            iterations: self.trainer.iteration,
+            last_checkpoint: p.last_checkpoint,
+            best: p.best,
+            final_miou: p
+                .final_miou
+                .filter(|_| p.validated_at == Some(self.trainer.iteration)),
+            seconds_per_iteration: t0.elapsed().as_secs_f64() / done.max(1) as f64,
+        }
+    }
 }
 
-/// A fresh run (no `--resume`) refuses a folder that holds a run (config.json,
-/// metrics.jsonl, checkpoints or trace steps), so two runs never mix; with `overwrite`
-/// rank 0 clears those files first (before the ranks meet, so nobody has written yet).
-fn check_run_dir(out: &Path, opts: &RunOptions) -> Result<()> {
-    if opts.resume.is_some() || !out.is_dir() {
-        return Ok(());
-    }
-    let held: Vec<PathBuf> = std::fs::read_dir(out)
-        .map_err(Error::io_at(out))
-        .context("cannot read the run folder")?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let has_checkpoints = || {
-                std::fs::read_dir(p)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .any(|e| {
-                        let n = e.file_name().to_string_lossy().into_owned();
-                        n == "index.json" || (n.starts_with("iter_") && n.ends_with(".safetensors"))
-                    })
-            };
-            matches!(name.as_str(), "config.json" | "metrics.jsonl")
-                || (name == "checkpoints" && has_checkpoints())
-                || (name.starts_with("step_") && name.ends_with(".safetensors"))
-                || (name.starts_with("rank") && p.is_dir())
-        })
-        .collect();
-    if held.is_empty() {
-        return Ok(());
-    }
-    if !opts.overwrite {
-        return Err(Error::Refused(format!(
-            "{} already holds a run ({}): continue it with --resume {}/checkpoints/iter_*.safetensors, \
-             pick a fresh --out, or pass --overwrite to replace it",
-            out.display(),
-            held.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", "),
-            out.display()
-        )));
-    }
-    let rank0 = Launch::from_env()
-        .ok()
-        .flatten()
-        .is_none_or(|l| l.rank == 0);
-    if rank0 {
-        for p in held {
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            r.map_err(Error::io_at(&p))
-                .context("--overwrite: cannot remove")?;
+impl Progress {
+    /// A validation at iteration `it`.
+    fn record(&mut self, it: u64, res: &ValResult) {
+        if self.best.is_none_or(|b| res.miou > b.miou) {
+            self.best = Some(Best {
+                iteration: it,
+                miou: res.miou,
+            });
         }
-        tracing::warn!(out = %out.display(), "--overwrite: removed the previous run");
+        self.final_miou = Some(res.miou);
+        self.validated_at = Some(it);
     }
-    Ok(())
 }
 
 /// Drops the lines of iterations after `iteration` from a metrics log (a run resumed
 /// from an earlier checkpoint than its last iteration rewrites that stretch).
-pub fn truncate_log(path: &Path, iteration: u64) -> Result<()> {
+pub(crate) fn truncate_log(path: &Path, iteration: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
@@ -638,12 +621,12 @@ fn finish_ranks(
     trainer: &Trainer,
     cfg: &TrainConfig,
     opts: &RunOptions,
-    run_dir: &Path,
     best: Option<Best>,
 ) -> Result<()> {
+    let run_dir = &opts.out;
     let mut all = Ddp::variables(&trainer.student_vs, false);
     all.extend(Ddp::variables(&trainer.teacher_vs, false));
-    d.check_identical(&all).map_err(Error::DistSetup)?;
+    d.check_identical(&all)?;
     if opts.save_all_ranks && d.rank() > 0 {
         let dir = CheckpointDir::create(run_dir.join(format!("rank{}", d.rank())), 1)?;
         dir.save(&Saved {

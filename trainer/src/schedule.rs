@@ -5,7 +5,7 @@
 //! the iteration being run and N the number of iterations.
 
 /// Poly learning rate at iteration `t` of `total`.
-pub fn poly_lr(base: f64, t: u64, total: u64, power: f64) -> f64 {
+pub(crate) fn poly_lr(base: f64, t: u64, total: u64, power: f64) -> f64 {
     let frac = 1.0 - (t as f64 / total.max(1) as f64).min(1.0);
     base * frac.powf(power)
 }
@@ -17,7 +17,7 @@ pub fn mu(mu_max: f64, t: u64, t_max: u64) -> f64 {
 }
 
 /// mu(t) under `schedule`: the paper's ramp-up, or mu_max throughout.
-pub fn mu_at(schedule: crate::config::MuSchedule, mu_max: f64, t: u64, t_max: u64) -> f64 {
+pub(crate) fn mu_at(schedule: crate::config::MuSchedule, mu_max: f64, t: u64, t_max: u64) -> f64 {
     match schedule {
         crate::config::MuSchedule::Paper => mu(mu_max, t, t_max),
         crate::config::MuSchedule::Constant => mu_max,
@@ -25,7 +25,7 @@ pub fn mu_at(schedule: crate::config::MuSchedule, mu_max: f64, t: u64, t_max: u6
 }
 
 /// alpha(t) = min(1 - 1/(t+1), alpha_max): 0 at t = 0, so the first update copies.
-pub fn ema_alpha(t: u64, alpha_max: f64) -> f64 {
+pub(crate) fn ema_alpha(t: u64, alpha_max: f64) -> f64 {
     (1.0 - 1.0 / (t as f64 + 1.0)).min(alpha_max)
 }
 

@@ -11,13 +11,12 @@
 
 use crate::config::TrainConfig;
 use crate::trainer::StepStats;
-use rccr_models::ModelConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
 /// The `rccr.format` of trace files.
-pub const TRACE_FORMAT: &str = "rccr-trace-v1";
+pub(crate) const TRACE_FORMAT: &str = "rccr-trace-v1";
 
 /// The tensors of the iteration being traced.
 #[derive(Debug, Default)]
@@ -28,7 +27,7 @@ pub struct Trace {
 
 impl Trace {
     /// Starts recording iteration `t` (1-based); drops what an earlier one left.
-    pub fn begin(&mut self, t: u64) {
+    pub(crate) fn begin(&mut self, t: u64) {
         self.iteration = t;
         self.tensors.clear();
     }
@@ -40,14 +39,14 @@ impl Trace {
     }
 
     /// Records every variable of `vs` under `prefix`.
-    pub fn put_vars(&mut self, prefix: &str, vs: &nn::VarStore) {
+    pub(crate) fn put_vars(&mut self, prefix: &str, vs: &nn::VarStore) {
         for (n, t) in vs.variables() {
             self.put(&format!("{prefix}{n}"), &t);
         }
     }
 
     /// Records the losses and schedule values of a finished step as float64 scalars.
-    pub fn put_scalars(&mut self, s: &StepStats, lr_head: f64) {
+    pub(crate) fn put_scalars(&mut self, s: &StepStats, lr_head: f64) {
         for (name, v) in [
             ("loss.ce", s.loss_ce),
             ("loss.cons", s.loss_cons),
@@ -65,18 +64,13 @@ impl Trace {
     }
 
     /// Writes `dir/step_<t:07>.safetensors` (atomically) and returns its path.
-    pub fn write(
-        &self,
-        dir: &Path,
-        model: &ModelConfig,
-        cfg: &TrainConfig,
-    ) -> Result<PathBuf, rccr_models::ModelError> {
+    pub fn write(&self, dir: &Path, cfg: &TrainConfig) -> Result<PathBuf, rccr_models::ModelError> {
         let path = dir.join(format!("step_{:07}.safetensors", self.iteration));
         let mut meta = HashMap::new();
         meta.insert("rccr.format".into(), TRACE_FORMAT.into());
         meta.insert(
             "rccr.model_config".into(),
-            serde_json::to_string(model).expect("model config serialises"),
+            serde_json::to_string(&cfg.model).expect("model config serialises"),
         );
         meta.insert(
             "rccr.train_config".into(),

@@ -34,13 +34,13 @@ use crate::dist::Ddp;
 use crate::ema;
 use crate::error::{Error, Result};
 use crate::memory_bank::MemoryBank;
-use crate::mixing::{self, AugConfig, CutBox};
+use crate::mixing::{self, AugConfig, CutBox, IGNORE};
 use crate::optim::{group_of, Group, Sgd};
 use crate::schedule;
 use crate::streams::{Purpose, Streams};
 use crate::trace::Trace;
 use rccr_models::deeplab::upsample_logits;
-use rccr_models::{ModelConfig, RccrNet};
+use rccr_models::RccrNet;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
@@ -65,7 +65,7 @@ pub struct Phases {
 }
 
 /// Encoder gradient norms of each term of Eq. 9, as weighted in the update (measured on
-/// logged iterations; see [`Trainer::measure_grads`]).
+/// logged iterations; see `Trainer::measure_grads`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct GradNorms {
     /// |grad L_CE| over the encoder parameters.
@@ -118,8 +118,6 @@ pub struct StepStats {
 pub struct Trainer {
     /// The run's configuration.
     pub cfg: TrainConfig,
-    /// The network's configuration.
-    pub model: ModelConfig,
     /// Where the networks live.
     pub device: Device,
     /// Student variables.
@@ -161,42 +159,40 @@ struct TeacherOut {
 }
 
 impl Trainer {
-    /// Fresh networks (libtorch seeded with `cfg.seed`); the teacher starts as a copy.
+    /// Fresh networks (libtorch seeded with `cfg.run.seed`); the teacher starts as a copy.
     pub fn new(cfg: TrainConfig, device: Device) -> Result<Trainer> {
         cfg.validate()
             .map_err(|e| Error::Unsupported(e.to_string()))?;
-        if cfg.precision == Precision::Bf16 && !device.is_cuda() {
+        if cfg.run.precision == Precision::Bf16 && !device.is_cuda() {
             return Err(Error::Unsupported(
                 "--precision bf16 uses CUDA autocast; on the CPU use --precision fp32".into(),
             ));
         }
-        let model = cfg.model_config();
-        tch::manual_seed(cfg.seed as i64);
+        tch::manual_seed(cfg.run.seed as i64);
         configure_determinism(&cfg, device)?;
         let student_vs = nn::VarStore::new(device);
-        let student = RccrNet::new(&student_vs.root(), &model);
+        let student = RccrNet::new(&student_vs.root(), &cfg.model);
         let teacher_vs = nn::VarStore::new(device);
-        let teacher = RccrNet::new(&teacher_vs.root(), &model);
+        let teacher = RccrNet::new(&teacher_vs.root(), &cfg.model);
         ema::copy_all(&teacher_vs, &student_vs);
         ema::freeze(&teacher_vs);
         let opt = Sgd::new(
             &student_vs,
-            cfg.momentum,
-            cfg.weight_decay,
-            cfg.train_bn_affine,
+            cfg.optim.momentum,
+            cfg.optim.weight_decay,
+            cfg.optim.train_bn_affine,
         );
-        let bank = MemoryBank::new(if cfg.components.mb {
-            cfg.bank_iterations
+        let bank = MemoryBank::new(if cfg.method.components.mb {
+            cfg.method.bank_iterations
         } else {
             0
         });
         let streams = Streams {
-            seed: cfg.seed,
-            rank: cfg.data_rank.unwrap_or(0) as u64,
+            seed: cfg.run.seed,
+            rank: cfg.data.data_rank.unwrap_or(0) as u64,
         };
         Ok(Trainer {
             cfg,
-            model,
             device,
             student_vs,
             student,
@@ -214,7 +210,7 @@ impl Trainer {
     }
 
     fn bf16(&self) -> bool {
-        self.cfg.precision == Precision::Bf16
+        self.cfg.run.precision == Precision::Bf16
     }
 
     fn finite(&self, term: &'static str, t: &Tensor) -> Result<f64> {
@@ -236,8 +232,8 @@ impl Trainer {
         let t = self.iteration + 1;
         self.measure_every_step
             || self.trace.is_some()
-            || t.is_multiple_of(self.cfg.log_every)
-            || t == self.cfg.iterations
+            || t.is_multiple_of(self.cfg.run.log_every)
+            || t == self.cfg.run.iterations
     }
 
     /// Records `t` under `name` when tracing.
@@ -270,72 +266,70 @@ impl Trainer {
     }
 
     /// One iteration on a source batch and (except in mode `source-only`) a target batch
-    /// (its labels are not used).
+    /// (its labels are not used): Algorithm 1's lines 3-12 for t = iteration + 1.
     pub fn step(
         &mut self,
         source: &Tensor,
         source_labels: &Tensor,
         target: Option<&Tensor>,
     ) -> Result<StepStats> {
-        let cfg = self.cfg.clone();
-        let t = self.iteration;
-        let mut timer = Timer::new(self.profile, self.device);
-        let mut phases = Phases::default();
         let (xs, ys) = self.check_source(source, source_labels)?;
-        let crop = xs.size()[2];
-        let lr = schedule::poly_lr(cfg.lr, t, cfg.iterations, cfg.poly_power);
-        let lr_head = lr * cfg.head_lr_mult;
-        let mu = if cfg.contrastive() {
-            schedule::mu_at(cfg.mu_schedule, cfg.mu_max, t, cfg.iterations)
-        } else {
-            0.0
-        };
-        let mut stats = StepStats {
-            lr,
-            mu,
-            ..Default::default()
-        };
-        let mut probe = GradProbe::new(self.measure_grads(), &self.student_vs);
-        self.record_before();
-        self.rec("input.x_s", &xs);
-        self.rec("input.y_s", &ys);
-        self.opt.zero_grad();
-
-        // Line 4 + Eq. 1: L_CE on the source.
-        let loss_ce = cross_entropy(&self.student_logits(&xs, crop)?, &ys);
-        stats.loss_ce = self.finite("loss_ce", &loss_ce)?;
-        loss_ce.backward();
-        probe.after_ce();
-        timer.lap(&mut phases.source);
-
-        if cfg.mode == Mode::SourceOnly {
-            stats.grads = probe.finish();
-            return self.finish(stats, phases, timer, lr, lr_head, true);
+        let mut s = self.begin_step(&xs, &ys);
+        self.source_step(&xs, &ys, &mut s)?;
+        if self.cfg.method.mode == Mode::SourceOnly {
+            return self.finish(s, true);
         }
         let xt = self.check_target(target, &xs)?;
         self.rec("input.x_t", &xt);
-        let teacher = self.teacher_pass(&xt, crop, cfg.pseudo_threshold);
-        stats.q = teacher.q.double_value(&[]);
-        timer.lap(&mut phases.teacher);
-
-        stats.loss_cons = self.classmix_step(&xs, &ys, &xt, &teacher, crop)?;
-        probe.after_cons();
-        timer.lap(&mut phases.classmix);
-
-        if cfg.contrastive() {
-            self.contrastive_step(
-                &xs,
-                &ys,
-                &xt,
-                &teacher,
-                mu,
-                &mut stats,
-                &mut timer,
-                &mut phases,
-            )?;
+        let teacher = self.teacher_pass(&xt, s.crop, self.cfg.method.pseudo_threshold);
+        s.stats.q = teacher.q.double_value(&[]);
+        s.timer.lap(&mut s.phases.teacher);
+        s.stats.loss_cons = self.classmix_step(&xs, &ys, &xt, &teacher, s.crop)?;
+        s.probe.after_cons();
+        s.timer.lap(&mut s.phases.classmix);
+        if self.cfg.contrastive() {
+            self.contrastive_step(&xs, &ys, &xt, &teacher, &mut s)?;
         }
-        stats.grads = probe.finish();
-        self.finish(stats, phases, timer, lr, lr_head, false)
+        self.finish(s, false)
+    }
+
+    /// The learning rates and mu(t) of this iteration, the trace of its inputs and
+    /// variables, and the gradients zeroed.
+    fn begin_step(&mut self, xs: &Tensor, ys: &Tensor) -> StepState {
+        let cfg = &self.cfg;
+        let (t, n) = (self.iteration, cfg.run.iterations);
+        let lr = schedule::poly_lr(cfg.optim.lr, t, n, cfg.optim.poly_power);
+        let mu = match cfg.contrastive() {
+            true => schedule::mu_at(cfg.method.mu_schedule, cfg.method.mu_max, t, n),
+            false => 0.0,
+        };
+        let state = StepState {
+            stats: StepStats {
+                lr,
+                mu,
+                ..Default::default()
+            },
+            phases: Phases::default(),
+            timer: Timer::new(self.profile, self.device),
+            probe: GradProbe::new(self.measure_grads(), &self.student_vs),
+            lr_head: lr * cfg.optim.head_lr_mult,
+            crop: xs.size()[2],
+        };
+        self.record_before();
+        self.rec("input.x_s", xs);
+        self.rec("input.y_s", ys);
+        self.opt.zero_grad();
+        state
+    }
+
+    /// Line 4 + Eq. 1: L_CE on the source, back-propagated.
+    fn source_step(&mut self, xs: &Tensor, ys: &Tensor, s: &mut StepState) -> Result<()> {
+        let loss_ce = cross_entropy(&self.student_logits(xs, s.crop)?, ys);
+        s.stats.loss_ce = self.finite("loss_ce", &loss_ce)?;
+        loss_ce.backward();
+        s.probe.after_ce();
+        s.timer.lap(&mut s.phases.source);
+        Ok(())
     }
 
     /// The source batch on the device, checked to be `N x 3 x C x C` / `N x C x C`.
@@ -360,7 +354,9 @@ impl Trainer {
     /// The target batch on the device, checked to match the source's shape.
     fn check_target(&self, target: Option<&Tensor>, xs: &Tensor) -> Result<Tensor> {
         let xt = target
-            .ok_or_else(|| Error::Batch(format!("mode {} needs target images", self.cfg.mode)))?
+            .ok_or_else(|| {
+                Error::Batch(format!("mode {} needs target images", self.cfg.method.mode))
+            })?
             .to_device(self.device)
             .to_kind(Kind::Float);
         if xt.size() != xs.size() {
@@ -395,9 +391,9 @@ impl Trainer {
 
     fn aug(&self) -> AugConfig {
         AugConfig {
-            strength: self.cfg.jitter_strength,
-            jitter_prob: self.cfg.jitter_prob,
-            blur_prob: self.cfg.blur_prob,
+            strength: self.cfg.method.jitter_strength,
+            jitter_prob: self.cfg.method.jitter_prob,
+            blur_prob: self.cfg.method.blur_prob,
         }
     }
 
@@ -413,7 +409,7 @@ impl Trainer {
         let t = self.iteration;
         let bsz = xs.size()[0];
         let mut rng = self.streams.rng(Purpose::ClassMix, t);
-        let (mask, _) = mixing::classmix_masks(ys, self.model.num_classes, &mut rng);
+        let (mask, _) = mixing::classmix_masks(ys, self.cfg.model.num_classes, &mut rng);
         let mut rng = self.streams.rng(Purpose::ClassMixAug, t);
         let params: Vec<_> = (0..bsz).map(|_| self.aug().sample(&mut rng)).collect();
         let x_class = mixing::augment(&mixing::mix(&mask, xs, xt), &params);
@@ -423,36 +419,58 @@ impl Trainer {
         self.rec("classmix.y", &y_class);
         self.rec("classmix.w", &weight);
         let logits = self.student_logits(&x_class, crop)?;
-        let ce = logits.cross_entropy_loss::<Tensor>(&y_class, None, Reduction::None, 255, 0.0);
+        let ce = logits.cross_entropy_loss::<Tensor>(&y_class, None, Reduction::None, IGNORE, 0.0);
         let loss_cons = (ce * weight).mean(Kind::Float);
         let value = self.finite("loss_cons", &loss_cons)?;
-        (&loss_cons * self.cfg.lambda_cons).backward();
+        (&loss_cons * self.cfg.method.lambda_cons).backward();
         Ok(value)
     }
 
     /// Lines 3, 10 + Eq. 3-8: CutMix, L_cont (weighted by mu, back-propagated) and the
     /// memory-bank update.
-    #[allow(clippy::too_many_arguments)]
     fn contrastive_step(
         &mut self,
         xs: &Tensor,
         ys: &Tensor,
         xt: &Tensor,
         teacher: &TeacherOut,
-        mu: f64,
-        stats: &mut StepStats,
-        timer: &mut Timer,
-        phases: &mut Phases,
+        s: &mut StepState,
     ) -> Result<()> {
-        let cfg = self.cfg.clone();
-        let t = self.iteration;
-        let (bsz, crop) = (xs.size()[0], xs.size()[2]);
-        let e_t = tch::no_grad(|| {
+        let e_t = self.teacher_embeddings(teacher);
+        let (cut, e_cut) = self.cutmix_embeddings(xs, xt)?;
+        s.timer.lap(&mut s.phases.cutmix_forward);
+        let (h, w) = (e_t.size()[2], e_t.size()[3]);
+        let m = &self.cfg.method;
+        let g = grid_labels(&teacher.logits, ys, &cut, m.components.ps, m.ps_threshold);
+        let lc = self.contrastive_terms(&e_cut, &e_t, &g, [xs.size()[0], h, w]);
+        s.stats.loss_cont = self.finite("loss_cont", &lc.loss)?;
+        s.stats.kept_anchors = lc.anchors;
+        s.stats.box_anchors = g.box_cells;
+        s.stats.negatives = lc.negatives;
+        s.timer.lap(&mut s.phases.contrastive_loss);
+        self.contrastive_backward(&lc, &e_cut, s.stats.mu)?;
+        if self.cfg.method.components.mb {
+            self.update_bank(&e_cut, &e_t, &g)?;
+        }
+        s.timer.lap(&mut s.phases.cutmix_backward);
+        Ok(())
+    }
+
+    /// E_t: the teacher's projection of the target features (no grad).
+    fn teacher_embeddings(&self, teacher: &TeacherOut) -> Tensor {
+        tch::no_grad(|| {
             crate::amp::bf16_autocast(self.bf16(), || {
                 self.teacher.projector.forward(&teacher.features)
             })
             .to_kind(Kind::Float)
-        });
+        })
+    }
+
+    /// Line 3 (CutMix): the box, the strongly augmented mixed images and E_cut, the
+    /// student's projection of them.
+    fn cutmix_embeddings(&mut self, xs: &Tensor, xt: &Tensor) -> Result<(CutBox, Tensor)> {
+        let t = self.iteration;
+        let (bsz, crop) = (xs.size()[0], xs.size()[2]);
         let cut = mixing::sample_box(crop, &mut self.streams.rng(Purpose::CutMixBox, t));
         let mut rng = self.streams.rng(Purpose::CutMixAug, t);
         let params: Vec<_> = (0..bsz).map(|_| self.aug().sample(&mut rng)).collect();
@@ -468,46 +486,55 @@ impl Trainer {
                 })
             })?
             .to_kind(Kind::Float);
-        timer.lap(&mut phases.cutmix_forward);
-        let (h, w) = (e_t.size()[2], e_t.size()[3]);
-        let g = grid_labels(
-            &teacher.logits,
-            ys,
-            &cut,
-            cfg.components.ps,
-            cfg.ps_threshold,
-        );
-        let n_neg = (2 * bsz * h * w) as usize;
-        let keep = cfg.components.ns_random.then(|| {
-            let mut rng = self.streams.rng(Purpose::NsRandom, t);
-            let v = random_keep(n_neg, cfg.ns_random_fraction, &mut rng);
+        Ok((cut, e_cut))
+    }
+
+    /// Eq. 4-8: L_cont over the anchors of `g` with the NS(R) choice and the bank's
+    /// negatives; `grid` is `[batch, h, w]` of the embeddings.
+    fn contrastive_terms(
+        &mut self,
+        e_cut: &Tensor,
+        e_t: &Tensor,
+        g: &GridLabels,
+        grid: [i64; 3],
+    ) -> crate::contrastive::ContrastiveLoss {
+        let m = self.cfg.method.clone();
+        let n_neg = (2 * grid.iter().product::<i64>()) as usize;
+        let keep = m.components.ns_random.then(|| {
+            let mut rng = self.streams.rng(Purpose::NsRandom, self.iteration);
+            let v = random_keep(n_neg, m.ns_random_fraction, &mut rng);
             Tensor::from_slice(&v).to_device(self.device)
         });
-        let bank = if cfg.components.mb {
+        let bank = if m.components.mb {
             self.bank.all()
         } else {
             None
         };
-        self.rec_contrast(&g, keep.as_ref(), bank.as_ref(), n_neg, [bsz, h, w]);
-        let lc = contrastive_loss(&ContrastiveInputs {
-            e_cut: &e_cut,
-            e_t: &e_t,
+        self.rec_contrast(g, keep.as_ref(), bank.as_ref(), n_neg, grid);
+        contrastive_loss(&ContrastiveInputs {
+            e_cut,
+            e_t,
             cut_labels: &g.cut_labels,
             t_labels: &g.t_labels,
             anchors: &g.anchors,
             keep: keep.as_ref(),
             bank: bank.as_ref().map(|(e, l)| (e, l)),
-            category: cfg.components.ns_category,
-            tau: cfg.tau,
-            chunk: cfg.anchor_chunk,
-        });
-        stats.loss_cont = self.finite("loss_cont", &lc.loss)?;
-        stats.kept_anchors = lc.anchors;
-        stats.box_anchors = g.box_cells;
-        stats.negatives = lc.negatives;
-        timer.lap(&mut phases.contrastive_loss);
+            category: m.components.ns_category,
+            tau: m.tau,
+            chunk: m.anchor_chunk,
+        })
+    }
+
+    /// mu L_cont back-propagated where there are anchors; under --sync-bn the backward
+    /// all-reduces in every BN layer, so all ranks run it (a zero loss where a rank has
+    /// no anchors).
+    fn contrastive_backward(
+        &self,
+        lc: &crate::contrastive::ContrastiveLoss,
+        e_cut: &Tensor,
+        mu: f64,
+    ) -> Result<()> {
         let local = lc.anchors > 0 && mu != 0.0;
-        // Under --sync-bn the backward all-reduces in every BN layer: all ranks run it.
         let any = match self.ddp.as_ref().filter(|d| d.sync_bn) {
             Some(d) => d.any(local)?,
             None => local,
@@ -517,23 +544,25 @@ impl Trainer {
         } else if any {
             (e_cut.sum(Kind::Float) * 0.0).backward();
         }
-        if cfg.components.mb {
-            let mut rng = self.streams.rng(Purpose::Bank, t);
-            let (be, bl) = bank_sample(
-                &e_cut,
-                &e_t,
-                &g.cut_labels,
-                &g.t_labels,
-                cfg.bank_per_iteration,
-                &mut rng,
-            );
-            let (be, bl) = match &self.ddp {
-                Some(d) => (d.gather_rows(&be)?, d.gather_rows(&bl)?),
-                None => (be, bl),
-            };
-            self.bank.push(&be, &bl);
-        }
-        timer.lap(&mut phases.cutmix_backward);
+        Ok(())
+    }
+
+    /// Sec. 3.2.5: this iteration's sample of negatives (of every rank) into the bank.
+    fn update_bank(&mut self, e_cut: &Tensor, e_t: &Tensor, g: &GridLabels) -> Result<()> {
+        let mut rng = self.streams.rng(Purpose::Bank, self.iteration);
+        let (be, bl) = bank_sample(
+            e_cut,
+            e_t,
+            &g.cut_labels,
+            &g.t_labels,
+            self.cfg.method.bank_per_iteration,
+            &mut rng,
+        );
+        let (be, bl) = match &self.ddp {
+            Some(d) => (d.gather_rows(&be)?, d.gather_rows(&bl)?),
+            None => (be, bl),
+        };
+        self.bank.push(&be, &bl);
         Ok(())
     }
 
@@ -570,7 +599,7 @@ impl Trainer {
             &Tensor::stack(&[&g.cut_labels, &g.t_labels], 0),
         );
         self.rec("contrast.neg_keep", &keep_mask);
-        let k = self.model.projector_dim;
+        let k = self.cfg.model.projector_dim;
         let (be, bl) = match bank {
             Some((e, l)) => (e.shallow_clone(), l.shallow_clone()),
             None => (
@@ -594,36 +623,20 @@ impl Trainer {
         }
     }
 
-    fn finish(
-        &mut self,
-        mut stats: StepStats,
-        mut phases: Phases,
-        mut timer: Timer,
-        lr: f64,
-        lr_head: f64,
-        copy_teacher: bool,
-    ) -> Result<StepStats> {
-        match &mut self.ddp {
-            Some(d) => {
-                let mut grads = self.opt.gradients();
-                d.average_gradients(&mut grads, &self.opt.variables())?;
-                self.opt.apply(lr, lr_head, grads);
-            }
-            None => self.opt.step(lr, lr_head),
-        }
-        let alpha = if copy_teacher {
-            ema::copy_all(&self.teacher_vs, &self.student_vs);
-            0.0
-        } else {
-            let a = schedule::ema_alpha(self.iteration, self.cfg.ema_alpha);
-            ema::ema_update(&self.teacher_vs, &self.student_vs, a);
-            a
-        };
-        if let Some(d) = &self.ddp {
-            let mut bufs = Ddp::variables(&self.student_vs, true);
-            bufs.extend(Ddp::variables(&self.teacher_vs, true));
-            d.broadcast(&bufs)?;
-        }
+    /// Lines 11-12: the SGD update (gradients averaged over the ranks), the teacher's EMA
+    /// (a copy in mode `source-only`), the state check and the step's statistics.
+    fn finish(&mut self, s: StepState, copy_teacher: bool) -> Result<StepStats> {
+        let StepState {
+            mut stats,
+            mut phases,
+            mut timer,
+            probe,
+            lr_head,
+            ..
+        } = s;
+        stats.grads = probe.finish();
+        self.update_student(stats.lr, lr_head)?;
+        let alpha = self.update_teacher(copy_teacher)?;
         self.check_state()?;
         if timer.on {
             timer.lap(&mut phases.update);
@@ -632,8 +645,9 @@ impl Trainer {
         self.iteration += 1;
         stats.iteration = self.iteration;
         stats.alpha = alpha;
-        stats.loss_total =
-            stats.loss_ce + self.cfg.lambda_cons * stats.loss_cons + stats.mu * stats.loss_cont;
+        stats.loss_total = stats.loss_ce
+            + self.cfg.method.lambda_cons * stats.loss_cons
+            + stats.mu * stats.loss_cont;
         if let Some(tr) = &mut self.trace {
             tr.put_vars("student.after.", &self.student_vs);
             tr.put_vars("teacher.after.", &self.teacher_vs);
@@ -641,6 +655,49 @@ impl Trainer {
         }
         Ok(stats)
     }
+
+    /// Line 11: SGD on the student, with the gradients averaged over the ranks.
+    fn update_student(&mut self, lr: f64, lr_head: f64) -> Result<()> {
+        match &mut self.ddp {
+            Some(d) => {
+                let mut grads = self.opt.gradients();
+                d.average_gradients(&mut grads, &self.opt.variables())?;
+                self.opt.apply(lr, lr_head, grads);
+            }
+            None => self.opt.step(lr, lr_head),
+        }
+        Ok(())
+    }
+
+    /// Line 12 (Eq. 2, 10): the teacher's EMA of the student, or a copy; then rank 0's BN
+    /// statistics to every rank. Returns alpha (0 for a copy).
+    fn update_teacher(&mut self, copy_teacher: bool) -> Result<f64> {
+        let alpha = if copy_teacher {
+            ema::copy_all(&self.teacher_vs, &self.student_vs);
+            0.0
+        } else {
+            let a = schedule::ema_alpha(self.iteration, self.cfg.optim.ema_alpha);
+            ema::ema_update(&self.teacher_vs, &self.student_vs, a);
+            a
+        };
+        if let Some(d) = &self.ddp {
+            let mut bufs = Ddp::variables(&self.student_vs, true);
+            bufs.extend(Ddp::variables(&self.teacher_vs, true));
+            d.broadcast(&bufs)?;
+        }
+        Ok(alpha)
+    }
+}
+
+/// The running state of one iteration.
+struct StepState {
+    stats: StepStats,
+    phases: Phases,
+    timer: Timer,
+    probe: GradProbe,
+    lr_head: f64,
+    /// The crop side of the batch.
+    crop: i64,
 }
 
 impl Trainer {
@@ -677,10 +734,10 @@ impl Trainer {
 /// what stays non-deterministic), else cuDNN benchmark mode on CUDA (DACS's choice).
 fn configure_determinism(cfg: &TrainConfig, device: Device) -> Result<()> {
     if device.is_cuda() {
-        tch::Cuda::manual_seed_all(cfg.seed);
-        tch::Cuda::cudnn_set_benchmark(!cfg.deterministic);
+        tch::Cuda::manual_seed_all(cfg.run.seed);
+        tch::Cuda::cudnn_set_benchmark(!cfg.run.deterministic);
     }
-    if cfg.deterministic {
+    if cfg.run.deterministic {
         crate::determinism::set(true).map_err(Error::Unsupported)?;
         if device.is_cuda() {
             tracing::warn!(
@@ -734,7 +791,7 @@ fn grid_labels(t_logits: &Tensor, ys: &Tensor, cut: &CutBox, ps: bool, delta: f6
 
 /// `labels[:, 8i, 8j]` for the `h x w` grid (clipped to the crop): the label at each
 /// cell's centre pixel.
-pub fn cell_centre_labels(labels: &Tensor, h: i64, w: i64) -> Tensor {
+pub(crate) fn cell_centre_labels(labels: &Tensor, h: i64, w: i64) -> Tensor {
     let (hh, ww) = (labels.size()[1], labels.size()[2]);
     let dev = labels.device();
     let rows = (Tensor::arange(h, (Kind::Int64, dev)) * 8).clamp_max(hh - 1);
@@ -859,10 +916,10 @@ impl Timer {
     }
 }
 
-/// Mean cross-entropy over the pixels whose label is not 255 (0 when there are none).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
-    let ce = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::None, 255, 0.0);
-    let valid = labels.ne(255).sum(Kind::Float).clamp_min(1.0);
+/// Mean cross-entropy over the pixels whose label is not [`IGNORE`] (0 when there are none).
+pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let ce = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::None, IGNORE, 0.0);
+    let valid = labels.ne(IGNORE).sum(Kind::Float).clamp_min(1.0);
     ce.sum(Kind::Float) / valid
 }
 

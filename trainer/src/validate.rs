@@ -8,7 +8,9 @@
 use crate::data::ValSet;
 use crate::error::{Error, Result};
 use crate::metrics::{ClassIous, ValRecord};
+use rccr_infer::contract::default_class_names;
 use rccr_infer::metrics::ConfusionMatrix;
+use rccr_infer::report::class_table;
 use rccr_infer::taxonomy::{class_names, Protocol};
 use rccr_models::deeplab::upsample_logits;
 use rccr_models::RccrNet;
@@ -52,28 +54,22 @@ impl ValResult {
 }
 
 impl std::fmt::Display for ValResult {
+    /// The per-class table of rccr-infer's reports, the mIoUs below it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{:<16} {:>7}", "class", "IoU %")?;
-        for (name, iou) in &self.per_class_iou.0 {
-            match iou {
-                Some(v) => writeln!(f, "{name:<16} {:>7.2}", v * 100.0)?,
-                None => writeln!(f, "{name:<16} {:>7}", "-")?,
+        let mut summary = vec![("mIoU".to_string(), Some(self.miou))];
+        for (name, m) in [("mIoU (16)", self.miou_16), ("mIoU (13)", self.miou_13)] {
+            if m.is_some() {
+                summary.push((name.to_string(), m));
             }
         }
-        write!(f, "{:<16} {:>7.2}", "mIoU", self.miou * 100.0)?;
-        if let Some(m) = self.miou_16 {
-            write!(f, "\n{:<16} {:>7.2}", "mIoU (16)", m * 100.0)?;
-        }
-        if let Some(m) = self.miou_13 {
-            write!(f, "\n{:<16} {:>7.2}", "mIoU (13)", m * 100.0)?;
-        }
-        write!(f, "\n({} images, {:.1} s)", self.images, self.seconds)
+        f.write_str(&class_table(&self.per_class_iou.0, &summary))?;
+        write!(f, "({} images, {:.1} s)", self.images, self.seconds)
     }
 }
 
 /// Predicted train ids (`H x W`, row-major) of one image `1 x 3 x h x w` (RGB 0..255)
 /// for a label of `height x width`.
-pub fn predict(
+pub(crate) fn predict(
     net: &RccrNet,
     image: &Tensor,
     height: usize,
@@ -135,22 +131,9 @@ pub fn evaluate(
 /// Per-class IoU and mIoUs of a confusion matrix.
 pub fn scores(cm: &ConfusionMatrix, synthia: bool, images: usize, seconds: f64) -> ValResult {
     let n = cm.num_classes();
-    let names = class_names();
-    let per_class_iou = ClassIous(
-        cm.per_class_iou()
-            .into_iter()
-            .enumerate()
-            .map(|(c, v)| {
-                let name = if n == names.len() {
-                    names[c].to_string()
-                } else {
-                    format!("class_{c}")
-                };
-                (name, v)
-            })
-            .collect(),
-    );
-    let cityscapes = n == names.len();
+    let names = default_class_names(n);
+    let per_class_iou = ClassIous(names.into_iter().zip(cm.per_class_iou()).collect());
+    let cityscapes = n == class_names().len();
     ValResult {
         miou: cm.mean_iou().unwrap_or(0.0),
         miou_16: (synthia && cityscapes)

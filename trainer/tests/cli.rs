@@ -1,5 +1,5 @@
 //! The `rccr-train` command line: the describe interface scripts rely on (reference
-//! parameter counts of the notes), the CUDA refusal on a machine without one, a config
+//! parameter counts of README "The network"), the CUDA refusal on a machine without one, a config
 //! file overridden by flags, and the bench report.
 
 use serde_json::Value;
@@ -24,7 +24,7 @@ fn describe_prints_the_reference_counts() {
         .unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    // Reference figures of the implementation notes.
+    // The reference figures (README "The network": the DACS DeepLab-v2 ResNet-101).
     assert_eq!(v["parameters"], 43_901_068);
     assert_eq!(
         v["parameters"].as_i64().unwrap() + v["projector_parameters"].as_i64().unwrap(),
@@ -100,7 +100,8 @@ fn a_config_file_is_read_and_flags_override_it() {
     // The file's mu_max is invalid: refused before any data is read...
     std::fs::write(
         &cfg,
-        "backbone = \"small\"\niterations = 7\nmode = \"baseline\"\nmu_max = -1.0\nsource = \"gta5:/nonexistent\"\n",
+        "[model]\nbackbone = \"small\"\n[data]\nsource = \"gta5:/nonexistent\"\n\
+         [method]\nmode = \"baseline\"\nmu_max = -1.0\n[run]\niterations = 7\n",
     )
     .unwrap();
     let out_dir = tmp.path().join("run");
@@ -132,4 +133,88 @@ fn a_config_file_is_read_and_flags_override_it() {
     assert!(err.contains("/nonexistent"), "{err}");
     // A start that fails on its data writes nothing (README, Failure behaviour).
     assert!(!out_dir.join("config.json").exists());
+}
+
+/// The value at `key` in the section of the default configuration that holds it (options
+/// named after their field; `--dist-*` are `run.dist` fields).
+fn config_default(defaults: &Value, flag: &str) -> Option<String> {
+    let key = flag.replace('-', "_");
+    let found = match key.as_str() {
+        "dist_backend" => Some(&defaults["run"]["dist"]["backend"]),
+        "dist_timeout" => Some(&defaults["run"]["dist"]["timeout_s"]),
+        _ => ["model", "data", "method", "optim", "run"]
+            .iter()
+            .find_map(|s| defaults[s].get(&key)),
+    }?;
+    match found {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        v => Some(v.to_string()),
+    }
+}
+
+/// The `[default: V]` each option of `rccr-train SUB --help` shows and whether it takes
+/// a value, by option name.
+fn help_defaults(sub: &str) -> Vec<(String, Option<String>, bool)> {
+    let out = bin().args([sub, "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    // One block per option: from its `--name` at the start of a line to the next.
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        match t.strip_prefix("--") {
+            Some(rest) => {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                blocks.push((name, t.to_string()));
+            }
+            None => {
+                if let Some((_, b)) = blocks.last_mut() {
+                    b.push(' ');
+                    b.push_str(t);
+                }
+            }
+        }
+    }
+    blocks
+        .into_iter()
+        .map(|(flag, block)| {
+            let shown = block
+                .split_once("[default: ")
+                .map(|(_, r)| r.split_once(']').unwrap().0.to_string());
+            let takes_value = block.contains(&format!("--{flag} <"));
+            (flag, shown, takes_value)
+        })
+        .collect()
+}
+
+/// Every option of `rccr-train SUB --help` that takes a value and has a default in
+/// `TrainConfig::default()` shows that default, and no other default is shown except
+/// the subcommand's `own` ones; returns how many defaults agreed.
+fn help_agrees_with_config(sub: &str, own: &[&str]) -> usize {
+    let defaults = serde_json::to_value(rccr_trainer::config::TrainConfig::default()).unwrap();
+    let mut checked = 0;
+    for (flag, shown, takes_value) in help_defaults(sub) {
+        if own.contains(&flag.as_str()) {
+            continue;
+        }
+        let expected = config_default(&defaults, &flag).filter(|_| takes_value);
+        assert_eq!(shown, expected, "{sub} --{flag}");
+        checked += usize::from(shown.is_some());
+    }
+    checked
+}
+
+#[test]
+fn help_defaults_are_the_config_defaults() {
+    assert!(help_agrees_with_config("train", &[]) >= 20);
+    assert!(help_agrees_with_config("trace", &[]) >= 20);
+    assert_eq!(help_agrees_with_config("describe", &[]), 3);
+    assert_eq!(
+        help_agrees_with_config("bench", &["iterations", "warmup"]),
+        10
+    );
 }

@@ -336,38 +336,19 @@ fn two_ranks_agree_average_gradients_and_resume_exactly() {
 
     // (2) resume the 2-rank run from iteration 3: the same weights as without stopping.
     let part = tmp.path().join("part");
+    let schedule = ["--iterations", "6", "--save-every", "3", "--val-every", "0"];
     train(
         &data,
         &part,
         2,
-        &[
-            "--iterations",
-            "6",
-            "--save-every",
-            "3",
-            "--val-every",
-            "0",
-            "--stop-at",
-            "3",
-        ],
+        &[&schedule[..], &["--stop-at", "3"]].concat(),
     );
+    let resume_from = ck(&part, 3);
     train(
         &data,
         &part,
         2,
-        &[
-            "--iterations",
-            "6",
-            "--save-every",
-            "3",
-            "--val-every",
-            "0",
-            "--resume",
-        ]
-        .iter()
-        .copied()
-        .chain([ck(&part, 3).to_str().unwrap()])
-        .collect::<Vec<_>>(),
+        &[&schedule[..], &["--resume", resume_from.to_str().unwrap()]].concat(),
     );
     let resumed = load(&ck(&part, 6));
     for (n, t) in &r0 {
@@ -424,43 +405,21 @@ fn torchrun_launches_two_ranks() {
         .args(["--no-python", "--nproc-per-node", "2", "--master-port"])
         .arg(free_port().to_string())
         .arg(BIN)
-        .args(["train", "--source"])
-        .arg(format!("gta5:{}", data.join("gta5").display()))
-        .arg("--target")
-        .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
-        .arg("--out")
-        .arg(&run)
-        .args([
-            "--backbone",
-            "small",
-            "--crop",
-            "64",
-            "--iterations",
-            "3",
-            "--source-size",
+        .args(common::tiny_train_args(
+            &common::gta5(&data),
             "128x64",
-            "--target-size",
-            "128x64",
-            "--val-size",
-            "128x64",
-            "--val-limit",
-            "2",
-            "--workers",
-            "1",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--log-every",
-            "1",
-        ])
+            &data,
+            &run,
+        ))
+        .args(["--iterations", "3", "--device", "cpu", "--log-every", "1"])
         .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["dist"]["world_size"], 2);
-    assert_eq!(cfg["dist"]["backend_used"], "gloo");
+    assert_eq!(cfg["run"]["dist"]["world_size"], 2);
+    assert_eq!(cfg["run"]["dist"]["backend_used"], "gloo");
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -221,7 +221,7 @@ fn crops_larger_than_the_images_are_reported_with_their_padding_share() {
     );
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["crop_padding"], serde_json::json!([0.5, 0.5]));
+    assert_eq!(cfg["data"]["crop_padding"], serde_json::json!([0.5, 0.5]));
 }
 
 /// The final tensors of a run's last checkpoint.

@@ -7,9 +7,8 @@
 
 mod common;
 
-use rccr_models::Backbone;
 use rccr_trainer::checkpoint;
-use rccr_trainer::config::{Mode, MuSchedule, Size, TrainConfig};
+use rccr_trainer::config::{Mode, MuSchedule, TrainConfig};
 use rccr_trainer::run::{run, RunOptions};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -23,42 +22,13 @@ fn make_data(dir: &Path) {
 }
 
 fn config(dir: &Path, mode: Mode, mu_max: f64, seed: u64) -> TrainConfig {
-    let size = Some(Size::new(128, 64));
-    let mut cfg = TrainConfig {
-        source: Some(
-            format!("gta5:{}", dir.join("gta5").display())
-                .parse()
-                .unwrap(),
-        ),
-        target: Some(
-            format!("cityscapes:{}", dir.join("cityscapes").display())
-                .parse()
-                .unwrap(),
-        ),
-        mode,
-        backbone: Backbone::Small,
-        iterations: ITERATIONS,
-        crop: 64,
-        batch_size: 2,
-        source_size: size,
-        target_size: size,
-        val_size: size,
-        val_limit: Some(2),
-        device: "cpu".into(),
-        seed,
-        lr: 0.01,
-        mu_max,
-        mu_schedule: MuSchedule::Constant,
-        val_every: 0,
-        save_every: 0,
-        log_every: 1,
-        workers: 2,
-        prefetch: 2,
-        bank_per_iteration: 50,
-        ..TrainConfig::default()
-    };
+    let mut cfg = common::tiny_config(dir, ITERATIONS);
+    cfg.run.seed = seed;
+    cfg.optim.lr = 0.01;
+    let m = &mut cfg.method;
+    (m.mode, m.mu_max, m.mu_schedule) = (mode, mu_max, MuSchedule::Constant);
     // Every anchor counts (a fresh teacher is never 0.75 confident), so L_cont really runs.
-    cfg.components.ps = false;
+    m.components.ps = false;
     cfg
 }
 

@@ -190,7 +190,11 @@ fn traced_iterations_match_the_independent_replay() {
     // has no anchor (L_cont = 0, the projector untouched) and q = 0, steps 2 and 3 keep
     // some anchors and drop others, with bank negatives, and 0 < q < 1.
     let cfg = tmp.path().join("thresholds.toml");
-    std::fs::write(&cfg, "ps_threshold = 0.4\npseudo_threshold = 0.5\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[method]\nps_threshold = 0.4\npseudo_threshold = 0.5\n",
+    )
+    .unwrap();
     let cfg = cfg.to_str().unwrap();
     let mut flags = vec!["--config", cfg, "--mode", "rccr"];
     flags.extend(STRONG);

@@ -6,9 +6,9 @@
 
 mod common;
 
-use rccr_models::Backbone;
+use rccr_models::{Backbone, ModelConfig};
 use rccr_trainer::checkpoint;
-use rccr_trainer::config::{Components, Mode, Size, TrainConfig};
+use rccr_trainer::config::{Components, Mode, TrainConfig};
 use rccr_trainer::run::{run, RunOptions};
 use rccr_trainer::trainer::Trainer;
 use rccr_trainer::Error;
@@ -21,36 +21,7 @@ fn make_data(dir: &Path) {
 }
 
 fn tiny(dir: &Path, iterations: u64) -> TrainConfig {
-    let size = Some(Size::new(128, 64));
-    TrainConfig {
-        source: Some(
-            format!("gta5:{}", dir.join("gta5").display())
-                .parse()
-                .unwrap(),
-        ),
-        target: Some(
-            format!("cityscapes:{}", dir.join("cityscapes").display())
-                .parse()
-                .unwrap(),
-        ),
-        backbone: Backbone::Small,
-        iterations,
-        crop: 64,
-        batch_size: 2,
-        source_size: size,
-        target_size: size,
-        val_size: size,
-        val_limit: Some(2),
-        device: "cpu".into(),
-        seed: 7,
-        val_every: 0,
-        save_every: 0,
-        log_every: 1,
-        workers: 2,
-        prefetch: 2,
-        bank_per_iteration: 50,
-        ..TrainConfig::default()
-    }
+    common::tiny_config(dir, iterations)
 }
 
 fn train_lines(run_dir: &Path) -> Vec<Value> {
@@ -75,7 +46,7 @@ fn a_few_iterations_lower_the_source_loss() {
     let tmp = tempfile::tempdir().unwrap();
     make_data(&tmp.path().join("data"));
     let mut cfg = tiny(&tmp.path().join("data"), 40);
-    cfg.lr = 2.5e-3;
+    cfg.optim.lr = 2.5e-3;
     let out = tmp.path().join("run");
     let summary = run(&cfg, &opts(&out)).unwrap();
     assert_eq!(summary.iterations, 40);
@@ -125,8 +96,8 @@ fn resume_reaches_the_same_losses_as_an_uninterrupted_run() {
     make_data(&data);
     let mut cfg = tiny(&data, 6);
     // Every anchor kept (PS off), so L_cont, NS(R), NS(C) and the memory bank all act.
-    cfg.components.ps = false;
-    cfg.save_every = 3;
+    cfg.method.components.ps = false;
+    cfg.run.save_every = 3;
     let full = tmp.path().join("full");
     run(&cfg, &opts(&full)).unwrap();
     let part = tmp.path().join("part");
@@ -192,17 +163,15 @@ fn batch(seed: i64) -> (Tensor, Tensor, Tensor) {
 }
 
 fn small_cfg(mode: Mode, components: Components) -> TrainConfig {
-    TrainConfig {
-        mode,
-        components,
-        backbone: Backbone::Small,
-        num_classes: 5,
-        crop: 64,
-        iterations: 100,
-        device: "cpu".into(),
-        bank_per_iteration: 40,
+    let mut c = TrainConfig {
+        model: ModelConfig::new(Backbone::Small, 5),
         ..TrainConfig::default()
-    }
+    };
+    c.data.crop = 64;
+    (c.method.mode, c.method.components) = (mode, components);
+    c.method.bank_per_iteration = 40;
+    (c.run.iterations, c.run.device) = (100, "cpu".into());
+    c
 }
 
 fn snapshot(vs: &tch::nn::VarStore, name: &str) -> Tensor {
@@ -362,7 +331,7 @@ fn init_imports_a_torchvision_backbone_into_student_and_teacher() {
     // A "torchvision" file: the encoder of another small network, plus the ImageNet head.
     let src = tch::nn::VarStore::new(Device::Cpu);
     tch::manual_seed(99);
-    let _net = rccr_models::RccrNet::new(&src.root(), &cfg.model_config());
+    let _net = rccr_models::RccrNet::new(&src.root(), &cfg.model);
     let vars = src.variables();
     let fc = Tensor::zeros([10, 128], (Kind::Float, Device::Cpu));
     let mut tensors: Vec<(String, &Tensor)> = vars
@@ -373,7 +342,7 @@ fn init_imports_a_torchvision_backbone_into_student_and_teacher() {
     tensors.push(("fc.weight".into(), &fc));
     let path = tmp.path().join("backbone.safetensors");
     rccr_models::weights::write_tensors(&path, tensors, &Default::default()).unwrap();
-    cfg.init = Some(path);
+    cfg.run.init = Some(path);
     let t = rccr_trainer::run::build_trainer(&cfg, Device::Cpu, None).unwrap();
     for name in ["conv1.weight", "layer4.0.conv2.weight", "bn1.running_var"] {
         assert!(

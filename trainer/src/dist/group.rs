@@ -184,7 +184,7 @@ impl ProcessGroup {
 
     /// The sum over ranks of `x`, differentiable (its gradient is the sum of the ranks'
     /// gradients): what synchronised batch norm needs.
-    pub fn all_reduce_sum_autograd(&self, x: &Tensor) -> Result<Tensor, DistError> {
+    pub(crate) fn all_reduce_sum_autograd(&self, x: &Tensor) -> Result<Tensor, DistError> {
         let mut out = std::ptr::null_mut();
         // SAFETY: a live tensor; on success the shim hands over a new tensor handle.
         let rc = unsafe {

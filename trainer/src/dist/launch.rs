@@ -24,12 +24,14 @@ pub struct Launch {
 
 impl Launch {
     /// Reads the environment; `Ok(None)` without `WORLD_SIZE`.
-    pub fn from_env() -> Result<Option<Launch>, String> {
-        Launch::from_lookup(|k| std::env::var(k).ok())
+    pub fn from_env() -> crate::Result<Option<Launch>> {
+        Launch::from_lookup(|k| std::env::var(k).ok()).map_err(crate::Error::DistSetup)
     }
 
     /// As [`Launch::from_env`] over any variable lookup (tests).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>, String> {
+    pub(crate) fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Launch>, String> {
         let Some(world) = get("WORLD_SIZE") else {
             return Ok(None);
         };

@@ -4,7 +4,7 @@
 //! - every rank draws its own source and target batches and random choices from
 //!   (seed, rank, iteration) (`crate::streams`, the loaders' seeds);
 //! - after all backward passes, gradients are averaged over the ranks in flat buckets of
-//!   about 25 MB ([`Ddp::average_gradients`]); a parameter that no rank's terms reached
+//!   about 25 MB (`Ddp::average_gradients`); a parameter that no rank's terms reached
 //!   keeps no gradient, so the optimiser treats it exactly as a single process would;
 //! - parameters, buffers and momentum are broadcast from rank 0 at the start (fresh or
 //!   resumed); after every step the batch-norm running statistics of student and teacher
@@ -31,7 +31,7 @@ use std::time::Instant;
 use tch::{nn, Kind, Tensor};
 
 /// Gradient bucket size (PyTorch DDP's default `bucket_cap_mb`).
-pub const BUCKET_BYTES: i64 = 25 * 1024 * 1024;
+pub(crate) const BUCKET_BYTES: i64 = 25 * 1024 * 1024;
 
 /// The data-parallel state of a trainer.
 #[derive(Debug)]
@@ -99,7 +99,7 @@ impl Ddp {
 
     /// Averages the gradients over the ranks, in flat buckets. Absent gradients count as
     /// zero where another rank has one and stay absent where no rank has.
-    pub fn average_gradients(
+    pub(crate) fn average_gradients(
         &mut self,
         grads: &mut [Option<Tensor>],
         params: &[&Tensor],
@@ -151,7 +151,7 @@ impl Ddp {
     }
 
     /// Seconds spent in gradient averaging since the last call.
-    pub fn take_reduce_seconds(&mut self) -> f64 {
+    pub(crate) fn take_reduce_seconds(&mut self) -> f64 {
         std::mem::take(&mut self.reduce_seconds)
     }
 
@@ -202,7 +202,7 @@ impl Ddp {
 
     /// The ranks' rows of `t` (`M x ...`, the same M on every rank), concatenated in
     /// rank order.
-    pub fn gather_rows(&self, t: &Tensor) -> Result<Tensor, DistError> {
+    pub(crate) fn gather_rows(&self, t: &Tensor) -> Result<Tensor, DistError> {
         Ok(Tensor::cat(&self.pg.all_gather(t)?, 0))
     }
 
@@ -215,25 +215,22 @@ impl Ddp {
 
     /// Checks that every rank holds bit-identical `tensors` (a 64-bit hash of their bytes,
     /// all-gathered); the error names the first rank that differs from rank 0.
-    pub fn check_identical(&self, tensors: &[Tensor]) -> Result<(), String> {
+    pub(crate) fn check_identical(&self, tensors: &[Tensor]) -> crate::Result<()> {
         let h = fingerprint(tensors) as i64;
-        let all = self
-            .pg
-            .all_gather(&Tensor::from_slice(&[h]))
-            .map_err(|e| e.to_string())?;
+        let all = self.pg.all_gather(&Tensor::from_slice(&[h]))?;
         let hs: Vec<i64> = all.iter().map(|t| t.int64_value(&[0])).collect();
         match hs.iter().position(|&x| x != hs[0]) {
             None => Ok(()),
-            Some(r) => Err(format!(
+            Some(r) => Err(crate::Error::DistSetup(format!(
                 "rank {r}'s weights differ from rank 0's (fingerprints {:#x} vs {:#x}): the ranks diverged",
                 hs[r], hs[0]
-            )),
+            ))),
         }
     }
 }
 
 /// FNV-1a over the bytes of every tensor (CPU copies), in order.
-pub fn fingerprint(tensors: &[Tensor]) -> u64 {
+pub(crate) fn fingerprint(tensors: &[Tensor]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for t in tensors {
         let c = t

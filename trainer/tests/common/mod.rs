@@ -2,6 +2,8 @@
 //! output. (Each test binary uses a subset.)
 #![allow(dead_code)]
 
+use rccr_trainer::config::{Size, TrainConfig};
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -51,17 +53,17 @@ pub fn gta5(data: &Path) -> String {
     format!("gta5:{}", data.join("gta5").display())
 }
 
-/// `rccr-train train` (binary `bin`) on tiny data: `source` and the Cityscapes-layout
+/// The arguments of `rccr-train train` on tiny data: `source` and the Cityscapes-layout
 /// target of `data`, images resized to `size` (validation 128x64, at most 2 images), the
-/// `small` backbone, 64 crops, batch 2, one data worker, one libtorch thread, quiet.
-pub fn train_command(bin: &str, source: &str, size: &str, data: &Path, out: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.args(["train", "--source", source])
-        .arg("--target")
-        .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
-        .arg("--out")
-        .arg(out)
-        .args([
+/// `small` backbone, 64 crops, batch 2, one data worker, quiet.
+pub fn tiny_train_args(source: &str, size: &str, data: &Path, out: &Path) -> Vec<OsString> {
+    let target = format!("cityscapes:{}", data.join("cityscapes").display());
+    let mut args: Vec<OsString> = ["train", "--source", source, "--target", &target, "--out"]
+        .map(OsString::from)
+        .into();
+    args.push(out.into());
+    args.extend(
+        [
             "--backbone",
             "small",
             "--crop",
@@ -79,8 +81,42 @@ pub fn train_command(bin: &str, source: &str, size: &str, data: &Path, out: &Pat
             "--workers",
             "1",
             "--quiet",
-        ])
+        ]
+        .map(OsString::from),
+    );
+    args
+}
+
+/// `rccr-train train` (binary `bin`) with [`tiny_train_args`], one libtorch thread.
+pub fn train_command(bin: &str, source: &str, size: &str, data: &Path, out: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args(tiny_train_args(source, size, data, out))
         .env("OMP_NUM_THREADS", "1")
         .env("RUST_BACKTRACE", "0");
+    c
+}
+
+/// A library run on the data of [`synth_lib`] in `data`: GTA5 -> Cityscapes at 128x64,
+/// the `small` backbone, 64 crops, batch 2, seed 7, `iterations` iterations, losses
+/// logged every iteration, validation (at most 2 images) and a checkpoint only at the end.
+pub fn tiny_config(data: &Path, iterations: u64) -> TrainConfig {
+    let size = Some(Size::new(128, 64));
+    let mut c = TrainConfig {
+        model: rccr_models::ModelConfig::new(rccr_models::Backbone::Small, 19),
+        ..TrainConfig::default()
+    };
+    let d = &mut c.data;
+    d.source = Some(gta5(data).parse().unwrap());
+    d.target = Some(
+        format!("cityscapes:{}", data.join("cityscapes").display())
+            .parse()
+            .unwrap(),
+    );
+    (d.crop, d.batch_size, d.workers, d.prefetch) = (64, 2, 2, 2);
+    (d.source_size, d.target_size, d.val_size) = (size, size, size);
+    c.method.bank_per_iteration = 50;
+    let r = &mut c.run;
+    (r.iterations, r.seed, r.device) = (iterations, 7, "cpu".into());
+    (r.val_every, r.save_every, r.log_every, r.val_limit) = (0, 0, 1, Some(2));
     c
 }

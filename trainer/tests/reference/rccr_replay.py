@@ -263,12 +263,24 @@ def scalar(T, name):
     return float(T[name].to(torch.float64).reshape(-1)[0]) if name in T else None
 
 
+def flat_config(tc):
+    """The trainer's configuration (sections model, data, method, optim and run, or the
+    earlier flat form) as one table of settings."""
+    sections = ("model", "data", "method", "optim", "run")
+    flat = {}
+    for section in sections:
+        if isinstance(tc.get(section), dict):
+            flat.update(tc[section])
+    flat.update({k: v for k, v in tc.items() if k not in sections})
+    return flat
+
+
 def replay(path, args, rep, history):
     T, meta = read_safetensors(path)
     if meta.get("rccr.format") != "rccr-trace-v1":
         raise ValueError(f"{path}: rccr.format is {meta.get('rccr.format')!r}, expected rccr-trace-v1")
     mc = json.loads(meta["rccr.model_config"])
-    tc = json.loads(meta["rccr.train_config"])
+    tc = flat_config(json.loads(meta["rccr.train_config"]))
     t = int(meta["rccr.iteration"])
     comps = tc.get("components", {})
     mode = tc.get("mode")

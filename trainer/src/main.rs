@@ -236,7 +236,6 @@ impl TrainArgs {
         self.apply_run(&mut c.run);
     }
 
-
     fn apply_data(&self, d: &mut DataConfig) {
         set_some(&mut d.source, &self.source);
         set_some(&mut d.target, &self.target);

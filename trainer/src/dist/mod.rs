@@ -142,7 +142,11 @@ impl Ddp {
 
     /// Averages the gradients `bucket` (all present) over the ranks in one flat float
     /// buffer, each written back in its own kind.
-    fn average_bucket(&self, grads: &mut [Option<Tensor>], bucket: &[usize]) -> Result<(), DistError> {
+    fn average_bucket(
+        &self,
+        grads: &mut [Option<Tensor>],
+        bucket: &[usize],
+    ) -> Result<(), DistError> {
         let flat = Tensor::cat(
             &bucket
                 .iter()

@@ -382,6 +382,28 @@ fn peak_memory(device: Device) -> (Option<f64>, &'static str) {
     }
 }
 
+/// rccr's figure `f` over the baseline's, when both modes ran.
+fn rccr_ratio(results: &[ModeBench], f: fn(&ModeBench) -> f64) -> Option<f64> {
+    let get = |name: &str| results.iter().find(|r| r.mode == name).map(f);
+    match (get("rccr"), get("baseline")) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// How the report's memory figures were measured (that of the last mode).
+fn memory_source(cfg: &BenchConfig, results: &[ModeBench]) -> String {
+    match results.last() {
+        Some(r) if cfg.device.is_cuda() => format!(
+            "{} after each mode: libtorch's caching-allocator reservation (it keeps its \
+             peak) + the CUDA context; cumulative over the process",
+            r.memory_source
+        ),
+        Some(r) => format!("{}, cumulative over the process", r.memory_source),
+        None => String::new(),
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let modes: Vec<Mode> = match cfg.mode {
@@ -393,24 +415,9 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         tracing::info!(mode = %m, "benchmarking");
         results.push(bench_mode(cfg, m)?);
     }
-    let ratio = |f: fn(&ModeBench) -> f64| {
-        let get = |name: &str| results.iter().find(|r| r.mode == name).map(f);
-        match (get("rccr"), get("baseline")) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        }
-    };
-    let rccr_over_baseline = ratio(|r| r.ms_per_iteration);
-    let rccr_over_baseline_median = ratio(|r| r.ms_median);
-    let memory_source = match results.last() {
-        Some(r) if cfg.device.is_cuda() => format!(
-            "{} after each mode: libtorch's caching-allocator reservation (it keeps its \
-             peak) + the CUDA context; cumulative over the process",
-            r.memory_source
-        ),
-        Some(r) => format!("{}, cumulative over the process", r.memory_source),
-        None => String::new(),
-    };
+    let rccr_over_baseline = rccr_ratio(&results, |r| r.ms_per_iteration);
+    let rccr_over_baseline_median = rccr_ratio(&results, |r| r.ms_median);
+    let memory_source = memory_source(cfg, &results);
     Ok(BenchReport {
         device: rccr_models::device::device_name(cfg.device),
         backbone: cfg.backbone.name().into(),

@@ -3,7 +3,7 @@
 //! projector becomes theta_hat = alpha theta_hat + (1 - alpha) theta, with
 //! alpha = min(1 - 1/(t+1), 0.99) (see `crate::schedule::ema_alpha`).
 //!
-//! Batch-norm buffers (our choice, that of DACS and the RCCR release): the running mean
+//! Batch-norm buffers (docs/design.md#mean-teacher-and-classmix): the running mean
 //! and variance are *not* averaged. The teacher runs its forward on the un-augmented
 //! target crops in training mode (batch statistics, under `no_grad`), so its running
 //! statistics are its own estimate of the target domain under the teacher's weights,

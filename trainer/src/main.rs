@@ -48,18 +48,35 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct DescribeArgs {
+    #[command(flatten)]
+    net: NetworkArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The network options of `describe`, `train` and `trace`; each overrides its field of
+/// the [`ModelConfig`] it is applied to.
+#[derive(Args, Debug, Default)]
+struct NetworkArgs {
     /// resnet101 | resnet50 | small.
     #[arg(long)]
     backbone: Option<Backbone>,
     /// Output classes.
     #[arg(long)]
     num_classes: Option<i64>,
-    /// ASPP branches: 4 (paper) or 2 (DACS release).
+    /// ASPP branches: 4 (paper) or 2 (the DACS / RCCR reference code; docs/design.md#network).
     #[arg(long)]
     aspp_branches: Option<usize>,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
+}
+
+impl NetworkArgs {
+    /// Writes every option given over its field of `m`.
+    fn apply(&self, m: &mut ModelConfig) {
+        set(&mut m.backbone, self.backbone);
+        set(&mut m.num_classes, self.num_classes);
+        set(&mut m.aspp_branches, self.aspp_branches);
+    }
 }
 
 /// Every option overrides the same field of `--config` (or, with `--resume`, of the
@@ -102,15 +119,8 @@ struct TrainArgs {
     /// Switch off MB, the memory bank.
     #[arg(long)]
     no_mb: bool,
-    /// resnet101 | resnet50 | small.
-    #[arg(long)]
-    backbone: Option<Backbone>,
-    /// Output classes.
-    #[arg(long)]
-    num_classes: Option<i64>,
-    /// ASPP branches, 4 (paper) or 2 (DACS release).
-    #[arg(long)]
-    aspp_branches: Option<usize>,
+    #[command(flatten)]
+    net: NetworkArgs,
     /// ImageNet backbone weights with torchvision names (safetensors).
     #[arg(long)]
     init: Option<PathBuf>,
@@ -219,17 +229,11 @@ struct TrainArgs {
 impl TrainArgs {
     /// Writes every option given on the command line over its field of `c`.
     fn apply(&self, c: &mut TrainConfig) {
-        self.apply_model(&mut c.model);
+        self.net.apply(&mut c.model);
         self.apply_data(&mut c.data);
         self.apply_method(&mut c.method);
         self.apply_optim(&mut c.optim);
         self.apply_run(&mut c.run);
-    }
-
-    fn apply_model(&self, m: &mut ModelConfig) {
-        set(&mut m.backbone, self.backbone);
-        set(&mut m.num_classes, self.num_classes);
-        set(&mut m.aspp_branches, self.aspp_branches);
     }
 
     fn apply_data(&self, d: &mut DataConfig) {
@@ -396,8 +400,9 @@ struct ImportArgs {
     /// (ema when present).
     #[arg(long, default_value = "auto")]
     weights: String,
-    /// ASPP branches the network sums: 4 (paper) or 2 (the DACS release's code). DACS
-    /// files always store four; only the code that trained them knows.
+    /// ASPP branches the network sums: 4 (paper) or 2 (the DACS / RCCR reference code;
+    /// docs/design.md#network). DACS files always store four; only the code that trained
+    /// them knows.
     #[arg(long, default_value_t = 4)]
     aspp_branches: usize,
     /// Output classes (default: the classifier's).
@@ -525,9 +530,7 @@ fn run_command(command: Command) -> Result<()> {
 
 fn describe(a: &DescribeArgs) -> Result<()> {
     let mut cfg = ModelConfig::default();
-    set(&mut cfg.backbone, a.backbone);
-    set(&mut cfg.num_classes, a.num_classes);
-    set(&mut cfg.aspp_branches, a.aspp_branches);
+    a.net.apply(&mut cfg);
     cfg.validate()?;
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let _net = RccrNet::new(&vs.root(), &cfg);
@@ -702,28 +705,54 @@ fn eval(a: &EvalArgs) -> Result<()> {
 
 fn bench_cmd(a: &BenchArgs) -> Result<()> {
     let d = TrainConfig::default();
-    let dist = &d.run.dist;
     let mut device =
         rccr_models::device::parse_device(a.device.as_deref().unwrap_or(&d.run.device))?;
-    let launch = rccr_trainer::dist::Launch::from_env()?;
-    let group = match &launch {
-        Some(l) => {
-            let (pg, dev, _) = rccr_trainer::dist::join(
-                l,
-                a.dist_backend.unwrap_or(dist.backend),
-                a.dist_timeout.unwrap_or(dist.timeout_s),
-                device,
-            )
-            .context("cannot join the data-parallel benchmark (torchrun variables)")?;
-            device = dev;
-            Some(std::rc::Rc::new(pg))
-        }
-        None => None,
-    };
+    let group = bench_group(a, &d, &mut device)?;
     if let Some(n) = a.threads {
         tch::set_num_threads(n.max(1));
     }
-    let report = bench::run(&BenchConfig {
+    let report = bench::run(&bench_config(a, &d, device, group))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if let Some(p) = &a.json_out {
+        rccr_models::weights::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Under torchrun, joins the data-parallel group (moving `device` to this rank's);
+/// None for a single process.
+fn bench_group(
+    a: &BenchArgs,
+    d: &TrainConfig,
+    device: &mut tch::Device,
+) -> Result<Option<std::rc::Rc<rccr_trainer::dist::ProcessGroup>>> {
+    let Some(launch) = rccr_trainer::dist::Launch::from_env()? else {
+        return Ok(None);
+    };
+    let dist = &d.run.dist;
+    let (pg, dev, _) = rccr_trainer::dist::join(
+        &launch,
+        a.dist_backend.unwrap_or(dist.backend),
+        a.dist_timeout.unwrap_or(dist.timeout_s),
+        *device,
+    )
+    .context("cannot join the data-parallel benchmark (torchrun variables)")?;
+    *device = dev;
+    Ok(Some(std::rc::Rc::new(pg)))
+}
+
+/// The benchmark's settings: each option given, else its field of `d` (the defaults).
+fn bench_config(
+    a: &BenchArgs,
+    d: &TrainConfig,
+    device: tch::Device,
+    group: Option<std::rc::Rc<rccr_trainer::dist::ProcessGroup>>,
+) -> BenchConfig {
+    BenchConfig {
         backbone: a.backbone.unwrap_or(d.model.backbone),
         num_classes: a.num_classes.unwrap_or(d.model.num_classes),
         crop: a.crop.unwrap_or(d.data.crop),
@@ -740,14 +769,5 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
         },
         anchor_chunk: a.anchor_chunk.unwrap_or(d.method.anchor_chunk).max(1),
         group,
-    })?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{report}");
     }
-    if let Some(p) = &a.json_out {
-        rccr_models::weights::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
-    }
-    Ok(())
 }

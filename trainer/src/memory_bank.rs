@@ -1,9 +1,9 @@
 //! The memory bank of paper Sec. 3.2.5: the negatives (projector embedding + label or
 //! pseudo-label, detached) of the last few iterations (3 in the paper) are added to the
 //! current iteration's negatives of L_cont (Eq. 6). Bounded: each iteration contributes
-//! at most `per_iteration` samples from E_cut and as many from E_t (the release keeps
-//! 4000 + 4000). Unlike the release, the bank is saved in checkpoints so that a resumed
-//! run continues exactly.
+//! at most `per_iteration` samples from E_cut and as many from E_t (4000 + 4000 by
+//! default). The bank is saved in checkpoints (docs/design.md#cutmix-and-l_cont) so that
+//! a resumed run continues exactly.
 
 use std::collections::VecDeque;
 use tch::{Kind, Tensor};

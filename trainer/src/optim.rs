@@ -13,7 +13,7 @@
 //! same parameters as an uninterrupted one.
 //!
 //! Batch-norm policy: by default the BN affine parameters (gamma, beta) are frozen and
-//! not optimised, as in DACS and the RCCR release; their layers stay in training mode, so
+//! not optimised (docs/design.md#network); their layers stay in training mode, so
 //! the running statistics keep updating. `train_bn_affine = true` trains them in the
 //! backbone group instead (the DAFormer choice).
 

@@ -83,15 +83,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
     let start = trainer.iteration;
     check_start(start, &cfg)?;
-    tracing::info!(
-        device = %device_name(device),
-        mode = %cfg.method.mode,
-        backbone = %cfg.model.backbone,
-        start,
-        iterations = cfg.run.iterations,
-        run_dir = %opts.out.display(),
-        "training"
-    );
+    log_start(&cfg, device, start, &opts.out);
     let main = rank == 0;
     let data_rank = cfg.data.data_rank.unwrap_or(rank);
     let seed = rank_seed(cfg.run.seed, data_rank);
@@ -114,6 +106,19 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         },
     };
     session.train(start)
+}
+
+/// The log line that opens a run.
+fn log_start(cfg: &TrainConfig, device: Device, start: u64, run_dir: &Path) {
+    tracing::info!(
+        device = %device_name(device),
+        mode = %cfg.method.mode,
+        backbone = %cfg.model.backbone,
+        start,
+        iterations = cfg.run.iterations,
+        run_dir = %run_dir.display(),
+        "training"
+    );
 }
 
 /// The source and target of a run; the target may be absent only in mode `source-only`.
@@ -272,6 +277,25 @@ fn with_crop_padding(mut cfg: TrainConfig, inputs: &Inputs) -> TrainConfig {
     cfg
 }
 
+/// The metrics log at `path`; resuming at `start`, cut after the lines of iteration `start`.
+fn open_log(path: &Path, resume: bool, start: u64) -> Result<MetricsLog> {
+    if resume {
+        truncate_log(path, start)?;
+    }
+    MetricsLog::open(path)
+        .map_err(Error::io_at(path))
+        .context("cannot open the metrics log")
+}
+
+/// TensorBoard events in `dir`: a new file, or on resume one that continues at `start + 1`.
+fn open_events(dir: &Path, resume: bool, start: u64) -> Result<TbWriter> {
+    match resume {
+        false => TbWriter::create(dir),
+        true => TbWriter::resume(dir, start + 1),
+    }
+    .map_err(Error::io_at(dir))
+}
+
 /// What a run writes: config.json, the metrics log, TensorBoard events and checkpoints
 /// (rank 0), and the progress bar.
 struct Outputs {
@@ -299,24 +323,14 @@ impl Outputs {
         }
         let ckdir = CheckpointDir::create(run_dir.join("checkpoints"), cfg.run.keep_last)?;
         let log_path = run_dir.join("metrics.jsonl");
-        if opts.resume.is_some() && main {
-            truncate_log(&log_path, start)?;
-        }
         let log = match main {
-            true => Some(
-                MetricsLog::open(&log_path)
-                    .map_err(Error::io_at(&log_path))
-                    .context("cannot open the metrics log")?,
-            ),
+            true => Some(open_log(&log_path, opts.resume.is_some(), start)?),
             false => None,
         };
         let tb_dir = run_dir.join("tb");
-        let events = match (main && opts.tensorboard, opts.resume.is_some()) {
-            (false, _) => None,
-            (true, false) => Some(TbWriter::create(&tb_dir).map_err(Error::io_at(&tb_dir))?),
-            (true, true) => {
-                Some(TbWriter::resume(&tb_dir, start + 1).map_err(Error::io_at(&tb_dir))?)
-            }
+        let events = match main && opts.tensorboard {
+            true => Some(open_events(&tb_dir, opts.resume.is_some(), start)?),
+            false => None,
         };
         let pictures = match (&events, &inputs.val) {
             (Some(_), Some(set)) => ValPictures::new(set, 3),

@@ -1,6 +1,6 @@
 //! Schedules over the run: the "poly" learning rate lr (1 - t/N)^0.9 (paper Sec. 4.1.2),
-//! the contrastive weight mu(t) = mu_max exp(-5 (1 - t/t_max)^0.5) of Eq. 9 (the
-//! release's sigmoid-shaped ramp-up), and the EMA coefficient
+//! the contrastive weight mu(t) = mu_max exp(-5 (1 - t/t_max)^0.5) of Eq. 9 (paper
+//! Sec. 4.1.2, a sigmoid-shaped ramp-up), and the EMA coefficient
 //! alpha(t) = min(1 - 1/(t+1), alpha_max) of Eq. 2 / Eq. 10. `t` is the 0-based index of
 //! the iteration being run and N the number of iterations.
 

@@ -158,16 +158,22 @@ struct TeacherOut {
     q: Tensor,
 }
 
+/// The settings a trainer on `device` refuses: invalid ranges, and bf16 off CUDA.
+fn check_supported(cfg: &TrainConfig, device: Device) -> Result<()> {
+    cfg.validate()
+        .map_err(|e| Error::Unsupported(e.to_string()))?;
+    if cfg.run.precision == Precision::Bf16 && !device.is_cuda() {
+        return Err(Error::Unsupported(
+            "--precision bf16 uses CUDA autocast; on the CPU use --precision fp32".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Trainer {
     /// Fresh networks (libtorch seeded with `cfg.run.seed`); the teacher starts as a copy.
     pub fn new(cfg: TrainConfig, device: Device) -> Result<Trainer> {
-        cfg.validate()
-            .map_err(|e| Error::Unsupported(e.to_string()))?;
-        if cfg.run.precision == Precision::Bf16 && !device.is_cuda() {
-            return Err(Error::Unsupported(
-                "--precision bf16 uses CUDA autocast; on the CPU use --precision fp32".into(),
-            ));
-        }
+        check_supported(&cfg, device)?;
         tch::manual_seed(cfg.run.seed as i64);
         configure_determinism(&cfg, device)?;
         let student_vs = nn::VarStore::new(device);

@@ -2,6 +2,8 @@
 //! parameter counts of README "The network"), the CUDA refusal on a machine without one, a config
 //! file overridden by flags, and the bench report.
 
+mod common;
+
 use serde_json::Value;
 use std::process::Command;
 
@@ -76,11 +78,7 @@ fn bench_reports_both_modes_and_their_ratio() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let modes: Vec<&str> = v["modes"]
         .as_array()

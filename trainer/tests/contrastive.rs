@@ -6,7 +6,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rccr_models::projector::l2_normalize;
-use rccr_trainer::contrastive::{contrastive_loss, random_keep, ContrastiveInputs};
+use rccr_trainer::contrastive::{
+    contrastive_loss, random_keep, ContrastiveInputs, ContrastiveLoss,
+};
 use tch::{Kind, Tensor};
 
 const B: usize = 2;
@@ -161,17 +163,18 @@ fn tensors(p: &Problem) -> Tensors {
     }
 }
 
-fn ours(
+/// The crate's L_cont of `ts` (tau 0.1), E_cut normalised from `cut_raw`: NS(R) keeps
+/// `keep`, NS(C) when `category`, the bank's negatives when `bank`.
+fn loss_of(
     ts: &Tensors,
     keep: Option<&[i64]>,
     category: bool,
     bank: bool,
     chunk: usize,
-) -> (f64, i64, Tensor) {
-    ts.cut_raw.shallow_clone().zero_grad();
+) -> ContrastiveLoss {
     let e_cut = l2_normalize(&ts.cut_raw, 1);
     let keep_t = keep.map(Tensor::from_slice);
-    let out = contrastive_loss(&ContrastiveInputs {
+    contrastive_loss(&ContrastiveInputs {
         e_cut: &e_cut,
         e_t: &ts.t,
         cut_labels: &ts.cut_lab,
@@ -182,7 +185,19 @@ fn ours(
         category,
         tau: 0.1,
         chunk,
-    });
+    })
+}
+
+/// [`loss_of`] with its gradient: (loss, anchors, d L / d cut_raw).
+fn ours(
+    ts: &Tensors,
+    keep: Option<&[i64]>,
+    category: bool,
+    bank: bool,
+    chunk: usize,
+) -> (f64, i64, Tensor) {
+    ts.cut_raw.shallow_clone().zero_grad();
+    let out = loss_of(ts, keep, category, bank, chunk);
     out.loss.backward();
     (
         out.loss.double_value(&[]),
@@ -252,19 +267,7 @@ fn no_anchor_gives_zero_and_positive_sampling_reduces_anchors() {
     let mut p = problem(3);
     p.anchors = vec![false; N];
     let ts = tensors(&p);
-    let e_cut = l2_normalize(&ts.cut_raw, 1);
-    let out = contrastive_loss(&ContrastiveInputs {
-        e_cut: &e_cut,
-        e_t: &ts.t,
-        cut_labels: &ts.cut_lab,
-        t_labels: &ts.t_lab,
-        anchors: &ts.anchors,
-        keep: None,
-        bank: None,
-        category: true,
-        tau: 0.1,
-        chunk: 4,
-    });
+    let out = loss_of(&ts, None, true, false, 4);
     assert_eq!(out.anchors, 0);
     assert_eq!(out.loss.double_value(&[]), 0.0);
 }

@@ -26,6 +26,30 @@ fn args(out: &Path, seed: u64, count: usize, val: usize) -> SynthArgs {
     a
 }
 
+/// The files under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// Training loader settings over the 160x80 images of [`args`]: `workers` workers, each
+/// prefetching as many batches.
+fn loader_config(crop: u32, batch_size: usize, seed: u64, workers: usize) -> LoaderConfig {
+    LoaderConfig {
+        resize: Some((160, 80)),
+        crop,
+        batch_size,
+        seed,
+        workers,
+        prefetch: workers,
+        split: Split::Train,
+    }
+}
+
 /// Every file under `root` (relative path -> bytes), excluding synth.json.
 fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -122,33 +146,21 @@ fn layouts_are_read_by_the_real_loaders_with_valid_labels() {
         ("gta5/labels", png::ColorType::Indexed),
         ("cityscapes/gtFine/val", png::ColorType::Grayscale),
     ] {
-        for e in walkdir::WalkDir::new(out.join(dir))
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_file())
-        {
-            let (ct, values) = raw_label(e.path());
-            assert_eq!(ct, kind, "{}", e.path().display());
+        for path in files_under(&out.join(dir)) {
+            let (ct, values) = raw_label(&path);
+            assert_eq!(ct, kind, "{}", path.display());
             assert_eq!(values.len(), 160 * 80);
             assert!(
                 values.iter().all(|v| TRAIN_LABEL_IDS.contains(v)),
                 "{}",
-                e.path().display()
+                path.display()
             );
         }
     }
 
     // The real loaders read every set; labels come out as trainIds 0..19 (no ignore).
     let spec = |s: &str| s.parse::<DatasetSpec>().unwrap();
-    let cfg = LoaderConfig {
-        resize: Some((160, 80)),
-        crop: 64,
-        batch_size: 2,
-        seed: 1,
-        workers: 2,
-        prefetch: 2,
-        split: Split::Train,
-    };
+    let cfg = loader_config(64, 2, 1, 2);
     for s in [&report.source_spec, &report.target_spec] {
         let mut l = TrainLoader::open(&spec(s), &cfg, 0).unwrap();
         assert_eq!(l.len(), 6);
@@ -171,12 +183,8 @@ fn layouts_are_read_by_the_real_loaders_with_valid_labels() {
 /// Classes present (as labelIds) in the label files under `dir`.
 fn classes_in(dir: &Path) -> std::collections::BTreeSet<u8> {
     let mut set = std::collections::BTreeSet::new();
-    for e in walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file())
-    {
-        set.extend(raw_label(e.path()).1);
+    for path in files_under(dir) {
+        set.extend(raw_label(&path).1);
     }
     set
 }
@@ -204,15 +212,7 @@ fn at_least_ten_classes_in_both_domains() {
 
 /// Mean RGB of the pixels of trainId `class` over all pairs of a loader's first batches.
 fn mean_colour(spec: &str, class: i64) -> [f64; 3] {
-    let cfg = LoaderConfig {
-        resize: Some((160, 80)),
-        crop: 80,
-        batch_size: 4,
-        seed: 0,
-        workers: 1,
-        prefetch: 1,
-        split: Split::Train,
-    };
+    let cfg = loader_config(80, 4, 0, 1);
     let mut l = TrainLoader::open(&spec.parse().unwrap(), &cfg, 0).unwrap();
     let (mut sum, mut n) = ([0f64; 3], 0f64);
     for _ in 0..2 {

@@ -236,11 +236,7 @@ fn training_writes_what_metrics_jsonl_holds_and_val_pictures() {
         .args(["--iterations", "4", "--val-every", "2", "--log-every", "1"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let tb = read_back(&run.join("tb"));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()

@@ -9,6 +9,8 @@
 //! schedule, default lr); (d) rccr without NS(C), where only Eq. 8 keeps an anchor's own
 //! cells out of its negatives; (c) the baseline.
 
+mod common;
+
 use rccr_models::weights;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,70 +43,22 @@ fn python() -> Command {
     cmd
 }
 
-fn synth(dir: &Path) {
-    let out = bin()
-        .args([
-            "synth",
-            "--count",
-            "4",
-            "--val-count",
-            "2",
-            "--size",
-            "128x64",
-            "--out",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "synth failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Runs `rccr-train trace` with the common tiny settings plus `extra`; returns the files.
 fn trace(data: &Path, out: &Path, extra: &[&str]) -> Vec<PathBuf> {
     let res = bin()
-        .arg("trace")
-        .arg("--source")
-        .arg(format!("gta5:{}", data.join("gta5").display()))
-        .arg("--target")
-        .arg(format!("cityscapes:{}", data.join("cityscapes").display()))
-        .arg("--out")
-        .arg(out)
-        .args([
-            "--backbone",
-            "small",
-            "--crop",
-            "64",
-            "--batch-size",
-            "2",
-            "--workers",
-            "1",
-            "--prefetch",
-            "1",
-            "--seed",
-            "3",
-            "--device",
-            "cpu",
-            "--source-size",
+        .args(common::tiny_args(
+            "trace",
+            &common::gta5(data),
             "128x64",
-            "--target-size",
-            "128x64",
-            "--quiet",
-            "--iterations",
-            &ITERATIONS.to_string(),
-        ])
+            data,
+            out,
+        ))
+        .args(["--prefetch", "1", "--seed", "3", "--device", "cpu"])
+        .args(["--iterations", &ITERATIONS.to_string()])
         .args(extra)
         .output()
         .unwrap();
-    assert!(
-        res.status.success(),
-        "rccr-train trace failed:\n{}\n{}",
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
-    );
+    common::assert_ok(&res);
     let files: Vec<PathBuf> = (1..=ITERATIONS)
         .map(|t| out.join(format!("step_{t:07}.safetensors")))
         .collect();
@@ -123,11 +77,7 @@ fn replay(case: &str, files: &[PathBuf]) {
         .args(files)
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 (run `make setup`): {e}"));
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = common::text(&out);
     println!(
         "--- replay of case {case} ({:.1} s)\n{report}",
         started.elapsed().as_secs_f64()
@@ -183,7 +133,7 @@ fn traced_iterations_match_the_independent_replay() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    synth(&data);
+    common::synth_cli(env!("CARGO_BIN_EXE_rccr-train"), &data, 4);
 
     // (a) rccr, every component, mu = 1 throughout. A random teacher is never 0.75
     // (delta) or 0.968 (q) confident; with delta = 0.4 and a q threshold of 0.5 step 1

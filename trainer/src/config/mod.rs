@@ -21,8 +21,9 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// Every setting of a training run; the defaults are the paper's (Sec. 4.1.2), DACS's
-/// and the RCCR release's, as each field's doc says.
+/// Every setting of a training run; the defaults are the paper's (Sec. 4.1.2) and, where
+/// the paper is silent, the reference code's (docs/design.md#reference-code-choices), as
+/// each field's doc says.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "serde_json::Value")]
 pub struct TrainConfig {
@@ -143,44 +144,31 @@ impl TrainConfig {
     /// The numeric ranges of the method and the optimiser.
     fn validate_ranges(&self) -> Result<()> {
         let (m, o) = (&self.method, &self.optim);
-        for (name, v) in [
+        let positive = [
             ("optim.lr", o.lr),
             ("optim.head_lr_mult", o.head_lr_mult),
             ("method.tau", m.tau),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return invalid(format!("{name} must be positive, got {v}"));
-            }
-        }
-        for (name, v) in [
+        ];
+        check_each(&positive, "positive", |v| v.is_finite() && v > 0.0)?;
+        let unit = [
             ("optim.momentum", o.momentum),
             ("optim.ema_alpha", o.ema_alpha),
             ("method.pseudo_threshold", m.pseudo_threshold),
             ("method.ps_threshold", m.ps_threshold),
             ("method.jitter_prob", m.jitter_prob),
             ("method.blur_prob", m.blur_prob),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return invalid(format!("{name} must be in [0, 1], got {v}"));
-            }
-        }
-        if !(m.ns_random_fraction > 0.0 && m.ns_random_fraction <= 1.0) {
-            return invalid(format!(
-                "method.ns_random_fraction must be in (0, 1], got {}",
-                m.ns_random_fraction
-            ));
-        }
-        for (name, v) in [
+        ];
+        check_each(&unit, "in [0, 1]", |v| (0.0..=1.0).contains(&v))?;
+        let fraction = [("method.ns_random_fraction", m.ns_random_fraction)];
+        check_each(&fraction, "in (0, 1]", |v| v > 0.0 && v <= 1.0)?;
+        let non_negative = [
             ("optim.weight_decay", o.weight_decay),
             ("optim.poly_power", o.poly_power),
             ("method.lambda_cons", m.lambda_cons),
             ("method.mu_max", m.mu_max),
             ("method.jitter_strength", m.jitter_strength),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return invalid(format!("{name} must be >= 0, got {v}"));
-            }
-        }
+        ];
+        check_each(&non_negative, ">= 0", |v| v.is_finite() && v >= 0.0)?;
         if m.anchor_chunk == 0 {
             return invalid("method.anchor_chunk must be at least 1".into());
         }
@@ -211,6 +199,14 @@ impl TrainConfig {
 
 fn invalid(msg: String) -> Result<()> {
     Err(Error::InvalidConfig(msg))
+}
+
+/// The first of the named `values` that is not `ok`, as "NAME must be RULE, got V".
+fn check_each(values: &[(&str, f64)], rule: &str, ok: impl Fn(f64) -> bool) -> Result<()> {
+    match values.iter().find(|&&(_, v)| !ok(v)) {
+        Some((name, v)) => invalid(format!("{name} must be {rule}, got {v}")),
+        None => Ok(()),
+    }
 }
 
 /// A warning naming the new key of every flat-form key in a config file.

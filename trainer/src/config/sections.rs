@@ -2,7 +2,8 @@
 //! beside it (as burn's `#[config(default = ..)]`): the data, the method (losses,
 //! sampling, memory bank, mu), the optimiser and the run (iterations, device,
 //! checkpoints, validation, logging, data-parallel settings). The doc of each field
-//! names where its default comes from (the paper's Sec. 4.1.2, DACS or the RCCR release);
+//! names where its default comes from (the paper's Sec. 4.1.2, or the reference code of
+//! docs/design.md#reference-code-choices);
 //! the value itself is only in the declaration.
 
 use super::Size;
@@ -188,7 +189,8 @@ section! {
         pub lambda_cons: f64 = 1.0,
         /// Teacher confidence for q, the target-pixel weight of L_cons (DACS).
         pub pseudo_threshold: f64 = 0.968,
-        /// mu_max of mu(t) = mu_max exp(-5 (1 - t/N)^0.5) (RCCR release).
+        /// mu_max of mu(t) = mu_max exp(-5 (1 - t/N)^0.5) (paper Sec. 4.1.2;
+        /// docs/design.md#cutmix-and-l_cont).
         pub mu_max: f64 = 0.01,
         /// The shape of mu(t): `paper` (the formula above) or `constant` (mu_max).
         pub mu_schedule: MuSchedule = MuSchedule::Paper,
@@ -201,7 +203,7 @@ section! {
         /// Iterations held by the memory bank (paper).
         pub bank_iterations: usize = 3,
         /// Negatives sampled into the bank per iteration from each of E_cut and E_t
-        /// (RCCR release).
+        /// (docs/design.md#cutmix-and-l_cont).
         pub bank_per_iteration: usize = 4000,
         /// Anchors per chunk of the anchor x negative similarity (bounds memory).
         pub anchor_chunk: usize = 1024,
@@ -227,8 +229,8 @@ section! {
         pub weight_decay: f64 = 5e-4,
         /// Poly schedule power: lr (1 - t/N)^power (paper).
         pub poly_power: f64 = 0.9,
-        /// Train the batch-norm affine parameters (DACS and the RCCR release freeze them;
-        /// the running statistics still update in training mode).
+        /// Train the batch-norm affine parameters (frozen by default, the running
+        /// statistics still update in training mode: docs/design.md#network).
         pub train_bn_affine: bool = false,
         /// Upper bound of the EMA coefficient alpha = min(1 - 1/(t+1), this) (DACS).
         pub ema_alpha: f64 = 0.99,

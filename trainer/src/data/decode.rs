@@ -188,7 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tables_match_the_notes() {
+    fn tables_match_the_design_doc() {
         let gta = train_id_table(DatasetKind::Gta5);
         assert_eq!(gta[7], 0);
         assert_eq!(gta[33], 18);

@@ -14,7 +14,7 @@
 //!   ([`sync_bn`]);
 //! - the memory bank all-gathers every rank's sampled negatives, so it holds what one
 //!   process with the whole batch would store; L_cont's current negatives stay per rank
-//!   (each rank's 2Bhw cells, as a per-GPU implementation of the release has them);
+//!   (each rank's 2Bhw cells; docs/design.md#optimisation);
 //! - rank 0 alone validates, logs and writes checkpoints; the others wait at a barrier.
 //!   A rank that dies makes the others fail within `--dist-timeout`.
 
@@ -105,6 +105,21 @@ impl Ddp {
         params: &[&Tensor],
     ) -> Result<(), DistError> {
         let start = Instant::now();
+        let idx = self.reached_anywhere(grads, params)?;
+        for bucket in buckets(&idx, |i| params[i].numel() as i64 * 4) {
+            self.average_bucket(grads, &bucket)?;
+        }
+        self.reduce_seconds += start.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// The indices of the parameters that some rank's terms reached; those absent here get
+    /// a zero gradient, so every rank averages the same list.
+    fn reached_anywhere(
+        &self,
+        grads: &mut [Option<Tensor>],
+        params: &[&Tensor],
+    ) -> Result<Vec<usize>, DistError> {
         let have: Vec<f32> = grads
             .iter()
             .map(|g| f32::from(u8::from(g.is_some())))
@@ -122,31 +137,38 @@ impl Ddp {
                 idx.push(i);
             }
         }
-        for bucket in buckets(&idx, |i| params[i].numel() as i64 * 4) {
-            let flat = Tensor::cat(
-                &bucket
-                    .iter()
-                    .map(|&i| {
-                        grads[i]
-                            .as_ref()
-                            .expect("set")
-                            .to_kind(Kind::Float)
-                            .flatten(0, -1)
-                    })
-                    .collect::<Vec<_>>(),
-                0,
-            );
-            self.pg.all_reduce(&[&flat], true)?;
-            let mut off = 0;
-            for &i in &bucket {
-                let g = grads[i].as_ref().expect("set");
-                let n = g.numel() as i64;
-                let avg = flat.narrow(0, off, n).view_as(g).to_kind(g.kind());
-                grads[i] = Some(avg);
-                off += n;
-            }
+        Ok(idx)
+    }
+
+    /// Averages the gradients `bucket` (all present) over the ranks in one flat float
+    /// buffer, each written back in its own kind.
+    fn average_bucket(
+        &self,
+        grads: &mut [Option<Tensor>],
+        bucket: &[usize],
+    ) -> Result<(), DistError> {
+        let flat = Tensor::cat(
+            &bucket
+                .iter()
+                .map(|&i| {
+                    grads[i]
+                        .as_ref()
+                        .expect("set")
+                        .to_kind(Kind::Float)
+                        .flatten(0, -1)
+                })
+                .collect::<Vec<_>>(),
+            0,
+        );
+        self.pg.all_reduce(&[&flat], true)?;
+        let mut off = 0;
+        for &i in bucket {
+            let g = grads[i].as_ref().expect("set");
+            let n = g.numel() as i64;
+            let avg = flat.narrow(0, off, n).view_as(g).to_kind(g.kind());
+            grads[i] = Some(avg);
+            off += n;
         }
-        self.reduce_seconds += start.elapsed().as_secs_f64();
         Ok(())
     }
 

@@ -140,22 +140,8 @@ enum Object {
         stride: f32,
         inst: u16,
     },
-    Cyclist {
-        x: f32,
-        d: f32,
-        motor: bool,
-        facing: f32,
-        rider: u16,
-        bike: u16,
-    },
-    Pole {
-        x: f32,
-        d: f32,
-        height: f32,
-        toward: f32,
-        top: Attachment,
-        inst: u16,
-    },
+    Cyclist(Cyclist),
+    Pole(Pole),
     Tree {
         x: f32,
         d: f32,
@@ -165,13 +151,35 @@ enum Object {
     },
 }
 
+/// A rider on a bicycle or motorcycle at (`x`, depth `d`), facing +1 (right) or -1.
+#[derive(Debug, Clone, Copy)]
+struct Cyclist {
+    x: f32,
+    d: f32,
+    motor: bool,
+    facing: f32,
+    rider: u16,
+    bike: u16,
+}
+
+/// A pole at (`x`, depth `d`) of `height` m, its arm reaching `toward` the road.
+#[derive(Debug, Clone, Copy)]
+struct Pole {
+    x: f32,
+    d: f32,
+    height: f32,
+    toward: f32,
+    top: Attachment,
+    inst: u16,
+}
+
 impl Object {
     fn depth(&self) -> f32 {
         match *self {
             Object::Vehicle { d, .. }
             | Object::Person { d, .. }
-            | Object::Cyclist { d, .. }
-            | Object::Pole { d, .. }
+            | Object::Cyclist(Cyclist { d, .. })
+            | Object::Pole(Pole { d, .. })
             | Object::Tree { d, .. } => d,
         }
     }
@@ -369,14 +377,14 @@ impl<R: Rng> Populate<'_, R> {
         };
         for _ in 0..riders {
             let side = if rng.gen_bool(0.5) { left } else { right };
-            self.out.push(Object::Cyclist {
+            self.out.push(Object::Cyclist(Cyclist {
                 x: side.sign * (side.road - rng.gen_range(0.5..1.2)),
                 d: rng.gen_range(3.0..30.0),
                 motor: rng.gen_bool(0.4),
                 facing: if rng.gen_bool(0.5) { 1.0 } else { -1.0 },
                 rider: self.ids.next(),
                 bike: self.ids.next(),
-            });
+            }));
         }
     }
 
@@ -385,14 +393,14 @@ impl<R: Rng> Populate<'_, R> {
         let rng = &mut *self.rng;
         for _ in 0..rng.gen_range(1..5) {
             let top = sample_attachment(rng);
-            self.out.push(Object::Pole {
+            self.out.push(Object::Pole(Pole {
                 x: side.sign * (side.road + (side.walk - side.road) * rng.gen_range(0.6..0.9)),
                 d: rng.gen_range(3.0..40.0),
                 height: rng.gen_range(3.0..4.5),
                 toward: -side.sign,
                 top,
                 inst: self.ids.next(),
-            });
+            }));
         }
     }
 
@@ -652,22 +660,8 @@ impl Scene {
                 stride,
                 inst,
             } => self.draw_person(c, x, d, height, stride, inst),
-            Object::Cyclist {
-                x,
-                d,
-                motor,
-                facing,
-                rider,
-                bike,
-            } => self.draw_cyclist(c, x, d, motor, facing, rider, bike),
-            Object::Pole {
-                x,
-                d,
-                height,
-                toward,
-                top,
-                inst,
-            } => self.draw_pole(c, x, d, height, toward, top, inst),
+            Object::Cyclist(ref cy) => self.draw_cyclist(c, cy),
+            Object::Pole(ref pole) => self.draw_pole(c, pole),
             Object::Tree {
                 x,
                 d,
@@ -739,17 +733,15 @@ impl Scene {
     }
 
     /// A rider on a bicycle or motorcycle, seen from the side.
-    #[allow(clippy::too_many_arguments)]
-    fn draw_cyclist(
-        &self,
-        c: &mut Canvas,
-        x: f32,
-        d: f32,
-        motor: bool,
-        facing: f32,
-        rider: u16,
-        bike: u16,
-    ) {
+    fn draw_cyclist(&self, c: &mut Canvas, cy: &Cyclist) {
+        let Cyclist {
+            x,
+            d,
+            motor,
+            facing,
+            rider,
+            bike,
+        } = *cy;
         let cam = self.cam;
         let s = cam.s(d);
         let pt = |fx: f32, y: f32| (cam.px(x + fx * facing, d), cam.py(y, d));
@@ -762,17 +754,15 @@ impl Scene {
     }
 
     /// A pole, possibly carrying a traffic sign and/or a traffic light.
-    #[allow(clippy::too_many_arguments)]
-    fn draw_pole(
-        &self,
-        c: &mut Canvas,
-        x: f32,
-        d: f32,
-        hgt: f32,
-        toward: f32,
-        top: Attachment,
-        inst: u16,
-    ) {
+    fn draw_pole(&self, c: &mut Canvas, pole: &Pole) {
+        let Pole {
+            x,
+            d,
+            height: hgt,
+            toward,
+            top,
+            inst,
+        } = *pole;
         let cam = self.cam;
         let p = Paint::new(POLE, inst);
         c.rect(

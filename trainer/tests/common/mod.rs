@@ -16,6 +16,11 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// Panics with the process's stdout and stderr unless it succeeded.
+pub fn assert_ok(o: &Output) {
+    assert!(o.status.success(), "{}", text(o));
+}
+
 /// `rccr-train synth` (binary `bin`) into `dir`: `count` training and 2 val images per
 /// domain at 128x64.
 pub fn synth_cli(bin: &str, dir: &Path, count: u32) {
@@ -32,7 +37,7 @@ pub fn synth_cli(bin: &str, dir: &Path, count: u32) {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert_ok(&out);
 }
 
 /// The same data through the library: 8 training and 2 val images per domain, 128x64.
@@ -53,15 +58,21 @@ pub fn gta5(data: &Path) -> String {
     format!("gta5:{}", data.join("gta5").display())
 }
 
-/// The arguments of `rccr-train train` on tiny data: `source` and the Cityscapes-layout
-/// target of `data`, images resized to `size` (validation 128x64, at most 2 images), the
-/// `small` backbone, 64 crops, batch 2, one data worker, quiet.
-pub fn tiny_train_args(source: &str, size: &str, data: &Path, out: &Path) -> Vec<OsString> {
+/// The arguments of `rccr-train SUBCOMMAND` (`train` or `trace`) on tiny data: `source`
+/// and the Cityscapes-layout target of `data`, images resized to `size`, the `small`
+/// backbone, 64 crops, batch 2, one data worker, quiet.
+pub fn tiny_args(
+    subcommand: &str,
+    source: &str,
+    size: &str,
+    data: &Path,
+    out: &Path,
+) -> Vec<OsString> {
     let target = format!("cityscapes:{}", data.join("cityscapes").display());
-    let mut args: Vec<OsString> = ["train", "--source", source, "--target", &target, "--out"]
+    let mut args: Vec<OsString> = [subcommand, "--source", source, "--target", &target]
         .map(OsString::from)
         .into();
-    args.push(out.into());
+    args.extend(["--out".into(), out.into()]);
     args.extend(
         [
             "--backbone",
@@ -74,16 +85,19 @@ pub fn tiny_train_args(source: &str, size: &str, data: &Path, out: &Path) -> Vec
             size,
             "--target-size",
             size,
-            "--val-size",
-            "128x64",
-            "--val-limit",
-            "2",
             "--workers",
             "1",
             "--quiet",
         ]
         .map(OsString::from),
     );
+    args
+}
+
+/// [`tiny_args`] of `rccr-train train`, validation at 128x64 on at most 2 images.
+pub fn tiny_train_args(source: &str, size: &str, data: &Path, out: &Path) -> Vec<OsString> {
+    let mut args = tiny_args("train", source, size, data, out);
+    args.extend(["--val-size", "128x64", "--val-limit", "2"].map(OsString::from));
     args
 }
 

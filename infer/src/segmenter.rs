@@ -567,8 +567,9 @@ impl Segmenter {
         mut logits: Option<&mut [f32]>,
     ) -> Result<()> {
         let frame = images.check(rgb, train_ids, logits.as_deref(), self)?;
-        let per_logits =
-            self.info.metadata.num_classes * self.input_size.0 as usize * self.input_size.1 as usize;
+        let per_logits = self.info.metadata.num_classes
+            * self.input_size.0 as usize
+            * self.input_size.1 as usize;
         let mut batch = self.new_batch();
         let mut done = 0;
         for chunk in rgb

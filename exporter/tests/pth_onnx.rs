@@ -11,7 +11,7 @@
 
 mod common;
 
-use rccr_test_support::{assert_matches_reference, read_f32_le, run_python, Deps};
+use rccr_test_support::{assert_matches_reference, python_outputs, read_f32_le, Deps};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -22,16 +22,8 @@ const CLASSES: i64 = 5;
 /// The files of pth_onnx.py, written once per test process.
 fn fixture() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        run_python(
-            Deps::Torch,
-            "exporter/tests/reference/pth_onnx.py",
-            &[dir.path()],
-        );
-        dir
-    })
-    .path()
+    DIR.get_or_init(|| python_outputs(Deps::Torch, "exporter/tests/reference/pth_onnx.py"))
+        .path()
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -12,7 +12,7 @@
 use rccr_models::checkpoint::{self, TEACHER};
 use rccr_models::pth::{self, PthFormat, Which};
 use rccr_models::{Backbone, ModelConfig, ModelError, RccrNet};
-use rccr_test_support::{assert_matches_reference, read_f32_le, run_python, Deps};
+use rccr_test_support::{assert_matches_reference, python_outputs, read_f32_le, Deps};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{nn, Device, Kind, Tensor};
@@ -26,12 +26,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        run_python(
-            Deps::Torch,
-            "models/tests/reference/make_pth.py",
-            &[dir.path()],
-        );
+        let dir = python_outputs(Deps::Torch, "models/tests/reference/make_pth.py");
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())
                 .unwrap();

@@ -1,6 +1,6 @@
 //! Test set-up shared by the workspace's tests (a dev-dependency only, never shipped):
 //! - [`repo_root`]: the workspace root, where `.deps/` and the reference scripts live;
-//! - [`python`] / [`run_python`]: the pinned Python (`python3` with the repository's
+//! - [`python`] / [`run_python`] / [`python_outputs`]: the pinned Python (`python3` with the repository's
 //!   `.deps/torch` and / or `.deps/py` on `PYTHONPATH`, as `make setup` installs them)
 //!   running a reference script, failing with the script's stderr;
 //! - [`read_f32_le`]: the raw little-endian float32 files those scripts write, and
@@ -16,7 +16,7 @@ pub mod png;
 mod python;
 mod rng;
 
-pub use python::{python, run_python, Deps};
+pub use python::{python, python_outputs, run_python, Deps};
 pub use rng::Rng;
 
 use std::path::{Path, PathBuf};

@@ -56,6 +56,14 @@ pub fn run_python<S: AsRef<std::ffi::OsStr>>(deps: Deps, script: &str, args: &[S
     out
 }
 
+/// Runs `script` (relative to the repository root) with a new temporary folder as its
+/// only argument, as [`run_python`] does, and returns the folder with what it wrote.
+pub fn python_outputs(deps: Deps, script: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    run_python(deps, script, &[dir.path()]);
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +75,19 @@ mod tests {
         let paths: Vec<_> = std::env::split_paths(value.unwrap()).collect();
         let deps = repo_root().join(".deps");
         assert_eq!(paths, [deps.join("torch"), deps.join("py")]);
+    }
+
+    #[test]
+    fn outputs_land_in_the_returned_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("writes.py");
+        std::fs::write(
+            &script,
+            "import sys, os\nopen(os.path.join(sys.argv[1], 'x'), 'w').write('1')\n",
+        )
+        .unwrap();
+        let out = python_outputs(Deps::Py, script.to_str().unwrap());
+        assert_eq!(std::fs::read_to_string(out.path().join("x")).unwrap(), "1");
     }
 
     #[test]

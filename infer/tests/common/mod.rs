@@ -4,6 +4,8 @@
 //! CLI and the official Cityscapes evaluation.
 #![allow(dead_code)]
 
+use rccr_test_support::{run_python, Deps};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -124,28 +126,23 @@ pub fn text(o: &Output) -> String {
 /// The repository's `.deps/py` (where `make setup` installs onnx, Pillow and
 /// cityscapesscripts): the test build tree, never known to the library.
 pub fn deps_py() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/py")
+    rccr_test_support::repo_root().join(".deps/py")
 }
 
-/// `python3` with [`deps_py`] first on `PYTHONPATH`.
+/// `python3` with [`deps_py`] on `PYTHONPATH`.
 pub fn python() -> Command {
-    rccr_infer::bench::python_command(Some(&deps_py()))
+    rccr_test_support::python(Deps::Py)
 }
 
 /// Builds a test model with tests/support/make_model.py; `args` are its options.
 pub fn make_model(out: &Path, args: &[&str]) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make_model.py");
-    let o = python()
-        .arg(&script)
-        .arg(out)
-        .args(args)
-        .output()
-        .expect("python3 (run scripts/setup.sh for the onnx package)");
-    assert!(
-        o.status.success(),
-        "make_model.py failed (run scripts/setup.sh):\n{}",
-        text(&o)
-    );
+    let script = "infer/tests/support/make_model.py";
+    let args = [
+        &[out.as_os_str()][..],
+        &args.iter().map(OsStr::new).collect::<Vec<_>>(),
+    ]
+    .concat();
+    run_python(Deps::Py, script, &args);
     out.to_path_buf()
 }
 

@@ -79,7 +79,7 @@ fn time_export(ckpt: &Path, out: &Path, opts: &ExportOptions, repeat: usize) -> 
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let (_tmp, dir) = common::work_dir(args.keep.as_deref())?;
+    let (_tmp, dir) = rccr_test_support::work_dir(args.keep.as_deref())?;
     let config = ModelConfig::new(args.backbone, 19);
     let ckpt = random_checkpoint(&dir, &config);
     let ckpt_bytes = std::fs::metadata(&ckpt)?.len();

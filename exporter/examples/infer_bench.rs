@@ -222,7 +222,7 @@ fn setup(args: &Args) -> Result<Setup> {
         .threads
         .unwrap_or_else(rccr_infer::provider::physical_cores);
     tch::set_num_threads(threads as i32);
-    let (tmp, dir) = common::work_dir(args.keep.as_deref())?;
+    let (tmp, dir) = rccr_test_support::work_dir(args.keep.as_deref())?;
     Ok(Setup {
         threads,
         w,

@@ -143,21 +143,22 @@ fn rccr_infer_reads_what_the_exporter_writes() {
             false,
         );
         let info = ModelInfo::from_session(&common::ort_session(&out), &out).unwrap();
-        assert_eq!(info.num_classes, classes as usize);
-        assert_eq!(info.class_names, written.class_names);
+        let meta = &info.metadata;
+        assert_eq!(meta.num_classes, classes as usize);
+        assert_eq!(meta.class_names, written.class_names);
         assert_eq!(
-            info.class_names,
+            meta.class_names,
             contract::default_class_names(classes as usize)
         );
-        assert_eq!(info.palette, written.palette);
+        assert_eq!(meta.palette, written.palette);
         assert_eq!(
-            info.label_set,
+            meta.label_set,
             contract::default_label_set(classes as usize)
         );
-        assert_eq!(info.input_format, contract::INPUT_FORMAT);
-        assert_eq!(info.backbone.as_deref(), Some("small"));
-        assert_eq!(info.checkpoint, written.checkpoint);
-        assert_eq!(info.iteration, Some(1234));
+        assert_eq!(meta.input_format, contract::INPUT_FORMAT);
+        assert_eq!(meta.backbone.as_deref(), Some("small"));
+        assert_eq!(meta.checkpoint, written.checkpoint);
+        assert_eq!(meta.iteration, Some(1234));
         assert_eq!(
             (info.has_labels, info.has_logits),
             (outputs != Outputs::Logits, outputs != Outputs::Labels)

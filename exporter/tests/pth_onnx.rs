@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::repo_root;
+use rccr_test_support::{assert_matches_reference, python_outputs, read_f32_le, Deps};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -22,31 +22,8 @@ const CLASSES: i64 = 5;
 /// The files of pth_onnx.py, written once per test process.
 fn fixture() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = repo_root();
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("python3")
-            .env("PYTHONPATH", root.join(".deps/torch"))
-            .arg(root.join("exporter/tests/reference/pth_onnx.py"))
-            .arg(dir.path())
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "pth_onnx.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-    .path()
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    DIR.get_or_init(|| python_outputs(Deps::Torch, "exporter/tests/reference/pth_onnx.py"))
+        .path()
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -73,7 +50,7 @@ fn export(ckpt: &Path, out: &Path) {
 /// ONNX Runtime's `logits` of `model` on pth_onnx.py's input.
 fn onnx_logits(model: &Path) -> Vec<f32> {
     let mut session = common::ort_session(model);
-    let input = read_f32(&fixture().join("input.bin"));
+    let input = read_f32_le(&fixture().join("input.bin"));
     let input = ort::value::Tensor::from_array((SHAPE.to_vec(), input)).unwrap();
     let outputs = session.run(ort::inputs!["image" => input]).unwrap();
     let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
@@ -83,20 +60,9 @@ fn onnx_logits(model: &Path) -> Vec<f32> {
 
 /// The exported `model`'s logits equal PyTorch's in `reference` (ema.bin / student.bin).
 fn assert_matches(model: &Path, reference: &str) {
-    let ours = onnx_logits(model);
-    let theirs = read_f32(&fixture().join(reference));
-    assert_eq!(ours.len(), theirs.len());
-    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = ours
-        .iter()
-        .zip(&theirs)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(scale > 1e-3, "degenerate logits");
-    assert!(
-        diff <= 1e-4 * scale.max(1.0),
-        "{} vs PyTorch {reference}: max |diff| {diff} (max |logit| {scale})",
-        model.display()
-    );
+    let theirs = read_f32_le(&fixture().join(reference));
+    let what = format!("{} vs PyTorch {reference}", model.display());
+    assert_matches_reference(&onnx_logits(model), &theirs, &what);
 }
 
 #[test]

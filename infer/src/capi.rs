@@ -32,33 +32,45 @@ use crate::error::InferError;
 use crate::provider::{Provider, SessionOptions};
 use crate::segmenter::{Interleaved, Segmenter, SegmenterOptions};
 
-/// Success.
-pub const RCCR_OK: c_int = 0;
-/// A NULL pointer, a bad size or an out-of-range option.
-pub const RCCR_ERR_INVALID_ARGUMENT: c_int = 1;
-/// The handle is closed or was never returned by `rccr_segmenter_open`.
-pub const RCCR_ERR_BAD_HANDLE: c_int = 2;
-/// A file could not be read (the model).
-pub const RCCR_ERR_IO: c_int = 3;
-/// The file is not an rccr ONNX model, or ONNX Runtime cannot load it.
-pub const RCCR_ERR_MODEL: c_int = 4;
-/// The requested execution provider (CUDA, TensorRT) is unavailable.
-pub const RCCR_ERR_PROVIDER: c_int = 5;
-/// The ONNX Runtime library could not be found or loaded.
-pub const RCCR_ERR_RUNTIME: c_int = 6;
-/// ONNX Runtime failed while running the model.
-pub const RCCR_ERR_INFERENCE: c_int = 7;
-/// An internal error (a caught Rust panic): please report it.
-pub const RCCR_ERR_INTERNAL: c_int = 8;
+/// Declares the C ABI's `#define`d constants of type `$ty` (include/rccr_infer.h), each
+/// with its meaning.
+macro_rules! c_constants {
+    ($ty:ty; $($(#[doc = $doc:expr])* $name:ident = $value:literal,)*) => {
+        $($(#[doc = $doc])* pub const $name: $ty = $value;)*
+    };
+}
 
-/// TensorRT, then CUDA, then CPU: the first that works.
-pub const RCCR_PROVIDER_AUTO: i32 = 0;
-/// ONNX Runtime's CPU kernels.
-pub const RCCR_PROVIDER_CPU: i32 = 1;
-/// CUDA (needs onnxruntime-gpu and the CUDA / cuDNN libraries).
-pub const RCCR_PROVIDER_CUDA: i32 = 2;
-/// TensorRT (needs onnxruntime-gpu and TensorRT 10).
-pub const RCCR_PROVIDER_TENSORRT: i32 = 3;
+c_constants! { c_int;
+    /// Success.
+    RCCR_OK = 0,
+    /// A NULL pointer, a bad size or an out-of-range option.
+    RCCR_ERR_INVALID_ARGUMENT = 1,
+    /// The handle is closed or was never returned by `rccr_segmenter_open`.
+    RCCR_ERR_BAD_HANDLE = 2,
+    /// A file could not be read (the model).
+    RCCR_ERR_IO = 3,
+    /// The file is not an rccr ONNX model, or ONNX Runtime cannot load it.
+    RCCR_ERR_MODEL = 4,
+    /// The requested execution provider (CUDA, TensorRT) is unavailable.
+    RCCR_ERR_PROVIDER = 5,
+    /// The ONNX Runtime library could not be found or loaded.
+    RCCR_ERR_RUNTIME = 6,
+    /// ONNX Runtime failed while running the model.
+    RCCR_ERR_INFERENCE = 7,
+    /// An internal error (a caught Rust panic): please report it.
+    RCCR_ERR_INTERNAL = 8,
+}
+
+c_constants! { i32;
+    /// TensorRT, then CUDA, then CPU: the first that works.
+    RCCR_PROVIDER_AUTO = 0,
+    /// ONNX Runtime's CPU kernels.
+    RCCR_PROVIDER_CPU = 1,
+    /// CUDA (needs onnxruntime-gpu and the CUDA / cuDNN libraries).
+    RCCR_PROVIDER_CUDA = 2,
+    /// TensorRT (needs onnxruntime-gpu and TensorRT 10).
+    RCCR_PROVIDER_TENSORRT = 3,
+}
 
 /// Options of `rccr_segmenter_open` (see the header for each field).
 #[repr(C)]
@@ -299,7 +311,7 @@ pub extern "C" fn rccr_options_default() -> RccrOptions {
 
 fn open_handle(path: PathBuf, options: &SegmenterOptions) -> Result<usize, Failure> {
     let seg = Segmenter::open(&path, options).map_err(|e| failure(e, false))?;
-    let info = seg.info();
+    let info = &seg.info().metadata;
     let class_names = info
         .class_names
         .iter()
@@ -529,7 +541,7 @@ unsafe fn run_body(
     }
     let mut seg = h.lock();
     let logits_len = shape.count
-        * seg.info().num_classes
+        * seg.info().metadata.num_classes
         * seg.input_size().0 as usize
         * seg.input_size().1 as usize;
     // SAFETY: non-NULL, sized by the caller's contract (n x height x width x 3 bytes in,

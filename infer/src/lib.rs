@@ -32,7 +32,7 @@
 //! let mut seg = Segmenter::open("model.onnx".as_ref(), &SegmenterOptions::default())?;
 //! let image = rccr_infer::imageio::read_rgb("frame.png".as_ref())?;
 //! let labels = seg.segment_original(&[image])?; // train ids at the image's own size
-//! println!("{} classes, pixel 0 is class {}", seg.info().num_classes, labels[0].data[0]);
+//! println!("{} classes, pixel 0 is class {}", seg.info().metadata.num_classes, labels[0].data[0]);
 //! # Ok(())
 //! # }
 //! ```

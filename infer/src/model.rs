@@ -14,25 +14,13 @@ use crate::contract::{ModelMetadata, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use crate::error::{InferError, Result};
 use crate::taxonomy;
 
-/// What the model file says about itself.
+/// What the model file says about itself: its `rccr.*` metadata and what the session
+/// shows of its input and outputs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelInfo {
-    /// Number of classes (`rccr.num_classes`).
-    pub num_classes: usize,
-    /// Class names in train-id order (`rccr.class_names`; Cityscapes names when absent).
-    pub class_names: Vec<String>,
-    /// Label set (`rccr.label_set`, e.g. `cityscapes19`).
-    pub label_set: String,
-    /// Colours in train-id order (`rccr.palette`; the Cityscapes palette when absent).
-    pub palette: Vec<[u8; 3]>,
-    /// Input format (`rccr.input_format`).
-    pub input_format: String,
-    /// Backbone (`rccr.backbone`), if recorded.
-    pub backbone: Option<String>,
-    /// Source checkpoint (`rccr.checkpoint`), if recorded.
-    pub checkpoint: Option<String>,
-    /// Training iteration (`rccr.iteration`), if recorded.
-    pub iteration: Option<u64>,
+    /// The `rccr.*` metadata with every fallback applied ([`ModelMetadata::from_props`]).
+    #[serde(flatten)]
+    pub metadata: ModelMetadata,
     /// Fixed input batch size, `None` when dynamic.
     pub fixed_batch: Option<usize>,
     /// Fixed input `(width, height)`, `None` when dynamic.
@@ -155,14 +143,7 @@ impl ModelInfo {
     /// The info of a model with metadata `meta`, input `shape` and `outputs`.
     pub fn from_parts(meta: ModelMetadata, shape: InputShape, outputs: Outputs) -> ModelInfo {
         ModelInfo {
-            num_classes: meta.num_classes,
-            class_names: meta.class_names,
-            label_set: meta.label_set,
-            palette: meta.palette,
-            input_format: meta.input_format,
-            backbone: meta.backbone,
-            checkpoint: meta.checkpoint,
-            iteration: meta.iteration,
+            metadata: meta,
             fixed_batch: shape.batch,
             fixed_size: shape.size,
             has_labels: outputs.labels,
@@ -173,8 +154,9 @@ impl ModelInfo {
     /// Whether the model's train ids are the 19 Cityscapes classes (so labelId outputs and
     /// Cityscapes scoring apply).
     pub fn is_cityscapes(&self) -> bool {
-        self.num_classes == taxonomy::NUM_CLASSES
+        self.metadata.num_classes == taxonomy::NUM_CLASSES
             && self
+                .metadata
                 .class_names
                 .iter()
                 .zip(taxonomy::CLASSES.iter())

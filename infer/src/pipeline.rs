@@ -268,12 +268,12 @@ pub struct PreparedRun<'a> {
 pub fn prepare(opts: &PipelineOptions) -> Result<PreparedRun<'_>> {
     let (images, labels) = plan_inputs(opts)?;
     let seg = Segmenter::open(&opts.model, &opts.segmenter)?;
-    let cityscapes = seg.info().num_classes == taxonomy::NUM_CLASSES;
+    let cityscapes = seg.info().metadata.num_classes == taxonomy::NUM_CLASSES;
     if opts.labels.is_some() && !cityscapes {
         return Err(InferError::Invalid(format!(
             "{} predicts {} classes; scoring against Cityscapes labelIds needs the 19 Cityscapes classes",
             opts.model.display(),
-            seg.info().num_classes
+            seg.info().metadata.num_classes
         )));
     }
     if opts.out.is_some() && !cityscapes {
@@ -506,7 +506,7 @@ impl PreparedRun<'_> {
         let (load_tx, load_rx) = bounded::<Prepared>(depth);
         let (post_tx, post_rx) = bounded::<(Prepared, LabelMap)>(depth);
         let input = self.seg.input_size();
-        let palette = self.seg.info().palette.clone();
+        let palette = self.seg.info().metadata.palette.clone();
         let ctx = PostContext {
             out: opts.out.as_deref(),
             root: &opts.images,

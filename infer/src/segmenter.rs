@@ -322,8 +322,8 @@ impl Segmenter {
         tracing::info!(
             "model {}: {} classes ({}), input {}x{}, batch {batch_size}, provider {provider}",
             model.display(),
-            info.num_classes,
-            info.label_set,
+            info.metadata.num_classes,
+            info.metadata.label_set,
             input_size.0,
             input_size.1
         );
@@ -405,7 +405,7 @@ impl Segmenter {
         let expected = if name == LABELS_OUTPUT {
             format!("[{n}, {h}, {w}]")
         } else {
-            format!("[{n}, {}, {h}, {w}]", self.info.num_classes)
+            format!("[{n}, {}, {h}, {w}]", self.info.metadata.num_classes)
         };
         InferError::Session {
             path: self.path.clone(),
@@ -452,7 +452,7 @@ impl Segmenter {
                 }
             }
         };
-        let c = self.info.num_classes;
+        let c = self.info.metadata.num_classes;
         let expected: Vec<i64> = match labels {
             true => vec![n as i64, h as i64, w as i64],
             false => vec![n as i64, c as i64, h as i64, w as i64],
@@ -506,7 +506,7 @@ impl Segmenter {
     fn label_maps(&self, batch: &Batch, raw: &RawOutput) -> Vec<LabelMap> {
         let (w, h) = (batch.width, batch.height);
         let plane = w as usize * h as usize;
-        let c = self.info.num_classes;
+        let c = self.info.metadata.num_classes;
         (0..batch.len)
             .map(|i| {
                 let data = match raw {
@@ -567,8 +567,9 @@ impl Segmenter {
         mut logits: Option<&mut [f32]>,
     ) -> Result<()> {
         let frame = images.check(rgb, train_ids, logits.as_deref(), self)?;
-        let per_logits =
-            self.info.num_classes * self.input_size.0 as usize * self.input_size.1 as usize;
+        let per_logits = self.info.metadata.num_classes
+            * self.input_size.0 as usize
+            * self.input_size.1 as usize;
         let mut batch = self.new_batch();
         let mut done = 0;
         for chunk in rgb
@@ -672,12 +673,12 @@ impl Interleaved {
         }
         if let Some(l) = logits {
             let (iw, ih) = seg.input_size;
-            let want = n * seg.info.num_classes * iw as usize * ih as usize;
+            let want = n * seg.info.metadata.num_classes * iw as usize * ih as usize;
             if l.len() != want {
                 return Err(InferError::Invalid(format!(
                     "logits holds {} values, expected {want} ({n} x {} classes x {ih} x {iw})",
                     l.len(),
-                    seg.info.num_classes
+                    seg.info.metadata.num_classes
                 )));
             }
         }

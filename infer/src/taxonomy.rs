@@ -268,8 +268,10 @@ mod tests {
 
     #[test]
     fn synthia_map_matches_the_notes() {
-        // The table of docs/design.md#data-and-label-maps: 3->0, 4->1, 2->2, 21->3, 5->4, 7->5, 15->6, 9->7, 6->8, 1->10,
-        // 10->11, 17->12, 8->13, 19->15, 12->17, 11->18.
+        // A deliberate oracle: the table of docs/design.md#data-and-label-maps (3->0, 4->1,
+        // 2->2, 21->3, 5->4, 7->5, 15->6, 9->7, 6->8, 1->10, 10->11, 17->12, 8->13, 19->15,
+        // 12->17, 11->18) typed in again independently of SYNTHIA_TO_TRAIN, so that a slip
+        // in either copy fails this test.
         let expected = [
             (3, 0),
             (4, 1),

@@ -13,11 +13,7 @@ const H: u32 = 32;
 
 /// A CPU run of `model` on `root` writing under `out`, then `extra`.
 fn cpu_run(model: &Path, root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    run_infer(
-        model,
-        root,
-        &[&["--out", out.to_str().unwrap()], extra].concat(),
-    )
+    cpu_cli(model, root).path("--out", out).words(extra).run()
 }
 
 #[test]
@@ -28,22 +24,12 @@ fn end_to_end_outputs_and_scores_match_the_official_evaluation() {
     let keys = cityscapes_dataset(&ds, 3, W, H);
     let out = d.path().join("out");
     let json = d.path().join("report.json");
-    let o = cpu_run(
-        &model,
-        &ds.join("leftImg8bit/val"),
-        &out,
-        &[
-            "--labels",
-            ds.join("gtFine/val").to_str().unwrap(),
-            "--input-size",
-            "64x32",
-            "--batch-size",
-            "2",
-            "--overlay",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-    );
+    let o = cpu_cli(&model, &ds.join("leftImg8bit/val"))
+        .words(&["--input-size", "64x32", "--batch-size", "2", "--overlay"])
+        .path("--out", &out)
+        .path("--labels", &ds.join("gtFine/val"))
+        .path("--json", &json)
+        .run();
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("images/s"), "{stdout}");
@@ -389,16 +375,11 @@ fn bad_models_folders_and_runtime_are_clear_errors() {
     assert!(text(&o).contains("absent.onnx"), "{}", text(&o));
 
     // Missing ONNX Runtime library.
-    let o = std::process::Command::new(bin())
-        .args([
-            "--model",
-            good.to_str().unwrap(),
-            "--images",
-            imgs.to_str().unwrap(),
-            "--quiet",
-        ])
+    let o = cli("--quiet")
+        .path("--model", &good)
+        .path("--images", &imgs)
+        .command()
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so.1.31.1")
-        .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -415,19 +396,12 @@ fn bad_models_folders_and_runtime_are_clear_errors() {
         ("tensorrt", "libonnxruntime_providers_tensorrt.so"),
     ] {
         let json = d.path().join(format!("{p}.json"));
-        let o = run_cli(&[
-            "--model",
-            good.to_str().unwrap(),
-            "--images",
-            imgs.to_str().unwrap(),
-            "--provider",
-            p,
-            "--input-size",
-            "64x32",
-            "--quiet",
-            "--json",
-            json.to_str().unwrap(),
-        ]);
+        let o = cli("--input-size 64x32 --quiet")
+            .words(&["--provider", p])
+            .path("--model", &good)
+            .path("--images", &imgs)
+            .path("--json", &json)
+            .run();
         if o.status.success() {
             assert_eq!(read_json(&json)["provider"], p);
         } else {
@@ -440,17 +414,11 @@ fn bad_models_folders_and_runtime_are_clear_errors() {
     }
     // `auto` always finds a provider and reports it.
     let json = d.path().join("auto.json");
-    let o = run_cli(&[
-        "--model",
-        good.to_str().unwrap(),
-        "--images",
-        imgs.to_str().unwrap(),
-        "--input-size",
-        "64x32",
-        "--quiet",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let o = cli("--input-size 64x32 --quiet")
+        .path("--model", &good)
+        .path("--images", &imgs)
+        .path("--json", &json)
+        .run();
     assert!(o.status.success(), "{}", text(&o));
     let p = read_json(&json)["provider"].as_str().unwrap().to_string();
     assert!(["tensorrt", "cuda", "cpu"].contains(&p.as_str()));
@@ -516,21 +484,10 @@ fn out_of_bound_sizes_and_batch_zero_are_refused_without_an_abort() {
     assert!(text(&o).contains("1 to 256"), "{}", text(&o));
     assert!(!out.exists());
     // The largest accepted side is accepted.
-    let o = run_cli(&[
-        "bench",
-        "--model",
-        model.to_str().unwrap(),
-        "--provider",
-        "cpu",
-        "--input-size",
-        "8192x16",
-        "--image-size",
-        "16x8",
-        "--iterations",
-        "1",
-        "--warmup",
-        "0",
-    ]);
+    let o = cli("bench --provider cpu --input-size 8192x16 --image-size 16x8")
+        .words(&["--iterations", "1", "--warmup", "0"])
+        .path("--model", &model)
+        .run();
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -563,13 +520,10 @@ fn missing_folders_say_they_do_not_exist_and_huge_images_say_too_large() {
         t.contains("--labels") && t.contains("does not exist"),
         "{t}"
     );
-    let o = run_cli(&[
-        "score",
-        "--pred",
-        nowhere.to_str().unwrap(),
-        "--labels",
-        imgs.to_str().unwrap(),
-    ]);
+    let o = cli("score")
+        .path("--pred", &nowhere)
+        .path("--labels", &imgs)
+        .run();
     let t = text(&o);
     assert!(t.contains("--pred") && t.contains("does not exist"), "{t}");
     // A file where a folder is expected.
@@ -579,7 +533,11 @@ fn missing_folders_say_they_do_not_exist_and_huge_images_say_too_large() {
 
     // An image over the decoder's limit: skipped as too large, with its size and the limit;
     // the good image is still processed.
-    std::fs::write(imgs.join("huge.png"), png_header_only(20000, 10000)).unwrap();
+    std::fs::write(
+        imgs.join("huge.png"),
+        rccr_test_support::png::header_only(20000, 10000),
+    )
+    .unwrap();
     let json = d.path().join("r.json");
     let o = cpu_run(
         &model,

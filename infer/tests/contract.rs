@@ -38,19 +38,8 @@ fn exporter_metadata_reads_back_through_the_model() {
     meta.model_config = Some("{\"num_classes\":19}".into());
     meta.weights = Some("float16".into());
     let info = info_of(d.path(), &meta.to_props());
-    let read = ModelMetadata {
-        num_classes: info.num_classes,
-        class_names: info.class_names.clone(),
-        label_set: info.label_set.clone(),
-        palette: info.palette.clone(),
-        input_format: info.input_format.clone(),
-        backbone: info.backbone.clone(),
-        checkpoint: info.checkpoint.clone(),
-        iteration: info.iteration,
-        ..meta.clone()
-    };
-    assert_eq!(read, meta);
-    assert_eq!(info.label_set, contract::CITYSCAPES19);
+    assert_eq!(info.metadata, meta);
+    assert_eq!(info.metadata.label_set, contract::CITYSCAPES19);
     assert!(info.is_cityscapes());
     assert!(info.has_labels && !info.has_logits);
 }
@@ -59,7 +48,7 @@ fn exporter_metadata_reads_back_through_the_model() {
 fn only_the_class_count_falls_back_to_the_contract_defaults() {
     let d = tempfile::tempdir().unwrap();
     let props = [(contract::NUM_CLASSES.to_string(), "19".to_string())];
-    let info = info_of(d.path(), &props);
+    let info = info_of(d.path(), &props).metadata;
     assert_eq!(info.class_names, contract::default_class_names(19));
     assert_eq!(info.palette, contract::default_palette(19));
     assert_eq!(info.label_set, contract::UNKNOWN_LABEL_SET);

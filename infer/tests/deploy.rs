@@ -31,27 +31,11 @@ fn bench_prints_and_writes_latency_percentiles_with_stages_apart() {
     let d = tempfile::tempdir().unwrap();
     let model = make_model(&d.path().join("m.onnx"), &[]);
     let json = d.path().join("lat.json");
-    let o = run_cli(&[
-        "bench",
-        "--model",
-        model.to_str().unwrap(),
-        "--provider",
-        "cpu",
-        "--threads",
-        "1",
-        "--input-size",
-        "64x32",
-        "--image-size",
-        "128x64",
-        "--batch-size",
-        "2",
-        "--iterations",
-        "5",
-        "--warmup",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let o = cli("bench --provider cpu --threads 1 --input-size 64x32 --image-size 128x64")
+        .words(&["--batch-size", "2", "--iterations", "5", "--warmup", "1"])
+        .path("--model", &model)
+        .path("--json", &json)
+        .run();
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     for want in [
@@ -91,13 +75,7 @@ fn bench_prints_and_writes_latency_percentiles_with_stages_apart() {
         "{ips} vs {total} ms per 2 images"
     );
 
-    let o = run_cli(&[
-        "bench",
-        "--model",
-        model.to_str().unwrap(),
-        "--iterations",
-        "0",
-    ]);
+    let o = cli("bench --iterations 0").path("--model", &model).run();
     assert!(!o.status.success());
     assert!(text(&o).contains("--iterations 0"), "{}", text(&o));
 }
@@ -146,22 +124,15 @@ fn three_shards_merged_equal_one_run() {
         vec![7; (W * H) as usize],
     );
     let run = |out: &Path, json: &Path, shard: Option<&str>| {
-        let mut args = vec![
-            "--labels",
-            gt.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--json",
-            json.to_str().unwrap(),
-            "--input-size",
-            "32x16",
-            "--threads",
-            "1",
-        ];
+        let mut c = cpu_cli(&model, &imgs).words(&["--input-size", "32x16", "--threads", "1"]);
         if let Some(s) = shard {
-            args.extend(["--shard", s]);
+            c = c.words(&["--shard", s]);
         }
-        let o = run_infer(&model, &imgs, &args);
+        let o = c
+            .path("--labels", &gt)
+            .path("--out", out)
+            .path("--json", json)
+            .run();
         assert!(o.status.success(), "{}", text(&o));
     };
     let all = d.path().join("all.json");

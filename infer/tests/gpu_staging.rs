@@ -12,9 +12,7 @@ use std::process::{Command, Output};
 use common::text;
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../scripts")
-        .join(name)
+    rccr_test_support::repo_root().join("scripts").join(name)
 }
 
 fn stage_cmd(stage: &Path, args: &[&str]) -> Command {
@@ -32,8 +30,7 @@ fn out(mut c: Command) -> Output {
 
 /// Deterministic incompressible bytes.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rccr_infer::seed::SplitMix(seed);
-    (0..len).map(|_| rng.next_u64() as u8).collect()
+    rccr_test_support::Rng::new(seed).bytes(len)
 }
 
 /// A fake onnxruntime-gpu wheel: the three libraries (the CUDA provider is a real ELF

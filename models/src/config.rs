@@ -96,6 +96,7 @@ impl std::str::FromStr for Backbone {
 /// How the pixels are normalised before the network. Recorded with the checkpoint and
 /// baked into the exported graph so that deployment never guesses it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InputNorm {
     /// Feed the channels as BGR (true, DACS/Caffe) or RGB. Default: true.
     pub bgr: bool,
@@ -116,9 +117,10 @@ impl Default for InputNorm {
     }
 }
 
-/// Everything that fixes the network's shape. Defaults are the paper's network.
+/// Everything that fixes the network's shape. Defaults are the paper's network. An
+/// unknown key is an error (usually a typo that would otherwise be ignored).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// Encoder. Default and paper: `resnet101`.
     pub backbone: Backbone,
@@ -209,5 +211,34 @@ impl ModelConfig {
             (pool - 1) / 2 + 1
         }
         (f(h), f(w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_json_reads_back_and_missing_keys_take_defaults() {
+        let cfg = ModelConfig {
+            aspp_branches: 2,
+            projector_hidden: Some(256),
+            ..ModelConfig::new(Backbone::Small, 5)
+        };
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(serde_json::from_str::<ModelConfig>(&json).unwrap(), cfg);
+        let partial: ModelConfig = serde_json::from_str(r#"{"num_classes": 7}"#).unwrap();
+        assert_eq!(partial, ModelConfig::new(Backbone::Resnet101, 7));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_naming_it() {
+        let e = serde_json::from_str::<ModelConfig>(r#"{"num_clases": 7}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `num_clases`"), "{e}");
+        let e = serde_json::from_str::<ModelConfig>(
+            r#"{"input": {"bgr": true, "mean": [0, 0, 0], "std": [1, 1, 1], "sdt": 1}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `sdt`"), "{e}");
     }
 }

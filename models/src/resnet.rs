@@ -35,41 +35,37 @@ struct BlockShape {
     dilation: i64,
 }
 
+/// `conv{n}` + `bn{n}` under `bp`: a `kernel` x `kernel` convolution padded by
+/// `dilation * (kernel - 1) / 2`, so a stride of 1 keeps the size.
+fn conv_bn(
+    bp: &nn::Path,
+    n: u8,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    stride: i64,
+    dilation: i64,
+) -> ConvBn {
+    let (conv, bn) = (bp / format!("conv{n}"), bp / format!("bn{n}"));
+    let padding = dilation * (kernel - 1) / 2;
+    ConvBn::new(conv, bn, c_in, c_out, kernel, stride, padding, dilation)
+}
+
 /// A Caffe-style bottleneck (1x1 with the stride, dilated 3x3, 1x1) under `bp`.
 fn bottleneck(bp: &nn::Path, g: BlockShape, downsample: Option<ConvBn>) -> Block {
-    let d = g.dilation;
     Block::Bottleneck {
-        conv1: ConvBn::new(
-            bp / "conv1",
-            bp / "bn1",
-            g.inplanes,
-            g.planes,
-            1,
-            g.stride,
-            0,
-            1,
-        ),
-        conv2: ConvBn::new(bp / "conv2", bp / "bn2", g.planes, g.planes, 3, 1, d, d),
-        conv3: ConvBn::new(bp / "conv3", bp / "bn3", g.planes, g.out, 1, 1, 0, 1),
+        conv1: conv_bn(bp, 1, g.inplanes, g.planes, 1, g.stride, 1),
+        conv2: conv_bn(bp, 2, g.planes, g.planes, 3, 1, g.dilation),
+        conv3: conv_bn(bp, 3, g.planes, g.out, 1, 1, 1),
         downsample,
     }
 }
 
 /// A basic block (two dilated 3x3, the first with the stride) under `bp`.
 fn basic(bp: &nn::Path, g: BlockShape, downsample: Option<ConvBn>) -> Block {
-    let d = g.dilation;
     Block::Basic {
-        conv1: ConvBn::new(
-            bp / "conv1",
-            bp / "bn1",
-            g.inplanes,
-            g.planes,
-            3,
-            g.stride,
-            d,
-            d,
-        ),
-        conv2: ConvBn::new(bp / "conv2", bp / "bn2", g.planes, g.out, 3, 1, d, d),
+        conv1: conv_bn(bp, 1, g.inplanes, g.planes, 3, g.stride, g.dilation),
+        conv2: conv_bn(bp, 2, g.planes, g.out, 3, 1, g.dilation),
         downsample,
     }
 }
@@ -93,7 +89,7 @@ impl Encoder {
     /// Builds the encoder under `p` (names at the root of `p`: `p / "conv1"`, ...).
     pub fn new(p: &nn::Path, backbone: Backbone) -> Encoder {
         let stem_w = backbone.stem_width();
-        let stem = ConvBn::new(p / "conv1", p / "bn1", 3, stem_w, 7, 2, 3, 1);
+        let stem = conv_bn(p, 1, 3, stem_w, 7, 2, 1);
         let mut inplanes = stem_w;
         let (blocks, planes) = (backbone.blocks(), backbone.planes());
         let layers: [Vec<Block>; 4] = std::array::from_fn(|l| {

@@ -12,8 +12,8 @@
 use rccr_models::checkpoint::{self, TEACHER};
 use rccr_models::pth::{self, PthFormat, Which};
 use rccr_models::{Backbone, ModelConfig, ModelError, RccrNet};
+use rccr_test_support::{assert_matches_reference, python_outputs, read_f32_le, Deps};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -26,19 +26,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("python3")
-            .env("PYTHONPATH", root.join(".deps/torch"))
-            .arg(root.join("models/tests/reference/make_pth.py"))
-            .arg(dir.path())
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "make_pth.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = python_outputs(Deps::Torch, "models/tests/reference/make_pth.py");
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())
                 .unwrap();
@@ -49,14 +37,6 @@ fn fixture() -> &'static Fixture {
 
 fn file(name: &str) -> PathBuf {
     fixture().dir.path().join(name)
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
 }
 
 fn config(branches: usize) -> ModelConfig {
@@ -74,24 +54,13 @@ fn network(branches: usize) -> (nn::VarStore, RccrNet) {
 
 /// Our logits on make_pth.py's input must equal PyTorch's in `reference`.
 fn assert_logits(net: &RccrNet, reference: &str) {
-    let rgb = Tensor::from_slice(&read_f32(&file("input.bin")))
+    let rgb = Tensor::from_slice(&read_f32_le(&file("input.bin")))
         .reshape([2, 3, 57, 70])
         .to_kind(Kind::Float);
     let ours = tch::no_grad(|| net.seg.forward_t(&net.seg.normalize(&rgb), false).logits);
     assert_eq!(ours.size(), [2, 5, 8, 9]);
     let ours: Vec<f32> = Vec::try_from(ours.flatten(0, -1)).unwrap();
-    let theirs = read_f32(&file(reference));
-    assert_eq!(ours.len(), theirs.len());
-    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = ours
-        .iter()
-        .zip(&theirs)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(scale > 1e-3, "degenerate logits");
-    assert!(
-        diff <= 1e-4 * scale.max(1.0),
-        "{reference}: max |diff| {diff} (scale {scale})"
-    );
+    assert_matches_reference(&ours, &read_f32_le(&file(reference)), reference);
 }
 
 /// Imports `name` into a fresh ResNet-50 network and checks its logits against `reference`.

@@ -6,14 +6,9 @@
 //! weight names, eval-mode batch norm and the BGR / mean input normalisation.
 
 use rccr_models::{weights, Backbone, ModelConfig, RccrNet};
+use rccr_test_support::{assert_matches_reference, read_f32_le, run_python, Deps};
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
 use tch::{nn, Device, Kind, Tensor};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn randomise_batch_norm(vs: &nn::VarStore) {
     tch::no_grad(|| {
@@ -46,44 +41,20 @@ fn parity(branches: usize) {
     let rgb = Tensor::rand([2, 3, 57, 70], (Kind::Float, Device::Cpu)) * 255.0;
     weights::write_tensors(&ipath, [("rgb".to_string(), &rgb)], &HashMap::new()).unwrap();
 
-    let root = repo_root();
-    let pythonpath = format!(
-        "{}:{}",
-        root.join(".deps/torch").display(),
-        root.join(".deps/py").display()
+    let (branches, dims) = (branches.to_string(), "3,4,6,3".to_string());
+    let args = [&wpath, &ipath, &opath].map(|p| p.display().to_string());
+    let args = [&args[..], &[dims, "5".into(), branches]].concat();
+    run_python(
+        Deps::TorchAndPy,
+        "models/tests/reference/dacs_deeplabv2.py",
+        &args,
     );
-    let out = Command::new("python3")
-        .env("PYTHONPATH", pythonpath)
-        .arg(root.join("models/tests/reference/dacs_deeplabv2.py"))
-        .args([&wpath, &ipath, &opath])
-        .args(["3,4,6,3", "5", &branches.to_string()])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bytes = std::fs::read(&opath).unwrap();
-    let reference: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let reference = read_f32_le(&opath);
 
     let ours = tch::no_grad(|| net.seg.forward_t(&net.seg.normalize(&rgb), false).logits);
     assert_eq!(ours.size(), [2, 5, 8, 9]);
     let ours: Vec<f32> = Vec::try_from(ours.flatten(0, -1)).unwrap();
-    assert_eq!(ours.len(), reference.len());
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_diff = ours
-        .iter()
-        .zip(&reference)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(scale > 1e-3, "degenerate logits");
-    assert!(
-        max_diff <= 1e-4 * scale.max(1.0),
-        "max |diff| {max_diff} (scale {scale})"
-    );
+    assert_matches_reference(&ours, &reference, "DACS PyTorch");
 }
 
 #[test]

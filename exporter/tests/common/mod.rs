@@ -6,39 +6,17 @@
 
 use rccr_exporter::onnx::{GraphProto, ModelProto, NodeProto, TensorProto};
 use rccr_exporter::{export_loaded, load_teacher, ExportOptions};
-use rccr_infer::seed::{SplitMix, GOLDEN_GAMMA};
 use rccr_models::checkpoint::{model_metadata, LoadedNet, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::{ModelConfig, RccrNet};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
-/// The workspace root (for `.deps/py`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+pub use rccr_test_support::{repo_root, Rng};
 
-/// A local, seeded generator over rccr-infer's SplitMix64 (tch's global RNG is shared by
-/// the test threads).
-pub struct Rng(SplitMix);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(SplitMix(seed ^ GOLDEN_GAMMA))
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    /// Uniform in [lo, hi).
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
-        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        (lo + (hi - lo) * u) as f32
-    }
-    /// `shape` values uniform in [lo, hi).
-    pub fn tensor(&mut self, shape: &[i64], lo: f64, hi: f64) -> Tensor {
-        let n: i64 = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| self.uniform(lo, hi)).collect();
-        Tensor::from_slice(&v).view(shape)
-    }
+/// `shape` values uniform in [lo, hi) from `rng`.
+pub fn random_tensor(rng: &mut Rng, shape: &[i64], lo: f64, hi: f64) -> Tensor {
+    let n: i64 = shape.iter().product();
+    Tensor::from_slice(&rng.uniforms(n as usize, lo, hi)).view(shape)
 }
 
 /// A network in its own VarStore with every variable drawn from a seeded local
@@ -88,7 +66,7 @@ pub fn random_net(config: &ModelConfig, seed: u64) -> (nn::VarStore, RccrNet) {
                 panic!("unexpected variable {name}");
             };
             let mut v = var.shallow_clone();
-            v.copy_(&rng.tensor(&shape, lo, hi));
+            v.copy_(&random_tensor(&mut rng, &shape, lo, hi));
         }
     });
     (vs, net)
@@ -220,20 +198,4 @@ pub fn onnx_checker(model: &Path, extra: &str) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
-}
-
-/// The folder a benchmark writes to: `keep` (created when missing), else a new temporary
-/// folder, returned with it so that it lives as long as the caller keeps it.
-pub fn work_dir(keep: Option<&Path>) -> std::io::Result<(Option<tempfile::TempDir>, PathBuf)> {
-    match keep {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            Ok((None, dir.to_path_buf()))
-        }
-        None => {
-            let tmp = tempfile::tempdir()?;
-            let dir = tmp.path().to_path_buf();
-            Ok((Some(tmp), dir))
-        }
-    }
 }

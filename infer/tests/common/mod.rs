@@ -4,6 +4,8 @@
 //! CLI and the official Cityscapes evaluation.
 #![allow(dead_code)]
 
+use rccr_test_support::{run_python, Deps};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -48,44 +50,68 @@ pub fn cpu_options(input: Option<(u32, u32)>, batch: usize) -> rccr_infer::Segme
     }
 }
 
-/// Runs `rccr-infer --model MODEL --images IMAGES --provider cpu --quiet` followed by
-/// `extra` (the set-up every CPU run test shares).
+/// `rccr-infer --provider cpu --quiet --model MODEL --images IMAGES` (the set-up every
+/// CPU run test shares).
+pub fn cpu_cli(model: &Path, images: &Path) -> Cli {
+    cli("--provider cpu --quiet")
+        .path("--model", model)
+        .path("--images", images)
+}
+
+/// Runs [`cpu_cli`] followed by `extra`.
 pub fn run_infer(model: &Path, images: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        images.to_str().unwrap(),
-        "--provider",
-        "cpu",
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    run_cli(&args)
+    cpu_cli(model, images).words(extra).run()
 }
 
 /// Runs `rccr-infer score --pred PRED --labels LABELS --quiet` followed by `extra`.
 pub fn run_score(pred: &Path, labels: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "score",
-        "--pred",
-        pred.to_str().unwrap(),
-        "--labels",
-        labels.to_str().unwrap(),
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    run_cli(&args)
+    cli("score --quiet")
+        .path("--pred", pred)
+        .path("--labels", labels)
+        .words(extra)
+        .run()
 }
 
 /// Runs the CLI with `args`.
 pub fn run_cli(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run rccr-infer")
+    cli("").words(args).run()
+}
+
+/// A command line of the CLI under construction: words (flags and values without
+/// spaces, written as typed) and paths.
+pub struct Cli(Vec<std::ffi::OsString>);
+
+/// The CLI with the words of `line` (split at whitespace).
+pub fn cli(line: &str) -> Cli {
+    Cli(line.split_whitespace().map(Into::into).collect())
+}
+
+impl Cli {
+    /// Appends `flag path`.
+    pub fn path(mut self, flag: &str, path: &Path) -> Cli {
+        self.0.extend([flag.into(), path.into()]);
+        self
+    }
+
+    /// Appends `args` as they are.
+    pub fn words(mut self, args: &[&str]) -> Cli {
+        self.0.extend(args.iter().map(Into::into));
+        self
+    }
+
+    /// The command, with backtraces off and warnings only in the log.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.args(&self.0)
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    /// Runs it.
+    pub fn run(&self) -> Output {
+        self.command().output().expect("run rccr-infer")
+    }
 }
 
 pub fn text(o: &Output) -> String {
@@ -100,28 +126,23 @@ pub fn text(o: &Output) -> String {
 /// The repository's `.deps/py` (where `make setup` installs onnx, Pillow and
 /// cityscapesscripts): the test build tree, never known to the library.
 pub fn deps_py() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/py")
+    rccr_test_support::repo_root().join(".deps/py")
 }
 
-/// `python3` with [`deps_py`] first on `PYTHONPATH`.
+/// `python3` with [`deps_py`] on `PYTHONPATH`.
 pub fn python() -> Command {
-    rccr_infer::bench::python_command(Some(&deps_py()))
+    rccr_test_support::python(Deps::Py)
 }
 
 /// Builds a test model with tests/support/make_model.py; `args` are its options.
 pub fn make_model(out: &Path, args: &[&str]) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make_model.py");
-    let o = python()
-        .arg(&script)
-        .arg(out)
-        .args(args)
-        .output()
-        .expect("python3 (run scripts/setup.sh for the onnx package)");
-    assert!(
-        o.status.success(),
-        "make_model.py failed (run scripts/setup.sh):\n{}",
-        text(&o)
-    );
+    let script = "infer/tests/support/make_model.py";
+    let args = [
+        &[out.as_os_str()][..],
+        &args.iter().map(OsStr::new).collect::<Vec<_>>(),
+    ]
+    .concat();
+    run_python(Deps::Py, script, &args);
     out.to_path_buf()
 }
 
@@ -252,44 +273,4 @@ pub fn assert_matches_official(report: &serde_json::Value, official: &serde_json
 
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// A PNG whose header claims `width x height` 8-bit RGB pixels, with an empty image
-/// stream: a file of a few dozen bytes that no decoder can fully decode.
-pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut c = 0xFFFF_FFFFu32;
-        for &b in bytes {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 == 1 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        !c
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        let crc = crc32(&out[start..]);
-        out.extend_from_slice(&crc.to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(
-        &mut out,
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    );
-    chunk(&mut out, b"IEND", &[]);
-    out
 }

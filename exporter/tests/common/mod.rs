@@ -160,10 +160,13 @@ pub fn ort_session(path: &Path) -> ort::session::Session {
         .unwrap()
 }
 
-/// Runs this build's `rccr-export` with `args` (logging at warn).
-#[cfg(test)]
+/// Runs this build's `rccr-export` with `args` (logging at warn). Cargo names the binary
+/// to integration tests only; the benchmark examples that share this module never call it.
 pub fn rccr_export(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_rccr-export"))
+    let Some(bin) = option_env!("CARGO_BIN_EXE_rccr-export") else {
+        panic!("rccr-export is known to integration tests only (cargo test --test ...)");
+    };
+    std::process::Command::new(bin)
         .args(args)
         .env("RUST_LOG", "warn")
         .output()

@@ -3,12 +3,9 @@
 //! Rust path (`Trainer::step`, `cross_entropy`) must name an item declared somewhere in
 //! the workspace's sources, and every span that is a repository path must exist.
 
+use rccr_test_support::repo_root;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Every `.rs` file below `dir` (no `target/`, no hidden folders).
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -9,31 +9,19 @@
 mod common;
 
 use image::{Rgb, RgbImage};
+use rccr_test_support::{python, repo_root, run_python, Deps};
 use rccr_trainer::metrics::{ClassIous, ValRecord};
 use rccr_trainer::tensorboard::{self, TbWriter};
 use rccr_trainer::trainer::{GradNorms, StepStats};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+/// TensorBoard's reader on a folder of event files (prints what it found as JSON).
+const TB_READ: &str = "trainer/tests/reference/tb_read.py";
 
 /// What TensorBoard's reader found in `dir`.
 fn read_back(dir: &Path) -> serde_json::Value {
-    let root = repo_root();
-    let out = Command::new("python3")
-        .env("PYTHONPATH", root.join(".deps/py"))
-        .arg(root.join("trainer/tests/reference/tb_read.py"))
-        .arg(dir)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "tb_read.py failed (run `make setup` for the tensorboard package): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_python(Deps::Py, TB_READ, &[dir]);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -212,10 +200,8 @@ fn corrupt_records_are_caught_by_tensorboards_reader() {
     let n = bytes.len();
     bytes[n - 6] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
-    let root = repo_root();
-    let out = Command::new("python3")
-        .env("PYTHONPATH", root.join(".deps/py"))
-        .arg(root.join("trainer/tests/reference/tb_read.py"))
+    let out = python(Deps::Py)
+        .arg(repo_root().join(TB_READ))
         .arg(dir.path())
         .output()
         .unwrap();

@@ -12,6 +12,7 @@
 mod common;
 
 use rccr_models::weights;
+use rccr_test_support::{repo_root, Deps};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -19,28 +20,18 @@ use tch::Kind;
 
 const ITERATIONS: usize = 3;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rccr-train"))
 }
 
 fn python() -> Command {
-    let root = repo_root();
-    let torch = root.join(".deps/torch");
+    let torch = repo_root().join(".deps/torch");
     assert!(
         torch.join("torch").is_dir(),
         "PyTorch is missing from {} (the replay needs it): run `make setup`",
         torch.display()
     );
-    let mut cmd = Command::new("python3");
-    cmd.env(
-        "PYTHONPATH",
-        format!("{}:{}", torch.display(), root.join(".deps/py").display()),
-    );
-    cmd
+    rccr_test_support::python(Deps::TorchAndPy)
 }
 
 /// Runs `rccr-train trace` with the common tiny settings plus `extra`; returns the files.

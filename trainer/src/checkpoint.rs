@@ -267,14 +267,10 @@ pub(crate) struct BestFile {
 }
 
 impl CheckpointDir {
-    /// Creates the folder if needed.
-    /// Creates the folder and removes the temporary files of writes whose process is
+    /// Creates the folder if needed and removes the temporary files of writes whose process is
     /// gone (`.<name>.<pid>.tmp`, left by a kill during a checkpoint write).
     pub fn create(dir: PathBuf, keep_last: usize) -> Result<CheckpointDir, Error> {
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(Error::io_at(&dir))?;
         for stale in stale_temporaries(&dir) {
             if std::fs::remove_file(&stale).is_ok() {
                 tracing::warn!(file = %stale.display(), "removed the temporary file of an interrupted checkpoint write");

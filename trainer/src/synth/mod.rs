@@ -2,18 +2,23 @@
 //! benchmark and measured results"), a stand-in for GTA5 -> Cityscapes (paper Section 4)
 //! that runs on a laptop CPU: procedural scenes (`scene`) rasterised into label canvases
 //! (`raster`) and rendered in two domains (`style`), written in the real on-disk
-//! layouts so the real loaders read them:
+//! layouts so the real loaders read them. Version 2 (`--gap content`, the default;
+//! docs/benchmark.md) gives each domain its own camera, layout, class priors, looks and
+//! sensor (`gap`); version 1 (`--gap appearance`) is the earlier, appearance-only gap.
+//! Files:
 //!
 //! - `DIR/gta5/{images,labels}/NNNNN.png`: source train ("game": flat colours), labels as
 //!   paletted labelId PNGs like the real GTA5 release;
 //! - `DIR/gta5-val/{images,labels}/`: held-out source validation (same layout);
 //! - `DIR/cityscapes/leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png`
 //!   and `DIR/cityscapes/gtFine/{train,val}/<city>/..._gtFine_labelIds.png`: target ("real").
-//! - `DIR/synth.json`: the arguments and the [`SynthReport`].
+//! - `DIR/synth.json`: the arguments and the [`SynthReport`] (version, knobs, per-class
+//!   pixel frequencies of both domains).
 //!
 //! Every image is a function of (seed, set, index) only, so the same seed gives the same
 //! bytes whatever the thread count. Files are written to a temporary name and renamed.
 
+pub mod gap;
 pub(crate) mod raster;
 pub(crate) mod scene;
 pub(crate) mod style;
@@ -29,8 +34,9 @@ use rccr_infer::imageio::PngColor;
 use rccr_infer::taxonomy::{train_to_label, CLASSES, NUM_CLASSES};
 
 use crate::data::augment::rng_for;
+pub use gap::{Gap, Knobs};
 use scene::Scene;
-use style::{render, Domain};
+use style::{render, render_v2, Domain};
 
 /// An image size written `WxH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +106,22 @@ pub struct SynthArgs {
     /// colour-only classifier fit on the source falls from 37% to 8% mIoU on the target.
     #[arg(long, default_value_t = 0.7)]
     pub shift: f32,
+    /// Benchmark version: `content` (version 2: camera, layout, class priors, looks and
+    /// sensor differ between domains; docs/benchmark.md) or `appearance` (version 1, the
+    /// earlier generator: the same scenes, rendered differently).
+    #[arg(long, value_enum, default_value_t = Gap::Content)]
+    #[serde(default = "appearance")]
+    pub gap: Gap,
+    /// TOML file overriding version 2's knobs (any subset, e.g. `[target.camera]
+    /// pitch_deg = [4.0, 5.0]`; docs/benchmark.md lists them). Ignored by `--gap appearance`.
+    #[arg(long)]
+    #[serde(default)]
+    pub knobs: Option<PathBuf>,
+}
+
+/// What a `synth.json` without a `gap` key was written by: version 1.
+fn appearance() -> Gap {
+    Gap::Appearance
 }
 
 impl SynthArgs {
@@ -115,6 +137,8 @@ impl SynthArgs {
                 height: 256,
             },
             shift: 0.7,
+            gap: Gap::Content,
+            knobs: None,
         }
     }
 }
@@ -122,6 +146,10 @@ impl SynthArgs {
 /// What a run wrote, and how fast.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SynthReport {
+    /// Benchmark version (`synth-v1`: appearance gap, `synth-v2`: content gap).
+    pub version: String,
+    /// Every knob of version 2 as used (absent for version 1).
+    pub knobs: Option<Knobs>,
     /// The output folder.
     pub out: PathBuf,
     /// The seed.
@@ -148,9 +176,13 @@ pub struct SynthReport {
     pub seconds: f64,
     /// Image/label pairs written per second.
     pub images_per_second: f64,
-    /// Pixel fraction of each of the 19 classes in the source images (train + val).
+    /// The 19 class names, in the order of the fractions below.
+    pub class_names: Vec<String>,
+    /// Pixel fraction of each of the 19 classes in the source images (train + val),
+    /// over all pixels (void included).
     pub source_class_fraction: Vec<f64>,
-    /// Pixel fraction of each of the 19 classes in the target images (train + val).
+    /// Pixel fraction of each of the 19 classes in the target images (train + val),
+    /// over all pixels (void, e.g. the hood, included).
     pub target_class_fraction: Vec<f64>,
     /// Names of the classes present in the source images.
     pub source_classes: Vec<String>,
@@ -160,7 +192,7 @@ pub struct SynthReport {
 
 /// The four sets written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Set {
+pub(crate) enum Set {
     SourceTrain,
     SourceVal,
     TargetTrain,
@@ -282,34 +314,64 @@ fn label_palette() -> Vec<u8> {
     pal
 }
 
-/// The labelIds of a canvas of trainIds, and the histogram of its trainIds.
-fn label_ids(train_ids: &[u8]) -> (Vec<u8>, [u64; NUM_CLASSES]) {
-    let mut hist = [0u64; NUM_CLASSES];
+/// The labelIds of a canvas of trainIds, and the histogram of its trainIds (index 19:
+/// void pixels). The ego-car hood is written as labelId 1 ("ego vehicle"), the rest of
+/// void as 0.
+fn label_ids(train_ids: &[u8]) -> (Vec<u8>, [u64; NUM_CLASSES + 1]) {
+    let mut hist = [0u64; NUM_CLASSES + 1];
     let labels = train_ids
         .iter()
         .map(|&t| {
-            if let Some(slot) = hist.get_mut(t as usize) {
-                *slot += 1;
+            hist[(t as usize).min(NUM_CLASSES)] += 1;
+            match t {
+                scene::HOOD => 1,
+                _ => train_to_label(t).unwrap_or(0),
             }
-            train_to_label(t).unwrap_or(0)
         })
         .collect();
     (labels, hist)
 }
 
+/// The RGB image and label canvas of sample `i` of `set`: version 1 when `knobs` is
+/// `None`, else version 2 with the knobs of the set's domain.
+pub(crate) fn sample(
+    args: &SynthArgs,
+    knobs: Option<&Knobs>,
+    set: Set,
+    i: usize,
+) -> (Vec<u8>, raster::Canvas) {
+    let (w, h) = (args.size.width as usize, args.size.height as usize);
+    let mut rng = rng_for(args.seed, set.tag(), i as u64);
+    let image_seed = crate::data::augment::mix(args.seed, set.tag() ^ 0xC0_1005, i as u64);
+    match knobs {
+        None => {
+            let scene = Scene::sample(&mut rng, w, h);
+            let canvas = scene.draw(w, h);
+            let rgb = render(&canvas, scene.cam.hy, set.domain(), args.shift, image_seed);
+            (rgb, canvas)
+        }
+        Some(k) => {
+            let k = match set.domain() {
+                Domain::Source => &k.source,
+                Domain::Target => &k.target,
+            };
+            let scene = Scene::sample_street(&mut rng, w, h, k);
+            let canvas = scene.draw(w, h);
+            let rgb = render_v2(&canvas, scene.cam.hy, k, args.shift, image_seed);
+            (rgb, canvas)
+        }
+    }
+}
+
 /// Generates, writes and returns the class histogram of one sample.
 fn generate_one(
     args: &SynthArgs,
+    knobs: Option<&Knobs>,
     set: Set,
     i: usize,
     palette: &[u8],
-) -> Result<[u64; NUM_CLASSES], Error> {
-    let (w, h) = (args.size.width as usize, args.size.height as usize);
-    let mut rng = rng_for(args.seed, set.tag(), i as u64);
-    let scene = Scene::sample(&mut rng, w, h);
-    let canvas = scene.draw(w, h);
-    let image_seed = crate::data::augment::mix(args.seed, set.tag() ^ 0xC0_1005, i as u64);
-    let rgb = render(&canvas, scene.cam.hy, set.domain(), args.shift, image_seed);
+) -> Result<[u64; NUM_CLASSES + 1], Error> {
+    let (rgb, canvas) = sample(args, knobs, set, i);
     let (labels, hist) = label_ids(&canvas.class);
     let (image_path, label_path) = paths(&args.out, set, i);
     let img = encode_png(&image_path, &rgb, args.size, PngColor::Rgb)?;
@@ -347,9 +409,10 @@ fn prepare_out(out: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn class_fraction(hist: &[u64; NUM_CLASSES]) -> Vec<f64> {
+fn class_fraction(hist: &[u64; NUM_CLASSES + 1]) -> Vec<f64> {
     let total: u64 = hist.iter().sum();
-    hist.iter()
+    hist[..NUM_CLASSES]
+        .iter()
         .map(|&n| {
             if total == 0 {
                 0.0
@@ -360,7 +423,7 @@ fn class_fraction(hist: &[u64; NUM_CLASSES]) -> Vec<f64> {
         .collect()
 }
 
-fn class_names_present(hist: &[u64; NUM_CLASSES]) -> Vec<String> {
+fn class_names_present(hist: &[u64; NUM_CLASSES + 1]) -> Vec<String> {
     hist.iter()
         .zip(CLASSES.iter())
         .filter(|(&n, _)| n > 0)
@@ -412,7 +475,11 @@ fn create_folders(out: &Path, jobs: &[(Set, usize)]) -> Result<(), Error> {
 
 /// Generates every job on the rayon pool behind a progress bar; returns the class
 /// histograms of the source and of the target images.
-fn generate_all(args: &SynthArgs, jobs: &[(Set, usize)]) -> Result<[[u64; NUM_CLASSES]; 2], Error> {
+fn generate_all(
+    args: &SynthArgs,
+    knobs: Option<&Knobs>,
+    jobs: &[(Set, usize)],
+) -> Result<[[u64; NUM_CLASSES + 1]; 2], Error> {
     let palette = label_palette();
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
     bar.set_style(
@@ -421,16 +488,16 @@ fn generate_all(args: &SynthArgs, jobs: &[(Set, usize)]) -> Result<[[u64; NUM_CL
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let results: Vec<(Set, [u64; NUM_CLASSES])> = jobs
+    let results: Vec<(Set, [u64; NUM_CLASSES + 1])> = jobs
         .par_iter()
         .map(|&(set, i)| {
-            let hist = generate_one(args, set, i, &palette)?;
+            let hist = generate_one(args, knobs, set, i, &palette)?;
             bar.inc(1);
             Ok((set, hist))
         })
         .collect::<Result<_, Error>>()?;
     bar.finish_and_clear();
-    let mut by_domain = [[0u64; NUM_CLASSES]; 2];
+    let mut by_domain = [[0u64; NUM_CLASSES + 1]; 2];
     for (set, hist) in &results {
         let acc = &mut by_domain[usize::from(set.domain() == Domain::Target)];
         for (a, h) in acc.iter_mut().zip(hist) {
@@ -443,11 +510,15 @@ fn generate_all(args: &SynthArgs, jobs: &[(Set, usize)]) -> Result<[[u64; NUM_CL
 /// The report of a finished run that took `seconds` for `images` pairs.
 fn report(
     args: &SynthArgs,
-    [src, tgt]: &[[u64; NUM_CLASSES]; 2],
+    knobs: Option<&Knobs>,
+    [src, tgt]: &[[u64; NUM_CLASSES + 1]; 2],
     images: usize,
     seconds: f64,
 ) -> SynthReport {
     SynthReport {
+        version: args.gap.version().to_string(),
+        knobs: knobs.copied(),
+        class_names: CLASSES.iter().map(|c| c.name.to_string()).collect(),
         out: args.out.clone(),
         seed: args.seed,
         size: args.size,
@@ -472,6 +543,10 @@ fn report(
 /// `DIR/synth.json`) the report.
 pub fn run(args: &SynthArgs) -> Result<SynthReport, Error> {
     check_args(args)?;
+    let knobs = match args.gap {
+        Gap::Appearance => None,
+        Gap::Content => Some(gap::resolve(args.knobs.as_deref())?),
+    };
     let start = Instant::now();
     std::fs::create_dir_all(&args.out).map_err(io(&args.out))?;
     prepare_out(&args.out)?;
@@ -481,10 +556,11 @@ pub fn run(args: &SynthArgs) -> Result<SynthReport, Error> {
     write_atomic(&marker, pending.as_bytes())?;
     let jobs = jobs(args);
     create_folders(&args.out, &jobs)?;
-    let histograms = generate_all(args, &jobs)?;
+    let knobs = knobs.as_ref();
+    let histograms = generate_all(args, knobs, &jobs)?;
     let seconds = start.elapsed().as_secs_f64();
     let images = jobs.len();
-    let report = report(args, &histograms, images, seconds);
+    let report = report(args, knobs, &histograms, images, seconds);
     let json = serde_json::json!({ "args": args, "report": &report });
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Encode {
         path: marker.clone(),

@@ -2,17 +2,28 @@
 //! down a straight street (road to a vanishing point, sidewalks, optional terrain strips,
 //! facades of buildings with windows, walls and hedges, a far skyline, sky), populated
 //! with poles carrying traffic signs and lights, trees, fences, cars, trucks, buses,
-//! persons and riders on bicycles or motorcycles. The same sampler (the same layout
-//! statistics) serves both domains of the benchmark; only the rendering
-//! differs. Everything is a function of the RNG, so a seed fixes the scene.
+//! persons and riders on bicycles or motorcycles. Version 1 of the benchmark
+//! ([`Scene::sample`]) uses one sampler (the same layout statistics) for both domains;
+//! version 2 ([`Scene::sample_street`], `street.rs`) samples each domain from its own
+//! knobs (docs/benchmark.md). Everything is a function of the RNG, so a seed fixes the
+//! scene.
 //!
-//! World units: the camera height is 1 (about 1.5 m); X is lateral (negative = left),
-//! Y is the height above the ground, d the depth. A point projects to
-//! x = vx + X f / d, y = hy + (1 - Y) f / d.
+//! World units: [`UNIT_M`] metres (version 1's camera height is 1); X is lateral
+//! (negative = left), Y is the height above the ground, d the depth. A camera at height
+//! H projects a point to x = vx + X f / d, y = hy + (H - Y) f / d.
 
 use rand::Rng;
 
+use super::gap::Marking;
 use super::raster::{Canvas, Paint, TONE_ACCENT, TONE_ACCENT2, TONE_BASE, TONE_DARK};
+
+mod street;
+
+/// Metres per world unit.
+pub(crate) const UNIT_M: f32 = 1.5;
+
+/// The class painted on the ego-car hood: void (written as labelId 1, "ego vehicle").
+pub(crate) const HOOD: u8 = rccr_infer::taxonomy::IGNORE;
 
 /// trainIds of the classes drawn.
 pub(crate) mod ids {
@@ -69,6 +80,8 @@ pub(crate) struct Camera {
     pub(crate) vx: f32,
     /// Focal length in pixels.
     pub(crate) f: f32,
+    /// Height above the ground in world units.
+    pub(crate) height: f32,
 }
 
 impl Camera {
@@ -78,7 +91,7 @@ impl Camera {
     }
     /// Row of height `y` at depth `d`.
     pub(crate) fn py(&self, y: f32, d: f32) -> f32 {
-        self.hy + (1.0 - y) * self.f / d
+        self.hy + (self.height - y) * self.f / d
     }
     /// Pixels per world unit at depth `d`.
     pub(crate) fn s(&self, d: f32) -> f32 {
@@ -103,6 +116,8 @@ struct Segment {
     phase: f32,
     window_spacing: f32,
     floor: f32,
+    /// Horizontal extent of a window within its bay, as fractions of the bay.
+    window: (f32, f32),
     inst: u16,
 }
 
@@ -131,6 +146,8 @@ enum Object {
         d: f32,
         class: u8,
         width: f32,
+        /// Heights of the car's roof and of its rear window's top.
+        roof: (f32, f32),
         inst: u16,
     },
     Person {
@@ -148,6 +165,7 @@ enum Object {
         trunk: f32,
         crown: f32,
         seed: u32,
+        palm: bool,
     },
 }
 
@@ -170,6 +188,7 @@ struct Pole {
     height: f32,
     toward: f32,
     top: Attachment,
+    half_width: f32,
     inst: u16,
 }
 
@@ -204,6 +223,9 @@ pub(crate) struct Scene {
     skyline: Vec<(f32, f32)>,
     fences: Vec<Fence>,
     objects: Vec<Object>,
+    marking: Marking,
+    /// Rows of the ego-car hood at the image centre, as a fraction of the height.
+    hood: f32,
 }
 
 struct Instances(u16);
@@ -239,6 +261,7 @@ fn sample_segments(rng: &mut impl Rng, ids: &mut Instances) -> Vec<Segment> {
             phase: rng.gen_range(0.0..std::f32::consts::TAU),
             window_spacing: rng.gen_range(1.2..2.2),
             floor: rng.gen_range(1.8..2.4),
+            window: (0.25, 0.7),
             inst: ids.next(),
         });
         d += len;
@@ -273,6 +296,7 @@ impl Camera {
             hy,
             vx: w * rng.gen_range(0.38..0.62),
             f: (h - hy) * rng.gen_range(2.0..3.0),
+            height: 1.0,
         }
     }
 }
@@ -340,6 +364,7 @@ impl<R: Rng> Populate<'_, R> {
                 d: rng.gen_range(3.0..50.0),
                 class,
                 width,
+                roof: (1.08, 1.02),
                 inst: self.ids.next(),
             });
         }
@@ -399,6 +424,7 @@ impl<R: Rng> Populate<'_, R> {
                 height: rng.gen_range(3.0..4.5),
                 toward: -side.sign,
                 top,
+                half_width: 0.045,
                 inst: self.ids.next(),
             }));
         }
@@ -419,6 +445,7 @@ impl<R: Rng> Populate<'_, R> {
                 trunk: rng.gen_range(1.2..2.2),
                 crown: rng.gen_range(0.6..1.2),
                 seed: rng.gen(),
+                palm: false,
             });
         }
     }
@@ -479,6 +506,8 @@ impl Scene {
             skyline,
             fences,
             objects,
+            marking: Marking::DashedWhite,
+            hood: 0.0,
         }
     }
 
@@ -494,7 +523,23 @@ impl Scene {
         for o in &self.objects {
             self.draw_object(&mut c, o);
         }
+        self.draw_hood(&mut c);
         c
+    }
+
+    /// The ego-car hood: void rows at the bottom, `hood` of the height at the centre
+    /// column, curving down to 40 % of that at the image's sides.
+    fn draw_hood(&self, c: &mut Canvas) {
+        if self.hood <= 0.0 {
+            return;
+        }
+        let (w, h) = (c.width as f32, c.height as f32);
+        let p = Paint::new(HOOD, 0);
+        for x in 0..c.width {
+            let u = (x as f32 + 0.5 - w / 2.0) / (w / 2.0);
+            let top = h - self.hood * h * (1.0 - 0.6 * u * u);
+            c.rect(x as f32, top, x as f32 + 1.0, h, p);
+        }
     }
 
     fn draw_skyline(&self, c: &mut Canvas) {
@@ -517,18 +562,14 @@ impl Scene {
             if yc <= cam.hy {
                 continue;
             }
-            let d = cam.f / (yc - cam.hy);
+            let d = cam.f * cam.height / (yc - cam.hy);
             let row = y * c.width;
             for x in 0..c.width {
                 let xw = (x as f32 + 0.5 - cam.vx) * d / cam.f;
                 let side = if xw < 0.0 { left } else { right };
                 let a = xw.abs();
                 let (class, tone) = if a < side.road {
-                    let marking = (side.road - a) < 0.06
-                        || self
-                            .centre_line
-                            .is_some_and(|cl| (xw - cl).abs() < 0.07 && (d / 4.0).fract() < 0.45);
-                    (ROAD, if marking { TONE_ACCENT } else { TONE_BASE })
+                    (ROAD, self.road_tone(side.road - a, xw, d))
                 } else if a < side.walk {
                     (
                         SIDEWALK,
@@ -545,6 +586,18 @@ impl Scene {
                 c.tone[row + x] = tone;
                 c.inst[row + x] = 0;
             }
+        }
+    }
+
+    /// The tone of a road point `edge` units inside the road edge, at lateral `xw` and
+    /// depth `d`: edge lines and the centre line are markings.
+    fn road_tone(&self, edge: f32, xw: f32, d: f32) -> u8 {
+        let centre = self.centre_line.is_some_and(|cl| (xw - cl).abs() < 0.07);
+        match self.marking {
+            _ if edge < 0.06 => TONE_ACCENT,
+            Marking::DashedWhite if centre && (d / 4.0).fract() < 0.45 => TONE_ACCENT,
+            Marking::SolidYellow if centre => TONE_ACCENT2,
+            _ => TONE_BASE,
         }
     }
 
@@ -611,7 +664,7 @@ impl Scene {
         let y0 = (top - 0.5).ceil().max(0.0) as usize;
         let y1 = ((bottom - 0.5).ceil().min(c.height as f32)).max(0.0) as usize;
         let col = ((d / s.window_spacing) + s.phase).fract();
-        let window_col = (0.25..0.7).contains(&col);
+        let window_col = (s.window.0..s.window.1).contains(&col);
         let base = Paint::new(BUILDING, s.inst);
         for y in y0..y1 {
             let yw = 1.0 - (y as f32 + 0.5 - cam.hy) * d / cam.f;
@@ -651,8 +704,9 @@ impl Scene {
                 d,
                 class,
                 width,
+                roof,
                 inst,
-            } => self.draw_vehicle(c, x, d, class, width, inst),
+            } => self.draw_vehicle(c, x, d, class, (width, roof), inst),
             Object::Person {
                 x,
                 d,
@@ -668,12 +722,22 @@ impl Scene {
                 trunk,
                 crown,
                 seed,
-            } => self.draw_tree(c, x, d, trunk, crown, seed),
+                palm,
+            } => self.draw_tree(c, (x, d), trunk, crown, seed, palm),
         }
     }
 
     /// A vehicle seen from behind.
-    fn draw_vehicle(&self, c: &mut Canvas, x: f32, d: f32, class: u8, w: f32, inst: u16) {
+    fn draw_vehicle(
+        &self,
+        c: &mut Canvas,
+        x: f32,
+        d: f32,
+        class: u8,
+        shape: (f32, (f32, f32)),
+        inst: u16,
+    ) {
+        let (w, (roof, rear_window)) = shape;
         let cam = self.cam;
         let p = Paint::new(class, inst);
         let (l, r) = (cam.px(x - w / 2.0, d), cam.px(x + w / 2.0, d));
@@ -691,8 +755,11 @@ impl Scene {
         match class {
             CAR => {
                 c.rect(l, v(0.72), r, v(0.18), p);
-                c.polygon(&trapezoid(&uv, 0.9, 0.72, 0.7, 1.08), p);
-                c.polygon(&trapezoid(&uv, 0.78, 0.76, 0.62, 1.02), p.tone(TONE_DARK));
+                c.polygon(&trapezoid(&uv, 0.9, 0.72, 0.7, roof), p);
+                c.polygon(
+                    &trapezoid(&uv, 0.78, 0.76, 0.62, rear_window),
+                    p.tone(TONE_DARK),
+                );
                 c.rect(l, v(0.26), r, v(0.18), p.tone(TONE_DARK));
                 pair(c, 0.7, 0.95, 0.65, 0.52, lights);
             }
@@ -761,14 +828,15 @@ impl Scene {
             height: hgt,
             toward,
             top,
+            half_width,
             inst,
         } = *pole;
         let cam = self.cam;
         let p = Paint::new(POLE, inst);
         c.rect(
-            cam.px(x - 0.045, d),
+            cam.px(x - half_width, d),
             cam.py(hgt, d),
-            cam.px(x + 0.045, d),
+            cam.px(x + half_width, d),
             cam.py(0.0, d),
             p,
         );
@@ -819,17 +887,39 @@ impl Scene {
     }
 
     /// A tree: trunk and a crown of overlapping ellipses (all vegetation).
-    fn draw_tree(&self, c: &mut Canvas, x: f32, d: f32, trunk: f32, crown: f32, seed: u32) {
+    /// A palm (`palm`: a thin bare trunk under a tuft of drooping fronds) has a trunk of
+    /// half the width and fronds instead of the round crown.
+    fn draw_tree(
+        &self,
+        c: &mut Canvas,
+        (x, d): (f32, f32),
+        trunk: f32,
+        crown: f32,
+        seed: u32,
+        palm: bool,
+    ) {
         let cam = self.cam;
         let s = cam.s(d);
         let p = Paint::new(VEGETATION, 0);
+        let half = if palm { 0.04 } else { 0.08 };
         c.rect(
-            cam.px(x - 0.08, d),
+            cam.px(x - half, d),
             cam.py(trunk + 0.3, d),
             cam.px(x + 0.08, d),
             cam.py(0.0, d),
             p.tone(TONE_DARK),
         );
+        if palm {
+            let top = (cam.px(x, d), cam.py(trunk + 0.3, d));
+            for k in [-1.0f32, -0.45, 0.45, 1.0] {
+                let tip = (
+                    cam.px(x + k * crown, d),
+                    cam.py(trunk + 0.3 - 0.35 * crown * k.abs(), d),
+                );
+                c.segment(top, tip, 0.18 * crown * s, p);
+            }
+            return;
+        }
         let mut h = seed | 1;
         let mut next = || {
             h ^= h << 13;

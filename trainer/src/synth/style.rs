@@ -5,13 +5,18 @@
 //! and sensor noise). `shift` >= 0 interpolates the
 //! target's colours and scales its effects: 0 renders the target like the source, 1 is
 //! the full target style (the generator's default is 0.7). Geometry is untouched, so
-//! classes stay recognisable by shape and context.
+//! classes stay recognisable by shape and context. Version 2 of the benchmark
+//! ([`render_v2`]) renders each domain from its own look and sensor knobs
+//! (docs/benchmark.md): palette, exposure, white balance, vignetting, lens and motion
+//! blur, noise and a JPEG round trip.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::gap::{DomainKnobs, SensorKnobs};
 use super::raster::{Canvas, TONE_ACCENT, TONE_ACCENT2, TONE_DARK};
-use super::scene::ids::SKY;
+use super::scene::ids::{ROAD, SKY};
+use super::scene::HOOD;
 use rccr_infer::seed::splitmix64;
 
 /// The two domains of the benchmark.
@@ -96,6 +101,12 @@ const SRC_ACCENT: [Rgb; 19] = [
 
 /// Source second accent (the unlit lamps of a traffic light).
 const SRC_ACCENT2: [u8; 3] = [120, 30, 20];
+
+/// Yellow centre-line paint (version 2's solid yellow marking), both domains.
+const YELLOW_LINE: Rgb = [230, 190, 40];
+
+/// The ego-car hood: dark paint, both domains (void in the labels).
+const HOOD_PAINT: Rgb = [38, 40, 46];
 
 /// Source ("game") per-instance colours of cars, clothes and buildings: flat and
 /// saturated, varied enough that things must be recognised by shape, not colour alone.
@@ -277,6 +288,8 @@ fn f3(c: Rgb) -> [f32; 3] {
 fn source_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
     let c = class as usize;
     match tone {
+        _ if class == HOOD => f3(HOOD_PAINT),
+        TONE_ACCENT2 if class == ROAD => f3(YELLOW_LINE),
         TONE_DARK => f3(SRC_DARK[c]),
         TONE_ACCENT => f3(SRC_ACCENT[c]),
         TONE_ACCENT2 => f3(SRC_ACCENT2),
@@ -299,6 +312,8 @@ fn target_colour(class: u8, tone: u8, inst: u16, seed: u64) -> [f32; 3] {
     let c = class as usize;
     let h = splitmix64(seed ^ 0xA5A5 ^ inst as u64);
     match tone {
+        _ if class == HOOD => f3(HOOD_PAINT),
+        TONE_ACCENT2 if class == ROAD => f3(YELLOW_LINE),
         TONE_DARK => jitter(TGT_DARK[c], h, 6.0),
         TONE_ACCENT => f3(TGT_ACCENT[c]),
         TONE_ACCENT2 => f3(TGT_ACCENT2),
@@ -329,6 +344,27 @@ struct Lighting {
 }
 
 impl Lighting {
+    /// Version 2: the conditions of a domain's sensor knobs; a cast shadow only in the
+    /// "real" look (`real`).
+    fn from_knobs(rng: &mut ChaCha8Rng, k: &SensorKnobs, real: bool, width: f32) -> Lighting {
+        let g = k.exposure.draw(rng);
+        let mut gain = [g; 3];
+        if k.white_balance > 0.0 {
+            for v in &mut gain {
+                *v *= 1.0 + rng.gen_range(-k.white_balance..k.white_balance);
+            }
+        }
+        let shadow = (real && rng.gen_bool(0.6))
+            .then(|| (rng.gen_range(0.0..width), rng.gen_range(-2.5f32..2.5)));
+        Lighting {
+            gain,
+            shadow,
+            vignette: k.vignetting,
+            noise: k.noise,
+            blur_passes: k.lens_blur as usize,
+        }
+    }
+
     fn sample(rng: &mut ChaCha8Rng, shift: f32, width: f32) -> Lighting {
         let g = 1.0 + shift * rng.gen_range(-0.35f32..0.12);
         let mut gain = [g; 3];
@@ -375,6 +411,91 @@ fn blur_121(img: &mut [f32], tmp: &mut Vec<f32>, w: usize, h: usize) {
     }
 }
 
+/// A horizontal box blur of `len` pixels (a camera panning during the exposure).
+fn motion_blur(img: &mut [f32], w: usize, len: usize) {
+    if len < 2 {
+        return;
+    }
+    let row_len = w * 3;
+    let mut row = vec![0f32; row_len];
+    for line in img.chunks_mut(row_len) {
+        row.copy_from_slice(line);
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(len / 2), (x + len - len / 2).min(w));
+            for k in 0..3 {
+                let sum: f32 = (a..b).map(|i| row[i * 3 + k]).sum();
+                line[x * 3 + k] = sum / (b - a) as f32;
+            }
+        }
+    }
+}
+
+/// Sensor noise of standard deviation ~`sd` (triangular: the sum of two uniforms), then
+/// 8-bit rounding.
+fn add_noise(img: &[f32], sd: f32, seed: u64) -> Vec<u8> {
+    let noise_seed = splitmix64(seed ^ 0x0015E);
+    img.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let n = unit(noise_seed, i as u64) + unit(noise_seed ^ 1, i as u64) - 1.0;
+            (v + n * sd * 2.45).round().clamp(0.0, 255.0) as u8
+        })
+        .collect()
+}
+
+/// A JPEG encode and decode at `quality` through the `image` crate (block artefacts and
+/// chroma subsampling, as a compressed camera stream has).
+fn jpeg_round_trip(rgb: Vec<u8>, w: usize, h: usize, quality: u8) -> Vec<u8> {
+    use image::codecs::jpeg::JpegEncoder;
+    let mut bytes = Vec::new();
+    let encoded = JpegEncoder::new_with_quality(&mut bytes, quality).encode(
+        &rgb,
+        w as u32,
+        h as u32,
+        image::ExtendedColorType::Rgb8,
+    );
+    match encoded
+        .ok()
+        .and_then(|()| image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg).ok())
+    {
+        Some(img) => img.into_rgb8().into_raw(),
+        None => rgb,
+    }
+}
+
+/// Version 2: renders `canvas` (horizon at row `hy`) with one domain's look and sensor
+/// knobs; the "real" palette is reached by `shift` as in version 1. Returns 8-bit RGB.
+pub(crate) fn render_v2(
+    canvas: &Canvas,
+    hy: f32,
+    k: &DomainKnobs,
+    shift: f32,
+    seed: u64,
+) -> Vec<u8> {
+    let (w, h) = (canvas.width, canvas.height);
+    let real = k.look.real_palette;
+    let mut rng = crate::data::augment::rng_for(seed, 0x5718, 0);
+    let light = Lighting::from_knobs(&mut rng, &k.sensor, real, w as f32);
+    let blur = (k.sensor.motion_blur.draw(&mut rng) * w as f32).round() as usize;
+    let mut img = lit_target(
+        canvas,
+        hy,
+        if real { shift.max(0.0) } else { 0.0 },
+        seed,
+        &light,
+    );
+    let mut tmp = Vec::new();
+    for _ in 0..light.blur_passes {
+        blur_121(&mut img, &mut tmp, w, h);
+    }
+    motion_blur(&mut img, w, blur);
+    let rgb = add_noise(&img, light.noise, seed);
+    match k.sensor.jpeg_quality {
+        0 => rgb,
+        q => jpeg_round_trip(rgb, w, h, q.min(100)),
+    }
+}
+
 /// Renders `canvas` (horizon at row `hy`) in `domain`; returns 8-bit RGB, row-major.
 pub(crate) fn render(canvas: &Canvas, hy: f32, domain: Domain, shift: f32, seed: u64) -> Vec<u8> {
     match domain {
@@ -407,15 +528,7 @@ fn render_target(canvas: &Canvas, hy: f32, shift: f32, seed: u64) -> Vec<u8> {
     for _ in 0..light.blur_passes {
         blur_121(&mut img, &mut tmp, w, h);
     }
-    let noise_seed = splitmix64(seed ^ 0x0015E);
-    img.iter()
-        .enumerate()
-        .map(|(i, v)| {
-            // Triangular noise (sum of two uniforms), standard deviation ~ light.noise.
-            let n = unit(noise_seed, i as u64) + unit(noise_seed ^ 1, i as u64) - 1.0;
-            (v + n * light.noise * 2.45).round().clamp(0.0, 255.0) as u8
-        })
-        .collect()
+    add_noise(&img, light.noise, seed)
 }
 
 /// Float RGB of the target domain before blur and noise: the source colour moved by
@@ -433,7 +546,7 @@ fn lit_target(canvas: &Canvas, hy: f32, shift: f32, seed: u64, light: &Lighting)
             let (class, tone, inst) = (canvas.class[i], canvas.tone[i], canvas.inst[i]);
             let s = source_colour(class, tone, inst, seed);
             let t = target_colour(class, tone, inst, seed);
-            let (fine, coarse) = TEXTURE[class as usize];
+            let (fine, coarse) = TEXTURE.get(class as usize).copied().unwrap_or((4.0, 4.0));
             let mut tex = fine * 2.0 * (unit(tex_seed, i as u64) - 0.5)
                 + coarse * 2.0 * (value_noise(tex_seed ^ class as u64, x, y) - 0.5);
             if class == SKY {

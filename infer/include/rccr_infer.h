@@ -22,9 +22,10 @@
  *
  * ONNX Runtime (libonnxruntime.so.1.31.1) is loaded at the first open, from
  * ORT_DYLIB_PATH if set, else the folder `make setup` installed it to, else the folder
- * of librccr_infer.so, else the executable's folder.
+ * of librccr_infer.so, else the executable's folder, else ../lib beside the executable.
  *
- * Build: see infer/examples/c/Makefile and CMakeLists.txt.
+ * Build: see infer/examples/c/Makefile and CMakeLists.txt; after `make install`,
+ * `cc app.c $(pkg-config --cflags --libs rccr_infer)` (docs/deployment.md).
  */
 #ifndef RCCR_INFER_H
 #define RCCR_INFER_H

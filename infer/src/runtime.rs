@@ -2,7 +2,8 @@
 //!
 //! Search order: `ORT_DYLIB_PATH`; the folder `make setup` installed it to (baked in at
 //! build time as `RCCR_ORT_DIR`); the folder of the file holding this code (the
-//! executable, or `librccr_infer.so` when loaded from C); the executable's own folder. Loading happens once per
+//! executable, or `librccr_infer.so` when loaded from C); the executable's own folder;
+//! `../lib` beside the executable (`make install`'s layout, docs/deployment.md). Loading happens once per
 //! process; later calls return the path that was loaded. The process-wide ONNX Runtime
 //! environment created then is kept here ([`environment`]) for every session to share.
 
@@ -39,13 +40,22 @@ pub fn candidates() -> Vec<PathBuf> {
         out.push(Path::new(dir).join(library_name()));
     }
     let exe = std::env::current_exe().ok();
-    for file in [own_file(), exe].into_iter().flatten() {
-        if let Some(dir) = file.parent() {
-            for name in [library_name(), "libonnxruntime.so".to_string()] {
-                let p = dir.join(name);
-                if !out.contains(&p) {
-                    out.push(p);
-                }
+    // An installed binary: PREFIX/bin/rccr-infer finds PREFIX/lib.
+    let installed = exe
+        .as_deref()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("lib"));
+    let dirs = [own_file(), exe]
+        .into_iter()
+        .flatten()
+        .filter_map(|file| file.parent().map(Path::to_path_buf))
+        .chain(installed);
+    for dir in dirs {
+        for name in [library_name(), "libonnxruntime.so".to_string()] {
+            let p = dir.join(name);
+            if !out.contains(&p) {
+                out.push(p);
             }
         }
     }
@@ -124,6 +134,9 @@ mod tests {
         if std::env::var_os("ORT_DYLIB_PATH").is_none() {
             let dir = exe.parent().unwrap();
             assert!(candidates().contains(&dir.join(library_name())));
+            // make install's layout: PREFIX/bin/<exe> looks in PREFIX/lib.
+            let lib = dir.parent().unwrap().join("lib");
+            assert!(candidates().contains(&lib.join(library_name())));
         }
     }
 }

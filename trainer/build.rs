@@ -1,6 +1,7 @@
 //! Build script of rccr-trainer: the libtorch rpath / link set-up shared by every crate
 //! that runs tch code (`build-support/libtorch_rpath.rs`), plus the C++ shim (`csrc/`)
-//! that reaches what tch does not expose: libtorch's determinism switches and c10d
+//! that reaches what tch does not expose: libtorch's determinism switches, the multi-tensor
+//! (foreach) kernels and memory formats, and c10d
 //! (TCPStore, Gloo, NCCL), compiled with `cc` against the headers of the libtorch that
 //! `make setup` installs (the way torch-sys builds its own wrapper).
 //!
@@ -19,7 +20,12 @@ use std::path::Path;
 fn main() {
     libtorch_rpath::main();
     tensorboard_proto();
-    for f in ["csrc/determinism.cpp", "csrc/dist.cpp", "csrc/gloo_decl"] {
+    for f in [
+        "csrc/determinism.cpp",
+        "csrc/dist.cpp",
+        "csrc/foreach.cpp",
+        "csrc/gloo_decl",
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
@@ -32,6 +38,7 @@ fn main() {
         .std("c++17")
         .file("csrc/determinism.cpp")
         .file("csrc/dist.cpp")
+        .file("csrc/foreach.cpp")
         .include("csrc/gloo_decl")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))

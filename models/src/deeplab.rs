@@ -125,11 +125,12 @@ pub fn normalize(config: &ModelConfig, rgb255: &Tensor) -> Tensor {
     let device = rgb255.device();
     let xs = rgb255.to_kind(Kind::Float);
     let xs = if config.input.bgr { xs.flip([1]) } else { xs };
+    // Non-blocking: a plain copy to CUDA would wait for the device's whole queue.
     let mean = Tensor::from_slice(&config.input.mean)
-        .to_device(device)
+        .to_device_(device, Kind::Float, true, false)
         .view([1, 3, 1, 1]);
     let std = Tensor::from_slice(&config.input.std)
-        .to_device(device)
+        .to_device_(device, Kind::Float, true, false)
         .view([1, 3, 1, 1]);
     (xs - mean) / std
 }

@@ -49,6 +49,8 @@ pub struct BenchConfig {
     pub components: Components,
     /// Anchor chunk.
     pub anchor_chunk: usize,
+    /// Channels-last weights and activations (`run.channels_last`).
+    pub channels_last: bool,
     /// The data-parallel group when launched by torchrun (gradients averaged as in
     /// training, the all-reduce timed).
     pub group: Option<std::rc::Rc<crate::dist::ProcessGroup>>,
@@ -82,6 +84,9 @@ pub struct ModeBench {
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// What measured: `rccr-train` (the PyTorch peer, scripts/peer/rccr_iteration.py,
+    /// writes the same fields with `pytorch-peer`, for scripts/gpu/compare.py).
+    pub implementation: String,
     /// Device name.
     pub device: String,
     /// Backbone.
@@ -98,6 +103,8 @@ pub struct BenchReport {
     pub warmup: usize,
     /// libtorch CPU threads.
     pub threads: i32,
+    /// Channels-last weights and activations.
+    pub channels_last: bool,
     /// This process's rank (0 alone).
     pub rank: usize,
     /// Processes.
@@ -116,13 +123,14 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "bench (rank {} of {}): {} crop {} batch {} {} on {} ({} timed after {} warm-up iterations)",
+            "bench (rank {} of {}): {} crop {} batch {} {}{} on {} ({} timed after {} warm-up iterations)",
             self.rank,
             self.world_size,
             self.backbone,
             self.crop,
             self.batch_size,
             self.precision,
+            if self.channels_last { " channels-last" } else { "" },
             self.device,
             self.iterations,
             self.warmup
@@ -226,7 +234,7 @@ fn synthetic(cfg: &BenchConfig) -> Batches {
 fn write_table(f: &mut std::fmt::Formatter<'_>, modes: &[ModeBench]) -> std::fmt::Result {
     writeln!(
         f,
-        "{:<12} {:>9} {:>9} {:>9} {:>9} | phases ms: {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<12} {:>9} {:>9} {:>9} {:>9} | phases ms: {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "mode",
         "ms/iter",
         "median",
@@ -237,12 +245,13 @@ fn write_table(f: &mut std::fmt::Formatter<'_>, modes: &[ModeBench]) -> std::fmt
         "classmix",
         "cut fwd",
         "L_cont",
-        "cut bwd"
+        "cut bwd",
+        "update"
     )?;
     for m in modes {
         writeln!(
         f,
-        "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>9} | {:>19.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+        "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>9} | {:>19.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
         m.mode,
         m.ms_per_iteration,
         m.ms_median,
@@ -254,7 +263,8 @@ fn write_table(f: &mut std::fmt::Formatter<'_>, modes: &[ModeBench]) -> std::fmt
         m.phases_ms.classmix,
         m.phases_ms.cutmix_forward,
         m.phases_ms.contrastive_loss,
-        m.phases_ms.cutmix_backward
+        m.phases_ms.cutmix_backward,
+        m.phases_ms.update
         )?;
     }
     Ok(())
@@ -283,6 +293,7 @@ fn train_config(cfg: &BenchConfig, mode: Mode) -> TrainConfig {
         },
         run: RunConfig {
             precision: cfg.precision,
+            channels_last: cfg.channels_last,
             ..RunConfig::default()
         },
         ..TrainConfig::default()
@@ -419,6 +430,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let rccr_over_baseline_median = rccr_ratio(&results, |r| r.ms_median);
     let memory_source = memory_source(cfg, &results);
     Ok(BenchReport {
+        implementation: "rccr-train".into(),
         device: rccr_models::device::device_name(cfg.device),
         backbone: cfg.backbone.name().into(),
         crop: cfg.crop,
@@ -427,6 +439,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         iterations: cfg.iterations,
         warmup: cfg.warmup,
         threads: tch::get_num_threads(),
+        channels_last: cfg.channels_last,
         rank: cfg.group.as_ref().map_or(0, |g| g.rank),
         world_size: cfg.group.as_ref().map_or(1, |g| g.size),
         modes: results,

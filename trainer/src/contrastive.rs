@@ -168,15 +168,22 @@ impl Columns {
         let cur_lab = Tensor::cat(&[&rows.cut_lab, &rows.t_lab], 0);
         // Ascending, so the kept E_cut locations (ids < n) come first.
         let ids = match inp.keep {
-            Some(k) => k.to_kind(Kind::Int64).to_device(device).sort(0, false).0,
+            Some(k) => {
+                crate::upload::small(k, device)
+                    .to_kind(Kind::Int64)
+                    .sort(0, false)
+                    .0
+            }
             None => Tensor::arange(2 * n, (Kind::Int64, device)),
         };
         let n_cut_cols = ids.lt(n).sum(Kind::Int64).int64_value(&[]);
         let mut cols = cur.index_select(0, &ids);
         let mut labels = cur_lab.index_select(0, &ids);
         if let Some((be, bl)) = inp.bank {
-            cols = Tensor::cat(&[cols, be.to_kind(Kind::Float).to_device(device)], 0);
-            labels = Tensor::cat(&[labels, bl.to_kind(Kind::Int64).to_device(device)], 0);
+            let be = crate::upload::small(be, device).to_kind(Kind::Float);
+            let bl = crate::upload::small(bl, device).to_kind(Kind::Int64);
+            cols = Tensor::cat(&[cols, be], 0);
+            labels = Tensor::cat(&[labels, bl], 0);
         }
         let mut inv = Tensor::full([2 * n], -1, (Kind::Int64, device));
         let _ = inv.index_put_(
@@ -236,7 +243,9 @@ fn anchor_chunk(
 }
 
 /// Omega and NS(C): -inf for the anchor's own location in E_cut and in E_t and, with
-/// NS(C), for the negatives carrying the anchor's label.
+/// NS(C), for the negatives carrying the anchor's label. Without a data-dependent shape
+/// (no host synchronisation): each row writes -inf at its own column when that column
+/// was kept, else writes column 0's current value back onto itself.
 fn mask_negatives(
     s: &mut Tensor,
     inp: &ContrastiveInputs,
@@ -244,18 +253,16 @@ fn mask_negatives(
     cols: &Columns,
     idx: &Tensor,
 ) {
-    let device = s.device();
-    let c = idx.size()[0];
+    if cols.negatives == 0 {
+        return;
+    }
     for id in [idx.shallow_clone(), idx + rows.n] {
         let p = cols.inv.index_select(0, &id);
-        let valid = p.ge(0);
-        let r = Tensor::arange(c, (Kind::Int64, device)).masked_select(&valid);
-        let colp = p.masked_select(&valid);
-        let _ = s.index_put_(
-            &[Some(r), Some(colp)],
-            &Tensor::from(f32::NEG_INFINITY).to_device(device),
-            false,
-        );
+        let at = p.clamp_min(0).unsqueeze(1);
+        let value = s
+            .gather(1, &at, false)
+            .masked_fill(&p.ge(0).unsqueeze(1), f64::NEG_INFINITY);
+        let _ = s.scatter_(1, &at, &value);
     }
     if inp.category {
         let al = rows.cut_lab.index_select(0, idx);
@@ -289,7 +296,7 @@ pub(crate) fn bank_sample<R: Rng + ?Sized>(
                 .map(|i| i as i64)
                 .collect()
         };
-        let idx = Tensor::from_slice(&idx).to_device(device);
+        let idx = crate::upload::small(&Tensor::from_slice(&idx), device);
         embs.push(flat.index_select(0, &idx));
         labs.push(lab.index_select(0, &idx));
     }

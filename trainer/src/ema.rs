@@ -29,17 +29,16 @@ fn pairs(teacher: &nn::VarStore, student: &nn::VarStore) -> Vec<(String, Tensor,
 }
 
 /// theta_hat <- alpha theta_hat + (1 - alpha) theta over the parameters (not the BN
-/// running statistics).
+/// running statistics), by multi-tensor kernels ([`crate::foreach::ema`]).
 pub(crate) fn ema_update(teacher: &nn::VarStore, student: &nn::VarStore, alpha: f64) {
-    tch::no_grad(|| {
-        for (name, mut t, s) in pairs(teacher, student) {
-            if is_buffer(&name) {
-                continue;
-            }
-            let _ = t.g_mul_scalar_(alpha);
-            let _ = t.g_add_(&(s * (1.0 - alpha)));
-        }
-    });
+    let params: Vec<(Tensor, Tensor)> = pairs(teacher, student)
+        .into_iter()
+        .filter(|(name, _, _)| !is_buffer(name))
+        .map(|(_, t, s)| (t, s))
+        .collect();
+    let t: Vec<&Tensor> = params.iter().map(|(t, _)| t).collect();
+    let s: Vec<&Tensor> = params.iter().map(|(_, s)| s).collect();
+    crate::foreach::ema(&t, &s, alpha);
 }
 
 /// Copies every variable, buffers included (teacher initialisation; mode `source-only`,

@@ -5,7 +5,8 @@
 //! - [`schedule`]: poly learning rate, mu(t), EMA alpha(t).
 //! - [`mixing`]: ClassMix, CutMix and the strong augmentation of mixed images.
 //! - [`contrastive`], [`memory_bank`]: L_cont (Eq. 4-8), its sampling and the memory bank.
-//! - [`ema`], [`optim`]: the mean teacher (Eq. 2, 10) and SGD with two lr groups.
+//! - [`ema`], [`optim`]: the mean teacher (Eq. 2, 10) and SGD with two lr groups;
+//!   [`foreach`]: their multi-tensor kernels and channels-last layouts.
 //! - [`trainer`]: one iteration of Algorithm 1 and the training run; [`streams`]: its
 //!   per-purpose random generators; [`trace`]: iterations written out for a replay.
 //! - [`run`]: a whole training run; [`checkpoint`], [`metrics`], [`validate`],
@@ -23,6 +24,7 @@ pub mod determinism;
 pub mod dist;
 pub mod ema;
 pub mod error;
+pub mod foreach;
 pub mod memory_bank;
 pub mod metrics;
 pub mod mixing;
@@ -35,6 +37,7 @@ pub mod synth;
 pub mod tensorboard;
 pub mod trace;
 pub mod trainer;
+pub(crate) mod upload;
 pub mod validate;
 
 pub use error::{Error, Result};

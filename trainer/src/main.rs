@@ -134,6 +134,9 @@ struct TrainArgs {
     /// cuDNN benchmark off and libtorch's deterministic algorithms on (GPU runs repeat).
     #[arg(long)]
     deterministic: bool,
+    /// Channels-last (NHWC) weights and activations (tensor-core kernels on CUDA).
+    #[arg(long)]
+    channels_last: bool,
     /// Data-parallel backend under torchrun: auto (NCCL on CUDA, Gloo on CPU) | nccl | gloo.
     #[arg(long, value_enum)]
     dist_backend: Option<rccr_trainer::config::DistBackend>,
@@ -289,6 +292,7 @@ impl TrainArgs {
         set(&mut r.dist.backend, self.dist_backend);
         set(&mut r.dist.timeout_s, self.dist_timeout);
         r.deterministic |= self.deterministic;
+        r.channels_last |= self.channels_last;
         r.dist.sync_bn |= self.sync_bn;
     }
 }
@@ -489,6 +493,9 @@ struct BenchArgs {
     /// backward; without it every box cell is an anchor, the upper bound of the cost.
     #[arg(long)]
     ps: bool,
+    /// Channels-last (NHWC) weights and activations (tensor-core kernels on CUDA).
+    #[arg(long)]
+    channels_last: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -768,6 +775,7 @@ fn bench_config(
             ..Components::default()
         },
         anchor_chunk: a.anchor_chunk.unwrap_or(d.method.anchor_chunk).max(1),
+        channels_last: a.channels_last,
         group,
     }
 }

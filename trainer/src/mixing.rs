@@ -28,24 +28,6 @@ use tch::{Device, Kind, Tensor};
 /// The ignore label (rccr-infer's taxonomy) as the label tensors' integer.
 pub const IGNORE: i64 = rccr_infer::taxonomy::IGNORE as i64;
 
-/// The classes present in a label map (`0..num_classes`, 255 and other values excluded),
-/// ascending. `label` is any integer tensor.
-pub(crate) fn classes_present(label: &Tensor, num_classes: i64) -> Vec<i64> {
-    let flat = label.flatten(0, -1).to_kind(Kind::Int64).clamp(0, IGNORE);
-    let counts = Vec::<i64>::try_from(
-        &flat
-            .bincount::<Tensor>(None, IGNORE + 1)
-            .to_device(Device::Cpu),
-    )
-    .unwrap_or_default();
-    counts
-        .iter()
-        .enumerate()
-        .filter(|&(c, &n)| n > 0 && (c as i64) < num_classes)
-        .map(|(c, _)| c as i64)
-        .collect()
-}
-
 /// ceil(n/2) of `present`, chosen without replacement, ascending.
 pub(crate) fn choose_half<R: Rng + ?Sized>(present: &[i64], rng: &mut R) -> Vec<i64> {
     let n = present.len();
@@ -56,29 +38,37 @@ pub(crate) fn choose_half<R: Rng + ?Sized>(present: &[i64], rng: &mut R) -> Vec<
 }
 
 /// ClassMix masks `N x H x W` (f32 0/1) from source labels `N x H x W`, and the classes
-/// chosen per image.
+/// chosen per image. The class counts of all images come to the host in one copy and the
+/// per-image class tables go back in one (no copy per image).
 pub(crate) fn classmix_masks<R: Rng + ?Sized>(
     labels: &Tensor,
     num_classes: i64,
     rng: &mut R,
 ) -> (Tensor, Vec<Vec<i64>>) {
     let n = labels.size()[0];
-    let device = labels.device();
-    let mut masks = Vec::with_capacity(n as usize);
+    let bins = IGNORE + 1;
+    // Label of image b shifted into bins [b * bins, (b + 1) * bins).
+    let offsets = Tensor::arange(n, (Kind::Int64, labels.device())).view([n, 1, 1]) * bins;
+    let idx = (labels.to_kind(Kind::Int64).clamp(0, IGNORE) + offsets).flatten(0, -1);
+    let counts = Vec::<i64>::try_from(
+        &idx.bincount::<Tensor>(None, n * bins)
+            .to_device(Device::Cpu),
+    )
+    .unwrap_or_default();
+    let mut table = vec![0f32; (n * bins) as usize];
     let mut chosen_all = Vec::with_capacity(n as usize);
-    for b in 0..n {
-        let label = labels.get(b).to_kind(Kind::Int64);
-        let chosen = choose_half(&classes_present(&label, num_classes), rng);
-        let mut table = vec![0f32; (IGNORE + 1) as usize];
+    for (b, counts) in counts.chunks(bins as usize).enumerate() {
+        let present: Vec<i64> = (0..num_classes.min(bins))
+            .filter(|&c| counts[c as usize] > 0)
+            .collect();
+        let chosen = choose_half(&present, rng);
         for &c in &chosen {
-            table[c as usize] = 1.0;
+            table[b * bins as usize + c as usize] = 1.0;
         }
-        let table = Tensor::from_slice(&table).to_device(device);
-        let idx = label.clamp(0, IGNORE).flatten(0, -1);
-        masks.push(table.index_select(0, &idx).view_as(&label));
         chosen_all.push(chosen);
     }
-    (Tensor::stack(&masks, 0), chosen_all)
+    let table = crate::upload::small(&Tensor::from_slice(&table), labels.device());
+    (table.index_select(0, &idx).view_as(labels), chosen_all)
 }
 
 /// `mask * a + (1 - mask) * b` for images `N x 3 x H x W` and a mask `N x H x W` or
@@ -232,8 +222,7 @@ pub(crate) fn augment(images: &Tensor, params: &[AugParams]) -> Tensor {
 }
 
 fn gray(x: &Tensor) -> Tensor {
-    let w = Tensor::from_slice(&[0.299f32, 0.587, 0.114])
-        .to_device(x.device())
+    let w = crate::upload::small(&Tensor::from_slice(&[0.299f32, 0.587, 0.114]), x.device())
         .view([1, 3, 1, 1]);
     (x * w).sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
 }
@@ -261,7 +250,7 @@ pub(crate) fn color_jitter(x: &Tensor, [b, c, s, h]: [f64; 4]) -> Tensor {
     let rot = [[1.0f32, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]];
     let mat = matmul3(&to_rgb, &matmul3(&rot, &to_yiq));
     let flat: Vec<f32> = mat.iter().flatten().copied().collect();
-    let m = Tensor::from_slice(&flat).to_device(x.device()).view([3, 3]);
+    let m = crate::upload::small(&Tensor::from_slice(&flat), x.device()).view([3, 3]);
     let (n, _, hh, ww) = x.size4().expect("4-d image");
     let y = m.matmul(&x.view([n, 3, hh * ww]));
     y.view([n, 3, hh, ww]).clamp(0.0, 1.0)
@@ -295,9 +284,7 @@ pub(crate) fn gaussian_blur(x: &Tensor, sigma: f64) -> Tensor {
     if r >= h || r >= w {
         return x.shallow_clone();
     }
-    let kt = Tensor::from_slice(&k)
-        .to_device(x.device())
-        .to_kind(x.kind());
+    let kt = crate::upload::small(&Tensor::from_slice(&k), x.device()).to_kind(x.kind());
     let kh = kt.view([1, 1, 1, -1]).repeat([3, 1, 1, 1]);
     let kv = kt.view([1, 1, -1, 1]).repeat([3, 1, 1, 1]);
     let y = x

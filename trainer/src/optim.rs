@@ -146,30 +146,26 @@ impl Sgd {
     }
 
     /// One update with the given gradients (as [`Sgd::gradients`] returns them, possibly
-    /// averaged over ranks); see the module documentation for absent gradients.
+    /// averaged over ranks); see the module documentation for absent gradients. Each
+    /// learning-rate group is updated by multi-tensor kernels ([`crate::foreach::sgd`]).
     pub fn apply(&mut self, lr_backbone: f64, lr_head: f64, grads: Vec<Option<Tensor>>) {
-        tch::no_grad(|| {
-            for (p, grad) in self.params.iter_mut().zip(grads) {
-                let grad = match grad {
-                    Some(g) => g,
-                    None if p.active => p.var.zeros_like(),
-                    None => continue,
-                };
-                p.active = true;
-                let lr = match p.group {
-                    Group::Backbone => lr_backbone,
-                    Group::Head => lr_head,
-                };
-                let d = if self.weight_decay != 0.0 {
-                    &grad + &p.var * self.weight_decay
-                } else {
-                    grad
-                };
-                let _ = p.momentum.g_mul_scalar_(self.momentum);
-                let _ = p.momentum.g_add_(&d);
-                let _ = p.var.g_add_(&(&p.momentum * (-lr)));
-            }
-        });
+        let mut groups: [Vec<(Tensor, Tensor, Tensor)>; 2] = [Vec::new(), Vec::new()];
+        for (p, grad) in self.params.iter_mut().zip(grads) {
+            let grad = match grad {
+                Some(g) => g,
+                None if p.active => tch::no_grad(|| p.var.zeros_like()),
+                None => continue,
+            };
+            p.active = true;
+            let slot = &mut groups[usize::from(p.group == Group::Head)];
+            slot.push((p.var.shallow_clone(), grad, p.momentum.shallow_clone()));
+        }
+        for (group, lr) in groups.iter().zip([lr_backbone, lr_head]) {
+            let ps: Vec<&Tensor> = group.iter().map(|(p, _, _)| p).collect();
+            let gs: Vec<&Tensor> = group.iter().map(|(_, g, _)| g).collect();
+            let bs: Vec<&Tensor> = group.iter().map(|(_, _, b)| b).collect();
+            crate::foreach::sgd(&ps, &gs, &bs, self.momentum, self.weight_decay, lr);
+        }
     }
 
     /// The momentum buffers by parameter name (for checkpoints).

@@ -180,6 +180,12 @@ impl Trainer {
         let student = RccrNet::new(&student_vs.root(), &cfg.model);
         let teacher_vs = nn::VarStore::new(device);
         let teacher = RccrNet::new(&teacher_vs.root(), &cfg.model);
+        if cfg.run.channels_last {
+            for vs in [&student_vs, &teacher_vs] {
+                let vars: Vec<Tensor> = vs.variables().into_values().collect();
+                crate::foreach::to_channels_last_(&vars.iter().collect::<Vec<_>>());
+            }
+        }
         ema::copy_all(&teacher_vs, &student_vs);
         ema::freeze(&teacher_vs);
         let opt = Sgd::new(
@@ -219,17 +225,47 @@ impl Trainer {
         self.cfg.run.precision == Precision::Bf16
     }
 
-    fn finite(&self, term: &'static str, t: &Tensor) -> Result<f64> {
-        let value = t.double_value(&[]);
-        if value.is_finite() {
-            Ok(value)
+    /// A network input in the networks' memory layout (channels-last under
+    /// `run.channels_last`).
+    fn layout(&self, x: Tensor) -> Tensor {
+        if self.cfg.run.channels_last {
+            crate::foreach::channels_last(&x)
         } else {
-            Err(Error::NonFinite {
-                iteration: self.iteration + 1,
-                term,
-                value,
-            })
+            x
         }
+    }
+
+    /// The loss terms and q of this step, read with one device-to-host copy (the step's
+    /// only other synchronisations are the anchor count of L_cont and the ClassMix class
+    /// counts), checked finite in the order they were computed, before any weight changes.
+    fn read_scalars(&self, s: &mut StepState) -> Result<()> {
+        let Some(stacked) = (!s.scalars.is_empty()).then(|| {
+            let ts: Vec<Tensor> = s
+                .scalars
+                .iter()
+                .map(|(_, t)| t.to_kind(Kind::Double))
+                .collect();
+            Tensor::stack(&ts, 0).to_device(Device::Cpu)
+        }) else {
+            return Ok(());
+        };
+        let values = Vec::<f64>::try_from(&stacked)?;
+        for ((term, _), value) in s.scalars.iter().zip(values) {
+            if !value.is_finite() && *term != "q" {
+                return Err(Error::NonFinite {
+                    iteration: self.iteration + 1,
+                    term,
+                    value,
+                });
+            }
+            match *term {
+                "loss_ce" => s.stats.loss_ce = value,
+                "loss_cons" => s.stats.loss_cons = value,
+                "loss_cont" => s.stats.loss_cont = value,
+                _ => s.stats.q = value,
+            }
+        }
+        Ok(())
     }
 
     /// Whether this step measures the terms' gradient norms: every logged iteration (the
@@ -251,7 +287,7 @@ impl Trainer {
 
     /// The student's logits at the crop size (bilinear, align_corners, as DACS).
     fn student_logits(&self, x: &Tensor, crop: i64) -> Result<Tensor> {
-        let xn = self.student.seg.normalize(x);
+        let xn = self.layout(self.student.seg.normalize(x));
         let logits = self.student_forward(|| {
             crate::amp::bf16_autocast(self.bf16(), || self.student.seg.forward_t(&xn, true).logits)
         })?;
@@ -288,9 +324,10 @@ impl Trainer {
         let xt = self.check_target(target, &xs)?;
         self.rec("input.x_t", &xt);
         let teacher = self.teacher_pass(&xt, s.crop, self.cfg.method.pseudo_threshold);
-        s.stats.q = teacher.q.double_value(&[]);
+        s.scalars.push(("q", teacher.q.shallow_clone()));
         s.timer.lap(&mut s.phases.teacher);
-        s.stats.loss_cons = self.classmix_step(&xs, &ys, &xt, &teacher, s.crop)?;
+        let loss_cons = self.classmix_step(&xs, &ys, &xt, &teacher, s.crop)?;
+        s.scalars.push(("loss_cons", loss_cons));
         s.probe.after_cons();
         s.timer.lap(&mut s.phases.classmix);
         if self.cfg.contrastive() {
@@ -318,6 +355,7 @@ impl Trainer {
             phases: Phases::default(),
             timer: Timer::new(self.profile, self.device),
             probe: GradProbe::new(self.measure_grads(), &self.student_vs),
+            scalars: Vec::new(),
             lr_head: lr * cfg.optim.head_lr_mult,
             crop: xs.size()[2],
         };
@@ -331,8 +369,8 @@ impl Trainer {
     /// Line 4 + Eq. 1: L_CE on the source, back-propagated.
     fn source_step(&mut self, xs: &Tensor, ys: &Tensor, s: &mut StepState) -> Result<()> {
         let loss_ce = cross_entropy(&self.student_logits(xs, s.crop)?, ys);
-        s.stats.loss_ce = self.finite("loss_ce", &loss_ce)?;
         loss_ce.backward();
+        s.scalars.push(("loss_ce", loss_ce.detach()));
         s.probe.after_ce();
         s.timer.lap(&mut s.phases.source);
         Ok(())
@@ -340,8 +378,8 @@ impl Trainer {
 
     /// The source batch on the device, checked to be `N x 3 x C x C` / `N x C x C`.
     fn check_source(&self, source: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
-        let xs = source.to_device(self.device).to_kind(Kind::Float);
-        let ys = labels.to_device(self.device).to_kind(Kind::Int64);
+        let xs = crate::upload::batch(source, self.device, Kind::Float);
+        let ys = crate::upload::batch(labels, self.device, Kind::Int64);
         let shape = xs.size();
         if shape.len() != 4
             || shape[1] != 3
@@ -359,12 +397,10 @@ impl Trainer {
 
     /// The target batch on the device, checked to match the source's shape.
     fn check_target(&self, target: Option<&Tensor>, xs: &Tensor) -> Result<Tensor> {
-        let xt = target
-            .ok_or_else(|| {
-                Error::Batch(format!("mode {} needs target images", self.cfg.method.mode))
-            })?
-            .to_device(self.device)
-            .to_kind(Kind::Float);
+        let xt = target.ok_or_else(|| {
+            Error::Batch(format!("mode {} needs target images", self.cfg.method.mode))
+        })?;
+        let xt = crate::upload::batch(xt, self.device, Kind::Float);
         if xt.size() != xs.size() {
             return Err(Error::Batch(format!(
                 "target images {:?} differ in shape from source images {:?}",
@@ -378,7 +414,7 @@ impl Trainer {
     /// Lines 5-7: the teacher on the un-augmented target (training-mode BN, no grad).
     fn teacher_pass(&self, xt: &Tensor, crop: i64, threshold: f64) -> TeacherOut {
         tch::no_grad(|| {
-            let xn = self.teacher.seg.normalize(xt);
+            let xn = self.layout(self.teacher.seg.normalize(xt));
             let out =
                 crate::amp::bf16_autocast(self.bf16(), || self.teacher.seg.forward_t(&xn, true));
             let logits = out.logits.to_kind(Kind::Float);
@@ -403,7 +439,8 @@ impl Trainer {
         }
     }
 
-    /// Lines 3, 8, 9: ClassMix and the q-weighted L_cons, back-propagated; returns L_cons.
+    /// Lines 3, 8, 9: ClassMix and the q-weighted L_cons, back-propagated; returns L_cons
+    /// (detached, read at the end of the step).
     fn classmix_step(
         &mut self,
         xs: &Tensor,
@@ -411,7 +448,7 @@ impl Trainer {
         xt: &Tensor,
         teacher: &TeacherOut,
         crop: i64,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         let t = self.iteration;
         let bsz = xs.size()[0];
         let mut rng = self.streams.rng(Purpose::ClassMix, t);
@@ -427,9 +464,8 @@ impl Trainer {
         let logits = self.student_logits(&x_class, crop)?;
         let ce = logits.cross_entropy_loss::<Tensor>(&y_class, None, Reduction::None, IGNORE, 0.0);
         let loss_cons = (ce * weight).mean(Kind::Float);
-        let value = self.finite("loss_cons", &loss_cons)?;
         (&loss_cons * self.cfg.method.lambda_cons).backward();
-        Ok(value)
+        Ok(loss_cons.detach())
     }
 
     /// Lines 3, 10 + Eq. 3-8: CutMix, L_cont (weighted by mu, back-propagated) and the
@@ -449,7 +485,7 @@ impl Trainer {
         let m = &self.cfg.method;
         let g = grid_labels(&teacher.logits, ys, &cut, m.components.ps, m.ps_threshold);
         let lc = self.contrastive_terms(&e_cut, &e_t, &g, [xs.size()[0], h, w]);
-        s.stats.loss_cont = self.finite("loss_cont", &lc.loss)?;
+        s.scalars.push(("loss_cont", lc.loss.detach()));
         s.stats.kept_anchors = lc.anchors;
         s.stats.box_anchors = g.box_cells;
         s.stats.negatives = lc.negatives;
@@ -483,7 +519,7 @@ impl Trainer {
         let x_cut = mixing::augment(&mixing::cutmix(xs, xt, &cut), &params);
         self.rec("cutmix.x", &x_cut);
         self.rec_box(&cut);
-        let xn = self.student.seg.normalize(&x_cut);
+        let xn = self.layout(self.student.seg.normalize(&x_cut));
         let e_cut = self
             .student_forward(|| {
                 crate::amp::bf16_autocast(self.bf16(), || {
@@ -509,7 +545,7 @@ impl Trainer {
         let keep = m.components.ns_random.then(|| {
             let mut rng = self.streams.rng(Purpose::NsRandom, self.iteration);
             let v = random_keep(n_neg, m.ns_random_fraction, &mut rng);
-            Tensor::from_slice(&v).to_device(self.device)
+            crate::upload::small(&Tensor::from_slice(&v), self.device)
         });
         let bank = if m.components.mb {
             self.bank.all()
@@ -632,6 +668,8 @@ impl Trainer {
     /// Lines 11-12: the SGD update (gradients averaged over the ranks), the teacher's EMA
     /// (a copy in mode `source-only`), the state check and the step's statistics.
     fn finish(&mut self, s: StepState, copy_teacher: bool) -> Result<StepStats> {
+        let mut s = s;
+        self.read_scalars(&mut s)?;
         let StepState {
             mut stats,
             mut phases,
@@ -704,6 +742,8 @@ struct StepState {
     lr_head: f64,
     /// The crop side of the batch.
     crop: i64,
+    /// The loss terms and q as computed (device scalars), read in [`Trainer::finish`].
+    scalars: Vec<(&'static str, Tensor)>,
 }
 
 impl Trainer {
@@ -726,6 +766,9 @@ impl Trainer {
                 .map(|(n, t)| (format!("momentum.{n}"), t.shallow_clone())),
         )
         .collect();
+        if crate::foreach::all_finite(&named.iter().map(|(_, t)| t).collect::<Vec<_>>()) {
+            return Ok(());
+        }
         match rccr_models::weights::first_non_finite(named.iter().map(|(n, t)| (n.as_str(), t))) {
             None => Ok(()),
             Some(variable) => Err(Error::NonFiniteState {
@@ -780,7 +823,8 @@ fn grid_labels(t_logits: &Tensor, ys: &Tensor, cut: &CutBox, ps: bool, delta: f6
             .expand([b, h, w], true);
         let ys_grid = cell_centre_labels(ys, h, w);
         let cut_labels = t_labels.where_self(&cell, &ys_grid);
-        let box_cells = cell.sum(Kind::Int64).int64_value(&[]);
+        let (rows, cols) = cut.cells(h, w);
+        let box_cells = b * (rows.end - rows.start) * (cols.end - cols.start);
         let anchors = if ps {
             cell.logical_and(&conf.gt(delta))
         } else {

@@ -252,6 +252,10 @@ section! {
         /// GPU runs repeat; off: cuDNN picks the fastest kernels, as DACS. CPU runs are
         /// deterministic either way.
         pub deterministic: bool = false,
+        /// Channels-last (NHWC) weights and activations, so on CUDA that cuDNN can pick its
+        /// bf16 / TF32 tensor-core kernels without layout transposes
+        /// (docs/gpu-acceptance.md); same results up to rounding (on the CPU too, slower).
+        pub channels_last: bool = false,
         /// ImageNet backbone with torchvision names to start from; unset: random init
         /// (the paper starts from ImageNet).
         pub init: Option<PathBuf> = None,

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make demo`: the whole pipeline on the built-in synthetic "game -> real" benchmark, on CPU.
+# `make demo`: the whole pipeline on the built-in synthetic "game -> real" benchmark
+# (version 2, docs/benchmark.md), on CPU.
 #   generate -> train source-only, baseline, rccr (small backbone) -> export the RCCR teacher
-#   -> rccr-infer on target val with scoring -> per-class target mIoU table for the three modes
+#   -> rccr-infer on target val with scoring -> the same teacher quantised to int8 and scored
+#   on the same images -> per-class target mIoU table for the three modes
 #   -> overview.png: 3 target val images, ground truth and the three modes' predictions.
 # Scale with DEMO_ITERATIONS, DEMO_COUNT (images per domain), DEMO_SIZE (WxH), DEMO_CROP,
 # DEMO_BACKBONE, DEMO_DEVICE, DEMO_OUT. Defaults finish in well under 20 minutes on 2 cores.
@@ -54,6 +56,19 @@ step "rccr-infer on target val (ONNX Runtime), colour predictions in $OUT/predic
 "$BIN/rccr-infer" --model "$OUT/rccr.onnx" --images "$OUT/data/cityscapes/leftImg8bit/val" \
   --labels "$OUT/data/cityscapes/gtFine/val" --input-size "$SIZE" --out "$OUT/predictions" \
   --json "$OUT/rccr-infer.json"
+
+step "int8: the RCCR teacher quantised (calibrated on target train images), scored on the same val images"
+"$BIN/rccr-export" --checkpoint "$ckpt" --out "$OUT/rccr-int8.onnx" --int8 \
+  --calibration-images "$OUT/data/cityscapes/leftImg8bit/train" --calibration-size "$SIZE"
+"$BIN/rccr-infer" --model "$OUT/rccr-int8.onnx" --images "$OUT/data/cityscapes/leftImg8bit/val" \
+  --labels "$OUT/data/cityscapes/gtFine/val" --input-size "$SIZE" --out "$OUT/predictions-int8" \
+  --json "$OUT/rccr-infer-int8.json" --quiet >/dev/null
+python3 - "$OUT" <<'PY' | tee "$OUT/int8.md"
+import json, sys
+miou = lambda f: 100 * json.load(open(f"{sys.argv[1]}/{f}"))["miou"]
+fp32, int8 = miou("rccr-infer.json"), miou("rccr-infer-int8.json")
+print(f"RCCR teacher on target val (rccr-infer): fp32 {fp32:.2f}, int8 {int8:.2f} mIoU (int8 - fp32: {int8 - fp32:+.2f})")
+PY
 
 step "target mIoU per class (teacher, Cityscapes-layout val)"
 python3 scripts/demo_table.py "$OUT/runs" source-only baseline rccr | tee "$OUT/table.md"

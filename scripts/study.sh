@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The issue-9 study (README "What the contrastive term buys"): does L_cont change the
-# target mIoU, paired by seed, from a warm start?
+# The paired study (docs/study.md): does L_cont change the target mIoU, paired by seed,
+# from a warm start? On benchmark version 2 (docs/benchmark.md) by default;
+# STUDY_SYNTH_FLAGS='--gap appearance' re-runs it on version 1, the earlier benchmark.
 #   1. a source-only warm-up model (from scratch; the checkpoint kept is the best on the
 #      SOURCE val split, gta5-val: the stand-in for the paper's pretrained encoder);
 #   2. from it, baseline vs rccr (paper settings) paired by seed (STUDY_SEEDS, >= 8);
@@ -9,8 +10,11 @@
 #   4. the weight with the best mean paired gain on the HELD-OUT target split (a second
 #      synthetic draw, seed 1; never the reported val) is selected, and the Table 3 rungs
 #      (+RWC, +NS(R), +NS(C), +PS; full = rccr) run at it, paired with the baseline;
-#   5. scripts/study_summary.py: per-seed paired differences, mean with a 95 % t interval,
-#      the contrastive gradient share; OUT/summary.md and OUT/summary.json.
+#   5. the ladder's ends on STUDY_DOSE_SEEDS: source-only and the oracle (source-only on
+#      the target's labels), the same iterations from the same warm start;
+#   6. scripts/study_summary.py: per-seed paired differences, mean with a 95 % t interval,
+#      per-class differences, the ladder and its ratios, the contrastive gradient share;
+#      OUT/summary.md and OUT/summary.json.
 # Re-runnable and resumable: a run with OUT/runs/NAME/result.json is not run again; a run
 # cut short is started over. CPU by default; --device auto takes a GPU when present.
 #
@@ -18,7 +22,9 @@
 # Env: STUDY_BIN (folder with rccr-train; copied into OUT/bin at the first start, so a
 #      rebuild never changes a study under way), STUDY_DEVICE (auto|cpu|cuda),
 #      STUDY_SEEDS, STUDY_DOSE_SEEDS, STUDY_WARMUP_ITERS, STUDY_ITERS, STUDY_LR,
-#      STUDY_CROP, STUDY_SIZE, STUDY_JOBS (parallel runs, default 2), STUDY_THREADS (libtorch threads per run, default 1).
+#      STUDY_CROP, STUDY_SIZE, STUDY_JOBS (parallel runs, default 2), STUDY_THREADS (libtorch
+#      threads per run, default 1), STUDY_SYNTH_FLAGS (extra `rccr-train synth` flags of both
+#      draws, e.g. '--gap appearance').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-study}
@@ -32,6 +38,7 @@ LR=${STUDY_LR:-0.01}
 CROP=${STUDY_CROP:-128}
 SIZE=${STUDY_SIZE:-256x128}
 JOBS=${STUDY_JOBS:-2}
+SYNTH_FLAGS=${STUDY_SYNTH_FLAGS:-}
 # One libtorch thread per run: on a shared 2-core machine two threads per process stall
 # at OpenMP barriers (measured here: baseline 1.14 s/iteration with 2 threads vs 0.235
 # with 1 while other work ran); two runs side by side use both cores.
@@ -44,8 +51,10 @@ DATA=$OUT/data
 HOLD=$OUT/holdout
 log() { echo "[study $(date +%H:%M:%S)] $*"; }
 
-[[ -f $DATA/synth.json ]] || "$BIN" synth --out "$DATA" --seed 0 --size "$SIZE" >/dev/null 2>&1
-[[ -f $HOLD/synth.json ]] || "$BIN" synth --out "$HOLD" --seed 1 --count 2 --val-count 50 --size "$SIZE" >/dev/null 2>&1
+# shellcheck disable=SC2086
+[[ -f $DATA/synth.json ]] || "$BIN" synth --out "$DATA" --seed 0 --size "$SIZE" $SYNTH_FLAGS >/dev/null 2>&1
+# shellcheck disable=SC2086
+[[ -f $HOLD/synth.json ]] || "$BIN" synth --out "$HOLD" --seed 1 --count 2 --val-count 50 --size "$SIZE" $SYNTH_FLAGS >/dev/null 2>&1
 COMMON=(--backbone small --source-size "$SIZE" --target-size "$SIZE" --val-size "$SIZE"
         --crop "$CROP" --batch-size 2 --lr "$LR" --device "$DEVICE" --workers 2 --quiet)
 
@@ -75,17 +84,20 @@ PY
 fi
 INIT=$OUT/warmup.safetensors
 
-# run_one NAME SEED FLAGS...: one adaptation run from the warm-up model.
+# run_one NAME SEED FLAGS...: one adaptation run from the warm-up model; the run named
+# `oracle` trains on the target's labels.
 run_one() {
   local name=$1 seed=$2; shift 2
   local dir=$OUT/runs/$name-s$seed
+  local source="gta5:$DATA/gta5"
+  [[ $name == oracle ]] && source="cityscapes:$DATA/cityscapes"
   [[ -f $dir/result.json ]] && return 0
   local ckpt
   ckpt=$(printf '%s/checkpoints/iter_%07d.safetensors' "$dir" "$ITERS")
   if [[ ! -f $ckpt ]]; then
     rm -rf "$dir"
     log "run $name seed $seed: $*"
-    if ! "$BIN" train --source "gta5:$DATA/gta5" --target "cityscapes:$DATA/cityscapes" \
+    if ! "$BIN" train --source "$source" --target "cityscapes:$DATA/cityscapes" \
         --init-from "$INIT" --out "$dir" --iterations "$ITERS" --seed "$seed" --val-every 0 \
         --save-every 0 --keep-last 1 --log-every 10 "${COMMON[@]}" "$@" >"$dir.log" 2>&1; then
       log "run $name seed $seed FAILED (see $dir.log)"; return 0
@@ -144,5 +156,7 @@ for s in $DOSE_SEEDS; do
   echo "rung-NSC-$SEL|$s|$MU_FLAGS --no-ps --no-mb"
   echo "rung-PS-$SEL|$s|$MU_FLAGS --no-mb"
 done | run_all
+# 5. The ladder's ends: source-only and the oracle, from the same warm start.
+for s in $DOSE_SEEDS; do echo "source-only|$s|--mode source-only"; echo "oracle|$s|--mode source-only"; done | run_all
 python3 scripts/study_summary.py "$OUT"
 log "done: $OUT/summary.md"

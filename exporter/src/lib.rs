@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ## Modules
+//!
 //! rccr-exporter: freezes the RCCR teacher network (encoder F_enc + segmentation head
 //! F_seg of paper Sec. 3.2.1; the projector is training-only and left out) into an ONNX
 //! model that ONNX Runtime and TensorRT run, and verifies it against libtorch.
@@ -12,7 +16,7 @@
 //!   `rccr_infer::contract` that `rccr-infer` reads.
 //! - [`quantize`]: static int8 quantization (QDQ) with image calibration.
 //! - [`export`]: load a checkpoint's teacher, encode, write atomically.
-//! - [`verify`]: tch vs ONNX Runtime parity report.
+//! - [`verify`](mod@verify): tch vs ONNX Runtime parity report.
 //! - [`job`]: one `rccr-export` run (options, int8, verification, write) as a library call.
 //! - [`error`]: [`ExportError`], the one error type of the library.
 //!

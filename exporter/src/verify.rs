@@ -40,7 +40,7 @@ pub struct Tolerance {
 }
 
 impl Tolerance {
-    /// The default bound: [`FP32_ABS_TOLERANCE`] for fp32 weights, [`FP16_REL_TOLERANCE`]
+    /// The default bound: `FP32_ABS_TOLERANCE` for fp32 weights, `FP16_REL_TOLERANCE`
     /// (relative) for fp16 weights.
     pub fn default_for(fp16: bool) -> Tolerance {
         if fp16 {

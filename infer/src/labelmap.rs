@@ -27,7 +27,7 @@ fn nearest_index(d: u32, src: u32, dst: u32) -> u32 {
 }
 
 /// A row-major `src` id map of size `from` resized to `to` with nearest-neighbour
-/// sampling ([`nearest_index`]; ids are never blended). A copy when the sizes match; an
+/// sampling (`nearest_index`; ids are never blended). A copy when the sizes match; an
 /// empty source gives a map of [`IGNORE`].
 pub fn resize_nearest(src: &[u8], from: (u32, u32), to: (u32, u32)) -> Vec<u8> {
     let ((sw, sh), (width, height)) = (from, to);

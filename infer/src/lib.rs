@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ## Modules
+//!
 //! rccr-infer: batched semantic segmentation and Cityscapes mIoU scoring on ONNX
 //! Runtime. A library first (embeddable, no libtorch), with the `rccr-infer` CLI on top.
 //!

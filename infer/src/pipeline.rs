@@ -263,7 +263,7 @@ pub struct PreparedRun<'a> {
     cityscapes: bool,
 }
 
-/// Pairs the inputs ([`plan_inputs`]), opens the model and checks that it fits the run
+/// Pairs the inputs (`plan_inputs`), opens the model and checks that it fits the run
 /// (scoring against Cityscapes labelIds needs the 19 Cityscapes classes).
 pub fn prepare(opts: &PipelineOptions) -> Result<PreparedRun<'_>> {
     let (images, labels) = plan_inputs(opts)?;

@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ## Modules
+//!
 //! Network definitions shared by the RCCR trainer and exporter.
 //!
 //! - [`config`]: the serde-serialisable network configuration (backbone, classes, ASPP

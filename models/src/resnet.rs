@@ -1,6 +1,6 @@
 //! The DeepLabv2 encoder in the DACS layout: a ResNet with a 7x7/2 stem, ceil-mode
 //! max-pool, Caffe-style bottlenecks (stride on the first 1x1), and layer3 / layer4
-//! dilated by 2 / 4 at stride 1, so the output stride is 8 (paper Sec. 4.1; DeepLab [6]).
+//! dilated by 2 / 4 at stride 1, so the output stride is 8 (paper Sec. 4.1; DeepLab, ref. 6).
 //! Parameter names mirror torchvision (`conv1`, `bn1`, `layer3.0.downsample.0`, ...)
 //! so ImageNet weights load by name.
 

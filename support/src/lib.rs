@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ## Modules
+//!
 //! Test set-up shared by the workspace's tests (a dev-dependency only, never shipped):
 //! - [`repo_root`]: the workspace root, where `.deps/` and the reference scripts live;
 //! - [`python`] / [`run_python`] / [`python_outputs`]: the pinned Python (`python3` with the repository's

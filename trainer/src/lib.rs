@@ -1,3 +1,7 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ## Modules
+//!
 //! rccr-trainer: the RCCR training method (paper Algorithm 1) and its data pipeline.
 //!
 //! - [`config`]: every setting of a run, nested (model, data, method, optim, run), with

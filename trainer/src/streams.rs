@@ -6,7 +6,7 @@
 //! components consume: a `baseline` run and an `rccr` run of one seed differ only by the
 //! contrastive term (the pairing test checks `--mode rccr --mu-max 0` against
 //! `--mode baseline` bit for bit). Data sampling follows the same rule in the loaders
-//! ([`crate::data::augment::rng_for`], keyed by seed and global sample index). A resumed
+//! (`crate::data::augment::rng_for`, keyed by seed and global sample index). A resumed
 //! run needs no generator state: iteration t's streams are rebuilt from t.
 
 use crate::data::augment::mix;

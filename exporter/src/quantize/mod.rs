@@ -167,7 +167,7 @@ pub fn activation_tensors(model: &ModelProto) -> Result<Vec<String>, ExportError
 }
 
 /// The QDQ int8 model of the fp32 `model` with the activation ranges of `calibration`
-/// (see the module docs). The metadata's `rccr.weights` becomes [`WEIGHTS_INT8_QDQ`] and
+/// (see the module docs). The metadata's `rccr.weights` becomes `WEIGHTS_INT8_QDQ` and
 /// `rccr.calibration` records the method; inputs and outputs are unchanged.
 pub fn quantize(model: &ModelProto, calibration: &Calibration) -> Result<ModelProto, ExportError> {
     let acts = activation_tensors(model)?;

@@ -253,7 +253,7 @@ fn target_colours_shift_away_from_the_source() {
     // --shift 0 renders the target like the source: sky colour matches the source palette.
     let flat = tempfile::tempdir().unwrap();
     let mut a = args(flat.path(), 5, 8, 1);
-    a.shift = 0.0;
+    a.shift = Some(0.0);
     let r0 = run(&a).unwrap();
     let (s, t) = (
         mean_colour(&r0.source_spec, 10),
@@ -287,6 +287,6 @@ fn refuses_foreign_folders_and_bad_arguments() {
     let mut a = args(dir.path(), 0, 0, 1);
     assert!(matches!(run(&a), Err(Error::BadArgs { .. })));
     a.count = 1;
-    a.shift = f32::NAN;
+    a.shift = Some(f32::NAN);
     assert!(matches!(run(&a), Err(Error::BadArgs { .. })));
 }

@@ -32,6 +32,14 @@ impl Gap {
     }
 }
 
+/// Version 1's default `--shift` (the earlier benchmark's value).
+pub const APPEARANCE_SHIFT: f32 = 0.7;
+
+/// Version 2's default `--shift`: chosen with the content gap on a development draw so
+/// that the ratios of the ladder resemble GTA5 -> Cityscapes (docs/benchmark.md,
+/// "Calibration").
+pub const CONTENT_SHIFT: f32 = 0.2;
+
 /// A closed interval `[lo, hi]`, written `[lo, hi]` in files, drawn uniformly.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Span(pub f32, pub f32);

@@ -101,11 +101,13 @@ pub struct SynthArgs {
     /// Image size WxH.
     #[arg(long, default_value = "512x256")]
     pub size: ImageSize,
-    /// Strength of the target domain's shift: 0 renders the target like the source, 1 is
-    /// the full "real" palette, noise and blur, above 1 exaggerates it. Default 0.7: a
-    /// colour-only classifier fit on the source falls from 37% to 8% mIoU on the target.
-    #[arg(long, default_value_t = 0.7)]
-    pub shift: f32,
+    /// Strength of the target's appearance shift (its "real" palette, texture and
+    /// shadows): 0 renders the target in the source's colours, 1 the full "real" palette.
+    /// Default: 0.7 with `--gap appearance` (version 1: a colour-only classifier fit on
+    /// the source falls from 37% to 8% mIoU on the target), 0.2 with `--gap content`
+    /// (`gap::CONTENT_SHIFT`, calibrated: docs/benchmark.md, "Calibration").
+    #[arg(long)]
+    pub shift: Option<f32>,
     /// Benchmark version: `content` (version 2: camera, layout, class priors, looks and
     /// sensor differ between domains; docs/benchmark.md) or `appearance` (version 1, the
     /// earlier generator: the same scenes, rendered differently).
@@ -125,6 +127,14 @@ fn appearance() -> Gap {
 }
 
 impl SynthArgs {
+    /// The target's appearance shift: `--shift`, else the version's default.
+    pub fn shift(&self) -> f32 {
+        self.shift.unwrap_or(match self.gap {
+            Gap::Appearance => gap::APPEARANCE_SHIFT,
+            Gap::Content => gap::CONTENT_SHIFT,
+        })
+    }
+
     /// The default arguments writing to `out`.
     pub fn new(out: impl Into<PathBuf>) -> SynthArgs {
         SynthArgs {
@@ -136,7 +146,7 @@ impl SynthArgs {
                 width: 512,
                 height: 256,
             },
-            shift: 0.7,
+            shift: None,
             gap: Gap::Content,
             knobs: None,
         }
@@ -156,7 +166,7 @@ pub struct SynthReport {
     pub seed: u64,
     /// Image size.
     pub size: ImageSize,
-    /// Target shift strength.
+    /// Target shift strength used (the default of the version when `--shift` is not given).
     pub shift: f32,
     /// Source training pairs (`gta5/`).
     pub source_train: usize,
@@ -347,7 +357,13 @@ pub(crate) fn sample(
         None => {
             let scene = Scene::sample(&mut rng, w, h);
             let canvas = scene.draw(w, h);
-            let rgb = render(&canvas, scene.cam.hy, set.domain(), args.shift, image_seed);
+            let rgb = render(
+                &canvas,
+                scene.cam.hy,
+                set.domain(),
+                args.shift(),
+                image_seed,
+            );
             (rgb, canvas)
         }
         Some(k) => {
@@ -357,7 +373,7 @@ pub(crate) fn sample(
             };
             let scene = Scene::sample_street(&mut rng, w, h, k);
             let canvas = scene.draw(w, h);
-            let rgb = render_v2(&canvas, scene.cam.hy, k, args.shift, image_seed);
+            let rgb = render_v2(&canvas, scene.cam.hy, k, args.shift(), image_seed);
             (rgb, canvas)
         }
     }
@@ -439,9 +455,10 @@ fn check_args(args: &SynthArgs) -> Result<(), Error> {
             reason: "--count must be at least 1".into(),
         });
     }
-    if !args.shift.is_finite() || args.shift < 0.0 {
+    let shift = args.shift();
+    if !shift.is_finite() || shift < 0.0 {
         return Err(Error::BadArgs {
-            reason: format!("--shift {} must be a finite number >= 0", args.shift),
+            reason: format!("--shift {shift} must be a finite number >= 0"),
         });
     }
     Ok(())
@@ -522,7 +539,7 @@ fn report(
         out: args.out.clone(),
         seed: args.seed,
         size: args.size,
-        shift: args.shift,
+        shift: args.shift(),
         source_train: args.count,
         source_val: args.val_count,
         target_train: args.count,

@@ -22,6 +22,9 @@
 #   scripts/gpu-acceptance.sh             (GPU host) the run; ONNX Runtime's CUDA provider
 #       must have been staged by scripts/stage-ort-cuda.sh (pack here, one `receive` call
 #       per chunk there), else the inference steps are reported unavailable.
+#   scripts/gpu-acceptance.sh --rehearse  (here) the same steps on the CPU, small backbone,
+#       tiny crops, fp32, Gloo for NCCL, the CPU provider for CUDA: checks the plumbing
+#       (commands, files, the report) in about two minutes.
 #
 # Environment: OUT (where the report and log go; default target/gpu-acceptance), WORK
 # (scratch; default target/gpu-acceptance-work), BUDGET_S (seconds for the whole run,
@@ -35,6 +38,7 @@ cd "$(dirname "$0")/.."
 
 BIN=${RCCR_BIN:-target/release}
 REPORTS=${OUT:-target/gpu-acceptance}
+WORK_GIVEN=${WORK:-}
 WORK=${WORK:-target/gpu-acceptance-work}
 BUDGET_S=${BUDGET_S:-540}
 ITERATIONS=${ITERATIONS:-10}
@@ -48,6 +52,21 @@ SCRIPTS=(scripts/gpu-acceptance.sh scripts/gpu/env.sh scripts/gpu/report.py
 # The R101 settings every speed figure uses (the bench's, the paper's run's).
 NET=(--backbone resnet101 --crop 512 --batch-size 2)
 SIZE=1024x512
+# What --rehearse replaces: the device, the fast precision, the collective backend and
+# the inference provider.
+DEVICE=cuda
+FAST=bf16
+DIST=nccl
+PROVIDER=cuda
+REHEARSE=0
+rehearse() {
+    REHEARSE=1
+    DEVICE=cpu FAST=fp32 DIST=gloo PROVIDER=cpu
+    NET=(--backbone small --crop 64 --batch-size 2)
+    SIZE=128x64 ITERATIONS=2 WARMUP=1 TRAIN_ITERATIONS=4
+    REPORTS=${OUT:-target/gpu-acceptance-rehearsal}
+    WORK=${WORK_GIVEN:-target/gpu-acceptance-rehearsal-work}
+}
 
 die() {
     echo "gpu-acceptance: error: $*" >&2
@@ -104,27 +123,26 @@ bench_step() {
     local p=$1 tag
     shift
     tag=$(basename "$STEP_DIR")
-    t "$BIN/rccr-train" bench "${NET[@]}" --device cuda --mode rccr --precision "$p" \
+    t "$BIN/rccr-train" bench "${NET[@]}" --device "$DEVICE" --mode rccr --precision "$p" \
         --iterations "$ITERATIONS" --warmup "$WARMUP" --json-out "$STEP_DIR/$tag.json" "$@"
 }
-step_bench_bf16() { bench_step bf16; }
+step_bench_bf16() { bench_step "$FAST"; }
 step_bench_fp32() { bench_step fp32; }
-step_bench_bf16_cl() { bench_step bf16 --channels-last; }
+step_bench_bf16_cl() { bench_step "$FAST" --channels-last; }
 
-# peer_step PRECISION: the PyTorch peer, then its comparison with bench-PRECISION.
+# peer_step TAG PRECISION: the PyTorch peer, then its comparison with bench-TAG.
 peer_step() {
-    local p=$1
-    t "$PY" scripts/peer/rccr_iteration.py "${NET[@]}" --device cuda --precision "$p" \
-        --iterations "$ITERATIONS" --warmup "$WARMUP" --json-out "$STEP_DIR/peer-$p.json" || return 1
-    local ours="$WORK/bench-$p/bench-$p.json"
-    [ -f "$ours" ] || { echo "no rccr-train figures (bench-$p) to compare with" >"$STEP_DIR/note"; return 0; }
-    "$PYR" scripts/gpu/report.py compare "$ours" "$STEP_DIR/peer-$p.json" >"$STEP_DIR/compare-$p.json" &&
-        cat "$STEP_DIR/compare-$p.json"
+    local tag=$1 p=$2
+    t "$PY" scripts/peer/rccr_iteration.py "${NET[@]}" --device "$DEVICE" --precision "$p" \
+        --iterations "$ITERATIONS" --warmup "$WARMUP" --json-out "$STEP_DIR/peer-$tag.json" || return 1
+    local ours="$WORK/bench-$tag/bench-$tag.json"
+    [ -f "$ours" ] || { echo "no rccr-train figures (bench-$tag) to compare with" >"$STEP_DIR/note"; return 0; }
+    "$PYR" scripts/gpu/report.py compare "$ours" "$STEP_DIR/peer-$tag.json" >"$STEP_DIR/compare-$tag.json" &&
+        cat "$STEP_DIR/compare-$tag.json"
 }
-step_peer_bf16() { peer_step bf16; }
-step_peer_fp32() { peer_step fp32; }
+step_peer_bf16() { peer_step bf16 "$FAST"; }
+step_peer_fp32() { peer_step fp32 fp32; }
 
-DATA=$WORK/data
 step_synth() {
     rm -rf "$DATA"
     t "$BIN/rccr-train" synth --out "$DATA" --count 8 --val-count 4 --size "$SIZE" >"$STEP_DIR/synth.json"
@@ -135,7 +153,7 @@ train_args() {
     echo --mode rccr --source "gta5:$DATA/gta5" --target "cityscapes:$DATA/cityscapes" \
         --out "$1" --iterations "$2" --val-every "$2" --save-every "$2" \
         --source-size "$SIZE" --target-size "$SIZE" --val-size "$SIZE" \
-        "${NET[@]}" --precision bf16 --device cuda --workers 8
+        "${NET[@]}" --precision "$FAST" --device "$DEVICE" --workers 8
 }
 
 # last_line FILE KIND OUT: the last metrics.jsonl record of KIND (train / val) as JSON.
@@ -146,17 +164,16 @@ step_nccl_train() {
     rm -rf "$run"
     # shellcheck disable=SC2046
     t scripts/torchrun --no-python --nproc-per-node 1 "$BIN/rccr-train" train \
-        $(train_args "$run" 4) --val-limit 1 --dist-backend nccl --sync-bn || return 1
+        $(train_args "$run" 4) --val-limit 1 --dist-backend "$DIST" --sync-bn || return 1
     last_line "$run/metrics.jsonl" train "$STEP_DIR/nccl-train.json"
 }
 
 step_nccl_bench() {
     t scripts/torchrun --no-python --nproc-per-node 1 "$BIN/rccr-train" bench "${NET[@]}" \
-        --device cuda --mode rccr --precision bf16 --dist-backend nccl \
+        --device "$DEVICE" --mode rccr --precision "$FAST" --dist-backend "$DIST" \
         --iterations "$ITERATIONS" --warmup "$WARMUP" --json-out "$STEP_DIR/nccl-bench.json"
 }
 
-RUN=$WORK/run
 step_train() {
     rm -rf "$RUN"
     # shellcheck disable=SC2046
@@ -176,6 +193,10 @@ step_export() {
 
 # ONNX Runtime with the CUDA provider, staged by scripts/stage-ort-cuda.sh.
 step_ort() {
+    if [ "$REHEARSE" = 1 ]; then
+        : >"$WORK/ort.env" # the CPU ONNX Runtime rccr-infer was built against
+        return 0
+    fi
     if [ ! -f "$STAGE/manifest" ]; then
         echo "ONNX Runtime's CUDA provider was not staged (scripts/stage-ort-cuda.sh pack here, receive there: docs/gpu-acceptance.md)" >"$STEP_DIR/note"
         return 3
@@ -190,21 +211,21 @@ ort_env() { [ -f "$WORK/ort.env" ] && . "$WORK/ort.env"; }
 step_infer() {
     ort_env || { echo "no ONNX Runtime (step ort)" >"$STEP_DIR/note"; return 3; }
     local val="$DATA/cityscapes/leftImg8bit/val" labels="$DATA/cityscapes/gtFine/val" p
-    for p in cuda cpu; do
+    for p in "$PROVIDER" cpu; do
         t "$BIN/rccr-infer" --model "$WORK/model-fp32.onnx" --images "$val" --labels "$labels" \
             --input-size "$SIZE" --provider "$p" --out "$WORK/pred-$p" --json "$STEP_DIR/infer-$p.json" --quiet || return 1
     done
-    t "$BIN/rccr-infer" score --pred "$WORK/pred-cuda/labelIds" --labels "$WORK/pred-cpu/labelIds" \
+    t "$BIN/rccr-infer" score --pred "$WORK/pred-$PROVIDER/labelIds" --labels "$WORK/pred-cpu/labelIds" \
         --json "$WORK/score.json" --quiet || return 1
     "$PYR" scripts/gpu/report.py agreement "$WORK/score.json" >"$STEP_DIR/agreement.json"
     cat "$STEP_DIR/agreement.json"
-    "$PYR" - "$STEP_DIR" <<'PY'
+    "$PYR" - "$STEP_DIR" "$PROVIDER" <<'PY'
 import json, sys
-d = sys.argv[1]
-ran = json.load(open(f"{d}/infer-cuda.json")).get("provider")
+d, want = sys.argv[1], sys.argv[2]
+ran = json.load(open(f"{d}/infer-{want}.json")).get("provider")
 agree = json.load(open(f"{d}/agreement.json"))["pixel_agreement"]
 print(f"provider that ran: {ran}; pixel agreement with the CPU provider: {100 * agree:.4f} %")
-sys.exit(0 if ran == "cuda" and agree >= 0.999 else 1)
+sys.exit(0 if ran == want and agree >= 0.999 else 1)
 PY
 }
 
@@ -213,7 +234,7 @@ step_infer_bench() {
     local m b
     for m in fp32 fp16; do
         for b in 1 8; do
-            t "$BIN/rccr-infer" bench --model "$WORK/model-$m.onnx" --provider cuda --batch-size "$b" \
+            t "$BIN/rccr-infer" bench --model "$WORK/model-$m.onnx" --provider "$PROVIDER" --batch-size "$b" \
                 --input-size "$SIZE" --iterations 30 --warmup 5 --json "$STEP_DIR/bench-$m-b$b.json" || return 1
         done
     done
@@ -232,14 +253,17 @@ step_tensorrt() {
 
 run_all() {
     [ -x "$BIN/rccr-train" ] || die "$BIN/rccr-train not found: build with 'cargo build --release --workspace' here and carry target/release/{rccr-train,rccr-export,rccr-infer}"
-    command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 ||
-        die "no NVIDIA GPU visible (nvidia-smi): run this on the GPU host, or use --dry-run here"
+    [ "$REHEARSE" = 1 ] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; } ||
+        die "no NVIDIA GPU visible (nvidia-smi): run this on the GPU host, or --dry-run / --rehearse here"
+    DATA=$WORK/data
+    RUN=$WORK/run
     . scripts/gpu/env.sh
     [ -n "$PY" ] || die "no python with torch found (set PYTHON)"
     PYR=$PY
     mkdir -p "$REPORTS" "$WORK"
     REPORT="$REPORTS/gpu-acceptance.json"
     "$PYR" scripts/gpu/report.py init "$REPORT" || die "cannot write $REPORT"
+    exec > >(tee "$REPORTS/gpu-acceptance.log") 2>&1
     echo "== torch $("$PY" -c 'import torch; print(torch.__version__)') at $TORCH_LIB; budget ${BUDGET_S}s"
     # Priority order: the bf16 speed figures, then the functional checks, then the rest.
     run_step versions 60 step_versions
@@ -402,12 +426,13 @@ dry_run() {
 
 case ${1:-} in
 --dry-run) dry_run ;;
+--rehearse) rehearse && run_all ;;
 "") run_all ;;
 -h | --help)
     sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     ;;
 *)
-    echo "usage: scripts/gpu-acceptance.sh [--dry-run]" >&2
+    echo "usage: scripts/gpu-acceptance.sh [--dry-run | --rehearse]" >&2
     exit 2
     ;;
 esac

@@ -144,6 +144,38 @@ def goal(name, value, op, bound):
     return {"goal": name, "value": value, "bound": f"{op} {bound}", "met": ok}
 
 
+def figures(rep):
+    """The headline numbers of the run, one line each, for docs/gpu-acceptance.md."""
+    out = {}
+    v = step_data(rep, "versions", "versions") or {}
+    if v:
+        out["stack"] = (f"{v.get('gpu')} / driver {str(v.get('nvidia_smi', '')).split(', ')[-1]} / "
+                        f"torch {v.get('torch')} / CUDA {v.get('cuda')} / cuDNN {v.get('cudnn')} / NCCL {v.get('nccl')}")
+    for tag in ("bf16", "fp32", "bf16-cl"):
+        b = step_data(rep, f"bench-{tag}", f"bench-{tag}")
+        if b:
+            ms = {m["mode"]: m for m in b.get("modes", [])}
+            out[f"rccr-train {tag} ms (baseline / rccr, peak MiB)"] = " / ".join(
+                f"{ms[n]['ms_per_iteration']:.1f}" for n in ("baseline", "rccr") if n in ms
+            ) + f" ({(ms.get('rccr') or {}).get('peak_memory_mib')})"
+    for tag in ("bf16", "fp32"):
+        c = step_data(rep, f"peer-{tag}", f"compare-{tag}")
+        if c and "rccr" in c.get("modes", {}):
+            m = c["modes"]["rccr"]
+            out[f"peer {tag} rccr ms, peer / rccr-train"] = f"{m['peer_ms']:.1f}, {m['peer_over_rccr_train']:.2f}x"
+    nb = step_data(rep, "nccl-bench", "nccl-bench")
+    if nb:
+        r = mode(nb, "rccr") or {}
+        out["NCCL world size 1: all-reduce ms (share)"] = f"{r.get('allreduce_ms')} ({r.get('allreduce_share')})"
+    for m in ("fp32", "fp16"):
+        b1 = step_data(rep, "infer-bench", f"bench-{m}-b1")
+        b8 = step_data(rep, "infer-bench", f"bench-{m}-b8")
+        if b1 and b8:
+            out[f"rccr-infer {m}: b1 p50 / p99 ms, b8 images/s"] = (
+                f"{b1['total_ms']['p50']:.2f} / {b1['total_ms']['p99']:.2f}, {b8['images_per_second']:.1f}")
+    return out
+
+
 def cmd_goals(path):
     rep = load(path)
     bench = step_data(rep, "bench-bf16", "bench-bf16") or {}
@@ -158,7 +190,11 @@ def cmd_goals(path):
         goal("CUDA vs CPU provider pixel agreement", agree, ">=", GOAL_AGREEMENT),
     ]
     rep["goals"] = goals
+    rep["figures"] = figures(rep)
     save(path, rep)
+    print("== figures")
+    for k, v in rep["figures"].items():
+        print(f"   {k:<46} {v}")
     print("== goals")
     for g in goals:
         v = "n/a" if g["value"] is None else f"{g['value']:.4g}"

@@ -51,18 +51,23 @@ extern "C" int rccr_foreach_ema(at::Tensor* const* teacher, at::Tensor* const* s
   }
 }
 
-// *finite = 1 when every element of every tensor is finite, else 0: one L1 norm per
-// tensor (accumulated in double, so large finite weights do not overflow), one
-// device-to-host copy in all.
+// *finite = 1 when every element of every tensor is finite, else 0, with one
+// device-to-host copy: one L1 norm per tensor (float accumulation: a NaN or an infinity
+// makes it non-finite); only when some norm is not finite (a non-finite element, or a
+// finite sum beyond the float range) is each tensor checked element by element.
 extern "C" int rccr_all_finite(at::Tensor* const* tensors, size_t n, int* finite) {
   try {
     at::NoGradGuard no_grad;
-    if (n == 0) {
-      *finite = 1;
-      return 0;
+    *finite = 1;
+    if (n == 0) return 0;
+    auto ts = list(tensors, n);
+    if (at::stack(at::_foreach_norm(ts, 1)).isfinite().all().item<bool>()) return 0;
+    for (const auto& t : ts) {
+      if (!t.isfinite().all().item<bool>()) {
+        *finite = 0;
+        return 0;
+      }
     }
-    auto norms = at::_foreach_norm(list(tensors, n), 1, at::kDouble);
-    *finite = at::stack(norms).isfinite().all().item<bool>() ? 1 : 0;
     return 0;
   } catch (...) {
     return 1;

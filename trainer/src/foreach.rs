@@ -88,7 +88,7 @@ pub(crate) fn ema(teacher: &[&Tensor], student: &[&Tensor], alpha: f64) {
 }
 
 /// Whether every element of every floating-point tensor of `ts` is finite, with one
-/// device-to-host copy in all (not one per tensor).
+/// device-to-host copy in all (not one per tensor) unless something is not finite.
 pub(crate) fn all_finite(ts: &[&Tensor]) -> bool {
     let floats: Vec<&Tensor> = ts
         .iter()
@@ -166,7 +166,7 @@ mod tests {
         let s = Tensor::from_slice(&[3f32, -2.0]);
         ema(&[&t], &[&s], 0.75);
         assert_eq!(vals(&t), vec![1.5, 1.0]); // 0.75 * 1 + 0.25 * 3, 0.75 * 2 - 0.5
-        let big = Tensor::from_slice(&[3e38f32, 3e38]); // its L1 norm overflows f32
+        let big = Tensor::from_slice(&[3e38f32, 3e38]); // finite, but its L1 norm overflows f32
         let ints = Tensor::from_slice(&[1i64]);
         assert!(all_finite(&[&t, &big, &ints]));
         let nan = Tensor::from_slice(&[0f32, f32::NAN]);

@@ -76,12 +76,13 @@ die() {
 # ------------------------------------------------------------------ the run's steps
 START=$(date +%s)
 FAILED=0
+UNAVAILABLE=100
 
 elapsed() { echo $(($(date +%s) - START)); }
 
 # run_step NAME TIMEOUT FUNCTION: runs FUNCTION (its JSON files go to $WORK/NAME) with a
 # time limit, or skips it when the budget is spent; records the outcome in the report.
-# FUNCTION's exit 3 means "unavailable" (its note in $WORK/NAME/note).
+# FUNCTION returns $UNAVAILABLE when what it needs is absent (its note in $WORK/NAME/note).
 run_step() {
     local name=$1 limit=$2 fn=$3 left t0 rc status dir="$WORK/$1"
     left=$((BUDGET_S - $(elapsed)))
@@ -98,7 +99,7 @@ run_step() {
     rc=$?
     case $rc in
     0) status=ok ;;
-    3) status=unavailable ;;
+    "$UNAVAILABLE") status=unavailable ;;
     124 | 137) status=failed; echo "note: timed out after ${limit}s" >"$dir/note" ;;
     *) status=failed ;;
     esac
@@ -134,7 +135,7 @@ step_bench_bf16_cl() { bench_step "$FAST" --channels-last; }
 peer_step() {
     local tag=$1 p=$2
     t "$PY" scripts/peer/rccr_iteration.py "${NET[@]}" --device "$DEVICE" --precision "$p" \
-        --iterations "$ITERATIONS" --warmup "$WARMUP" --json-out "$STEP_DIR/peer-$tag.json" || return 1
+        --iterations "$ITERATIONS" --warmup "$WARMUP" --json-out "$STEP_DIR/peer-$tag.json" || return $?
     local ours="$WORK/bench-$tag/bench-$tag.json"
     [ -f "$ours" ] || { echo "no rccr-train figures (bench-$tag) to compare with" >"$STEP_DIR/note"; return 0; }
     "$PYR" scripts/gpu/report.py compare "$ours" "$STEP_DIR/peer-$tag.json" >"$STEP_DIR/compare-$tag.json" &&
@@ -145,7 +146,7 @@ step_peer_fp32() { peer_step fp32 fp32; }
 
 step_synth() {
     rm -rf "$DATA"
-    t "$BIN/rccr-train" synth --out "$DATA" --count 8 --val-count 4 --size "$SIZE" >"$STEP_DIR/synth.json"
+    t "$BIN/rccr-train" synth --out "$DATA" --count 4 --val-count 4 --size "$SIZE" >"$STEP_DIR/synth.json"
 }
 
 # train_args OUT ITERATIONS: a ResNet-101 bf16 rccr run on the synthetic data.
@@ -164,7 +165,7 @@ step_nccl_train() {
     rm -rf "$run"
     # shellcheck disable=SC2046
     t scripts/torchrun --no-python --nproc-per-node 1 "$BIN/rccr-train" train \
-        $(train_args "$run" 4) --val-limit 1 --dist-backend "$DIST" --sync-bn || return 1
+        $(train_args "$run" 4) --val-limit 1 --dist-backend "$DIST" --sync-bn || return $?
     last_line "$run/metrics.jsonl" train "$STEP_DIR/nccl-train.json"
 }
 
@@ -177,7 +178,7 @@ step_nccl_bench() {
 step_train() {
     rm -rf "$RUN"
     # shellcheck disable=SC2046
-    t "$BIN/rccr-train" train $(train_args "$RUN" "$TRAIN_ITERATIONS") || return 1
+    t "$BIN/rccr-train" train $(train_args "$RUN" "$TRAIN_ITERATIONS") || return $?
     last_line "$RUN/metrics.jsonl" train "$STEP_DIR/train-last.json"
     last_line "$RUN/metrics.jsonl" val "$STEP_DIR/val-last.json"
     ls "$RUN"/checkpoints/iter_*.safetensors >/dev/null || { echo "no checkpoint written" >"$STEP_DIR/note"; return 1; }
@@ -199,24 +200,25 @@ step_ort() {
     fi
     if [ ! -f "$STAGE/manifest" ]; then
         echo "ONNX Runtime's CUDA provider was not staged (scripts/stage-ort-cuda.sh pack here, receive there: docs/gpu-acceptance.md)" >"$STEP_DIR/note"
-        return 3
+        return "$UNAVAILABLE"
     fi
-    t scripts/stage-ort-cuda.sh assemble || return 1
-    scripts/stage-ort-cuda.sh env >"$WORK/ort.env" || return 1
-    cat "$WORK/ort.env"
+    rm -f "$WORK/ort.env"
+    t scripts/stage-ort-cuda.sh assemble || return $?
+    scripts/stage-ort-cuda.sh env >"$WORK/ort.env.tmp" || return $?
+    mv "$WORK/ort.env.tmp" "$WORK/ort.env" && cat "$WORK/ort.env"
 }
 
 ort_env() { [ -f "$WORK/ort.env" ] && . "$WORK/ort.env"; }
 
 step_infer() {
-    ort_env || { echo "no ONNX Runtime (step ort)" >"$STEP_DIR/note"; return 3; }
+    ort_env || { echo "no ONNX Runtime (step ort)" >"$STEP_DIR/note"; return "$UNAVAILABLE"; }
     local val="$DATA/cityscapes/leftImg8bit/val" labels="$DATA/cityscapes/gtFine/val" p
     for p in "$PROVIDER" cpu; do
         t "$BIN/rccr-infer" --model "$WORK/model-fp32.onnx" --images "$val" --labels "$labels" \
-            --input-size "$SIZE" --provider "$p" --out "$WORK/pred-$p" --json "$STEP_DIR/infer-$p.json" --quiet || return 1
+            --input-size "$SIZE" --provider "$p" --out "$WORK/pred-$p" --json "$STEP_DIR/infer-$p.json" --quiet || return $?
     done
     t "$BIN/rccr-infer" score --pred "$WORK/pred-$PROVIDER/labelIds" --labels "$WORK/pred-cpu/labelIds" \
-        --json "$WORK/score.json" --quiet || return 1
+        --json "$WORK/score.json" --quiet || return $?
     "$PYR" scripts/gpu/report.py agreement "$WORK/score.json" >"$STEP_DIR/agreement.json"
     cat "$STEP_DIR/agreement.json"
     "$PYR" - "$STEP_DIR" "$PROVIDER" <<'PY'
@@ -230,25 +232,25 @@ PY
 }
 
 step_infer_bench() {
-    ort_env || { echo "no ONNX Runtime (step ort)" >"$STEP_DIR/note"; return 3; }
+    ort_env || { echo "no ONNX Runtime (step ort)" >"$STEP_DIR/note"; return "$UNAVAILABLE"; }
     local m b
     for m in fp32 fp16; do
         for b in 1 8; do
             t "$BIN/rccr-infer" bench --model "$WORK/model-$m.onnx" --provider "$PROVIDER" --batch-size "$b" \
-                --input-size "$SIZE" --iterations 30 --warmup 5 --json "$STEP_DIR/bench-$m-b$b.json" || return 1
+                --input-size "$SIZE" --iterations 30 --warmup 5 --json "$STEP_DIR/bench-$m-b$b.json" || return $?
         done
     done
 }
 
 step_tensorrt() {
-    ort_env || { echo "no ONNX Runtime (step ort)" >"$STEP_DIR/note"; return 3; }
+    ort_env || { echo "no ONNX Runtime (step ort)" >"$STEP_DIR/note"; return "$UNAVAILABLE"; }
     if t "$BIN/rccr-infer" bench --model "$WORK/model-fp32.onnx" --provider tensorrt --batch-size 1 \
         --input-size "$SIZE" --iterations 5 --warmup 2 --json "$STEP_DIR/bench-tensorrt.json" 2>"$WORK/trt.err"; then
         return 0
     fi
     cat "$WORK/trt.err"
     { echo -n "unavailable: "; grep -v '^\s*$' "$WORK/trt.err" | tail -n 2 | tr '\n' ' '; } >"$STEP_DIR/note"
-    return 3
+    return "$UNAVAILABLE"
 }
 
 run_all() {
@@ -263,7 +265,6 @@ run_all() {
     mkdir -p "$REPORTS" "$WORK"
     REPORT="$REPORTS/gpu-acceptance.json"
     "$PYR" scripts/gpu/report.py init "$REPORT" || die "cannot write $REPORT"
-    exec > >(tee "$REPORTS/gpu-acceptance.log") 2>&1
     echo "== torch $("$PY" -c 'import torch; print(torch.__version__)') at $TORCH_LIB; budget ${BUDGET_S}s"
     # Priority order: the bf16 speed figures, then the functional checks, then the rest.
     run_step versions 60 step_versions
@@ -284,6 +285,13 @@ run_all() {
     "$PYR" scripts/gpu/report.py goals "$REPORT"
     echo "== report: $REPORT ($(elapsed)s in all)"
     return $FAILED
+}
+
+# run_all with its output also in $REPORTS/gpu-acceptance.log.
+run_logged() {
+    mkdir -p "$REPORTS" || die "cannot create $REPORTS"
+    run_all 2>&1 | tee "$REPORTS/gpu-acceptance.log"
+    return "${PIPESTATUS[0]}"
 }
 
 # ------------------------------------------------------------------ --dry-run
@@ -426,8 +434,8 @@ dry_run() {
 
 case ${1:-} in
 --dry-run) dry_run ;;
---rehearse) rehearse && run_all ;;
-"") run_all ;;
+--rehearse) rehearse && run_logged ;;
+"") run_logged ;;
 -h | --help)
     sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     ;;

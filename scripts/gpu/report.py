@@ -102,7 +102,8 @@ def cmd_versions():
         if torch.cuda.is_available():
             v["gpu"] = torch.cuda.get_device_name(0)
             v["capability"] = list(torch.cuda.get_device_capability(0))
-            v["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+            n = torch.cuda.nccl.version()
+            v["nccl"] = ".".join(map(str, n)) if isinstance(n, (tuple, list)) else str(n)
     except Exception as e:  # noqa: BLE001 - reported, not raised
         v["torch_error"] = f"{type(e).__name__}: {e}"
     print(json.dumps(v))

@@ -147,7 +147,7 @@ impl Sgd {
 
     /// One update with the given gradients (as [`Sgd::gradients`] returns them, possibly
     /// averaged over ranks); see the module documentation for absent gradients. Each
-    /// learning-rate group is updated by multi-tensor kernels ([`crate::foreach::sgd`]).
+    /// learning-rate group is updated by multi-tensor kernels (`foreach::sgd`).
     pub fn apply(&mut self, lr_backbone: f64, lr_head: f64, grads: Vec<Option<Tensor>>) {
         let mut groups: [Vec<(Tensor, Tensor, Tensor)>; 2] = [Vec::new(), Vec::new()];
         for (p, grad) in self.params.iter_mut().zip(grads) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of rccr-train (README, "Speed"): a short ResNet-101 RCCR benchmark at 512x512, batch 2,
+# GPU check of rccr-train (docs/speed.md): a short ResNet-101 RCCR benchmark at 512x512, batch 2,
 # in fp32 and bf16, with the baseline (mean teacher + ClassMix) measured in the same
 # process, printing ms/iteration, the per-phase split and peak memory.
 #

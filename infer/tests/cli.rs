@@ -1,7 +1,7 @@
 //! End-to-end runs of the `rccr-infer` CLI on tiny ONNX models built with the official
 //! `onnx` package (a nearest-palette-colour classifier, so the exact label output is known
 //! from how the input was painted), scored against the official Cityscapes evaluation, and
-//! every bad input of the README's "Failure behaviour".
+//! every bad input of docs/deployment.md "Failure behaviour of `rccr-infer`".
 
 mod common;
 

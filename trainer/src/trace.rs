@@ -1,5 +1,5 @@
 //! `rccr-train trace`: the tensors of whole iterations of Algorithm 1, written out so an
-//! independent implementation can replay them (format `rccr-trace-v1`, README "Trace").
+//! independent implementation can replay them (format `rccr-trace-v1`, docs/method.md "The trace").
 //!
 //! One safetensors file per iteration, `OUT/step_<t:07>.safetensors` (t 1-based):
 //! inputs (`input.x_s`, `input.y_s`, `input.x_t`, RGB 0..255 before normalisation), the

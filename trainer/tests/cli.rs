@@ -1,6 +1,6 @@
 //! The `rccr-train` command line: the describe interface scripts rely on (reference
-//! parameter counts of README "The network"), the CUDA refusal on a machine without one, a config
-//! file overridden by flags, and the bench report.
+//! parameter counts of docs/method.md "The network"), the CUDA refusal on a machine
+//! without one, a config file overridden by flags, and the bench report.
 
 mod common;
 
@@ -26,7 +26,7 @@ fn describe_prints_the_reference_counts() {
         .unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    // The reference figures (README "The network": the DACS DeepLab-v2 ResNet-101).
+    // The reference figures (docs/method.md "The network": the DACS DeepLab-v2 ResNet-101).
     assert_eq!(v["parameters"], 43_901_068);
     assert_eq!(
         v["parameters"].as_i64().unwrap() + v["projector_parameters"].as_i64().unwrap(),
@@ -129,7 +129,7 @@ fn a_config_file_is_read_and_flags_override_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("mu_max"), "{err}");
     assert!(err.contains("/nonexistent"), "{err}");
-    // A start that fails on its data writes nothing (README, Failure behaviour).
+    // A start that fails on its data writes nothing (docs/training.md, Failure behaviour).
     assert!(!out_dir.join("config.json").exists());
 }
 

@@ -1,4 +1,4 @@
-//! The trainer's part of the bad-input and fault catalogue (README "Failure behaviour"):
+//! The trainer's part of the bad-input and fault catalogue (docs/training.md "Failure behaviour"):
 //! each case runs `rccr-train` as a user would, on tiny data with the `small` backbone,
 //! and asserts the exit status, that no panic happened, that the message names the
 //! cause and the fix, and that no partial or non-finite file is left behind.

@@ -121,7 +121,7 @@ section! {
 }
 
 section! {
-    /// Data-parallel settings (README "Multi-GPU and multi-node"); used only when a
+    /// Data-parallel settings (docs/distributed.md); used only when a
     /// launcher such as torchrun sets `WORLD_SIZE`.
     pub struct DistConfig {
         /// `auto` (NCCL on CUDA, Gloo on the CPU), `nccl` or `gloo`.

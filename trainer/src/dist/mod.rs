@@ -1,4 +1,4 @@
-//! Data-parallel training on libtorch's c10d (README "Multi-GPU and multi-node").
+//! Data-parallel training on libtorch's c10d (docs/distributed.md).
 //!
 //! Semantics, as PyTorch's DistributedDataParallel where it has a rule:
 //! - every rank draws its own source and target batches and random choices from

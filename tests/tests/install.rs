@@ -170,8 +170,24 @@ fn check_layout(prefix: &Path) {
     assert_eq!(pkg_config(prefix, &["--modversion"]), version);
 }
 
+/// The system tools the test runs, with the Debian package that provides each.
+const TOOLS: [(&str, &str); 5] = [
+    ("make", "make"),
+    ("cc", "gcc"),
+    ("pkg-config", "pkg-config"),
+    ("readelf", "binutils"),
+    ("nm", "binutils"),
+];
+
 #[test]
 fn installed_library_builds_and_runs_a_c_program_with_pkg_config_alone() {
+    for (tool, package) in TOOLS {
+        let found = Command::new(tool).arg("--version").output().is_ok();
+        assert!(
+            found,
+            "`{tool}` is not installed: apt-get install {package}"
+        );
+    }
     let tmp = tempfile::tempdir().unwrap();
     let prefix = tmp.path().join("prefix");
     install(&prefix);

@@ -5,12 +5,13 @@
 #   make test            every test of the workspace
 #   make setup GPU=1     onnxruntime-gpu instead of the CPU build
 #   make build           release binaries + the C library (target/release/lib)
+#   make doc             cargo doc of the workspace (target/doc), warnings as errors
 #   make install PREFIX=/opt/rccr   binaries, C library, header, pkg-config file, ONNX Runtime
 SHELL := bash
 GPU ?= 0
 CARGO ?= cargo
 
-.PHONY: setup build test demo lint fmt clean-deps c-lib install install-only uninstall
+.PHONY: setup build test demo lint fmt doc clean-deps c-lib install install-only uninstall
 
 setup:
 	@GPU=$(GPU) ./scripts/setup.sh
@@ -34,6 +35,10 @@ lint: setup
 
 fmt:
 	$(CARGO) fmt --all
+
+# API documentation, each crate's README as its front page; warnings are errors.
+doc: setup
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --release --workspace
 
 clean-deps:
 	rm -rf .deps

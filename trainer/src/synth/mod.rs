@@ -1,5 +1,5 @@
-//! The built-in synthetic "game -> real" street-scene benchmark (README, "Synthetic
-//! benchmark and measured results"), a stand-in for GTA5 -> Cityscapes (paper Section 4)
+//! The built-in synthetic "game -> real" street-scene benchmark (docs/benchmark.md), a
+//! stand-in for GTA5 -> Cityscapes (paper Section 4)
 //! that runs on a laptop CPU: procedural scenes (`scene`) rasterised into label canvases
 //! (`raster`) and rendered in two domains (`style`), written in the real on-disk
 //! layouts so the real loaders read them. Version 2 (`--gap content`, the default;

@@ -1,5 +1,5 @@
-//! Rendering a label canvas into the two domains of the synthetic benchmark (README,
-//! "Synthetic benchmark and measured results"): the source "game" domain (flat, saturated
+//! Rendering a label canvas into the two domains of the synthetic benchmark
+//! (docs/benchmark.md): the source "game" domain (flat, saturated
 //! colours per class, sharp edges, no noise) and the target "real" domain (other
 //! per-class and per-instance colours, lighting, shadows, textures, vignetting, lens blur
 //! and sensor noise). `shift` >= 0 interpolates the

@@ -11,7 +11,6 @@ use rccr_trainer::Error;
 /// labelIds (cityscapesScripts' `labels.py`).
 const EGO: u8 = 1;
 const ROAD: u8 = 7;
-const SIDEWALK: u8 = 8;
 const POLE: u8 = 17;
 const SIGN: u8 = 20;
 const BICYCLE: u8 = 33;

@@ -344,7 +344,48 @@ struct Populate<'a, R: Rng> {
     out: Vec<Object>,
 }
 
-impl<R: Rng> Populate<'_, R> {
+/// A sampler of a street's objects, class by class. [`Furnish::all`] draws them in one
+/// order for both versions of the benchmark (version 1's RNG order).
+trait Furnish<'a>: Sized {
+    /// The street's two sides.
+    fn sides(&self) -> &'a [Side; 2];
+    /// Cars, trucks and buses.
+    fn vehicles(&mut self);
+    /// Pedestrians.
+    fn pedestrians(&mut self);
+    /// Riders on bicycles or motorcycles.
+    fn cyclists(&mut self);
+    /// The poles of one side.
+    fn poles(&mut self, side: &Side);
+    /// The trees of one side.
+    fn trees(&mut self, side: &Side);
+    /// The objects sampled so far.
+    fn into_objects(self) -> Vec<Object>;
+
+    /// Every object of the street, farthest first (the drawing order).
+    fn all(mut self) -> Vec<Object> {
+        self.vehicles();
+        self.pedestrians();
+        self.cyclists();
+        for side in self.sides() {
+            self.poles(side);
+            self.trees(side);
+        }
+        let mut out = self.into_objects();
+        out.sort_by(|a, b| b.depth().total_cmp(&a.depth()));
+        out
+    }
+}
+
+impl<'a, R: Rng> Furnish<'a> for Populate<'a, R> {
+    fn sides(&self) -> &'a [Side; 2] {
+        self.sides
+    }
+
+    fn into_objects(self) -> Vec<Object> {
+        self.out
+    }
+
     /// Cars, trucks and buses on the road.
     fn vehicles(&mut self) {
         let [left, right] = self.sides;
@@ -450,18 +491,6 @@ impl<R: Rng> Populate<'_, R> {
         }
     }
 
-    /// Every object of the street, farthest first (the drawing order).
-    fn all(mut self) -> Vec<Object> {
-        self.vehicles();
-        self.pedestrians();
-        self.cyclists();
-        for side in self.sides {
-            self.poles(side);
-            self.trees(side);
-        }
-        self.out.sort_by(|a, b| b.depth().total_cmp(&a.depth()));
-        self.out
-    }
 }
 
 /// What a pole carries: a sign (35%), a light (30%), both (15%) or a bare arm (20%).

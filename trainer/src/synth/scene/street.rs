@@ -112,6 +112,16 @@ impl<R: Rng> Street<'_, R> {
         let far = units(self.k.classes.max_depth_m).min(cap).max(4.0);
         self.rng.gen_range(3.0..far)
     }
+}
+
+impl<'a, R: Rng> Furnish<'a> for Street<'a, R> {
+    fn sides(&self) -> &'a [Side; 2] {
+        self.sides
+    }
+
+    fn into_objects(self) -> Vec<Object> {
+        self.out
+    }
 
     /// Cars, trucks and buses on the carriageway in the class priors' shares.
     fn vehicles(&mut self) {
@@ -242,19 +252,6 @@ impl<R: Rng> Street<'_, R> {
                 palm,
             });
         }
-    }
-
-    /// Every object, farthest first.
-    fn all(mut self) -> Vec<Object> {
-        self.vehicles();
-        self.pedestrians();
-        self.cyclists();
-        for side in self.sides {
-            self.poles(side);
-            self.trees(side);
-        }
-        self.out.sort_by(|a, b| b.depth().total_cmp(&a.depth()));
-        self.out
     }
 }
 

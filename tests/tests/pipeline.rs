@@ -53,6 +53,9 @@ fn synth_train_export_infer() {
     );
     (d.crop, d.batch_size, d.workers) = (64, 2, 2);
     (d.source_size, d.target_size) = (Some(Size::new(w, h)), Some(Size::new(w, h)));
+    // Validation at the images' own size, the size rccr-infer segments at below (the
+    // default, the dataset's paper size, would score upsampled predictions).
+    d.val_size = Some(Size::new(w, h));
     cfg.method.mode = Mode::Rccr;
     let r = &mut cfg.run;
     (r.iterations, r.device) = (4, "cpu".into());

@@ -490,7 +490,6 @@ impl<'a, R: Rng> Furnish<'a> for Populate<'a, R> {
             });
         }
     }
-
 }
 
 /// What a pole carries: a sign (35%), a light (30%), both (15%) or a bare arm (20%).

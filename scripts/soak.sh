@@ -52,11 +52,11 @@ with open(os.path.join(os.path.dirname(out), "bad.txt"), "w") as f:
     f.write("\n".join(bad) + "\n")
 PY
 
-# Samples VmRSS (KiB) of process $1 every 0.2 s into $2 until it exits.
+# Samples VmRSS (KiB) of process $1 every 0.1 s into $2 until it exits.
 sample_rss() {
     while [[ -r /proc/$1/status ]]; do
         awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null >>"$2" || true
-        sleep 0.2
+        sleep 0.1
     done
 }
 

@@ -147,10 +147,19 @@ impl<R: std::io::BufRead + std::io::Seek> LabelReader<R> {
             path: path.clone(),
             reason,
         };
+        // The header's size is checked before the buffer is allocated: a few bytes of
+        // PNG can declare a 64 GiB frame (docs/hardening.md, "Findings").
+        let (width, height) = self.size();
         let size = self
             .reader
             .output_buffer_size()
-            .ok_or_else(|| bad("image too large".into()))?;
+            .filter(|&s| s as u64 <= decoder_limit())
+            .ok_or_else(|| {
+                bad(format!(
+                    "its {width}x{height} ids are over the decoder's limit of {} MiB decoded",
+                    decoder_limit() / (1024 * 1024)
+                ))
+            })?;
         let mut buf = vec![0u8; size];
         let info = self
             .reader

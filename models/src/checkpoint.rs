@@ -58,7 +58,10 @@ pub fn file_info(path: &Path, file: &TensorFile) -> Result<FileInfo, ModelError>
         .ok_or_else(|| not_ours("no rccr.model_config metadata"))?;
     let model: ModelConfig = serde_json::from_str(json)
         .map_err(|e| not_ours(&format!("unreadable model config: {e}")))?;
-    model.validate()?;
+    // A bad value names the file like every other metadata error (docs/hardening.md).
+    model
+        .validate()
+        .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
     let iteration = match file.metadata.get(META_ITERATION) {
         Some(s) => s
             .parse()

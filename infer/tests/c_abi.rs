@@ -93,30 +93,6 @@ fn run(cmd: &mut Command) -> std::process::Output {
     cmd.env("RUST_BACKTRACE", "0").output().expect("run")
 }
 
-/// The `rccr_*` names followed by `(` in C source outside comments.
-fn declared_functions(c: &str) -> BTreeSet<String> {
-    let mut code = String::new();
-    let mut rest = c;
-    while let Some(start) = rest.find("/*") {
-        code.push_str(&rest[..start]);
-        rest = rest[start..]
-            .split_once("*/")
-            .map_or("", |(_, after)| after);
-    }
-    code.push_str(rest);
-    let mut names = BTreeSet::new();
-    for (i, _) in code.match_indices("rccr_") {
-        let ident: String = code[i..]
-            .chars()
-            .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_')
-            .collect();
-        if code[i + ident.len()..].trim_start().starts_with('(') {
-            names.insert(ident);
-        }
-    }
-    names
-}
-
 #[test]
 fn header_matches_the_rust_definitions_and_exports() {
     let d = tempfile::tempdir().unwrap();
@@ -200,7 +176,7 @@ fn header_matches_the_rust_definitions_and_exports() {
 
     // The functions the header declares are exactly the library's exported rccr_ symbols.
     let header = std::fs::read_to_string(manifest().join("include/rccr_infer.h")).unwrap();
-    let declared = declared_functions(&header);
+    let declared = rccr_test_support::c_functions(&header);
     let nm = run(Command::new("nm")
         .args(["-D", "--defined-only"])
         .arg(lib_dir().join("librccr_infer.so")));

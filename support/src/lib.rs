@@ -11,7 +11,8 @@
 //!   [`assert_matches_reference`]: logits against such a reference;
 //! - [`work_dir`]: a kept or temporary folder to write into;
 //! - [`Rng`]: a local seeded generator over rccr-infer's SplitMix64;
-//! - [`png`]: PNG byte builders for corrupt-file tests.
+//! - [`png`]: PNG byte builders for corrupt-file tests;
+//! - [`c_functions`]: the `rccr_*` functions a C header declares.
 //!
 //! It depends on no rccr crate but the light core of rccr-infer (no ONNX Runtime, no
 //! libtorch), so every crate of the workspace can use it.
@@ -24,6 +25,31 @@ pub use python::{python, python_outputs, run_python, Deps};
 pub use rng::Rng;
 
 use std::path::{Path, PathBuf};
+
+/// The `rccr_*` functions C source declares or calls: names followed by `(` outside
+/// `/* */` comments (the C ABI tests compare them with a library's exported symbols).
+pub fn c_functions(c: &str) -> std::collections::BTreeSet<String> {
+    let mut code = String::new();
+    let mut rest = c;
+    while let Some(start) = rest.find("/*") {
+        code.push_str(&rest[..start]);
+        rest = rest[start..]
+            .split_once("*/")
+            .map_or("", |(_, after)| after);
+    }
+    code.push_str(rest);
+    let mut names = std::collections::BTreeSet::new();
+    for (i, _) in code.match_indices("rccr_") {
+        let ident: String = code[i..]
+            .chars()
+            .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_')
+            .collect();
+        if code[i + ident.len()..].trim_start().starts_with('(') {
+            names.insert(ident);
+        }
+    }
+    names
+}
 
 /// The workspace root (the folder above this crate).
 pub fn repo_root() -> PathBuf {

@@ -75,30 +75,6 @@ fn write_ppm(path: &Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// The `rccr_*` functions a C header declares (names followed by `(` outside comments).
-fn header_functions(header: &str) -> BTreeSet<String> {
-    let mut code = String::new();
-    let mut rest = header;
-    while let Some(start) = rest.find("/*") {
-        code.push_str(&rest[..start]);
-        rest = rest[start..]
-            .split_once("*/")
-            .map_or("", |(_, after)| after);
-    }
-    code.push_str(rest);
-    let mut names = BTreeSet::new();
-    for (i, _) in code.match_indices("rccr_") {
-        let name: String = code[i..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if code[i + name.len()..].trim_start().starts_with('(') {
-            names.insert(name);
-        }
-    }
-    names
-}
-
 fn pkg_config(prefix: &Path, args: &[&str]) -> String {
     let out = run(Command::new("pkg-config")
         .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
@@ -170,7 +146,11 @@ fn check_layout(prefix: &Path) {
         .filter_map(|l| l.split_whitespace().nth(2))
         .map(str::to_string)
         .collect();
-    assert_eq!(exported, header_functions(&header), "exported symbols");
+    assert_eq!(
+        exported,
+        rccr_test_support::c_functions(&header),
+        "exported symbols"
+    );
     assert_eq!(pkg_config(prefix, &["--modversion"]), version);
 }
 

@@ -5,11 +5,13 @@
 //! bank filled, every Table 3 switch on) must give the same losses and weights up to
 //! float rounding.
 
+mod common;
+
 use rccr_models::{Backbone, ModelConfig};
 use rccr_trainer::config::TrainConfig;
 use rccr_trainer::foreach::is_channels_last;
 use rccr_trainer::trainer::Trainer;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 fn cfg(channels_last: bool) -> TrainConfig {
     let mut c = TrainConfig {
@@ -22,19 +24,6 @@ fn cfg(channels_last: bool) -> TrainConfig {
     (c.run.iterations, c.run.device) = (100, "cpu".into());
     c.run.channels_last = channels_last;
     c
-}
-
-fn batch() -> (Tensor, Tensor, Tensor) {
-    tch::manual_seed(7);
-    let xs = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
-    let xt = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
-    let coarse = Tensor::randint(5, [2, 1, 4, 4], (Kind::Int64, Device::Cpu));
-    let ys = coarse
-        .to_kind(Kind::Float)
-        .upsample_nearest2d([64, 64], None, None)
-        .squeeze_dim(1)
-        .to_kind(Kind::Int64);
-    (xs, ys, xt)
 }
 
 const NAMES: [&str; 4] = [
@@ -51,7 +40,7 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn channels_last_iterations_match_the_default_layout() {
-    let (xs, ys, xt) = batch();
+    let (xs, ys, xt) = common::batch(7);
     let mut plain = Trainer::new(cfg(false), Device::Cpu).unwrap();
     let mut nhwc = Trainer::new(cfg(true), Device::Cpu).unwrap();
     let w = |t: &Trainer, n: &str| t.student_vs.variables()[n].shallow_clone();

@@ -149,19 +149,6 @@ fn resume_reaches_the_same_losses_as_an_uninterrupted_run() {
     assert!(a[5]["loss_cont"].as_f64().unwrap() > 0.0);
 }
 
-fn batch(seed: i64) -> (Tensor, Tensor, Tensor) {
-    tch::manual_seed(seed);
-    let xs = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
-    let xt = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
-    let coarse = Tensor::randint(5, [2, 1, 4, 4], (Kind::Int64, Device::Cpu));
-    let ys = coarse
-        .to_kind(Kind::Float)
-        .upsample_nearest2d([64, 64], None, None)
-        .squeeze_dim(1)
-        .to_kind(Kind::Int64);
-    (xs, ys, xt)
-}
-
 fn small_cfg(mode: Mode, components: Components) -> TrainConfig {
     let mut c = TrainConfig {
         model: ModelConfig::new(Backbone::Small, 5),
@@ -181,7 +168,7 @@ fn snapshot(vs: &tch::nn::VarStore, name: &str) -> Tensor {
 #[test]
 fn a_nan_loss_stops_before_any_weight_changes() {
     let mut t = Trainer::new(small_cfg(Mode::Rccr, Components::default()), Device::Cpu).unwrap();
-    let (xs, ys, xt) = batch(1);
+    let (xs, ys, xt) = common::batch(1);
     t.step(&xs, &ys, Some(&xt)).unwrap();
     t.step(&xs, &ys, Some(&xt)).unwrap();
     let before = snapshot(&t.student_vs, "conv1.weight");
@@ -211,7 +198,7 @@ fn a_nan_loss_stops_before_any_weight_changes() {
 
 #[test]
 fn every_table3_switch_changes_the_iteration() {
-    let (xs, ys, xt) = batch(2);
+    let (xs, ys, xt) = common::batch(2);
     let all = Components::default();
     let step = |mode: Mode, c: Components| {
         let mut t = Trainer::new(small_cfg(mode, c), Device::Cpu).unwrap();

@@ -6,6 +6,7 @@ use rccr_trainer::config::{Size, TrainConfig};
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Output};
+use tch::{Device, Kind, Tensor};
 
 /// stdout then stderr of a finished process.
 pub fn text(o: &Output) -> String {
@@ -133,4 +134,19 @@ pub fn tiny_config(data: &Path, iterations: u64) -> TrainConfig {
     (r.iterations, r.seed, r.device) = (iterations, 7, "cpu".into());
     (r.val_every, r.save_every, r.log_every, r.val_limit) = (0, 0, 1, Some(2));
     c
+}
+
+/// A random training batch (source images, source labels of 5 classes in 16x16 blocks,
+/// target images), 2 x 64 x 64, fixed by `seed`.
+pub fn batch(seed: i64) -> (Tensor, Tensor, Tensor) {
+    tch::manual_seed(seed);
+    let xs = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
+    let xt = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
+    let coarse = Tensor::randint(5, [2, 1, 4, 4], (Kind::Int64, Device::Cpu));
+    let ys = coarse
+        .to_kind(Kind::Float)
+        .upsample_nearest2d([64, 64], None, None)
+        .squeeze_dim(1)
+        .to_kind(Kind::Int64);
+    (xs, ys, xt)
 }

@@ -16,7 +16,7 @@ use prost::Message;
 use rccr_infer::contract::{INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use rccr_infer::labelmap::argmax_planes;
 use rccr_infer::seed::{SplitMix, GOLDEN_GAMMA};
-use rccr_models::DeepLabV2;
+use rccr_models::{DeepLabV2, Segmenter};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -319,10 +319,11 @@ pub(crate) fn cpu_session(model_bytes: &[u8]) -> Result<Session, ExportError> {
 /// `opts` and compares them. Errors are for inputs or runtimes that fail; a numerical
 /// mismatch is reported (`passed: false`), not an error.
 pub fn verify(
-    net: &DeepLabV2,
+    net: &Segmenter,
     model_bytes: &[u8],
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, ExportError> {
+    let net = crate::network::deeplab_of(net)?;
     let model = ModelProto::decode(model_bytes)?;
     let fixed = fixed_input_shape(&model);
     let (run_model, has_labels) = with_logits_output(&model)?;

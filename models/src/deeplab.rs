@@ -5,6 +5,7 @@
 
 use crate::config::ModelConfig;
 use crate::resnet::Encoder;
+pub use crate::segmenter::SegOutput;
 use tch::{nn, Kind, Tensor};
 
 /// The ASPP classifier: `layer5.conv2d_list.{i}` 3x3 convs with bias, dilation = padding.
@@ -58,15 +59,6 @@ impl Aspp {
     }
 }
 
-/// What one forward pass gives.
-#[derive(Debug)]
-pub struct SegOutput {
-    /// Logits at 1/8 resolution, `N x C x h x w`.
-    pub logits: Tensor,
-    /// layer4 features M, `N x D x h x w`.
-    pub features: Tensor,
-}
-
 /// DeepLabv2 = encoder + ASPP classifier. The projector is separate (see `projector`).
 #[derive(Debug)]
 pub struct DeepLabV2 {
@@ -101,11 +93,17 @@ impl DeepLabV2 {
         normalize(&self.config, rgb255)
     }
 
-    /// Forward on already-normalised input.
+    /// Forward on already-normalised input: 1/8 logits; `features` and `encoder` are both
+    /// layer4, `grid_logits` the logits themselves.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> SegOutput {
         let features = self.encoder.forward_t(xs, train);
         let logits = self.classifier.forward(&features);
-        SegOutput { logits, features }
+        SegOutput {
+            grid_logits: logits.shallow_clone(),
+            encoder: features.shallow_clone(),
+            logits,
+            features,
+        }
     }
 
     /// Logits bilinearly upsampled to the input size (align_corners = true, as in training).

@@ -9,6 +9,9 @@
 //! - [`resnet`], [`layers`]: the DeepLabv2 encoder in the DACS layout (output stride 8).
 //! - [`deeplab`]: encoder + ASPP classifier; forward gives the 1/8 logits and the layer4
 //!   features.
+//! - [`mit`], [`decoder`]: the Mix Transformer encoder (SegFormer) and the DAFormer /
+//!   SegFormer decoders on it.
+//! - [`segmenter`]: either network behind one interface, and what RCCR reads from it.
 //! - [`projector`]: the momentum projector head of the paper (Sec. 3.2.1).
 //! - [`weights`]: safetensors save / load (atomic) and torchvision-named backbone import.
 //! - [`device`]: the one `--device` parser.
@@ -16,17 +19,21 @@
 pub mod batch_norm;
 pub mod checkpoint;
 pub mod config;
+pub mod decoder;
 pub mod deeplab;
 pub mod device;
 pub mod layers;
+pub mod mit;
 pub mod projector;
 pub mod pth;
 pub mod resnet;
+pub mod segmenter;
 pub mod weights;
 
-pub use config::{Backbone, InputNorm, ModelConfig, OUTPUT_STRIDE};
-pub use deeplab::{DeepLabV2, SegOutput};
+pub use config::{Backbone, Decoder, InputNorm, ModelConfig, GRID_STRIDE, OUTPUT_STRIDE};
+pub use deeplab::DeepLabV2;
 pub use projector::Projector;
+pub use segmenter::{MitSegmenter, SegOutput, Segmenter};
 
 use std::path::PathBuf;
 use tch::nn;
@@ -68,22 +75,24 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
 }
 
-/// One full network of the method: encoder + segmentation head (DeepLabv2) and the
+/// One full network of the method: encoder + segmentation head (DeepLabv2 or MiT) and the
 /// projector head. The student and the teacher are each one of these, in their own
 /// VarStore, with identical variable names.
 #[derive(Debug)]
 pub struct RccrNet {
     /// F_enc + F_seg.
-    pub seg: DeepLabV2,
+    pub seg: Segmenter,
     /// F_proj.
     pub projector: Projector,
 }
 
 impl RccrNet {
-    /// Builds under `p`: encoder at the root, classifier at `layer5`, projector at `projector`.
+    /// Builds under `p`: encoder at the root, classifier at `layer5` (DeepLabv2) or decoder
+    /// at `decode_head` (MiT), projector at `projector`. `config` should be validated
+    /// ([`ModelConfig::validate`]).
     pub fn new(p: &nn::Path, config: &ModelConfig) -> RccrNet {
         RccrNet {
-            seg: DeepLabV2::new(p, config),
+            seg: Segmenter::new(p, config),
             projector: Projector::new(&(p / "projector"), config),
         }
     }
@@ -97,16 +106,28 @@ pub fn is_buffer(name: &str) -> bool {
 /// Parameter counts of a network (BN affine parameters included, running statistics not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ParamCounts {
-    /// Encoder + classifier.
+    /// Encoder + classifier / decoder.
     pub parameters: i64,
+    /// The encoder alone (ResNet or MiT; the SegFormer paper's counts for MiT).
+    pub encoder_parameters: i64,
+    /// The classifier (`layer5`) or decoder (`decode_head`) alone.
+    pub decoder_parameters: i64,
     /// The projector head alone.
     pub projector_parameters: i64,
+}
+
+/// Whether a variable belongs to the segmentation head (DeepLabv2's `layer5`, MiT's
+/// `decode_head`) rather than the encoder or the projector.
+pub fn is_head_var(name: &str) -> bool {
+    name.starts_with("layer5.") || name.starts_with("decode_head.")
 }
 
 /// Counts the parameters of the variables in `vs` built by [`RccrNet::new`] at the root.
 pub fn count_parameters(vs: &nn::VarStore) -> ParamCounts {
     let mut counts = ParamCounts {
         parameters: 0,
+        encoder_parameters: 0,
+        decoder_parameters: 0,
         projector_parameters: 0,
     };
     for (name, t) in vs.variables() {
@@ -116,9 +137,12 @@ pub fn count_parameters(vs: &nn::VarStore) -> ParamCounts {
         let n = t.numel() as i64;
         if name.starts_with("projector.") {
             counts.projector_parameters += n;
+        } else if is_head_var(&name) {
+            counts.decoder_parameters += n;
         } else {
-            counts.parameters += n;
+            counts.encoder_parameters += n;
         }
     }
+    counts.parameters = counts.encoder_parameters + counts.decoder_parameters;
     counts
 }

@@ -1,6 +1,7 @@
 //! The projector head F_proj (paper Sec. 3.2.1): two 1x1 convolutions D -> D_hidden -> K
-//! with a ReLU between, then L2 normalisation per location, mapping the layer4 features
-//! M (h x w x D) to the embeddings E (h x w x K). Student and teacher each own one; the
+//! with a ReLU between, then L2 normalisation per location, mapping the features M
+//! (h x w x D: layer4 for DeepLabv2, the fused decoder feature on the 1/8 grid for MiT,
+//! see [`crate::segmenter`]) to the embeddings E (h x w x K). Student and teacher each own one; the
 //! teacher's is the EMA of the student's (Eq. 2).
 
 use crate::config::ModelConfig;
@@ -18,7 +19,7 @@ pub struct Projector {
 impl Projector {
     /// Builds under `p` (`p / "0"` and `p / "2"`, PyTorch nn.Sequential names).
     pub fn new(p: &nn::Path, config: &ModelConfig) -> Projector {
-        let d = config.backbone.feature_width();
+        let d = config.feature_width();
         let hidden = config.projector_hidden_width();
         let cfg = nn::ConvConfig::default();
         Projector {

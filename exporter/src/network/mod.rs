@@ -32,14 +32,23 @@ use crate::options::{ir_version, ExportOptions, Outputs, Shape, Source};
 use crate::ExportError;
 use emitter::Emitter;
 use rccr_infer::contract::{self, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
-use rccr_models::{DeepLabV2, ModelConfig};
+use rccr_models::{DeepLabV2, ModelConfig, Segmenter};
+
+/// The DeepLabv2 of `seg`; a MiT network is [`ExportError::UnsupportedNetwork`].
+pub fn deeplab_of(seg: &Segmenter) -> Result<&DeepLabV2, ExportError> {
+    seg.as_deeplab()
+        .ok_or_else(|| ExportError::UnsupportedNetwork {
+            backbone: seg.config().backbone.to_string(),
+        })
+}
 
 /// The ONNX model of `net` (inference mode) with metadata.
 pub fn build_model(
-    net: &DeepLabV2,
+    net: &Segmenter,
     source: &Source,
     opts: &ExportOptions,
 ) -> Result<ModelProto, ExportError> {
+    let net = deeplab_of(net)?;
     opts.check()?;
     let config = &net.config;
     let mut e = Emitter::new(opts.fp16);

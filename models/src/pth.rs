@@ -17,6 +17,16 @@
 //! - Names lose their `module.` (DataParallel) and `Scale.` (the COCO init's wrapper)
 //!   prefixes; the rest of the DACS names (`conv1.weight`, `bn1.running_mean`,
 //!   `layer3.5.downsample.0.weight`, `layer5.conv2d_list.0.bias`) are already ours.
+//! - The Mix Transformer layouts (see [`mmseg_names`]): the SegFormer release's ImageNet
+//!   `mit_b*.pth` (a bare state_dict with the official names, `patch_embed1.proj.weight`,
+//!   ..., plus the ImageNet classifier `head.*`, reported as unexpected); an mmseg
+//!   checkpoint (`state_dict` with `backbone.*` and `decode_head.*`: `backbone.` is
+//!   removed, `decode_head.` kept); and a whole DAFormer / MIC UDA checkpoint, whose
+//!   `state_dict` holds the student under `model.`, the EMA teacher under `ema_model.`
+//!   and, with the feature distance, the frozen ImageNet encoder under `imnet_model.`:
+//!   [`Which::Auto`] takes the teacher, as for DACS (note that DAFormer's own test
+//!   script evaluates the student, `--weights student`), and the other networks are
+//!   left out.
 //!
 //! # Nothing in the file is executed
 //!
@@ -47,7 +57,7 @@
 //! depends on to reach `data.pkl`.
 
 use crate::checkpoint;
-use crate::config::{Backbone, ModelConfig};
+use crate::config::{Backbone, Decoder, ModelConfig};
 use crate::weights::LoadReport;
 use crate::{ModelError, RccrNet};
 use pytorch_reader::{DType, PickleValue, PytorchReader};
@@ -138,14 +148,76 @@ pub fn read(path: &Path, which: Which) -> Result<PthFile, ModelError> {
         None => PytorchReader::new(path),
     }
     .map_err(|e| unreadable(path, e))?;
+    let tensors = convert(path, reader.into_tensors())?;
+    let (tensors, part) = mmseg_names(path, tensors, which)?;
+    let network = match (layout.network, part) {
+        (Some(n), Some(p)) => Some(format!("{n}/{p}")),
+        (n, None) => n,
+        (None, Some(p)) => Some(p.to_string()),
+    };
     Ok(PthFile {
         path: path.to_path_buf(),
         format,
-        network: layout.network,
+        network,
         entries: layout.entries,
         iteration: layout.iteration,
-        tensors: convert(path, reader.into_tensors())?,
+        tensors,
     })
+}
+
+/// The networks a DAFormer / MIC UDA checkpoint's state_dict holds, by name prefix.
+const UDA_PREFIXES: [&str; 3] = ["ema_model.", "model.", "imnet_model."];
+
+/// mmseg's names made ours: of a UDA state_dict (`model.*`, `ema_model.*`,
+/// `imnet_model.*`) only the network `which` asks for is kept (the teacher for
+/// [`Which::Auto`] when saved, else the student), its prefix removed; then `backbone.`
+/// (mmseg's `EncoderDecoder`) is removed. Returns the tensors and the UDA network taken.
+pub fn mmseg_names(
+    path: &Path,
+    tensors: BTreeMap<String, Tensor>,
+    which: Which,
+) -> Result<(BTreeMap<String, Tensor>, Option<&'static str>), ModelError> {
+    let has = |p: &str| tensors.keys().any(|n| n.starts_with(p));
+    let part = if has("model.") || has("ema_model.") {
+        let wanted: &[&'static str] = match which {
+            Which::Auto => &UDA_PREFIXES[..2],
+            Which::Student => &UDA_PREFIXES[1..2],
+            Which::Ema => &UDA_PREFIXES[..1],
+        };
+        let part = wanted.iter().copied().find(|p| has(p)).ok_or_else(|| {
+            format_error(
+                path,
+                format!(
+                    "the UDA checkpoint has no `{}` network; ask for one it has (--weights \
+                     student for `model.`, ema for `ema_model.`)",
+                    wanted[0].trim_end_matches('.')
+                ),
+            )
+        })?;
+        Some(part)
+    } else {
+        None
+    };
+    let mut out = BTreeMap::new();
+    for (name, t) in tensors {
+        let name = match part {
+            Some(p) => match name.strip_prefix(p) {
+                Some(rest) => rest.to_string(),
+                None => continue,
+            },
+            None => name,
+        };
+        let name = name
+            .strip_prefix("backbone.")
+            .map_or(name.clone(), str::to_string);
+        if out.insert(name.clone(), t).is_some() {
+            return Err(format_error(
+                path,
+                format!("two tensors map to `{name}` once the backbone. prefix is removed"),
+            ));
+        }
+    }
+    Ok((out, part.map(|p| p.trim_end_matches('.'))))
 }
 
 /// The rccr name of a DACS / RCCR tensor name: `module.` and `Scale.` prefixes removed.
@@ -618,7 +690,9 @@ fn layout_of(path: &Path, root: &PickleValue, which: Which) -> Result<Layout, Mo
     let wanted: &[&str] = match which {
         Which::Auto => &NETWORK_KEYS,
         Which::Student => &["model", "state_dict"],
-        Which::Ema => &["ema_model"],
+        // A DAFormer / MIC UDA checkpoint keeps its teacher inside `state_dict`
+        // (`ema_model.*`); [`mmseg_names`] refuses a state_dict without one.
+        Which::Ema => &["ema_model", "state_dict"],
     };
     let network = wanted
         .iter()
@@ -855,7 +929,9 @@ pub fn load_into(
     Ok(report)
 }
 
-/// Sorts the file's tensors into the report; returns the names to copy.
+/// Sorts the file's tensors into the report; returns the names to copy. mmseg's
+/// BaseDecodeHead builds `conv_seg` even for SegFormer's head, which classifies with
+/// `linear_pred` and never uses it: ignored when the network has no `conv_seg`.
 fn classify(
     vars: &HashMap<String, Tensor>,
     tensors: &BTreeMap<String, Tensor>,
@@ -865,6 +941,9 @@ fn classify(
     let mut copy = Vec::new();
     for (name, t) in tensors {
         match vars.get(name) {
+            None if name.starts_with("decode_head.conv_seg.") && !has_conv_seg(vars) => {
+                report.ignored.push(name.clone())
+            }
             Some(v) if v.size() == t.size() => copy.push(name.clone()),
             Some(v) => report.skipped.push(SkippedTensor {
                 name: name.clone(),
@@ -885,6 +964,10 @@ fn classify(
     missing.sort();
     report.load.missing = missing;
     copy
+}
+
+fn has_conv_seg(vars: &HashMap<String, Tensor>) -> bool {
+    vars.contains_key("decode_head.conv_seg.weight")
 }
 
 /// How many ASPP branches the network has.
@@ -920,7 +1003,7 @@ fn nothing_matches(file: &PthFile, vars: &HashMap<String, Tensor>) -> ModelError
         &file.path,
         format!(
             "no tensor of `{}` matches a variable of the network by name and shape (file: {}, \
-             ...; network: {}, ...): is it a DeepLabv2 in the DACS layout, with this backbone?",
+             ...; network: {}, ...): is it a DeepLabv2 in the DACS layout or a MiT in the SegFormer / mmseg layout, with this backbone?",
             file.network_name(),
             first(file.tensors.keys().collect()),
             first(vars.keys().collect())
@@ -938,6 +1021,9 @@ fn nothing_matches(file: &PthFile, vars: &HashMap<String, Tensor>) -> ModelError
 /// [`ModelConfig::new`]'s default: DACS files always store four ASPP branches, whether or
 /// not the code that trained them summed only two, so the caller decides that.
 pub fn infer_config(file: &PthFile) -> Result<ModelConfig, ModelError> {
+    if file.tensors.contains_key("patch_embed1.proj.weight") {
+        return infer_mit_config(file);
+    }
     let layer3 = (0..)
         .take_while(|i| {
             file.tensors
@@ -967,6 +1053,52 @@ pub fn infer_config(file: &PthFile) -> Result<ModelConfig, ModelError> {
             )
         })?;
     Ok(ModelConfig::new(backbone, classes))
+}
+
+/// The MiT configuration of a file in the official names: the variant from the stage
+/// widths and block counts, the decoder from its layers (`embed_layers`: DAFormer's,
+/// `linear_c`: SegFormer's), the classes from its classifier. The input normalisation is
+/// MiT's default, the ImageNet RGB mean / std that SegFormer, DAFormer and MIC train with.
+fn infer_mit_config(file: &PthFile) -> Result<ModelConfig, ModelError> {
+    let has = |n: &str| file.tensors.contains_key(n);
+    let mut widths = [0i64; 4];
+    let mut depths = [0usize; 4];
+    for s in 1..=4 {
+        let proj = file.tensors.get(&format!("patch_embed{s}.proj.weight"));
+        widths[s - 1] = proj.map_or(0, |t| t.size()[0]);
+        depths[s - 1] = (0..)
+            .take_while(|j| has(&format!("block{s}.{j}.norm1.weight")))
+            .count();
+    }
+    let backbone = Backbone::ALL
+        .into_iter()
+        .find(|b| b.mit().is_some_and(|m| m.widths == widths && m.depths == depths))
+        .ok_or_else(|| {
+            format_error(
+                &file.path,
+                format!("cannot tell the MiT variant: stage widths {widths:?}, blocks {depths:?} match none of MiT-B0..B5"),
+            )
+        })?;
+    let (decoder, classifier) = if has("decode_head.embed_layers.0.proj.weight") {
+        (Decoder::Daformer, "decode_head.conv_seg.weight")
+    } else {
+        (Decoder::Segformer, "decode_head.linear_pred.weight")
+    };
+    let classes = file
+        .tensors
+        .get(classifier)
+        .map(|t| t.size()[0])
+        .ok_or_else(|| {
+            format_error(
+                &file.path,
+                "has a MiT encoder but no DAFormer or SegFormer decoder (an ImageNet encoder such \
+             as mit_b5.pth goes to `rccr-train train --init`)",
+            )
+        })?;
+    Ok(ModelConfig {
+        decoder: (decoder != backbone.default_decoder()).then_some(decoder),
+        ..ModelConfig::new(backbone, classes)
+    })
 }
 
 /// Builds `config`'s network on the CPU, imports `file` into it ([`load_into`]) and saves

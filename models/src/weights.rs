@@ -246,9 +246,10 @@ pub fn import_torchvision(vs: &nn::VarStore, path: &Path) -> Result<LoadReport, 
     load_into(vs, &file.tensors, is_encoder_var, path)
 }
 
-/// Whether a variable name belongs to the encoder (not the classifier or projector).
+/// Whether a variable name belongs to the encoder (not the classifier / decoder or the
+/// projector).
 pub fn is_encoder_var(name: &str) -> bool {
-    !(name.starts_with("layer5.") || name.starts_with("projector."))
+    !(crate::is_head_var(name) || name.starts_with("projector."))
 }
 
 /// Saves every variable of `vs` with `metadata` (see [`write_tensors`]).

@@ -166,7 +166,8 @@ def logits(w, rgb, variant, decoder, train):
 
 
 def write_f32(path, t):
-    open(path, "wb").write(t.detach().contiguous().float().numpy().astype("<f4").tobytes())
+    values = t.detach().float().flatten().tolist()
+    open(path, "wb").write(struct.pack(f"<{len(values)}f", *values))
 
 
 def forward(jobs_path):

@@ -390,6 +390,15 @@ impl ModelConfig {
         }
     }
 
+    /// Switches to `backbone`; an input normalisation that was the old backbone's
+    /// default becomes the new one's (an explicit one stays).
+    pub fn set_backbone(&mut self, backbone: Backbone) {
+        if self.input == self.backbone.default_input() {
+            self.input = backbone.default_input();
+        }
+        self.backbone = backbone;
+    }
+
     /// The decoder in use (the backbone's default when the config names none).
     pub fn decoder(&self) -> Decoder {
         self.decoder

@@ -608,4 +608,21 @@ mod tests {
             .to_string()
             .contains("drop_path_rate"));
     }
+
+    #[test]
+    fn switching_backbone_moves_a_default_input_normalisation_only() {
+        let mut cfg = ModelConfig::default();
+        cfg.set_backbone(Backbone::MitB1);
+        assert_eq!(cfg.input, InputNorm::imagenet_rgb());
+        cfg.set_backbone(Backbone::Small);
+        assert_eq!(cfg.input, InputNorm::default());
+        let custom = InputNorm {
+            bgr: false,
+            mean: [1.0, 2.0, 3.0],
+            std: [4.0, 5.0, 6.0],
+        };
+        cfg.input = custom.clone();
+        cfg.set_backbone(Backbone::MitB0);
+        assert_eq!(cfg.input, custom);
+    }
 }

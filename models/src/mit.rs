@@ -362,3 +362,32 @@ impl MitEncoder {
         outs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn drop_path_keeps_or_drops_whole_samples_in_training_only() {
+        let x = Tensor::ones([64, 3, 4], (Kind::Float, Device::Cpu));
+        assert!(drop_path(&x, 0.5, false).equal(&x));
+        let y = drop_path(&x, 0.5, true);
+        let per_sample: Vec<f32> =
+            Vec::try_from(y.mean_dim(&[1i64, 2][..], false, Kind::Float)).unwrap();
+        let flat: Vec<f32> = Vec::try_from(y.flatten(0, -1)).unwrap();
+        // Each sample is all 0 (dropped) or all 1 / (1 - 0.5) = 2 (kept and rescaled).
+        assert!(flat.iter().all(|&v| v == 0.0 || v == 2.0));
+        assert!(per_sample.iter().all(|&m| m == 0.0 || m == 2.0));
+        assert!(per_sample.contains(&0.0) && per_sample.contains(&2.0));
+    }
+
+    #[test]
+    fn drop_path_rates_rise_linearly_from_zero_to_the_rate() {
+        let r = drop_path_rates([2, 2, 2, 2], 0.7);
+        assert_eq!(r.len(), 8);
+        for (i, v) in r.iter().enumerate() {
+            assert!((v - 0.1 * i as f64).abs() < 1e-12, "{i}: {v}");
+        }
+    }
+}

@@ -157,3 +157,33 @@ fn encoder_parameter_counts_are_the_segformer_papers() {
     let _net = RccrNet::new(&vs.root(), &ModelConfig::new(Backbone::MitB5, 19));
     assert_eq!(count_parameters(&vs).decoder_parameters, 3_712_275);
 }
+
+/// What RCCR reads (rccr_models::segmenter): MiT's features and grid logits are the
+/// stride-4 maps at every second cell, on the grid `grid_size` gives; DeepLabv2's are
+/// layer4 and the logits themselves.
+#[test]
+fn the_rccr_grid_is_every_second_stride_4_cell() {
+    tch::manual_seed(3);
+    for backbone in [Backbone::MitB0, Backbone::Small] {
+        let cfg = ModelConfig::new(backbone, 5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = RccrNet::new(&vs.root(), &cfg);
+        let x = Tensor::randn([2, 3, 57, 70], (Kind::Float, Device::Cpu));
+        let out = tch::no_grad(|| net.seg.forward_t(&x, false));
+        let (gh, gw) = cfg.grid_size(57, 70);
+        assert_eq!(out.features.size(), [2, cfg.feature_width(), gh, gw]);
+        assert_eq!(out.grid_logits.size(), [2, 5, gh, gw]);
+        let features = tch::no_grad(|| net.seg.features_t(&x, false));
+        assert!(features.equal(&out.features), "{backbone}");
+        if backbone.is_mit() {
+            assert_eq!((gh, gw), (8, 9));
+            assert_eq!(out.logits.size(), [2, 5, 15, 18]);
+            let every_second = out.logits.slice(2, 0, None, 2).slice(3, 0, None, 2);
+            assert!(every_second.equal(&out.grid_logits));
+            assert_eq!(out.encoder.size(), [2, 256, 2, 3]);
+        } else {
+            assert!(out.grid_logits.equal(&out.logits));
+            assert!(out.encoder.equal(&out.features));
+        }
+    }
+}

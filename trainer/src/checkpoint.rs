@@ -5,7 +5,9 @@
 //! - `student.<var>` and `teacher.<var>`: both networks (encoder, classifier `layer5`,
 //!   projector, BN running statistics); the exporter reads `teacher.` with
 //!   `rccr_models::checkpoint::load_network`;
-//! - `optim.momentum.<var>`: the SGD momentum buffers;
+//! - `optim.momentum.<var>`: the SGD momentum buffers, or `optim.adam.exp_avg.<var>`,
+//!   `optim.adam.exp_avg_sq.<var>`, `optim.adam.step.<var>` for AdamW;
+//! - `fd.<var>`: the feature distance's frozen encoder (when `method.fd` is on);
 //! - `bank.<i>.embeddings`, `bank.<i>.labels`: the memory bank, oldest first;
 //! - metadata: `rccr.format` / `rccr.model_config` / `rccr.iteration` (the models-crate
 //!   contract), `rccr.train_config` (the resolved [`TrainConfig`] as JSON) and `rccr.best` (the best
@@ -19,7 +21,7 @@
 use crate::config::TrainConfig;
 use crate::error::Error;
 use crate::memory_bank::{BankEntry, MemoryBank};
-use crate::optim::Sgd;
+use crate::optim::Optimiser;
 use rccr_infer::files::temporary_owner;
 use rccr_models::checkpoint::{file_info, model_metadata, CHECKPOINT_FORMAT, STUDENT, TEACHER};
 use rccr_models::weights::{self, TensorFile};
@@ -32,8 +34,10 @@ use tch::{nn, Tensor};
 pub(crate) const META_TRAIN_CONFIG: &str = "rccr.train_config";
 /// Metadata key of the best validation.
 pub(crate) const META_BEST: &str = "rccr.best";
-/// Prefix of the momentum buffers.
-pub(crate) const OPTIM: &str = "optim.momentum.";
+/// Prefix of the optimiser state (`optim.momentum.<var>` for SGD, `optim.adam.*` for AdamW).
+pub(crate) const OPTIM: &str = "optim.";
+/// Prefix of the feature distance's frozen encoder.
+pub(crate) const FROZEN: &str = "fd.";
 /// Prefix of the memory bank.
 pub(crate) const BANK: &str = "bank.";
 
@@ -54,9 +58,11 @@ pub struct Saved<'a> {
     /// Teacher variables.
     pub teacher: &'a nn::VarStore,
     /// Optimiser.
-    pub optim: &'a Sgd,
+    pub optim: &'a Optimiser,
     /// Memory bank.
     pub bank: &'a MemoryBank,
+    /// The feature distance's frozen encoder variables (empty when it is off).
+    pub frozen: Vec<(String, Tensor)>,
     /// Iterations completed.
     pub iteration: u64,
     /// The run's configuration.
@@ -100,6 +106,9 @@ pub fn save(path: &Path, s: &Saved) -> Result<(), Error> {
     }
     for (n, t) in s.optim.state() {
         tensors.insert(format!("{OPTIM}{n}"), t);
+    }
+    for (n, t) in &s.frozen {
+        tensors.insert(format!("{FROZEN}{n}"), t);
     }
     for (i, e) in s.bank.entries().enumerate() {
         tensors.insert(format!("{BANK}{i}.embeddings"), &e.embeddings);

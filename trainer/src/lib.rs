@@ -9,7 +9,9 @@
 //! - [`schedule`]: poly learning rate, mu(t), EMA alpha(t).
 //! - [`mixing`]: ClassMix, CutMix and the strong augmentation of mixed images.
 //! - [`contrastive`], [`memory_bank`]: L_cont (Eq. 4-8), its sampling and the memory bank.
-//! - [`ema`], [`optim`]: the mean teacher (Eq. 2, 10) and SGD with two lr groups;
+//! - [`feature_distance`], [`masking`]: the successors' terms (DAFormer's thing-class
+//!   feature distance; MIC's patch mask and the pseudo-label region weights).
+//! - [`ema`], [`optim`]: the mean teacher (Eq. 2, 10) and SGD / AdamW with two lr groups;
 //!   [`foreach`]: their multi-tensor kernels and channels-last layouts.
 //! - [`trainer`]: one iteration of Algorithm 1 and the training run; [`streams`]: its
 //!   per-purpose random generators; [`trace`]: iterations written out for a replay.
@@ -28,7 +30,9 @@ pub mod determinism;
 pub mod dist;
 pub mod ema;
 pub mod error;
+pub mod feature_distance;
 pub mod foreach;
+pub mod masking;
 pub mod memory_bank;
 pub mod metrics;
 pub mod mixing;

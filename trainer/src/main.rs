@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use rccr_models::{Backbone, ModelConfig, RccrNet, OUTPUT_STRIDE};
+use rccr_models::{Backbone, Decoder, ModelConfig, RccrNet, GRID_STRIDE};
 use rccr_trainer::bench::{self, BenchConfig};
 use rccr_trainer::config::{
     Components, DataConfig, MethodConfig, Mode, OptimConfig, Precision, RunConfig, Size,
@@ -48,6 +48,10 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct DescribeArgs {
+    /// A recipe or settings file (e.g. configs/mic.toml): print it resolved (every
+    /// setting, defaults filled in) before the network's sizes.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     net: NetworkArgs,
     /// Print one JSON object.
@@ -59,9 +63,13 @@ struct DescribeArgs {
 /// the [`ModelConfig`] it is applied to.
 #[derive(Args, Debug, Default)]
 struct NetworkArgs {
-    /// resnet101 | resnet50 | small.
+    /// resnet101 | resnet50 | small | mit-b0 | mit-b1 | ... | mit-b5 (a MiT takes the
+    /// ImageNet RGB mean / std input normalisation and the daformer decoder by default).
     #[arg(long)]
     backbone: Option<Backbone>,
+    /// Segmentation head: aspp (ResNets) | daformer (MiT, default) | segformer (MiT).
+    #[arg(long)]
+    decoder: Option<Decoder>,
     /// Output classes.
     #[arg(long)]
     num_classes: Option<i64>,
@@ -73,7 +81,12 @@ struct NetworkArgs {
 impl NetworkArgs {
     /// Writes every option given over its field of `m`.
     fn apply(&self, m: &mut ModelConfig) {
-        set(&mut m.backbone, self.backbone);
+        if let Some(b) = self.backbone {
+            m.set_backbone(b);
+        }
+        if self.decoder.is_some() {
+            m.decoder = self.decoder;
+        }
         set(&mut m.num_classes, self.num_classes);
         set(&mut m.aspp_branches, self.aspp_branches);
     }
@@ -121,6 +134,8 @@ struct TrainArgs {
     no_mb: bool,
     #[command(flatten)]
     net: NetworkArgs,
+    #[command(flatten)]
+    strategies: StrategyArgs,
     /// ImageNet backbone weights with torchvision names (safetensors).
     #[arg(long)]
     init: Option<PathBuf>,
@@ -229,10 +244,76 @@ struct TrainArgs {
     json: bool,
 }
 
+/// The successors' switches (docs/method.md, "Successors' strategies"); a switch given
+/// without a value turns it on, `--fd false` turns a recipe's off.
+#[derive(Args, Debug, Default)]
+struct StrategyArgs {
+    /// Rare-class sampling of the source images (DAFormer).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    rcs: Option<bool>,
+    /// Temperature T of rare-class sampling.
+    #[arg(long)]
+    rcs_temperature: Option<f64>,
+    /// Thing-class feature distance to the starting encoder (DAFormer).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    fd: Option<bool>,
+    /// lambda_FD.
+    #[arg(long)]
+    fd_lambda: Option<f64>,
+    /// Masked image consistency on the target (MIC).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    mic: Option<bool>,
+    /// lambda_MIC.
+    #[arg(long)]
+    mic_lambda: Option<f64>,
+    /// MIC's patch side in pixels (default: crop / 8).
+    #[arg(long)]
+    mic_patch: Option<u32>,
+    /// Share of MIC's patches masked.
+    #[arg(long)]
+    mic_ratio: Option<f64>,
+    /// Target rows at the top of a crop ignored in the pseudo-label losses (DAFormer).
+    #[arg(long)]
+    pseudo_ignore_top: Option<u32>,
+    /// Target rows at the bottom of a crop ignored in the pseudo-label losses (DAFormer).
+    #[arg(long)]
+    pseudo_ignore_bottom: Option<u32>,
+    /// sgd (paper) | adamw (DAFormer).
+    #[arg(long, value_enum)]
+    optimizer: Option<rccr_trainer::config::Optimizer>,
+    /// Linear warm-up iterations of the learning rate.
+    #[arg(long)]
+    warmup_iters: Option<u64>,
+    /// Weight decay (SGD: coupled; AdamW: decoupled).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+}
+
+impl StrategyArgs {
+    /// Writes every option given over its field of `c`.
+    fn apply(&self, c: &mut TrainConfig) {
+        let (d, m, o) = (&mut c.data, &mut c.method, &mut c.optim);
+        set(&mut d.rcs.enabled, self.rcs);
+        set(&mut d.rcs.temperature, self.rcs_temperature);
+        set(&mut m.fd.enabled, self.fd);
+        set(&mut m.fd.lambda, self.fd_lambda);
+        set(&mut m.mic.enabled, self.mic);
+        set(&mut m.mic.lambda, self.mic_lambda);
+        set_some(&mut m.mic.patch, &self.mic_patch);
+        set(&mut m.mic.ratio, self.mic_ratio);
+        set(&mut m.pseudo_ignore_top, self.pseudo_ignore_top);
+        set(&mut m.pseudo_ignore_bottom, self.pseudo_ignore_bottom);
+        set(&mut o.optimizer, self.optimizer);
+        set(&mut o.warmup_iters, self.warmup_iters);
+        set(&mut o.weight_decay, self.weight_decay);
+    }
+}
+
 impl TrainArgs {
     /// Writes every option given on the command line over its field of `c`.
     fn apply(&self, c: &mut TrainConfig) {
         self.net.apply(&mut c.model);
+        self.strategies.apply(c);
         self.apply_data(&mut c.data);
         self.apply_method(&mut c.method);
         self.apply_optim(&mut c.optim);
@@ -337,6 +418,15 @@ fn train_option_defaults() -> Vec<(&'static str, String)> {
         ("precision", show(&r.precision)),
         ("seed", show(&r.seed)),
         ("lr", show(&o.lr)),
+        ("rcs_temperature", show(&d.rcs.temperature)),
+        ("fd_lambda", show(&m.fd.lambda)),
+        ("mic_lambda", show(&m.mic.lambda)),
+        ("mic_ratio", show(&m.mic.ratio)),
+        ("pseudo_ignore_top", show(&m.pseudo_ignore_top)),
+        ("pseudo_ignore_bottom", show(&m.pseudo_ignore_bottom)),
+        ("optimizer", show(&o.optimizer)),
+        ("warmup_iters", show(&o.warmup_iters)),
+        ("weight_decay", show(&o.weight_decay)),
         ("mu_max", show(&m.mu_max)),
         ("val_every", show(&r.val_every)),
         ("save_every", show(&r.save_every)),
@@ -394,14 +484,15 @@ fn parse_cli() -> Cli {
 
 #[derive(Args, Debug)]
 struct ImportArgs {
-    /// The PyTorch file (`torch.save` output: bare state_dict or DACS checkpoint dict).
+    /// The PyTorch file (`torch.save` output: bare state_dict, DACS checkpoint dict, or an
+    /// mmseg / DAFormer / MIC checkpoint of a MiT network).
     #[arg(long)]
     from: PathBuf,
     /// The rccr model file to write (safetensors).
     #[arg(long)]
     out: PathBuf,
-    /// Which network of a DACS / RCCR checkpoint: ema (the teacher), student, or auto
-    /// (ema when present).
+    /// Which network of a DACS / RCCR / DAFormer checkpoint: ema (the teacher), student,
+    /// or auto (ema when present; DAFormer's own test script evaluates the student).
     #[arg(long, default_value = "auto")]
     weights: String,
     /// ASPP branches the network sums: 4 (paper) or 2 (the DACS / RCCR reference code;
@@ -451,9 +542,13 @@ struct EvalArgs {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// resnet101 | resnet50 | small.
+    /// resnet101 | resnet50 | small | mit-b0 | mit-b1 | ... | mit-b5 (a MiT takes the
+    /// ImageNet RGB mean / std input normalisation and the daformer decoder by default).
     #[arg(long)]
     backbone: Option<Backbone>,
+    /// Segmentation head: aspp (ResNets) | daformer (MiT, default) | segformer (MiT).
+    #[arg(long)]
+    decoder: Option<Decoder>,
     /// Output classes.
     #[arg(long)]
     num_classes: Option<i64>,
@@ -510,6 +605,25 @@ struct BenchArgs {
     dist_timeout: Option<u32>,
 }
 
+/// Prints the resolved recipe of `path` (TOML, or JSON under `--json`, the network options
+/// applied) and returns its network.
+fn describe_recipe(path: &std::path::Path, a: &DescribeArgs) -> Result<ModelConfig> {
+    let mut c = TrainConfig::from_file(path)?;
+    a.net.apply(&mut c.model);
+    c.validate()?;
+    if a.json {
+        println!("{}", serde_json::to_string(&c)?);
+    } else {
+        let value = serde_json::to_value(&c)?;
+        println!(
+            "# {} resolved\n{}",
+            path.display(),
+            toml::to_string(&value)?
+        );
+    }
+    Ok(c.model)
+}
+
 fn main() {
     rccr_infer::logging::init("info");
     if let Err(e) = run_command(parse_cli().command) {
@@ -536,42 +650,54 @@ fn run_command(command: Command) -> Result<()> {
 }
 
 fn describe(a: &DescribeArgs) -> Result<()> {
-    let mut cfg = ModelConfig::default();
+    let mut cfg = match &a.config {
+        Some(path) => describe_recipe(path, a)?,
+        None => ModelConfig::default(),
+    };
     a.net.apply(&mut cfg);
     cfg.validate()?;
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let _net = RccrNet::new(&vs.root(), &cfg);
     let counts = rccr_models::count_parameters(&vs);
-    let (oh, ow) = ModelConfig::output_size(512, 512);
+    let (oh, ow) = cfg.logits_size(512, 512);
+    let (gh, gw) = cfg.grid_size(512, 512);
     let json = serde_json::json!({
         "backbone": cfg.backbone.name(),
+        "decoder": cfg.decoder().name(),
         "num_classes": cfg.num_classes,
         "aspp_branches": cfg.aspp_branches,
         "parameters": counts.parameters,
+        "encoder_parameters": counts.encoder_parameters,
+        "decoder_parameters": counts.decoder_parameters,
         "projector_parameters": counts.projector_parameters,
         "total_parameters": counts.parameters + counts.projector_parameters,
-        "output_stride": OUTPUT_STRIDE,
-        "feature_width": cfg.backbone.feature_width(),
+        "output_stride": cfg.output_stride(),
+        "grid_stride": GRID_STRIDE,
+        "feature_width": cfg.feature_width(),
         "projector_dim": cfg.projector_dim,
         "output_size_512x512": [oh, ow],
+        "grid_size_512x512": [gh, gw],
         "model_config": cfg,
     });
     if a.json {
         println!("{json}");
     } else {
         println!("backbone               {}", cfg.backbone);
+        println!("decoder                {}", cfg.decoder());
         println!("classes                {}", cfg.num_classes);
         println!("ASPP branches          {}", cfg.aspp_branches);
-        println!("parameters (enc + cls) {}", counts.parameters);
+        println!("parameters (enc + dec) {}", counts.parameters);
+        println!("encoder parameters     {}", counts.encoder_parameters);
+        println!("decoder parameters     {}", counts.decoder_parameters);
         println!("projector parameters   {}", counts.projector_parameters);
         println!(
             "total                  {}",
             counts.parameters + counts.projector_parameters
         );
-        println!("output stride          {OUTPUT_STRIDE}");
-        println!("feature width          {}", cfg.backbone.feature_width());
+        println!("output stride          {}", cfg.output_stride());
+        println!("feature width          {}", cfg.feature_width());
         println!("embedding dim K        {}", cfg.projector_dim);
-        println!("512x512 input ->       {oh}x{ow} logits");
+        println!("512x512 input ->       {oh}x{ow} logits, {gh}x{gw} RCCR grid");
     }
     Ok(())
 }
@@ -651,19 +777,24 @@ fn import(a: &ImportArgs) -> Result<()> {
     let file =
         pth::read(&a.from, which).with_context(|| format!("cannot import {}", a.from.display()))?;
     let mut config = pth::infer_config(&file)?;
-    config.aspp_branches = a.aspp_branches;
+    if !config.backbone.is_mit() {
+        config.aspp_branches = a.aspp_branches;
+    }
     if let Some(n) = a.num_classes {
         config.num_classes = n;
     }
     let report = pth::to_model_file(&file, &config, &a.out, a.strict)
         .with_context(|| format!("cannot convert {}", a.from.display()))?;
     println!("{report}");
+    let head = match config.decoder() {
+        Decoder::Aspp => format!("{} ASPP branches", config.aspp_branches),
+        d => format!("{d} decoder"),
+    };
     println!(
-        "wrote {} ({} / {} classes / {} ASPP branches)",
+        "wrote {} ({} / {} classes / {head})",
         a.out.display(),
         config.backbone,
         config.num_classes,
-        config.aspp_branches
     );
     Ok(())
 }

@@ -2,12 +2,22 @@
 //! the contrastive weight mu(t) = mu_max exp(-5 (1 - t/t_max)^0.5) of Eq. 9 (paper
 //! Sec. 4.1.2, a sigmoid-shaped ramp-up), and the EMA coefficient
 //! alpha(t) = min(1 - 1/(t+1), alpha_max) of Eq. 2 / Eq. 10. `t` is the 0-based index of
-//! the iteration being run and N the number of iterations.
+//! the iteration being run and N the number of iterations. An optional linear warm-up
+//! (DAFormer) scales the rate over the first W iterations.
 
 /// Poly learning rate at iteration `t` of `total`.
 pub(crate) fn poly_lr(base: f64, t: u64, total: u64, power: f64) -> f64 {
     let frac = 1.0 - (t as f64 / total.max(1) as f64).min(1.0);
     base * frac.powf(power)
+}
+
+/// The linear warm-up's factor of the rate at iteration `t` (DAFormer, mmcv's `linear`
+/// warm-up): 1 - (1 - t / W)(1 - ratio) for t < W, 1 after; W = 0 is no warm-up.
+pub(crate) fn warmup_factor(t: u64, warmup_iters: u64, ratio: f64) -> f64 {
+    if t >= warmup_iters {
+        return 1.0;
+    }
+    1.0 - (1.0 - t as f64 / warmup_iters as f64) * (1.0 - ratio)
 }
 
 /// mu(t) = mu_max exp(-5 (1 - t/t_max)^0.5), clamped to mu_max after t_max.
@@ -61,5 +71,14 @@ mod tests {
         assert_eq!(ema_alpha(1, 0.99), 0.5);
         assert!(close(ema_alpha(9, 0.99), 0.9));
         assert_eq!(ema_alpha(1000, 0.99), 0.99);
+    }
+
+    #[test]
+    fn warmup_is_linear_from_the_ratio_to_one() {
+        // W = 4, ratio 0.2: t = 0 -> 0.2, t = 2 -> 1 - 0.5 * 0.8 = 0.6, t >= 4 -> 1.
+        assert!(close(warmup_factor(0, 4, 0.2), 0.2));
+        assert!(close(warmup_factor(2, 4, 0.2), 0.6));
+        assert!(close(warmup_factor(4, 4, 0.2), 1.0));
+        assert!(close(warmup_factor(9, 0, 0.2), 1.0));
     }
 }

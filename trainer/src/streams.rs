@@ -28,6 +28,10 @@ pub enum Purpose {
     NsRandom = 5,
     /// The locations pushed into the memory bank (Sec. 3.2.5).
     Bank = 6,
+    /// MIC's patch mask.
+    MicMask = 7,
+    /// Colour jitter and blur of MIC's masked image.
+    MicAug = 8,
 }
 
 /// Salt that separates these streams from the data loaders' (which mix the bare seed).

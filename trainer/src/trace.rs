@@ -5,8 +5,10 @@
 //! inputs (`input.x_s`, `input.y_s`, `input.x_t`, RGB 0..255 before normalisation), the
 //! mixed images and their targets (`classmix.*`, `cutmix.*`), what L_cont sees
 //! (`contrast.*`, `bank.*`), every variable of both networks before and after the step
-//! (`student.before.<var>`, ...), the momentum before it, and the losses and schedule
-//! values as float64 scalars. Metadata: `rccr.format`, `rccr.model_config`,
+//! (`student.before.<var>`, ...), the optimiser state before it (`momentum.before.<var>`
+//! or `adam.{exp_avg,exp_avg_sq,step}.before.<var>`), and the losses and schedule values
+//! as float64 scalars. With the successors' switches: `frozen.<var>` and `fd.*` (feature
+//! distance), `mic.*` (masked image consistency), `rcs.*` (rare-class sampling). Metadata: `rccr.format`, `rccr.model_config`,
 //! `rccr.train_config`, `rccr.iteration`.
 
 use crate::config::TrainConfig;
@@ -51,6 +53,8 @@ impl Trace {
             ("loss.ce", s.loss_ce),
             ("loss.cons", s.loss_cons),
             ("loss.cont", s.loss_cont),
+            ("loss.fd", s.loss_fd),
+            ("loss.mic", s.loss_mic),
             ("loss.total", s.loss_total),
             ("lr.backbone", s.lr),
             ("lr.head", lr_head),

@@ -15,6 +15,13 @@
 //! 5. SGD on L = L_CE + lambda L_cons + mu L_cont (Eq. 9, line 11-13), then the EMA of
 //!    every teacher parameter (Eq. 2 and 10, line 14-16).
 //!
+//! The successors' strategies (docs/method.md, "Successors' strategies"), each off unless
+//! its switch is on: the thing-class feature distance lambda_FD L_FD on step 2's forward
+//! ([`crate::feature_distance`]); after step 4, MIC's masked-target term lambda_MIC L_MIC
+//! ([`crate::masking`]); the pseudo-label region weights in L_cons and L_MIC; AdamW and the
+//! warm-up in step 5 ([`crate::optim`], [`crate::schedule`]). Rare-class sampling acts
+//! in the source loader.
+//!
 //! Every random choice draws from its own stream keyed by (seed, purpose, iteration)
 //! ([`crate::streams`]), so modes and component switches pair by seed. The grid labels
 //! follow the 1/8 grid's geometry: cell (i, j) sees crop pixel (8i, 8j) (the centre of its
@@ -33,9 +40,10 @@ use crate::contrastive::{bank_sample, contrastive_loss, random_keep, Contrastive
 use crate::dist::Ddp;
 use crate::ema;
 use crate::error::{Error, Result};
+use crate::feature_distance::{feature_distance, thing_mask, FrozenEncoder};
 use crate::memory_bank::MemoryBank;
 use crate::mixing::{self, AugConfig, CutBox, IGNORE};
-use crate::optim::{group_of, Group, Sgd};
+use crate::optim::{group_of, Group, Optimiser, Rule};
 use crate::schedule;
 use crate::streams::{Purpose, Streams};
 use crate::trace::Trace;
@@ -68,7 +76,7 @@ pub struct Phases {
 /// logged iterations; see `Trainer::measure_grads`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct GradNorms {
-    /// |grad L_CE| over the encoder parameters.
+    /// |grad (L_CE + lambda_FD L_FD)| over the encoder parameters.
     pub grad_norm_ce: f64,
     /// |lambda grad L_cons|.
     pub grad_norm_cons: f64,
@@ -89,7 +97,11 @@ pub struct StepStats {
     pub loss_cons: f64,
     /// L_cont.
     pub loss_cont: f64,
-    /// Eq. 9.
+    /// L_FD, unweighted (0 unless `method.fd.enabled`).
+    pub loss_fd: f64,
+    /// L_MIC, unweighted (0 unless `method.mic.enabled`).
+    pub loss_mic: f64,
+    /// Eq. 9, plus lambda_FD L_FD + lambda_MIC L_MIC when they run.
     pub loss_total: f64,
     /// Backbone learning rate.
     pub lr: f64,
@@ -128,10 +140,12 @@ pub struct Trainer {
     pub teacher_vs: nn::VarStore,
     /// The teacher F_theta_hat.
     pub teacher: RccrNet,
-    /// SGD.
-    pub opt: Sgd,
+    /// SGD or AdamW.
+    pub opt: Optimiser,
     /// The memory bank.
     pub bank: MemoryBank,
+    /// F_frozen of the feature distance (set by [`Trainer::freeze_reference`]).
+    pub frozen: Option<FrozenEncoder>,
     /// The per-iteration generators of every random choice.
     pub streams: Streams,
     /// Iterations completed.
@@ -148,7 +162,7 @@ pub struct Trainer {
 
 /// What the teacher said about the target batch (lines 5-7).
 struct TeacherOut {
-    /// 1/8-grid logits `B x C x h x w`.
+    /// Logits on the 1/8 grid of the features `B x C x h x w` (`SegOutput::grid_logits`).
     logits: Tensor,
     /// Layer4 features.
     features: Tensor,
@@ -188,12 +202,7 @@ impl Trainer {
         }
         ema::copy_all(&teacher_vs, &student_vs);
         ema::freeze(&teacher_vs);
-        let opt = Sgd::new(
-            &student_vs,
-            cfg.optim.momentum,
-            cfg.optim.weight_decay,
-            cfg.optim.train_bn_affine,
-        );
+        let opt = Optimiser::new(&student_vs, Rule::of(&cfg.optim), cfg.optim.train_bn_affine);
         let bank = MemoryBank::new(if cfg.method.components.mb {
             cfg.method.bank_iterations
         } else {
@@ -212,6 +221,7 @@ impl Trainer {
             teacher,
             opt,
             bank,
+            frozen: None,
             streams,
             iteration: 0,
             profile: false,
@@ -262,6 +272,8 @@ impl Trainer {
                 "loss_ce" => s.stats.loss_ce = value,
                 "loss_cons" => s.stats.loss_cons = value,
                 "loss_cont" => s.stats.loss_cont = value,
+                "loss_fd" => s.stats.loss_fd = value,
+                "loss_mic" => s.stats.loss_mic = value,
                 _ => s.stats.q = value,
             }
         }
@@ -288,10 +300,17 @@ impl Trainer {
     /// The student's logits at the crop size (bilinear, align_corners, as DACS).
     fn student_logits(&self, x: &Tensor, crop: i64) -> Result<Tensor> {
         let xn = self.layout(self.student.seg.normalize(x));
-        let logits = self.student_forward(|| {
-            crate::amp::bf16_autocast(self.bf16(), || self.student.seg.forward_t(&xn, true).logits)
+        Ok(self.student_on_normalised(&xn, crop)?.0)
+    }
+
+    /// The student's forward on normalised input: crop-size logits and the final encoder
+    /// features.
+    fn student_on_normalised(&self, xn: &Tensor, crop: i64) -> Result<(Tensor, Tensor)> {
+        let out = self.student_forward(|| {
+            crate::amp::bf16_autocast(self.bf16(), || self.student.seg.forward_t(xn, true))
         })?;
-        Ok(upsample_logits(&logits.to_kind(Kind::Float), crop, crop))
+        let logits = upsample_logits(&out.logits.to_kind(Kind::Float), crop, crop);
+        Ok((logits, out.encoder))
     }
 
     /// Runs a student forward, with synchronised batch norm under `--sync-bn`.
@@ -333,6 +352,11 @@ impl Trainer {
         if self.cfg.contrastive() {
             self.contrastive_step(&xs, &ys, &xt, &teacher, &mut s)?;
         }
+        if self.cfg.method.mic.enabled {
+            s.probe.before_mic();
+            let loss_mic = self.mic_step(&xt, &teacher, s.crop)?;
+            s.scalars.push(("loss_mic", loss_mic));
+        }
         self.finish(s, false)
     }
 
@@ -341,7 +365,8 @@ impl Trainer {
     fn begin_step(&mut self, xs: &Tensor, ys: &Tensor) -> StepState {
         let cfg = &self.cfg;
         let (t, n) = (self.iteration, cfg.run.iterations);
-        let lr = schedule::poly_lr(cfg.optim.lr, t, n, cfg.optim.poly_power);
+        let lr = schedule::poly_lr(cfg.optim.lr, t, n, cfg.optim.poly_power)
+            * schedule::warmup_factor(t, cfg.optim.warmup_iters, cfg.optim.warmup_ratio);
         let mu = match cfg.contrastive() {
             true => schedule::mu_at(cfg.method.mu_schedule, cfg.method.mu_max, t, n),
             false => 0.0,
@@ -366,10 +391,20 @@ impl Trainer {
         state
     }
 
-    /// Line 4 + Eq. 1: L_CE on the source, back-propagated.
+    /// Line 4 + Eq. 1: L_CE on the source, with lambda_FD L_FD on the same forward's
+    /// encoder features when the feature distance is on, back-propagated.
     fn source_step(&mut self, xs: &Tensor, ys: &Tensor, s: &mut StepState) -> Result<()> {
-        let loss_ce = cross_entropy(&self.student_logits(xs, s.crop)?, ys);
-        loss_ce.backward();
+        let xn = self.layout(self.student.seg.normalize(xs));
+        let (logits, encoder) = self.student_on_normalised(&xn, s.crop)?;
+        let loss_ce = cross_entropy(&logits, ys);
+        let loss = match self.feature_distance(&xn, &encoder.to_kind(Kind::Float), ys) {
+            Some(fd) => {
+                s.scalars.push(("loss_fd", fd.detach()));
+                &loss_ce + fd * self.cfg.method.fd.lambda
+            }
+            None => loss_ce.shallow_clone(),
+        };
+        loss.backward();
         s.scalars.push(("loss_ce", loss_ce.detach()));
         s.probe.after_ce();
         s.timer.lap(&mut s.phases.source);
@@ -417,8 +452,8 @@ impl Trainer {
             let xn = self.layout(self.teacher.seg.normalize(xt));
             let out =
                 crate::amp::bf16_autocast(self.bf16(), || self.teacher.seg.forward_t(&xn, true));
-            let logits = out.logits.to_kind(Kind::Float);
-            let (max_prob, pseudo) = upsample_logits(&logits, crop, crop)
+            let logits = out.grid_logits.to_kind(Kind::Float);
+            let (max_prob, pseudo) = upsample_logits(&out.logits.to_kind(Kind::Float), crop, crop)
                 .softmax(1, Kind::Float)
                 .max_dim(1, false);
             let q = mixing::confident_fraction(&max_prob, threshold);
@@ -429,6 +464,93 @@ impl Trainer {
                 q,
             }
         })
+    }
+
+    /// L_FD (unweighted) between the student's encoder features `f_student` and the
+    /// frozen encoder's on `xn`, when the feature distance is on.
+    fn feature_distance(&mut self, xn: &Tensor, f_student: &Tensor, ys: &Tensor) -> Option<Tensor> {
+        let fd = &self.cfg.method.fd;
+        let frozen = self.frozen.as_ref().filter(|_| fd.enabled)?;
+        let f_frozen = frozen.features(xn).to_kind(Kind::Float);
+        let (h, w) = (f_student.size()[2], f_student.size()[3]);
+        let mask = thing_mask(
+            ys,
+            (h, w),
+            &fd.classes,
+            fd.min_ratio,
+            self.cfg.model.num_classes,
+        );
+        let loss = feature_distance(f_student, &f_frozen, &mask);
+        if self.trace.is_some() {
+            for (n, t) in frozen.encoder_vars() {
+                self.rec(&format!("frozen.{n}"), &t);
+            }
+            self.rec("fd.mask", &mask.to_kind(Kind::Uint8));
+            self.rec("fd.student", f_student);
+            self.rec("fd.frozen", &f_frozen);
+        }
+        Some(loss)
+    }
+
+    /// Takes F_frozen of the feature distance: a frozen copy of the student as it is now
+    /// (call once the starting weights are in place; a resume restores it instead).
+    pub fn freeze_reference(&mut self) {
+        if self.cfg.method.fd.enabled {
+            let frozen = FrozenEncoder::copy_of(&self.student_vs, &self.cfg.model, self.device);
+            self.frozen = Some(frozen);
+        }
+    }
+
+    /// The target pixels' weight factor of L_cons and L_MIC: q, times 0 on the ignored
+    /// top / bottom rows (`crop x crop`, or the scalar q when none are ignored).
+    fn target_weight(&self, q: &Tensor, crop: i64) -> Tensor {
+        let m = &self.cfg.method;
+        if m.pseudo_ignore_top == 0 && m.pseudo_ignore_bottom == 0 {
+            return q.shallow_clone();
+        }
+        let (top, bottom) = (
+            i64::from(m.pseudo_ignore_top),
+            i64::from(m.pseudo_ignore_bottom),
+        );
+        crate::masking::region_weights(crop, top, bottom, self.device) * q
+    }
+
+    /// MIC (Hoyer et al. 2023, Eq. 4-6): the student on the colour-augmented target with
+    /// patches masked out, against the teacher's pseudo-labels of the whole target,
+    /// weighted by q (and the pseudo-label region); lambda_MIC L_MIC back-propagated.
+    fn mic_step(&mut self, xt: &Tensor, teacher: &TeacherOut, crop: i64) -> Result<Tensor> {
+        let (t, bsz) = (self.iteration, xt.size()[0]);
+        let mic = self.cfg.method.mic.clone();
+        let aug = AugConfig {
+            jitter_prob: mic.jitter_prob,
+            blur_prob: mic.blur_prob,
+            ..self.aug()
+        };
+        let mut rng = self.streams.rng(Purpose::MicAug, t);
+        let params: Vec<_> = (0..bsz).map(|_| aug.sample(&mut rng)).collect();
+        let x_aug = mixing::augment(xt, &params);
+        let patch = i64::from(mic.patch.unwrap_or(self.cfg.data.crop / 8));
+        let mut rng = self.streams.rng(Purpose::MicMask, t);
+        let mask = crate::masking::patch_mask(bsz, crop, patch, mic.ratio, &mut rng, self.device);
+        let weight = self
+            .target_weight(&teacher.q, crop)
+            .expand([bsz, crop, crop], false);
+        self.rec("mic.x", &x_aug);
+        self.rec("mic.mask", &mask);
+        self.rec("mic.y", &teacher.pseudo);
+        self.rec("mic.w", &weight);
+        let xn = self.layout(self.student.seg.normalize(&x_aug) * &mask);
+        let (logits, _) = self.student_on_normalised(&xn, crop)?;
+        let ce = logits.cross_entropy_loss::<Tensor>(
+            &teacher.pseudo,
+            None,
+            Reduction::None,
+            IGNORE,
+            0.0,
+        );
+        let loss = (ce * weight).mean(Kind::Float);
+        (&loss * mic.lambda).backward();
+        Ok(loss.detach())
     }
 
     fn aug(&self) -> AugConfig {
@@ -457,7 +579,7 @@ impl Trainer {
         let params: Vec<_> = (0..bsz).map(|_| self.aug().sample(&mut rng)).collect();
         let x_class = mixing::augment(&mixing::mix(&mask, xs, xt), &params);
         let y_class = mixing::mix_labels(&mask, ys, &teacher.pseudo);
-        let weight = mixing::mix_weights(&mask, &teacher.q);
+        let weight = mixing::mix_weights(&mask, &self.target_weight(&teacher.q, crop));
         self.rec("classmix.x", &x_class);
         self.rec("classmix.y", &y_class);
         self.rec("classmix.w", &weight);
@@ -523,7 +645,7 @@ impl Trainer {
         let e_cut = self
             .student_forward(|| {
                 crate::amp::bf16_autocast(self.bf16(), || {
-                    let f = self.student.seg.encoder.forward_t(&xn, true);
+                    let f = self.student.seg.features_t(&xn, true);
                     self.student.projector.forward(&f)
                 })
             })?
@@ -660,7 +782,18 @@ impl Trainer {
             tr.put_vars("student.before.", &self.student_vs);
             tr.put_vars("teacher.before.", &self.teacher_vs);
             for (n, m) in self.opt.state() {
-                tr.put(&format!("momentum.before.{n}"), m);
+                // `momentum.<var>` -> `momentum.before.<var>`, `adam.exp_avg.<var>` ->
+                // `adam.exp_avg.before.<var>`.
+                let slot = [
+                    "adam.exp_avg_sq.",
+                    "adam.exp_avg.",
+                    "adam.step.",
+                    "momentum.",
+                ]
+                .into_iter()
+                .find(|s| n.starts_with(s))
+                .expect("optimiser state names start with their slot");
+                tr.put(&format!("{slot}before.{}", &n[slot.len()..]), m);
             }
         }
     }
@@ -689,9 +822,12 @@ impl Trainer {
         self.iteration += 1;
         stats.iteration = self.iteration;
         stats.alpha = alpha;
+        let m = &self.cfg.method;
         stats.loss_total = stats.loss_ce
-            + self.cfg.method.lambda_cons * stats.loss_cons
-            + stats.mu * stats.loss_cont;
+            + m.lambda_cons * stats.loss_cons
+            + stats.mu * stats.loss_cont
+            + m.fd.lambda * stats.loss_fd
+            + m.mic.lambda * stats.loss_mic;
         if let Some(tr) = &mut self.trace {
             tr.put_vars("student.after.", &self.student_vs);
             tr.put_vars("teacher.after.", &self.teacher_vs);
@@ -763,7 +899,7 @@ impl Trainer {
             self.opt
                 .state()
                 .into_iter()
-                .map(|(n, t)| (format!("momentum.{n}"), t.shallow_clone())),
+                .map(|(n, t)| (n, t.shallow_clone())),
         )
         .collect();
         if crate::foreach::all_finite(&named.iter().map(|(_, t)| t).collect::<Vec<_>>()) {
@@ -855,6 +991,8 @@ struct GradProbe {
     params: Vec<Tensor>,
     ce: Option<Vec<Tensor>>,
     ce_cons: Option<Vec<Tensor>>,
+    /// After L_cont, before L_MIC (when MIC runs).
+    before_mic: Option<Vec<Tensor>>,
 }
 
 impl GradProbe {
@@ -874,6 +1012,7 @@ impl GradProbe {
             params,
             ce: None,
             ce_cons: None,
+            before_mic: None,
         }
     }
 
@@ -904,10 +1043,17 @@ impl GradProbe {
         self.ce_cons = self.snapshot();
     }
 
+    fn before_mic(&mut self) {
+        self.before_mic = self.snapshot();
+    }
+
     /// The norms, once every term has been back-propagated.
-    fn finish(self) -> Option<GradNorms> {
+    fn finish(mut self) -> Option<GradNorms> {
         let ce = self.ce.as_ref()?;
-        let all = self.snapshot()?;
+        let all = match self.before_mic.take() {
+            Some(before) => before,
+            None => self.snapshot()?,
+        };
         let ce_cons = self.ce_cons.as_ref().unwrap_or(ce);
         let norm = |a: &[Tensor], b: Option<&[Tensor]>| -> f64 {
             let sq: f64 = a

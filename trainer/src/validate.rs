@@ -99,7 +99,7 @@ pub fn evaluate(
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<ValResult> {
     let start = Instant::now();
-    let n = net.seg.config.num_classes as usize;
+    let n = net.seg.config().num_classes as usize;
     let mut cm = ConfusionMatrix::new(n);
     let mut images = 0;
     for sample in set.iter() {

@@ -13,8 +13,8 @@ pub mod sections;
 pub use rccr_infer::Size;
 pub use rccr_models::ModelConfig;
 pub use sections::{
-    Components, DataConfig, DistBackend, DistConfig, MethodConfig, Mode, MuSchedule, OptimConfig,
-    Precision, RunConfig,
+    Components, DataConfig, DistBackend, DistConfig, FdConfig, MethodConfig, MicConfig, Mode,
+    MuSchedule, OptimConfig, Optimizer, Precision, RcsConfig, RunConfig, THING_CLASSES,
 };
 
 use crate::error::{Error, Result};
@@ -124,6 +124,7 @@ impl TrainConfig {
             .map_err(|e| Error::InvalidConfig(e.to_string()))?;
         self.validate_data()?;
         self.validate_ranges()?;
+        self.validate_strategies()?;
         self.validate_run()
     }
 
@@ -171,6 +172,80 @@ impl TrainConfig {
         check_each(&non_negative, ">= 0", |v| v.is_finite() && v >= 0.0)?;
         if m.anchor_chunk == 0 {
             return invalid("method.anchor_chunk must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The successors' switches: ranges, and combinations that cannot work.
+    fn validate_strategies(&self) -> Result<()> {
+        let (d, m, o) = (&self.data, &self.method, &self.optim);
+        check_each(
+            &[
+                ("data.rcs.temperature", d.rcs.temperature),
+                ("optim.adam_eps", o.adam_eps),
+            ],
+            "positive",
+            |v| v.is_finite() && v > 0.0,
+        )?;
+        check_each(
+            &[
+                ("data.rcs.min_pixel_share", d.rcs.min_pixel_share),
+                ("data.rcs.min_crop_ratio", d.rcs.min_crop_ratio),
+                ("method.fd.min_ratio", m.fd.min_ratio),
+                ("method.mic.jitter_prob", m.mic.jitter_prob),
+                ("method.mic.blur_prob", m.mic.blur_prob),
+                ("optim.warmup_ratio", o.warmup_ratio),
+            ],
+            "in [0, 1]",
+            |v| (0.0..=1.0).contains(&v),
+        )?;
+        check_each(
+            &[
+                ("method.mic.ratio", m.mic.ratio),
+                ("optim.beta1", o.beta1),
+                ("optim.beta2", o.beta2),
+            ],
+            "in [0, 1)",
+            |v| (0.0..1.0).contains(&v),
+        )?;
+        check_each(
+            &[
+                ("method.fd.lambda", m.fd.lambda),
+                ("method.mic.lambda", m.mic.lambda),
+            ],
+            ">= 0",
+            |v| v.is_finite() && v >= 0.0,
+        )?;
+        self.validate_masks()
+    }
+
+    /// MIC's patches must tile the crop; the ignored rows must leave some; MIC needs a
+    /// teacher; FD's classes must exist.
+    fn validate_masks(&self) -> Result<()> {
+        let (crop, m) = (self.data.crop, &self.method);
+        let patch = m.mic.patch.unwrap_or(crop / 8);
+        if m.mic.enabled && (patch == 0 || !crop.is_multiple_of(patch)) {
+            return invalid(format!(
+                "method.mic.patch ({patch}) must divide data.crop ({crop})"
+            ));
+        }
+        if m.mic.enabled && self.method.mode == Mode::SourceOnly {
+            return invalid(
+                "method.mic needs the teacher's pseudo-labels: mode baseline or rccr".into(),
+            );
+        }
+        if m.pseudo_ignore_top + m.pseudo_ignore_bottom >= crop {
+            return invalid(format!(
+                "method.pseudo_ignore_top + pseudo_ignore_bottom ({} + {}) must be below \
+                 data.crop ({crop})",
+                m.pseudo_ignore_top, m.pseudo_ignore_bottom
+            ));
+        }
+        let n = self.model.num_classes;
+        if let Some(c) = m.fd.classes.iter().find(|&&c| c < 0 || c >= n) {
+            return invalid(format!(
+                "method.fd.classes holds {c}, not a class of a {n}-class network"
+            ));
         }
         Ok(())
     }

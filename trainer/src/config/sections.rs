@@ -102,6 +102,80 @@ pub enum Precision {
     Bf16,
 }
 
+/// The optimiser of the student.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// SGD with momentum and weight decay (paper Sec. 4.1.2). Default.
+    #[default]
+    Sgd,
+    /// AdamW, decoupled weight decay (DAFormer's optimiser; docs/method.md "Successors'
+    /// strategies").
+    Adamw,
+}
+
+/// Cityscapes' thing classes (train ids of traffic light, traffic sign, person, rider,
+/// car, truck, bus, train, motorcycle, bicycle): DAFormer's feature-distance classes.
+pub const THING_CLASSES: [i64; 10] = [6, 7, 11, 12, 13, 14, 15, 16, 17, 18];
+
+section! {
+    /// Rare-class sampling of the source images (DAFormer Sec. 3.3): a class c drawn with
+    /// P(c) proportional to exp((1 - f_c) / T), then a source image holding at least
+    /// `min_pixels` pixels of c and a crop holding c where possible (docs/method.md).
+    pub struct RcsConfig {
+        /// Switch (DAFormer: on; paper: off).
+        pub enabled: bool = false,
+        /// Temperature T (DAFormer).
+        pub temperature: f64 = 0.01,
+        /// An image is a candidate for class c when c covers at least this share of it at
+        /// the training resize (DAFormer: 3000 pixels of a 1914 x 1052 GTA5 label = 0.0015).
+        pub min_pixel_share: f64 = 0.0015,
+        /// A crop is kept once it holds more than this fraction of `min_pixel_share`
+        /// pixels of c (DAFormer's `rcs_min_crop_ratio`).
+        pub min_crop_ratio: f64 = 0.5,
+        /// Crops tried before the last one is kept (DAFormer).
+        pub crop_tries: usize = 10,
+    }
+}
+
+section! {
+    /// Thing-class feature distance (DAFormer Sec. 3.4): lambda_FD times the mean over
+    /// thing-class cells of || F_student(x_s) - F_frozen(x_s) ||_2 on the final encoder
+    /// features, F_frozen the encoder the run started from, kept frozen in eval mode.
+    pub struct FdConfig {
+        /// Switch (DAFormer: on; paper: off).
+        pub enabled: bool = false,
+        /// lambda_FD (DAFormer).
+        pub lambda: f64 = 0.005,
+        /// The thing classes (DAFormer: Cityscapes' ten thing classes).
+        pub classes: Vec<i64> = THING_CLASSES.to_vec(),
+        /// A feature cell takes the majority label of its stride x stride block when that
+        /// label covers at least this share of it, else none (DAFormer).
+        pub min_ratio: f64 = 0.75,
+    }
+}
+
+section! {
+    /// Masked image consistency (MIC, Hoyer et al. 2023, Eq. 4-6): the student predicts
+    /// the colour-augmented target with random square patches masked out, trained on the
+    /// teacher's pseudo-labels of the whole target, weighted by q.
+    pub struct MicConfig {
+        /// Switch (MIC: on; paper: off).
+        pub enabled: bool = false,
+        /// lambda_MIC (MIC).
+        pub lambda: f64 = 1.0,
+        /// Side of the square patches in crop pixels; unset: crop / 8 (MIC: 64 px at its
+        /// 512 px crops, so the mask grid stays 8 x 8 on small crops).
+        pub patch: Option<u32> = None,
+        /// Share of the patches masked (MIC).
+        pub ratio: f64 = 0.7,
+        /// Probability of colour jitter on the masked image (MIC).
+        pub jitter_prob: f64 = 0.2,
+        /// Probability of Gaussian blur on the masked image (MIC: as its colour jitter).
+        pub blur_prob: f64 = 0.2,
+    }
+}
+
 section! {
     /// The switches of the paper's ablation (Table 3), all on in the paper's RCCR; they
     /// only matter in mode `rccr`.
@@ -174,6 +248,8 @@ section! {
         /// image 0 and label 255 (ignored), so padded pixels add no L_CE but do enter the
         /// mixed images.
         pub crop_padding: [f64; 2] = [0.0, 0.0],
+        /// Rare-class sampling of the source (DAFormer; off in the paper).
+        pub rcs: RcsConfig = RcsConfig::default(),
     }
 }
 
@@ -213,19 +289,44 @@ section! {
         pub jitter_prob: f64 = 0.8,
         /// Probability of Gaussian blur per mixed image (DACS).
         pub blur_prob: f64 = 0.5,
+        /// Rows at the top of the crop whose target pixels get weight 0 in L_cons and
+        /// L_MIC (DAFormer: 15 of a 512 crop; paper: 0).
+        pub pseudo_ignore_top: u32 = 0,
+        /// Rows at the bottom of the crop whose target pixels get weight 0 (DAFormer: 120
+        /// of a 512 crop, the ego car's hood; paper: 0).
+        pub pseudo_ignore_bottom: u32 = 0,
+        /// Thing-class feature distance (DAFormer; off in the paper).
+        pub fd: FdConfig = FdConfig::default(),
+        /// Masked image consistency (MIC; off in the paper).
+        pub mic: MicConfig = MicConfig::default(),
     }
 }
 
 section! {
-    /// SGD with the poly schedule and the mean teacher's EMA (paper Sec. 4.1.2).
+    /// SGD (or AdamW) with the poly schedule, an optional linear warm-up and the mean
+    /// teacher's EMA (paper Sec. 4.1.2; DAFormer Sec. 4.1 for AdamW and the warm-up).
     pub struct OptimConfig {
+        /// `sgd` (paper) or `adamw` (DAFormer: lr 6e-5, weight decay 0.01, head x10).
+        pub optimizer: Optimizer = Optimizer::Sgd,
+        /// Linear warm-up iterations before the poly schedule: lr(t) = poly(t) (1 - (1 -
+        /// t / W)(1 - warmup_ratio)) for t < W (DAFormer: 1500; paper: 0).
+        pub warmup_iters: u64 = 0,
+        /// The warm-up's starting fraction of the rate (DAFormer: 1e-6).
+        pub warmup_ratio: f64 = 1e-6,
+        /// AdamW's beta1 (DAFormer).
+        pub beta1: f64 = 0.9,
+        /// AdamW's beta2 (DAFormer).
+        pub beta2: f64 = 0.999,
+        /// AdamW's epsilon (PyTorch's default, DAFormer).
+        pub adam_eps: f64 = 1e-8,
         /// Base learning rate of the backbone (paper).
         pub lr: f64 = 2.5e-4,
         /// Learning-rate multiplier of the classifier and projector (paper).
         pub head_lr_mult: f64 = 10.0,
-        /// SGD momentum (paper).
+        /// SGD momentum (paper; unused by AdamW).
         pub momentum: f64 = 0.9,
-        /// SGD weight decay (paper).
+        /// Weight decay (paper: 5e-4 for SGD); AdamW's is decoupled and skips parameters
+        /// named `*norm*` (DAFormer's rule).
         pub weight_decay: f64 = 5e-4,
         /// Poly schedule power: lr (1 - t/N)^power (paper).
         pub poly_power: f64 = 0.9,

@@ -25,6 +25,7 @@ pub fn build_trainer(cfg: &TrainConfig, device: Device, resume: Option<&Path>) -
             if let Some(init) = &cfg.run.init {
                 init_backbone(&trainer, init)?;
             }
+            trainer.freeze_reference();
         }
     }
     Ok(trainer)
@@ -76,6 +77,7 @@ fn restore_networks(trainer: &mut Trainer, ck: &Loaded, path: &Path) -> Result<(
         path,
         "teacher",
     )?;
+    restore_frozen(trainer, ck, path)?;
     trainer
         .opt
         .load_state(&ck.with_prefix(checkpoint::OPTIM))
@@ -83,6 +85,34 @@ fn restore_networks(trainer: &mut Trainer, ck: &Loaded, path: &Path) -> Result<(
             path: path.to_path_buf(),
             msg,
         })
+}
+
+/// The feature distance's frozen encoder of a checkpoint (`fd.<var>`), when it is on.
+fn restore_frozen(trainer: &mut Trainer, ck: &Loaded, path: &Path) -> Result<()> {
+    trainer.freeze_reference();
+    let Some(frozen) = &trainer.frozen else {
+        return Ok(());
+    };
+    let saved = ck.with_prefix(checkpoint::FROZEN);
+    for (name, mut var) in frozen.encoder_vars() {
+        match saved.get(&name) {
+            Some(t) if t.size() == var.size() => {
+                tch::no_grad(|| var.copy_(&t.to_device(var.device())));
+            }
+            _ => {
+                return Err(Error::BadCheckpoint {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "method.fd is on but the checkpoint lacks the frozen encoder's \
+                         `{}{name}` (it was trained without the feature distance: resume \
+                         without --fd)",
+                        checkpoint::FROZEN
+                    ),
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `--init`: an ImageNet backbone (torchvision names) or a PyTorch checkpoint into the

@@ -1,0 +1,159 @@
+//! The successors' switches (rare-class sampling, feature distance, MIC, pseudo-label
+//! region ignoring, AdamW with warm-up; docs/method.md "Successors' strategies") keep the
+//! two guarantees of the trainer with every switch on:
+//! - pairing: a `baseline` run and an `rccr` run with mu = 0 of one seed end with
+//!   bit-identical teachers (their extra random choices draw from their own streams);
+//!   controls: lambda_MIC and lambda_FD do change the teacher, so the comparison can fail;
+//! - exact resume: a run stopped at k and resumed from its checkpoint ends with the
+//!   student, teacher, optimiser state and frozen encoder of an uninterrupted run, bit
+//!   for bit.
+
+mod common;
+
+use rccr_trainer::checkpoint;
+use rccr_trainer::config::{Mode, MuSchedule, Optimizer, TrainConfig};
+use rccr_trainer::run::{run, RunOptions};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::Tensor;
+
+const ITERATIONS: u64 = 8;
+
+/// libtorch's global generator initialises the networks: tests of this file run one at a
+/// time so that no other test's networks draw from it in between.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Every switch on; q = 1 (threshold 0) so the pseudo-label terms weigh in.
+fn config(data: &Path, mode: Mode, mu_max: f64) -> TrainConfig {
+    let mut c = common::tiny_config(data, ITERATIONS);
+    c.data.rcs.enabled = true;
+    let m = &mut c.method;
+    (m.mode, m.mu_max, m.mu_schedule) = (mode, mu_max, MuSchedule::Constant);
+    m.components.ps = false;
+    m.pseudo_threshold = 0.0;
+    (m.pseudo_ignore_top, m.pseudo_ignore_bottom) = (4, 8);
+    m.fd.enabled = true;
+    m.mic.enabled = true;
+    let o = &mut c.optim;
+    (o.optimizer, o.lr, o.warmup_iters, o.weight_decay) = (Optimizer::Adamw, 1e-3, 3, 0.01);
+    c
+}
+
+/// Trains (or resumes) and returns every tensor of the last checkpoint.
+fn train(
+    cfg: &TrainConfig,
+    out: &Path,
+    stop_at: Option<u64>,
+    resume: Option<&Path>,
+) -> BTreeMap<String, Tensor> {
+    let summary = run(
+        cfg,
+        &RunOptions {
+            out: out.to_path_buf(),
+            quiet: true,
+            stop_at,
+            resume: resume.map(Path::to_path_buf),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("training in {} failed: {e:#}", out.display()));
+    let ck = checkpoint::load(&summary.last_checkpoint.expect("a checkpoint")).unwrap();
+    ck.with_prefix("")
+}
+
+/// The names under `prefix` whose tensors differ bitwise (or exist in one map only).
+fn differing(
+    a: &BTreeMap<String, Tensor>,
+    b: &BTreeMap<String, Tensor>,
+    prefix: &str,
+) -> Vec<String> {
+    let names: std::collections::BTreeSet<&String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names
+        .into_iter()
+        .filter(|n| match (a.get(*n), b.get(*n)) {
+            (Some(x), Some(y)) => !x.equal(y),
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn pairing_holds_with_every_switch_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synth_lib(&data);
+    let base = train(
+        &config(&data, Mode::Baseline, 0.0),
+        &tmp.path().join("b"),
+        None,
+        None,
+    );
+    let zero = train(
+        &config(&data, Mode::Rccr, 0.0),
+        &tmp.path().join("r"),
+        None,
+        None,
+    );
+    let diff = differing(&base, &zero, "teacher.");
+    assert!(
+        diff.is_empty(),
+        "teachers differ in {:?}",
+        &diff[..diff.len().min(5)]
+    );
+    assert!(base.keys().any(|n| n.starts_with("optim.adam.exp_avg.")));
+    assert!(base.keys().any(|n| n.starts_with("fd.")));
+    let teachers = base.keys().filter(|n| n.starts_with("teacher.")).count();
+    for (what, tweak) in [
+        (
+            "lambda_MIC = 0",
+            Box::new(|c: &mut TrainConfig| c.method.mic.lambda = 0.0)
+                as Box<dyn Fn(&mut TrainConfig)>,
+        ),
+        (
+            "lambda_FD = 0",
+            Box::new(|c: &mut TrainConfig| c.method.fd.lambda = 0.0),
+        ),
+    ] {
+        let mut c = config(&data, Mode::Baseline, 0.0);
+        tweak(&mut c);
+        let other = train(&c, &tmp.path().join(what.replace(' ', "")), None, None);
+        let n = differing(&base, &other, "teacher.").len();
+        assert!(
+            n > teachers / 2,
+            "{what} changed only {n} of {teachers} teacher tensors"
+        );
+    }
+}
+
+#[test]
+fn resume_is_exact_with_every_switch_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synth_lib(&data);
+    let cfg = config(&data, Mode::Rccr, 0.1);
+    let whole = train(&cfg, &tmp.path().join("whole"), None, None);
+    let mut cut = cfg.clone();
+    cut.run.save_every = 2;
+    let part = tmp.path().join("part");
+    train(&cut, &part, Some(3), None);
+    let ck = part.join("checkpoints/iter_0000002.safetensors");
+    assert!(ck.is_file(), "no checkpoint at iteration 2");
+    let resumed = train(&cut, &part, None, Some(&ck));
+    for prefix in ["student.", "teacher.", "optim.", "fd.", "bank."] {
+        let diff = differing(&whole, &resumed, prefix);
+        assert!(
+            diff.is_empty(),
+            "{prefix}: differ after resume in {:?}",
+            &diff[..diff.len().min(5)]
+        );
+    }
+}

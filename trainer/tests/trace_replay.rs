@@ -3,11 +3,17 @@
 //! t = 2) and writes every tensor of each step; tests/reference/rccr_replay.py, written
 //! from the paper in plain PyTorch (float64), recomputes the pseudo-labels, q, the
 //! anchor / label / keep masks, L_CE, L_cons, L_cont and L, the gradients, the SGD step,
-//! the EMA teacher and the BN statistics, and fails on any disagreement. Four cases:
-//! (a) rccr with every component, mu constant 1, thresholds at which PS keeps some
+//! the EMA teacher and the BN statistics, and fails on any disagreement; it also replays
+//! the successors' terms (DAFormer's rare-class sampling, thing-class feature distance,
+//! warm-up, AdamW and pseudo-label row ignoring; MIC's masked image consistency). Six
+//! cases: (a) rccr with every component, mu constant 1, thresholds at which PS keeps some
 //! anchors and drops others and 0 < q < 1; (b) rccr without PS, MB and NS(R) (paper mu
 //! schedule, default lr); (d) rccr without NS(C), where only Eq. 8 keeps an anchor's own
-//! cells out of its negatives; (c) the baseline.
+//! cells out of its negatives; (c) the baseline; (e) rccr as (a) with RCS, FD, MIC,
+//! AdamW (decoupled weight decay 0.05), a 5-iteration warm-up and the top 8 / bottom 16
+//! pseudo-label rows ignored; (f) the baseline with MIC and FD at their default weights,
+//! SGD, no warm-up. Two tampered copies of a case (e) step (MIC on but its tensors gone;
+//! L_FD off by 1 %) must make the replay fail.
 
 mod common;
 
@@ -80,6 +86,32 @@ fn replay(case: &str, files: &[PathBuf]) {
     assert!(report.contains("REPLAY OK"), "{report}");
 }
 
+/// Runs the replay on `file` and asserts that it fails with a report naming `expect`.
+fn replay_must_fail(case: &str, file: &Path, expect: &str) {
+    let script = repo_root().join("trainer/tests/reference/rccr_replay.py");
+    let out = python().arg(&script).arg(file).output().unwrap();
+    let report = common::text(&out);
+    assert!(
+        !out.status.success() && report.contains("REPLAY FAILED") && report.contains(expect),
+        "case {case}: the replay should fail naming {expect:?}:\n{report}"
+    );
+}
+
+/// A copy of trace `file` in `dir` without the tensors that `drop` selects and with the
+/// scalar `scale.0` multiplied by `scale.1`.
+fn tampered(file: &Path, dir: &Path, drop: impl Fn(&str) -> bool, scale: (&str, f64)) -> PathBuf {
+    let tf = weights::read_tensors(file).unwrap();
+    let scaled = &tf.tensors[scale.0] * scale.1;
+    let kept = tf.tensors.iter().filter(|(n, _)| !drop(n)).map(|(n, t)| {
+        let t = if n == scale.0 { &scaled } else { t };
+        (n.clone(), t)
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join(file.file_name().unwrap());
+    weights::write_tensors(&out, kept, &tf.metadata).unwrap();
+    out
+}
+
 /// What one traced step offered L_cont and L_cons, read here from the file itself.
 #[derive(Debug)]
 struct StepFacts {
@@ -112,6 +144,69 @@ fn facts(file: &Path) -> StepFacts {
         in_box: rows * cols * size[0],
         bank: get("bank.label").numel() as i64,
         q: get("q").double_value(&[]),
+    }
+}
+
+/// What one traced step offered the successors' terms, read from the file itself.
+#[derive(Debug)]
+struct SwitchFacts {
+    /// Feature cells in `fd.mask` (thing-class cells L_FD averages over).
+    fd_cells: Option<i64>,
+    /// Source crops flagged `rcs.crop_hit` (they hold their rare-class draw).
+    rcs_hits: Option<i64>,
+    /// The weight of L_MIC's (and ClassMix's) target pixels.
+    q: f64,
+    /// Whether `mic.mask` masks some pixels and keeps others.
+    mic_mixed: Option<bool>,
+}
+
+fn switch_facts(file: &Path) -> SwitchFacts {
+    let tf = weights::read_tensors(file).unwrap();
+    let count = |n: &str| {
+        tf.tensors
+            .get(n)
+            .map(|t| t.to_kind(Kind::Int64).sum(Kind::Int64).int64_value(&[]))
+    };
+    let mic_mixed = tf.tensors.get("mic.mask").map(|m| {
+        let kept = m.sum(Kind::Double).double_value(&[]);
+        0.0 < kept && kept < m.numel() as f64
+    });
+    SwitchFacts {
+        fd_cells: count("fd.mask"),
+        rcs_hits: count("rcs.crop_hit"),
+        q: tf.tensors["q"].double_value(&[]),
+        mic_mixed,
+    }
+}
+
+/// Asserts that the traced steps exercise FD (some thing-class cells), MIC (a mask that
+/// masks and keeps, 0 < q so L_MIC has weight) and, when `rcs`, a rare-class crop hit.
+fn assert_switches_exercised(case: &str, files: &[PathBuf], rcs: bool) {
+    let steps: Vec<SwitchFacts> = files.iter().map(|f| switch_facts(f)).collect();
+    println!("case {case}, per step: {steps:?}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.fd_cells.is_some() && s.mic_mixed.is_some()),
+        "case {case}: fd.mask / mic.mask missing from the trace ({steps:?})"
+    );
+    assert!(
+        steps.iter().any(|s| s.fd_cells > Some(0)),
+        "case {case}: no thing-class cell in any step's FD mask ({steps:?})"
+    );
+    assert!(
+        steps.iter().all(|s| s.mic_mixed == Some(true)),
+        "case {case}: a MIC mask masks all or nothing ({steps:?})"
+    );
+    assert!(
+        steps.iter().any(|s| 0.0 < s.q),
+        "case {case}: q = 0 at every step, L_MIC has no weight ({steps:?})"
+    );
+    if rcs {
+        assert!(
+            steps.iter().any(|s| s.rcs_hits > Some(0)),
+            "case {case}: no RCS crop holds its class ({steps:?})"
+        );
     }
 }
 
@@ -178,8 +273,71 @@ fn traced_iterations_match_the_independent_replay() {
     // (c) the baseline: mean teacher + ClassMix, no L_cont.
     let c = trace(&data, &tmp.path().join("c"), &["--mode", "baseline"]);
     replay("c (baseline)", &c);
+
+    // (e) rccr as (a) with every successor's switch: RCS, FD (weight 0.5, so its gradient
+    // shows in the updates), MIC, AdamW with weight decay 0.05, a 5-iteration warm-up
+    // (lr factors 1e-6, 0.2, 0.4 at the three steps) and the top 8 / bottom 16 rows of
+    // the 64-row target crop ignored in the pseudo-label weights.
+    let cfg_e = tmp.path().join("successors.toml");
+    std::fs::write(
+        &cfg_e,
+        "[method]\nps_threshold = 0.4\npseudo_threshold = 0.5\n[optim]\nweight_decay = 0.05\n",
+    )
+    .unwrap();
+    let mut flags = vec!["--config", cfg_e.to_str().unwrap(), "--mode", "rccr"];
+    flags.extend(STRONG);
+    flags.extend([
+        "--rcs",
+        "--fd",
+        "--fd-lambda",
+        "0.5",
+        "--mic",
+        "--optimizer",
+        "adamw",
+        "--warmup-iters",
+        "5",
+        "--pseudo-ignore-top",
+        "8",
+        "--pseudo-ignore-bottom",
+        "16",
+    ]);
+    let e = trace(&data, &tmp.path().join("e"), &flags);
+    assert_switches_exercised("e", &e, true);
+    replay(
+        "e (rccr + RCS, FD, MIC, AdamW, warm-up, pseudo-label rows ignored)",
+        &e,
+    );
+    // The replay bites: MIC switched on but its tensors gone; L_FD (at a step with
+    // thing-class cells) off by 1 %.
+    let dir = tmp.path().join("e-tampered");
+    let no_mic = tampered(
+        &e[1],
+        &dir.join("no-mic"),
+        |n| n.starts_with("mic.") || n == "loss.mic",
+        ("q", 1.0),
+    );
+    replay_must_fail("e without MIC tensors", &no_mic, "mic switched on");
+    let fd_step = e
+        .iter()
+        .find(|f| switch_facts(f).fd_cells > Some(0))
+        .unwrap();
+    let fd_off = tampered(fd_step, &dir.join("fd-off"), |_| false, ("loss.fd", 1.01));
+    replay_must_fail("e with L_FD off by 1 %", &fd_off, "loss.fd: trace");
+
+    // (f) the baseline with MIC and FD at their default weights, SGD, no warm-up; the
+    // thresholds and learning rate of (a), at which the teacher becomes confident enough
+    // for q > 0 (L_MIC has weight) within the three steps.
+    let f = trace(
+        &data,
+        &tmp.path().join("f"),
+        &[
+            "--config", cfg, "--mode", "baseline", "--mic", "--fd", "--lr", "0.01",
+        ],
+    );
+    assert_switches_exercised("f", &f, false);
+    replay("f (baseline + MIC, FD)", &f);
     println!(
-        "trace_replay: four cases in {:.1} s",
+        "trace_replay: six cases in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

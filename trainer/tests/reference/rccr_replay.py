@@ -2,37 +2,64 @@
 # Independent replay of one RCCR training iteration, from a trace written by
 # `rccr-train trace` (OUT/step_<t:07>.safetensors).
 #
-# INDEPENDENCE. This file was written from the paper (Zhou et al., "Domain Adaptive
+# INDEPENDENCE. This file was written from the papers (Zhou et al., "Domain Adaptive
 # Semantic Segmentation with Regional Contrastive Consistency Regularization": Eq. 1-10,
-# Sec. 3.2.2-3.2.5, Algorithm 1) and the project's written rules for one iteration
-# (mean teacher, ClassMix consistency with DACS's confidence weight q, CutMix region-wise
-# contrastive loss with PS / NS(R) / NS(C) / memory bank, SGD with momentum and weight
-# decay, EMA teacher). It does not port the Rust trainer (trainer/src): the network is
-# re-typed from the architecture description only, in plain functional PyTorch, and
-# every step below is computed in float64 from the trace's float32 inputs and weights.
+# Sec. 3.2.2-3.2.5, Algorithm 1; Hoyer et al., "DAFormer", CVPR 2022, Sec. 3.3-3.4 (rare
+# class sampling, thing-class ImageNet feature distance, learning-rate warm-up, AdamW);
+# Hoyer et al., "MIC", CVPR 2023, Sec. 3 (masked image consistency); Loshchilov & Hutter,
+# "Decoupled Weight Decay Regularization" (AdamW, in PyTorch's torch.optim.AdamW form);
+# mmcv's linear warm-up) and the project's written rules for one iteration (mean teacher,
+# ClassMix consistency with DACS's confidence weight q, CutMix region-wise contrastive
+# loss with PS / NS(R) / NS(C) / memory bank, SGD with momentum and weight decay or AdamW,
+# EMA teacher, the successors' switches). It does not port the Rust trainer (trainer/src):
+# the network is re-typed from the architecture description only, in plain functional
+# PyTorch, and every step below is computed in float64 from the trace's float32 inputs
+# and weights.
 #
 # WHAT IT CHECKS, per trace file:
 #   losses   L_CE (Eq. 1, mean over labelled pixels), L_cons (ClassMix, pixel weights w),
-#            L_cont (Eq. 4-8 with the sampling rules), L total (Eq. 9)       rel 1e-4
+#            L_cont (Eq. 4-8 with the sampling rules), L_FD (DAFormer Sec. 3.4: mean over
+#            thing-class cells of the L2 distance between the student's and the frozen
+#            initial encoder's features on x_s), L_MIC (MIC Sec. 3: q-weighted CE of the
+#            student on the masked, colour-augmented target against the teacher's
+#            pseudo-labels of the unmasked target), L total (Eq. 9 + lambda_FD L_FD +
+#            lambda_MIC L_MIC)                                                rel 1e-4
 #   derived  q (teacher confidence >= pseudo_threshold), the ClassMix weights / labels
-#            (w in {1, q}; label = teacher pseudo-label where w != 1, source label where
-#            w == 1), the CutMix box (square, multiples of 8), the anchor mask (box and
-#            PS), anchor / negative labels, NS(R) keep mask, memory-bank size and (when the
-#            earlier steps' traces are given too) that every bank entry is an E_cut / E_t
-#            embedding of one of the previous `bank_iterations` steps with its label.
+#            (w in {1, q}, 0 on the pseudo-ignored top / bottom rows; label = teacher
+#            pseudo-label where w != 1, source label where w == 1), the CutMix box (square,
+#            multiples of 8), the anchor mask (box and PS), anchor / negative labels, NS(R)
+#            keep mask, memory-bank size and (when the earlier steps' traces are given too)
+#            that every bank entry is an E_cut / E_t embedding of one of the previous
+#            `bank_iterations` steps with its label; the FD cell mask (majority label of
+#            each s x s block of y_s, s = ceil(crop / h), share >= min_ratio, in the thing
+#            classes); the MIC patch mask (constant on patch squares aligned at 0, masked
+#            share near the ratio), labels (teacher pseudo-labels) and weights (q, 0 on the
+#            ignored rows); the RCS class probabilities (softmax of (1 - f_c) / T over the
+#            classes with pixels and candidate images), drawn classes and crop hits.
 #            Exact, except decisions that sit on a float32 tie (argmax margin or
 #            threshold distance below --tie-eps / --prob-eps) which are counted, not failed.
+#   features the student's final encoder features on x_s (training mode) and the frozen
+#            encoder's (eval mode: BN running statistics), to 1e-4 of their largest |entry|;
+#            the frozen encoder equals the student at t = 1 and never changes.
 #   student  every variable's update (after - before): SGD (momentum, weight decay,
-#            backbone / head learning rates) on the gradient of L computed here by
-#            autograd; frozen variables unchanged; BN running statistics from the
-#            training-mode forwards on x_s, the ClassMix image and (rccr) the CutMix image.
+#            backbone / head learning rates) or AdamW (decoupled weight decay, none on
+#            `norm` names; bias-corrected moments, per-variable step counts) on the
+#            gradient of L computed here by autograd; frozen variables unchanged; BN
+#            running statistics from the training-mode forwards on x_s, the ClassMix
+#            image, (rccr) the CutMix image and (MIC) the masked image, in that order.
+#            The optimiser state of step t + 1 (momentum or AdamW moments and step
+#            counts) is the state computed here at step t, when both traces are given.
 #   teacher  EMA of the parameters with the trace's alpha (applied to the trace's
 #            student.after), BN running statistics from the teacher's own forward on x_t.
 #            Updates compare to 1e-3 of the largest |entry| of the trace's update (floor:
 #            the float32 resolution of the variable, at least 1e-9).
-#   schedule lr.head / lr.backbone = head_lr_mult; lr poly, alpha = min(1 - 1/(t+1),
+#   schedule lr.head / lr.backbone = head_lr_mult; lr poly times mmcv's linear warm-up
+#            factor 1 - (1 - s/W)(1 - warmup_ratio) for s < W, alpha = min(1 - 1/(t+1),
 #            ema_alpha) and mu (constant or the paper's schedule), accepting either
 #            0- or 1-based t.
+#   switches a term switched on in the configuration (data.rcs, method.fd, method.mic,
+#            optim.optimizer) whose tensors are missing fails, and so do tensors of a term
+#            switched off; traces written before a term existed skip its checks.
 # Usage: rccr_replay.py [--summary-json F] [--verbose] TRACE.safetensors|DIR ...
 # Exit status 0 when every check passes, 1 on any failure, 2 on bad input.
 import argparse
@@ -173,25 +200,29 @@ class Net:
         return (x - self.mean) / self.std
 
     @staticmethod
-    def conv_bn(P, R, x, conv, bn, stride, padding, dilation):
+    def conv_bn(P, R, x, conv, bn, stride, padding, dilation, train=True):
         y = F.conv2d(x, P[f"{conv}.weight"], None, stride, padding, dilation)
         # Training mode: batch statistics; running stats updated in place (momentum 0.1,
-        # unbiased variance), as torch.nn.BatchNorm2d does.
+        # unbiased variance), as torch.nn.BatchNorm2d does. Eval mode: the running stats.
         return F.batch_norm(y, R[f"{bn}.running_mean"], R[f"{bn}.running_var"],
-                            P[f"{bn}.weight"], P[f"{bn}.bias"], training=True,
+                            P[f"{bn}.weight"], P[f"{bn}.bias"], training=train,
                             momentum=BN_MOMENTUM, eps=BN_EPS)
 
-    def encoder(self, P, R, x):
-        y = F.relu(self.conv_bn(P, R, x, "conv1", "bn1", 2, 3, 1))
+    def encoder_names(self):
+        return {n for n in self.expected_names() if not n.startswith(("layer5.", "projector."))}
+
+    def encoder(self, P, R, x, train=True):
+        cb = lambda z, c, b, s, p, d: self.conv_bn(P, R, z, c, b, s, p, d, train)
+        y = F.relu(cb(x, "conv1", "bn1", 2, 3, 1))
         y = F.max_pool2d(y, 3, 2, 1, ceil_mode=True)
         for blocks in self.layers:
             for convs, down in blocks:
                 z = y
                 for k, (c, b, s, p, d) in enumerate(convs):
-                    z = self.conv_bn(P, R, z, c, b, s, p, d)
+                    z = cb(z, c, b, s, p, d)
                     if k != len(convs) - 1:
                         z = F.relu(z)
-                sc = self.conv_bn(P, R, y, *down) if down else y
+                sc = cb(y, *down) if down else y
                 y = F.relu(z + sc)
         return y
 
@@ -300,13 +331,22 @@ def replay(path, args, rep, history):
     for side in ("teacher.before.", "student.after.", "teacher.after."):
         absent = [n for n in names if side + n not in T]
         rep.check("structure", not absent, f"{side}* lacks {absent[:5]}")
-    optimised = sorted(k[len("momentum.before."):] for k in T if k.startswith("momentum.before."))
+    optimizer = tc.get("optimizer", "sgd")
+    state = "adam.step.before." if optimizer == "adamw" else "momentum.before."
+    optimised = sorted(k[len(state):] for k in T if k.startswith(state))
+    if optimizer == "adamw":
+        absent = [n for n in optimised for k in ("adam.exp_avg.before.", "adam.exp_avg_sq.before.")
+                  if k + n not in T]
+        rep.check("structure", not absent, f"AdamW moments lack {absent[:4]}")
+    stray = "momentum.before." if optimizer == "adamw" else "adam.step.before."
+    rep.check("structure", not any(k.startswith(stray) for k in T),
+              f"optimizer {optimizer}: no {stray}* tensors expected")
     train_bn_affine = bool(tc.get("train_bn_affine", False))
     expect_opt = sorted(n for n in names if not is_running_stat(n) and (
         train_bn_affine or not (".bn" in "." + n or "downsample.1" in n)))
     # BN affine names: bn1.*, layerX.Y.bnZ.*, layerX.0.downsample.1.*
     rep.check("structure", optimised == expect_opt,
-              f"optimised set (momentum.before.*): {len(optimised)} variables, expected "
+              f"optimised set ({state}*): {len(optimised)} variables, expected "
               f"{len(expect_opt)} (train_bn_affine={train_bn_affine}); "
               f"extra {sorted(set(optimised) - set(expect_opt))[:4]} "
               f"missing {sorted(set(expect_opt) - set(optimised))[:4]}")
@@ -320,6 +360,11 @@ def replay(path, args, rep, history):
               f"CutMix/contrast tensors present={has_cont}, expected {rccr_on} (mode {mode})")
     if has_cont and not rccr_on:
         rccr_on = True  # replay what the trace says was computed
+    on = switches(rep, T, tc, mode)
+    top, bottom = int(tc.get("pseudo_ignore_top", 0)), int(tc.get("pseudo_ignore_bottom", 0))
+    ignored = ignored_rows(H, top, bottom)[None, :, None].expand(B, H, W)
+    if on["rcs"]:
+        check_rcs(rep, T, tc, y_s, summary)
 
     # ---- scalars and schedule
     lr_b, lr_h, mu, alpha, q_tr = (scalar(T, n) for n in ("lr.backbone", "lr.head", "mu", "alpha", "q"))
@@ -329,9 +374,16 @@ def replay(path, args, rep, history):
     rep.check("schedule", close(lr_h, lr_b * hm, 1e-9, 1e-15),
               f"lr.head {lr_h:.6g} = lr.backbone {lr_b:.6g} x head_lr_mult {hm}")
     base, pw = float(tc["lr"]), float(tc.get("poly_power", 0.9))
-    cands = [base * (1 - s / N) ** pw for s in (t - 1, t) if s <= N]
+    wu, wr = int(tc.get("warmup_iters", 0)), float(tc.get("warmup_ratio", 1e-6))
+
+    def lr_at(s):  # poly decay times mmcv's linear warm-up (DAFormer Sec. 3.4)
+        warm = 1 - (1 - s / wu) * (1 - wr) if s < wu else 1.0
+        return base * (1 - s / N) ** pw * warm
+
+    cands = [lr_at(s) for s in (t - 1, t) if s <= N]
     rep.check("schedule", any(close(lr_b, c, 1e-6, 1e-15) for c in cands),
-              f"lr.backbone {lr_b:.8g} is poly lr (1 - t/N)^{pw}: candidates {cands}")
+              f"lr.backbone {lr_b:.8g} is poly lr (1 - t/N)^{pw} x warm-up (W = {wu}, "
+              f"ratio {wr:g}): candidates {cands}")
     ema = float(tc.get("ema_alpha", 0.99))
     cands = [min(1 - 1 / (s + 1), ema) for s in (t - 1, t)]
     rep.check("schedule", any(close(alpha, c, 1e-9, 1e-12) for c in cands),
@@ -372,15 +424,23 @@ def replay(path, args, rep, history):
         E_t = net.projector(TP, feat_t) if rccr_on else None
 
     # ---- ClassMix tensors (derived checks)
+    q32 = float(torch.tensor(q_tr, dtype=torch.float32))
     if has_mix:
         w = f64("classmix.w")
         y_m = T["classmix.y"].long()
-        q32 = float(torch.tensor(q_tr, dtype=torch.float32))
         one = (w == 1.0)
         isq = (w - q32).abs() <= 1e-7
-        rep.check("derived", bool((one | isq).all()),
-                  f"classmix.w takes only 1 and q: {int((~(one | isq)).sum())} other pixels "
-                  f"(values {sorted(set(w[~(one | isq)].flatten().tolist()))[:5]})")
+        # DAFormer's pseudo-label crop: target pixels of the ignored rows weigh 0.
+        fine = torch.where(ignored, one | (w == 0.0), one | isq)
+        rep.check("derived", bool(fine.all()),
+                  f"classmix.w takes only 1 and q (1 and 0 on the {top} top / {bottom} bottom "
+                  f"ignored rows): {int((~fine).sum())} other pixels "
+                  f"(values {sorted(set(w[~fine].flatten().tolist()))[:5]})")
+        if top or bottom:
+            bad = ignored & one & (y_m != y_s)
+            rep.check("derived", int(bad.sum()) == 0,
+                      f"classmix: on the ignored rows w == 1 only on source pixels: "
+                      f"{int(bad.sum())} of {int((ignored & one).sum())} carry another label")
         tgt_px = ~one
         bad = tgt_px & (y_m != plabel)
         excused = bad & tie_up
@@ -458,7 +518,10 @@ def replay(path, args, rep, history):
         print(f"  contrast: box {box}, {int(am.sum())} anchors of {int(inbox.sum())} in-box cells, "
               f"bank M = {M}, neg_keep fraction {frac:.3f}")
 
-    # ---- 3-5. student forwards with autograd
+    if on["mic"]:
+        check_mic(rep, T, tc, plabel, tie_up, q32, ignored, x_t, summary)
+
+    # ---- 3-5. student forwards with autograd, in the trainer's order (BN statistics)
     SP = {}
     for n in names:
         v = sb[n].to(torch.float64).clone()
@@ -466,7 +529,8 @@ def replay(path, args, rep, history):
             v.requires_grad_(True)
         SP[n] = v
     SR = {n: SP[n].detach().clone() for n in names if is_running_stat(n)}
-    up_s = upsample(net.classifier(SP, net.encoder(SP, SR, net.normalize(x_s))), H, W)
+    feat_s = net.encoder(SP, SR, net.normalize(x_s))
+    up_s = upsample(net.classifier(SP, feat_s), H, W)
     n_lab = int((y_s != 255).sum())
     L_ce = F.cross_entropy(up_s, y_s, ignore_index=255, reduction="sum") / max(n_lab, 1)
     L_cons = torch.zeros((), dtype=torch.float64)
@@ -480,10 +544,29 @@ def replay(path, args, rep, history):
         E_cut = net.projector(SP, net.encoder(SP, SR, net.normalize(f64("cutmix.x"))))
         L_cont = contrastive(E_cut, E_t.detach(), am, al, nl, nk, bank_e, bank_l,
                              float(tc.get("tau", 0.1)), bool(comps.get("ns_category", True)))
+    zero = torch.zeros((), dtype=torch.float64)
+    L_mic = zero
+    if on["mic"]:
+        # MIC Sec. 3: masked patches are 0 in the normalised input.
+        x_k = net.normalize(f64("mic.x")) * f64("mic.mask")
+        up_k = upsample(net.classifier(SP, net.encoder(SP, SR, x_k)), H, W)
+        ce_k = F.cross_entropy(up_k, T["mic.y"].long(), ignore_index=255, reduction="none")
+        L_mic = (f64("mic.w") * ce_k).mean()
+    L_fd = zero
+    record = {}
+    if on["fd"]:
+        L_fd, record["frozen"] = feature_distance(rep, T, net, mc, tc, feat_s, x_s, y_s, sb,
+                                                  history.get(t - 1), t, args, summary)
     lam = float(tc.get("lambda_cons", 1.0))
+    lam_fd = float((tc.get("fd") or {}).get("lambda", 0.0))
+    lam_mic = float((tc.get("mic") or {}).get("lambda", 0.0))
     L = L_ce + lam * L_cons + (mu * L_cont if rccr_on else 0.0)
+    L = L + (lam_fd * L_fd if on["fd"] else 0.0) + (lam_mic * L_mic if on["mic"] else 0.0)
 
-    for name, mine in (("loss.ce", L_ce), ("loss.cons", L_cons), ("loss.cont", L_cont), ("loss.total", L)):
+    terms = [("loss.ce", L_ce), ("loss.cons", L_cons), ("loss.cont", L_cont)]
+    terms += [("loss.fd", L_fd)] if on["fd"] else []
+    terms += [("loss.mic", L_mic)] if on["mic"] else []
+    for name, mine in terms + [("loss.total", L)]:
         tr = scalar(T, name)
         if tr is None:
             rep.check("losses", name == "loss.cont" and not rccr_on, f"{name} missing from the trace")
@@ -494,36 +577,21 @@ def replay(path, args, rep, history):
                   f"{name}: trace {tr:.10g}, replay {m:.10g} (rel {err:.2e})", ratio=err)
         summary[name] = tr
 
-    # ---- 7. gradients and SGD
+    # ---- 7. gradients and the optimiser step
     opt_vars = [SP[n] for n in optimised]
     grads = torch.autograd.grad(L, opt_vars, allow_unused=True) if L.requires_grad else [None] * len(opt_vars)
     grads = dict(zip(optimised, grads))
-    mom = float(tc.get("momentum", 0.9))
-    wd = float(tc.get("weight_decay", 5e-4))
-    s_after_mine = {}
-    untouched = []
+    params = {n: SP[n].detach() for n in names}
+    s_after_mine, record["opt"], slack = optimiser_step(rep, T, tc, params, grads, lr_b, lr_h)
     for n in names:
-        p = SP[n].detach()
         if is_running_stat(n):
             s_after_mine[n] = SR[n]
-        elif n in grads:
-            buf0 = f64("momentum.before." + n)
-            g = grads[n]
-            if g is None and not bool(buf0.any()):
-                s_after_mine[n] = p
-                untouched.append(n)
-                continue
-            g = torch.zeros_like(p) if g is None else g
-            lr = lr_h if n.startswith(("layer5.", "projector.")) else lr_b
-            buf = mom * buf0 + g + wd * p
-            s_after_mine[n] = p - lr * buf
-        else:
-            s_after_mine[n] = p
-    if untouched:
-        rep.note(f"never-touched variables left unchanged: {', '.join(untouched)}")
+        elif n not in s_after_mine:
+            s_after_mine[n] = params[n]
+    check_state_carried(rep, T, optimizer, history.get(t - 1), args)
 
     compare_updates(rep, "student", names, sb, {n: T["student.after." + n] for n in names},
-                    s_after_mine, args)
+                    s_after_mine, args, slack)
     # ---- 8. teacher: EMA of the parameters (on the trace's student.after), own BN stats
     s_after_tr = {n: f64("student.after." + n) for n in names}
     t_after_mine = {}
@@ -537,11 +605,284 @@ def replay(path, args, rep, history):
 
     # ---- memory bank provenance (needs the earlier steps' traces)
     if rccr_on:
-        record = dict(t=t, cut=to_cells(E_cut.detach()), tgt=to_cells(E_t),
+        record.update(t=t, cut=to_cells(E_cut.detach()), tgt=to_cells(E_t),
                       l_cut=nl[0].reshape(-1), l_tgt=nl[1].reshape(-1))
         check_bank(rep, t, bank_e, bank_l, history, int(tc.get("bank_iterations", 3)), summary)
-        history[t] = record
+    history[t] = record
     return summary
+
+
+# ------------------------------------------------------- the successors' switches
+
+SWITCH_KEYS = {
+    "rcs": ("rcs.class", "rcs.crop_hit", "rcs.prob", "rcs.class_pixels", "rcs.candidates",
+            "rcs.min_pixels"),
+    "fd": ("fd.student", "fd.frozen", "fd.mask", "loss.fd"),
+    "mic": ("mic.x", "mic.mask", "mic.y", "mic.w", "loss.mic"),
+}
+HEAD_PREFIXES = ("layer5.", "projector.", "decode_head.")
+
+
+def switches(rep, T, tc, mode):
+    """Which of RCS / FD / MIC the trace replays: a switch on in the configuration needs
+    all its tensors, a switch off (or a configuration without it) none of them."""
+    enabled = lambda sec: bool((tc.get(sec) or {}).get("enabled", False))
+    want = {"rcs": enabled("rcs"), "fd": enabled("fd"),
+            "mic": enabled("mic") and mode in ("baseline", "rccr")}
+    on = {}
+    for k, keys in SWITCH_KEYS.items():
+        present = [n for n in keys if n in T]
+        # A switched-off term may still log its loss, as 0 (like loss.cont in the baseline).
+        loss = f"loss.{k}"
+        idle = loss in present and scalar(T, loss) == 0.0
+        expect = len(keys) if want[k] else int(idle)
+        rep.check("switches", len(present) == expect,
+                  f"{k} switched {'on' if want[k] else 'off'} (mode {mode}): the trace holds "
+                  f"{present or 'none'} of {list(keys)}{' (loss 0)' if idle and not want[k] else ''}")
+        on[k] = len(present) == len(keys)
+    print("  switches: " + ", ".join(f"{k} {'on' if v else 'off'}" for k, v in on.items())
+          + f", optimizer {tc.get('optimizer', 'sgd')}, warm-up {tc.get('warmup_iters', 0)}, "
+          f"pseudo-ignore top {tc.get('pseudo_ignore_top', 0)} bottom {tc.get('pseudo_ignore_bottom', 0)}")
+    return on
+
+
+def ignored_rows(H, top, bottom):
+    """DAFormer's pseudo-label crop: rows < top or >= H - bottom of the target crop."""
+    r = torch.arange(H)
+    return (r < top) | (r >= H - bottom)
+
+
+def check_rcs(rep, T, tc, y_s, summary):
+    """DAFormer Sec. 3.3: P(c) = softmax((1 - f_c) / T) over the sampleable classes; the
+    drawn crops hold their class (more than min_crop_ratio x min_pixels pixels)."""
+    cfg = tc["rcs"]
+    temp, ratio = float(cfg.get("temperature", 0.01)), float(cfg.get("min_crop_ratio", 0.5))
+    prob = T["rcs.prob"].to(torch.float64)
+    pix, cand = T["rcs.class_pixels"].long(), T["rcs.candidates"].long()
+    min_px = int(T["rcs.min_pixels"].reshape(-1)[0])
+    cls, hit = T["rcs.class"].long().reshape(-1), T["rcs.crop_hit"].reshape(-1).bool()
+    C = prob.numel()
+    ok = pix.numel() == C and cand.numel() == C and int(pix.sum()) > 0
+    rep.check("rcs", ok, f"rcs.prob / class_pixels / candidates: {C} / {pix.numel()} / "
+              f"{cand.numel()} classes, {int(pix.sum())} pixels")
+    if not ok:
+        return
+    valid = (pix > 0) & (cand > 0)
+    f = pix.to(torch.float64) / float(pix.sum())
+    logits = torch.where(valid, (1 - f) / temp, torch.full_like(f, -math.inf))
+    mine = torch.softmax(logits, 0)
+    err = float((prob - mine).abs().max())
+    rep.check("rcs", err <= 1e-9 + 1e-6 * float(mine.max()),
+              f"rcs.prob = softmax((1 - f_c) / {temp:g}) over {int(valid.sum())} classes with "
+              f"pixels and candidates: max |diff| {err:.2e}", ratio=err)
+    drawn_ok = bool(((cls >= 0) & (cls < C)).all()) and bool((prob[cls.clamp(0, C - 1)] > 0).all())
+    rep.check("rcs", drawn_ok, f"drawn classes {cls.tolist()} all have prob > 0")
+    counts = [int((y_s[b] == int(c)).sum()) for b, c in enumerate(cls.tolist())]
+    need = ratio * min_px
+    bad = [b for b in range(cls.numel()) if hit[b] and not counts[b] > need]
+    rep.check("rcs", not bad, f"crops with crop_hit hold > {ratio:g} x {min_px} pixels of their "
+              f"class: pixels {counts}, hits {hit.int().tolist()}, failing samples {bad}")
+    odd = [b for b in range(cls.numel()) if not hit[b] and counts[b] > need]
+    if odd:
+        rep.note(f"rcs: samples {odd} not flagged crop_hit although their crop holds the class")
+    summary.update(rcs_class=cls.tolist(), rcs_hit=hit.int().tolist(), rcs_pixels=counts)
+    print(f"  rcs: classes {cls.tolist()}, crop hits {hit.int().tolist()}, class pixels {counts} "
+          f"(need > {need:g}), {int(valid.sum())} sampleable classes, max prob {float(prob.max()):.3f}")
+
+
+def check_mic(rep, T, tc, plabel, tie_up, q32, ignored, x_t, summary):
+    """MIC Sec. 3: patch mask aligned at 0 with the configured ratio; labels the teacher's
+    pseudo-labels of the unmasked target; weights q (0 on the ignored rows)."""
+    cfg = tc["mic"]
+    mx, mm = T["mic.x"].to(torch.float64), T["mic.mask"].to(torch.float64)
+    my, mw = T["mic.y"].long(), T["mic.w"].to(torch.float64)
+    B, _, H, W = x_t.shape
+    shapes = (tuple(mx.shape), tuple(mm.shape), tuple(my.shape), tuple(mw.shape))
+    ok = shapes == ((B, 3, H, W), (B, 1, H, W), (B, H, W), (B, H, W))
+    rep.check("mic", ok, f"mic.x / mask / y / w shapes {shapes}")
+    if not ok:
+        return
+    p = int(cfg.get("patch") or int(tc.get("crop", H)) // 8)
+    m = mm[:, 0]
+    rep.check("mic", bool(((m == 0) | (m == 1)).all()), "mic.mask takes only 0 and 1")
+    rr, cc = (torch.arange(H) // p) * p, (torch.arange(W) // p) * p
+    corner = m[:, rr][:, :, cc]
+    n_bad = int((m != corner).sum())
+    rep.check("mic", n_bad == 0, f"mic.mask constant on {p} x {p} squares aligned at 0: "
+              f"{n_bad} pixels differ from their square's corner")
+    squares = m[:, ::p, ::p]
+    n = squares.numel()
+    share = float((squares == 0).double().mean())
+    r = float(cfg.get("ratio", 0.7))
+    bound = 4 * math.sqrt(r * (1 - r) / n) + 1 / n
+    rep.check("mic", abs(share - r) <= bound,
+              f"masked share of squares {share:.3f} within {bound:.3f} of the ratio {r:g} ({n} squares)")
+    bad = (my != plabel) & ~tie_up
+    rep.check("mic", int(bad.sum()) == 0,
+              f"mic.y = teacher pseudo-label of the unmasked x_t: {int(bad.sum())} pixels differ "
+              f"({int(((my != plabel) & tie_up).sum())} on argmax ties)")
+    want = torch.where(ignored, torch.zeros_like(mw), torch.full_like(mw, q32))
+    err = float((mw - want).abs().max())
+    rep.check("mic", err <= 1e-7, f"mic.w = q {q32:.6g} (0 on the ignored rows): max |diff| {err:.2e}")
+    same = [bool(torch.equal(mx[b], x_t[b])) for b in range(B)]
+    print(f"  mic: {p} px squares, masked share {share:.3f} (ratio {r:g}), "
+          f"{sum(same)} of {B} images un-augmented (equal to x_t)")
+    summary.update(mic_masked_share=share, mic_unaugmented=sum(same))
+
+
+def fd_mask(y_s, h, w, classes, min_ratio, n_classes):
+    """DAFormer Sec. 3.4: the label of feature cell (i, j) is the majority class of its
+    s x s block of y_s (s = ceil(crop / h); pixels outside the crop and 255 count as
+    ignore) when its share is >= min_ratio; the mask holds the cells labelled a thing
+    class. Returns the mask and the cells whose majority is a tie."""
+    B, H, W = y_s.shape
+    s = -(-H // h)
+    lab = torch.full((B, h * s, w * s), n_classes, dtype=torch.long)
+    lab[:, :H, :W] = torch.where(y_s == 255, torch.full_like(y_s, n_classes), y_s)
+    blocks = lab.view(B, h, s, w, s).permute(0, 1, 3, 2, 4).reshape(B, h, w, s * s)
+    counts = F.one_hot(blocks, n_classes + 1).sum(-2)
+    top2 = counts.topk(2, dim=-1).values
+    best, label = counts.max(-1)
+    label = torch.where(best.double() / (s * s) >= min_ratio, label, torch.full_like(label, n_classes))
+    mask = torch.zeros_like(label, dtype=torch.bool)
+    for c in classes:
+        mask |= label == int(c)
+    tie = (top2[..., 0] == top2[..., 1]) & (best.double() / (s * s) >= min_ratio)
+    return mask, tie, s
+
+
+def feature_distance(rep, T, net, mc, tc, feat_s, x_s, y_s, sb, prev, t, args, summary):
+    """L_FD (DAFormer Sec. 3.4) against the frozen initial encoder in eval mode."""
+    cfg = tc["fd"]
+    enc = net.encoder_names()
+    have = {k[len("frozen."):] for k in T if k.startswith("frozen.")}
+    missing = sorted(enc - have)
+    extra = sorted(have - enc - {n for n in have if n.endswith("num_batches_tracked")})
+    rep.check("structure", not missing and not extra,
+              f"frozen.* encoder variables: missing {missing[:4]}, unexpected {extra[:4]}")
+    frozen = {n: T["frozen." + n] for n in sorted(have)}
+    if t == 1:
+        moved = [n for n in frozen if n in sb and not torch.equal(frozen[n], sb[n])]
+        rep.check("features", not moved, f"frozen encoder = the student at the run's start: "
+                  f"{len(moved)} variables differ {moved[:4]}")
+    if prev and "frozen" in prev:
+        moved = [n for n in frozen if not torch.equal(frozen[n], prev["frozen"].get(n, frozen[n]))]
+        rep.check("features", not moved, f"frozen encoder unchanged since step {t - 1}: "
+                  f"{len(moved)} variables differ {moved[:4]}")
+    FP = {n: v.to(torch.float64) for n, v in frozen.items()}
+    FR = {n: v.clone() for n, v in FP.items() if is_running_stat(n)}
+    with torch.no_grad():
+        feat_f = net.encoder(FP, FR, net.normalize(x_s), train=False)
+    for name, mine in (("fd.student", feat_s.detach()), ("fd.frozen", feat_f)):
+        tr = T[name].to(torch.float64)
+        ok = tr.shape == mine.shape
+        err = float((tr - mine).abs().max()) if ok else math.inf
+        tol = args.loss_rtol * max(float(mine.abs().max()), 1e-12)
+        rep.check("features", ok and err <= tol, f"{name} {tuple(tr.shape)}: max |diff| {err:.3e}, "
+                  f"tol {tol:.3e} (1e-4 of the largest |entry|)", ratio=err / tol)
+    B, _, h, w = feat_s.shape
+    mine, tie, s = fd_mask(y_s, h, w, cfg.get("classes", []), float(cfg.get("min_ratio", 0.75)),
+                           int(mc.get("num_classes", 19)))
+    tm = T["fd.mask"].bool()
+    ok = tuple(tm.shape) == (B, h, w)
+    diff = (tm != mine) & ~tie if ok else torch.ones(1, dtype=torch.bool)
+    rep.check("fd", ok and int(diff.sum()) == 0,
+              f"fd.mask {tuple(tm.shape)} = thing-class majority cells ({s} x {s} blocks, share >= "
+              f"{cfg.get('min_ratio')}): {int(mine.sum())} cells, {int(diff.sum())} differ "
+              f"({int(((tm != mine) & tie).sum()) if ok else 0} on count ties)")
+    if not ok:
+        return torch.zeros((), dtype=torch.float64), frozen
+    dist = (feat_s - feat_f).norm(p=2, dim=1)
+    L_fd = dist[tm].mean() if bool(tm.any()) else torch.zeros((), dtype=torch.float64)
+    print(f"  fd: {int(tm.sum())} of {tm.numel()} cells masked ({s} px blocks), "
+          f"mean distance {float(L_fd.detach()):.6g}")
+    summary["fd_cells"] = int(tm.sum())
+    return L_fd, frozen
+
+
+# ------------------------------------------------------------------- the optimisers
+
+
+def optimiser_step(rep, T, tc, params, grads, lr_b, lr_h):
+    """SGD with momentum and L2 weight decay, or AdamW as torch.optim.AdamW (Loshchilov &
+    Hutter; no weight decay on `norm` names, as DAFormer's recipe). A variable no loss has
+    reached yet is left alone; from its first gradient on it steps every iteration."""
+    adamw = tc.get("optimizer", "sgd") == "adamw"
+    wd = float(tc.get("weight_decay", 5e-4))
+    mom = float(tc.get("momentum", 0.9))
+    b1, b2 = float(tc.get("beta1", 0.9)), float(tc.get("beta2", 0.999))
+    eps = float(tc.get("adam_eps", 1e-8))
+    after, state, slack, untouched = {}, {}, {}, []
+    for n, g in grads.items():
+        p = params[n]
+        lr = lr_h if n.startswith(HEAD_PREFIXES) else lr_b
+        if adamw:
+            m0 = T["adam.exp_avg.before." + n].to(torch.float64)
+            v0 = T["adam.exp_avg_sq.before." + n].to(torch.float64)
+            k0 = int(round(float(T["adam.step.before." + n].reshape(-1)[0])))
+            started = k0 > 0
+        else:
+            buf0 = T["momentum.before." + n].to(torch.float64)
+            started = bool(buf0.any())
+        if g is None and not started:
+            after[n] = p
+            untouched.append(n)
+            continue
+        g = torch.zeros_like(p) if g is None else g
+        if adamw:
+            hyper = (lr, 0.0 if "norm" in n else wd, b1, b2, eps)
+            after[n], m, v, k = adamw_step(p, g, m0, v0, k0, *hyper)
+            state[n] = (m, v, k)
+            # The trainer's float32 gradient is known to about 2^-24 of the variable's
+            # largest |g|; allow 4x that, propagated through the step (d update / d g is
+            # ~ lr / eps where |g| ~ eps). Structural zeros (e.g. ASPP taps that only see
+            # padding) are exact in float32 too: no slack there.
+            dg = 2.0 ** -22 * float(g.abs().max())
+            moved = torch.maximum((adamw_step(p, g + dg, m0, v0, k0, *hyper)[0] - after[n]).abs(),
+                                  (adamw_step(p, g - dg, m0, v0, k0, *hyper)[0] - after[n]).abs())
+            slack[n] = torch.where(g == 0, torch.zeros_like(moved), moved)
+        else:
+            buf = mom * buf0 + g + wd * p
+            after[n] = p - lr * buf
+            state[n] = (buf,)
+    if untouched:
+        rep.note(f"never-touched variables left unchanged: {', '.join(untouched)}")
+    return after, state, slack
+
+
+def adamw_step(p, g, m0, v0, k0, lr, wd, b1, b2, eps):
+    """torch.optim.AdamW's update: decoupled decay, bias-corrected moments, step k0 + 1."""
+    k = k0 + 1
+    m = b1 * m0 + (1 - b1) * g
+    v = b2 * v0 + (1 - b2) * g * g
+    denom = (v / (1 - b2 ** k)).sqrt() + eps
+    return p * (1 - lr * wd) - lr * (m / (1 - b1 ** k)) / denom, m, v, k
+
+
+def check_state_carried(rep, T, optimizer, prev, args):
+    """The optimiser state before step t is the one the replay computed at step t - 1."""
+    if not prev or "opt" not in prev:
+        return
+    worst, bad, n_vars = 0.0, [], 0
+    for n, st in prev["opt"].items():
+        if optimizer == "adamw":
+            pairs = [("adam.exp_avg.before." + n, st[0]), ("adam.exp_avg_sq.before." + n, st[1])]
+            k = float(T["adam.step.before." + n].reshape(-1)[0])
+            if k != st[2]:
+                bad.append(f"{n}: step {k} != {st[2]}")
+        else:
+            pairs = [("momentum.before." + n, st[0])]
+        for key, mine in pairs:
+            tr = T[key].to(torch.float64)
+            big = float(tr.abs().max())
+            tol = max(args.update_rtol * big, 1e-30)
+            err = float((tr - mine).abs().max())
+            worst = max(worst, err / tol)
+            n_vars += 1
+            if err > tol:
+                bad.append(f"{key}: max |diff| {err:.3e} > tol {tol:.3e}")
+    rep.check("optimiser-state", not bad, f"{n_vars} state tensors carried from the previous "
+              f"step (worst {worst:.3e} of tolerance): {bad[:4]}", ratio=worst)
 
 
 def to_cells(E):
@@ -577,7 +918,11 @@ def contrastive(E_cut, E_t, am, al, nl, nk, bank_e, bank_l, tau, ns_c):
     return (torch.logsumexp(logits, dim=1) - s_pos).mean()
 
 
-def compare_updates(rep, who, names, before, after_tr, after_mine, args):
+def compare_updates(rep, who, names, before, after_tr, after_mine, args, slack=None):
+    """`slack` (per variable, per entry): what the float32 resolution of the gradient can
+    move an ill-conditioned update (AdamW where |g| is near eps), added to the tolerance."""
+    slack = slack or {}
+    loose, entries = 0, 0
     for n in names:
         b = before[n].to(torch.float64)
         a = after_tr[n].to(torch.float64)
@@ -586,11 +931,24 @@ def compare_updates(rep, who, names, before, after_tr, after_mine, args):
         big = float(upd_tr.abs().max()) if upd_tr.numel() else 0.0
         res = float(max(b.abs().max(), a.abs().max())) * 2.0 ** -22 if b.numel() else 0.0
         tol = max(args.update_rtol * big, res, 1e-9)
-        err = float((upd_mine - upd_tr).abs().max()) if b.numel() else 0.0
+        diff = (upd_mine - upd_tr).abs()
+        allowed = tol + slack[n] if n in slack else torch.full_like(diff, tol)
+        if n in slack:
+            loose, entries = loose + int((slack[n] > tol).sum()), entries + diff.numel()
+        err = float(diff.max()) if b.numel() else 0.0
+        ratio = float((diff / allowed).max()) if b.numel() else 0.0
+        n_slack = int(((diff > tol) & (diff <= allowed)).sum())
         cat = f"{who}-bn-stats" if is_running_stat(n) else f"{who}-update"
-        rep.check(cat, err <= tol,
-                  f"{n}: max |diff| {err:.3e}, largest |update| {big:.3e}, tol {tol:.3e}",
-                  ratio=err / tol)
+        extra = f", {n_slack} entries within the gradient-resolution slack" if n_slack else ""
+        rep.check(cat, ratio <= 1.0,
+                  f"{n}: max |diff| {err:.3e}, largest |update| {big:.3e}, tol {tol:.3e}{extra}",
+                  ratio=ratio)
+        if n_slack:
+            rep.note(f"{who} {n}: {n_slack} of {diff.numel()} entries beyond {tol:.3e} but within "
+                     f"the AdamW slack for float32 gradients (|g| near adam_eps)")
+    if entries:
+        print(f"  {who} AdamW: {loose} of {entries} entries have a gradient-resolution slack "
+              f"above their tolerance (|g| within ~2^-22 max |g| of adam_eps)")
 
 
 def check_bank(rep, t, bank_e, bank_l, history, its, summary):
@@ -673,7 +1031,7 @@ def main():
     print("== summary over %d trace file(s)" % len(files))
     for cat in sorted(rep.worst):
         ratio, text = rep.worst[cat]
-        unit = "of tolerance" if cat.endswith(("update", "stats")) else "relative"
+        unit = "of tolerance" if cat.endswith(("update", "stats", "state", "features")) else "relative"
         print(f"  worst {cat:20s} {ratio:.3e} {unit}: {text}")
     if args.summary_json:
         with open(args.summary_json, "w") as fh:

@@ -152,3 +152,23 @@ fn model_proto(
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rccr_models::{Backbone, RccrNet};
+
+    #[test]
+    fn a_mit_network_is_refused_with_a_typed_error_until_its_export_exists() {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let net = RccrNet::new(&vs.root(), &ModelConfig::new(Backbone::MitB0, 3));
+        let source = Source {
+            checkpoint: "mit.safetensors".into(),
+            iteration: 0,
+        };
+        match build_model(&net.seg, &source, &ExportOptions::default()) {
+            Err(ExportError::UnsupportedNetwork { backbone }) => assert_eq!(backbone, "mit-b0"),
+            other => panic!("expected UnsupportedNetwork, got {:?}", other.map(|_| ())),
+        }
+    }
+}

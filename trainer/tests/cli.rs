@@ -35,6 +35,33 @@ fn describe_prints_the_reference_counts() {
     assert_eq!(v["output_stride"], 8);
 }
 
+/// SegFormer Tab. 1 lists MiT-B5's encoder as 81.4 M parameters; describe prints the
+/// encoder apart from DAFormer's decoder and the projector.
+#[test]
+fn describe_prints_the_mit_encoder_count_apart() {
+    let out = bin()
+        .args(["describe", "--backbone", "mit-b5", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["encoder_parameters"], 81_443_008);
+    assert_eq!(v["decoder"], "daformer");
+    assert_eq!(
+        v["parameters"].as_i64().unwrap(),
+        v["encoder_parameters"].as_i64().unwrap() + v["decoder_parameters"].as_i64().unwrap()
+    );
+    assert_eq!(
+        (v["output_stride"].as_i64(), v["feature_width"].as_i64()),
+        (Some(4), Some(256))
+    );
+    assert_eq!(v["model_config"]["input"]["bgr"], false);
+}
+
 #[test]
 fn cuda_is_refused_where_there_is_none() {
     if tch::Cuda::is_available() {

@@ -22,6 +22,7 @@ fn loader_rate(spec: &DatasetSpec, resize: (u32, u32), crop: u32, workers: usize
         workers,
         prefetch: 4,
         split: Split::Train,
+        ..LoaderConfig::default()
     };
     let mut loader = TrainLoader::open(spec, &cfg, 0).expect("open");
     // Warm-up: fill the queue once.

@@ -83,6 +83,25 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// Rare-class sampling found no class with a candidate image.
+    #[error(
+        "rare-class sampling on the {kind} dataset at {}: no class covers {min_pixels} pixels \
+         (data.rcs.min_pixel_share of {}x{}) in any of its {readable} readable labels; lower \
+         data.rcs.min_pixel_share, check the labels, or turn data.rcs.enabled off",
+        root.display(), size.0, size.1
+    )]
+    NoRareClasses {
+        /// Dataset kind.
+        kind: DatasetKind,
+        /// The dataset root.
+        root: PathBuf,
+        /// ceil(min_pixel_share W H).
+        min_pixels: u64,
+        /// The resize (W, H) the labels were counted at.
+        size: (u32, u32),
+        /// Labels that could be decoded.
+        readable: usize,
+    },
     /// A tensor could not be built from decoded data.
     #[error("cannot build a tensor from {what}: {reason}")]
     Tensor {

@@ -9,20 +9,21 @@ mod start;
 pub use start::build_trainer;
 
 use crate::checkpoint::{self, Best, CheckpointDir, Saved};
-use crate::config::{Mode, Precision, Size, TrainConfig};
-use crate::data::{DatasetSpec, LoaderConfig, Split, TrainLoader, ValSet};
+use crate::config::{Mode, Precision, RcsConfig, Size, TrainConfig};
+use crate::data::{DatasetSpec, LoaderConfig, RcsDraw, RcsTable, Split, TrainLoader, ValSet};
 use crate::dist::{Ddp, ProcessGroup};
 use crate::error::{Context, Error, Result};
 use crate::metrics::{MetricsLog, TrainRecord};
 use crate::pictures::ValPictures;
 use crate::tensorboard::{scalars_of, TbWriter};
+use crate::trace::Trace;
 use crate::trainer::{StepStats, Trainer};
 use crate::validate::{self, ValResult};
 use indicatif::{ProgressBar, ProgressStyle};
 use rccr_models::device::device_name;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -193,7 +194,40 @@ fn loader_config(cfg: &TrainConfig, size: Option<Size>, seed: u64) -> LoaderConf
         workers: cfg.data.workers.max(1),
         prefetch: cfg.data.prefetch.max(1),
         split: Split::Train,
+        rcs: RcsConfig::default(),
     }
+}
+
+/// `RUN_DIR/rcs.json`: the rare-class sampling table of the source loader, when it has one.
+fn write_rcs_report(run_dir: &Path, inputs: &Inputs) -> Result<()> {
+    if let Some(table) = inputs.source.rcs() {
+        let json = serde_json::to_vec_pretty(&table.report())?;
+        rccr_models::weights::write_atomic(&run_dir.join("rcs.json"), &json)?;
+    }
+    Ok(())
+}
+
+/// The trace tensors of rare-class sampling (docs/method.md "The trace"): each sample's
+/// class and crop hit, and the table the classes were drawn from, over `num_classes`.
+fn trace_rcs(tr: &mut Trace, draws: &[RcsDraw], table: &RcsTable, num_classes: usize) {
+    let class: Vec<i64> = draws.iter().map(|d| i64::from(d.class)).collect();
+    let hit: Vec<u8> = draws.iter().map(|d| u8::from(d.crop_hit)).collect();
+    let per_class = |f: &dyn Fn(usize) -> i64| {
+        Tensor::from_slice(&(0..num_classes).map(f).collect::<Vec<i64>>())
+    };
+    let prob: Vec<f64> = (0..num_classes)
+        .map(|c| table.prob.get(c).copied().unwrap_or(0.0))
+        .collect();
+    tr.put("rcs.class", &Tensor::from_slice(&class));
+    tr.put("rcs.crop_hit", &Tensor::from_slice(&hit));
+    tr.put("rcs.prob", &Tensor::from_slice(&prob));
+    let pixels = |c: usize| table.class_pixels.get(c).map_or(0, |&n| n as i64);
+    tr.put("rcs.class_pixels", &per_class(&pixels));
+    tr.put(
+        "rcs.candidates",
+        &per_class(&|c| table.candidate_count(c) as i64),
+    );
+    tr.put("rcs.min_pixels", &Tensor::from(table.min_pixels as i64));
 }
 
 /// The seed of a rank's data loaders: the run's seed for rank 0 (so a 1-process run is
@@ -226,8 +260,16 @@ impl Inputs {
         main: bool,
     ) -> Result<Inputs> {
         let d = &cfg.data;
-        let src = TrainLoader::open(source, &loader_config(cfg, d.source_size, seed), start)
+        // Rare-class sampling draws the source pairs only (DAFormer Sec. 3.3).
+        let src_cfg = LoaderConfig {
+            rcs: d.rcs.clone(),
+            ..loader_config(cfg, d.source_size, seed)
+        };
+        let src = TrainLoader::open(source, &src_cfg, start)
             .with_context(|| format!("source data {source}"))?;
+        if let (Some(table), true) = (src.rcs(), main) {
+            table.log();
+        }
         let tgt = match target {
             Some(t) if cfg.method.mode != Mode::SourceOnly => {
                 let lc = loader_config(cfg, d.target_size, seed.wrapping_add(1));
@@ -320,6 +362,7 @@ impl Outputs {
         if main {
             let cfg_json = serde_json::to_vec_pretty(cfg)?;
             rccr_models::weights::write_atomic(&run_dir.join("config.json"), &cfg_json)?;
+            write_rcs_report(run_dir, inputs)?;
         }
         let ckdir = CheckpointDir::create(run_dir.join("checkpoints"), cfg.run.keep_last)?;
         let log_path = run_dir.join("metrics.jsonl");
@@ -483,9 +526,15 @@ impl Session<'_> {
             Some(l) => Some(l.next_batch().context("reading a target batch")?),
             None => None,
         };
-        self.trainer
+        let stats = self
+            .trainer
             .step(&sb.images, &sb.labels, tb.as_ref().map(|b| &b.images))
-            .context("training step failed")
+            .context("training step failed")?;
+        let table = self.inputs.source.rcs();
+        if let (Some(tr), Some(draws), Some(table)) = (&mut self.trainer.trace, &sb.rcs, table) {
+            trace_rcs(tr, draws, table, self.cfg.model.num_classes.max(0) as usize);
+        }
+        Ok(stats)
     }
 
     /// Scores the teacher, logs the scores (and pictures) and keeps the best.
@@ -542,6 +591,7 @@ impl Session<'_> {
             teacher: &t.teacher_vs,
             optim: &t.opt,
             bank: &t.bank,
+            frozen: t.frozen.as_ref().map_or(Vec::new(), |f| f.encoder_vars()),
             iteration: it,
             config: &self.cfg,
             best: self.progress.best,
@@ -648,6 +698,7 @@ fn finish_ranks(
             teacher: &trainer.teacher_vs,
             optim: &trainer.opt,
             bank: &trainer.bank,
+            frozen: Vec::new(),
             iteration: trainer.iteration,
             config: cfg,
             best,

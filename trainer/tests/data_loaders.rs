@@ -155,6 +155,7 @@ fn cfg(w: u32, h: u32, crop: u32, batch: usize) -> LoaderConfig {
         workers: 2,
         prefetch: 2,
         split: Split::Train,
+        ..LoaderConfig::default()
     }
 }
 

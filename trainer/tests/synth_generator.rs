@@ -49,6 +49,7 @@ fn loader_config(crop: u32, batch_size: usize, seed: u64, workers: usize) -> Loa
         workers,
         prefetch: workers,
         split: Split::Train,
+        ..LoaderConfig::default()
     }
 }
 

@@ -9,6 +9,11 @@
 //! batches an uninterrupted one yields from k on, whatever the worker timing. Workers take
 //! jobs in any order; results are re-ordered before delivery; at most `prefetch * B` samples
 //! are in flight (the bounded queue).
+//!
+//! With rare-class sampling ([`super::rcs`], DAFormer Sec. 3.3) the pair of sample g is
+//! not taken from the permutation: a class c and one of its candidate images are drawn
+//! from an RNG seeded by (seed, g), and the crop is searched for c with the same crop RNG,
+//! so resuming stays exact. Without it, the batches are those of the plain loader.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,12 +29,14 @@ use super::ahead::{Ahead, Names};
 use super::augment::{crop_chw, random_crop_origin, resize_rgb, rng_for};
 use super::decode::{decode_label_resized, decode_rgb};
 use super::layout::{discover, Pair};
+use super::rcs::{RcsDraw, RcsSampler, RcsTable};
 use super::{tensor, DatasetKind, DatasetSpec, Error, LoaderConfig};
 
 /// RNG stream tags (see [`super::augment::mix`]).
 const TAG_PERMUTATION: u64 = 1;
 const TAG_CROP: u64 = 2;
 const TAG_FALLBACK: u64 = 3;
+const TAG_RCS: u64 = 4;
 /// Random replacement draws for a corrupt sample before a linear scan.
 const FALLBACK_DRAWS: usize = 32;
 
@@ -42,6 +49,9 @@ pub struct Batch {
     pub labels: Tensor,
     /// The sample names (file stems), in batch order.
     pub names: Vec<String>,
+    /// Rare-class sampling: the draw of each sample (class c, whether the crop met the
+    /// threshold), in batch order; `None` when the loader does not sample by class.
+    pub rcs: Option<Vec<RcsDraw>>,
 }
 
 /// A decoded, augmented sample, before batching.
@@ -49,6 +59,7 @@ struct Prepared {
     image: Vec<f32>,
     label: Vec<u8>,
     name: String,
+    rcs: Option<RcsDraw>,
 }
 
 /// The dataset and augmentation shared by the workers.
@@ -61,6 +72,7 @@ struct Shared {
     seed: u64,
     bad: Vec<AtomicBool>,
     skipped: AtomicUsize,
+    rcs: Option<RcsSampler>,
 }
 
 /// The image filter of a dataset's resize: bicubic for the source games (the DACS loaders),
@@ -73,8 +85,9 @@ pub(crate) fn filter_for(kind: DatasetKind) -> FilterType {
 }
 
 impl Shared {
-    /// Decodes, resizes and crops pair `index` with the crop of global sample `g`.
-    fn prepare(&self, index: usize, g: u64) -> Result<Prepared, Error> {
+    /// Decodes, resizes and crops pair `index` with the crop of global sample `g` (with
+    /// rare-class sampling, a crop searched for `class`).
+    fn prepare(&self, index: usize, g: u64, class: Option<u8>) -> Result<Prepared, Error> {
         let pair = &self.pairs[index];
         let img = decode_rgb(&pair.image)?;
         let (w, h) = self.size;
@@ -89,23 +102,44 @@ impl Shared {
             });
         }
         let img = resize_rgb(img, self.size, self.filter);
-        let mut rng = rng_for(self.seed, TAG_CROP, g);
-        let origin = random_crop_origin(&mut rng, w, h, self.crop);
+        let (origin, rcs) = self.crop_origin(g, &label, class);
         let (mut image, mut lbl) = (Vec::new(), Vec::new());
         crop_chw(&img, &label, origin, self.crop, &mut image, &mut lbl);
         Ok(Prepared {
             image,
             label: lbl,
             name: pair.name.clone(),
+            rcs,
         })
     }
 
+    /// The crop origin of global sample `g` from its crop RNG: one random origin, or with
+    /// rare-class sampling the one [`RcsSampler::crop`] keeps for `class`, with the draw.
+    fn crop_origin(
+        &self,
+        g: u64,
+        label: &[u8],
+        class: Option<u8>,
+    ) -> ((u32, u32), Option<RcsDraw>) {
+        let mut rng = rng_for(self.seed, TAG_CROP, g);
+        match (&self.rcs, class) {
+            (Some(s), Some(class)) => {
+                let (origin, crop_hit) = s.crop(&mut rng, label, self.size, self.crop, class);
+                (origin, Some(RcsDraw { class, crop_hit }))
+            }
+            _ => {
+                let (w, h) = self.size;
+                (random_crop_origin(&mut rng, w, h, self.crop), None)
+            }
+        }
+    }
+
     /// Tries `index`; marks, logs and counts it when corrupt.
-    fn try_index(&self, index: usize, g: u64) -> Option<Prepared> {
+    fn try_index(&self, index: usize, g: u64, class: Option<u8>) -> Option<Prepared> {
         if self.bad[index].load(Ordering::Relaxed) {
             return None;
         }
-        match self.prepare(index, g) {
+        match self.prepare(index, g, class) {
             Ok(p) => Some(p),
             Err(e) => {
                 if !self.bad[index].swap(true, Ordering::Relaxed) {
@@ -117,20 +151,28 @@ impl Shared {
         }
     }
 
-    /// Global sample `g`, drawn as pair `first`, or its deterministic replacement.
+    /// Global sample `g`, drawn as pair `first` (with rare-class sampling: as the pair of
+    /// its class draw, `first` unused), or its deterministic replacement.
     fn produce(&self, g: u64, first: usize) -> Result<Prepared, Error> {
-        if let Some(p) = self.try_index(first, g) {
+        let (first, class) = match &self.rcs {
+            Some(s) => {
+                let (class, index) = s.draw(&mut rng_for(self.seed, TAG_RCS, g));
+                (index, Some(class))
+            }
+            None => (first, None),
+        };
+        if let Some(p) = self.try_index(first, g, class) {
             return Ok(p);
         }
         let n = self.pairs.len();
         let mut rng = rng_for(self.seed, TAG_FALLBACK, g);
         for _ in 0..FALLBACK_DRAWS {
-            if let Some(p) = self.try_index(rng.gen_range(0..n), g) {
+            if let Some(p) = self.try_index(rng.gen_range(0..n), g, class) {
                 return Ok(p);
             }
         }
         for k in 1..n {
-            if let Some(p) = self.try_index((first + k) % n, g) {
+            if let Some(p) = self.try_index((first + k) % n, g, class) {
                 return Ok(p);
             }
         }
@@ -214,6 +256,17 @@ impl TrainLoader {
             crop = cfg.crop,
             "training data"
         );
+        let rcs = match cfg.rcs.enabled {
+            true => Some(RcsSampler::open(
+                spec,
+                cfg.split,
+                &found.pairs,
+                size,
+                &cfg.rcs,
+                cfg.workers,
+            )?),
+            false => None,
+        };
         let shared = Arc::new(Shared {
             kind: spec.kind,
             bad: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -223,6 +276,7 @@ impl TrainLoader {
             crop: cfg.crop,
             seed: cfg.seed,
             skipped: AtomicUsize::new(0),
+            rcs,
         });
         let pool = start_workers(&shared, cfg.workers)?;
         let first = start_iteration.saturating_mul(cfg.batch_size as u64);
@@ -254,10 +308,19 @@ impl TrainLoader {
     fn fill_queue(&mut self) {
         while self.next_dispatch < self.next_sample + self.in_flight {
             let g = self.next_dispatch;
-            let index = self.sample_index(g);
+            // With rare-class sampling the worker draws the pair (Shared::produce).
+            let index = match self.shared.rcs {
+                Some(_) => 0,
+                None => self.sample_index(g),
+            };
             self.pool.submit(g, index);
             self.next_dispatch += 1;
         }
+    }
+
+    /// The rare-class sampling table, when the loader samples by class.
+    pub fn rcs(&self) -> Option<&RcsTable> {
+        self.shared.rcs.as_ref().map(|s| &s.table)
     }
 
     /// The size (W, H) images are resized to before cropping.
@@ -280,6 +343,7 @@ impl TrainLoader {
         let mut images = Vec::with_capacity(b * 3 * c * c);
         let mut labels = Vec::with_capacity(b * c * c);
         let mut names = Vec::with_capacity(b);
+        let mut draws = Vec::with_capacity(b);
         for _ in 0..b {
             let g = self.next_sample;
             let sample = self.pool.take(g)?;
@@ -288,6 +352,7 @@ impl TrainLoader {
             images.extend_from_slice(&sample.image);
             labels.extend(sample.label.iter().map(|&v| v as i64));
             names.push(sample.name);
+            draws.extend(sample.rcs);
         }
         let (bi, ci) = (b as i64, c as i64);
         let images = tensor(&images, &[bi, 3, ci, ci], "batch images")?;
@@ -298,6 +363,7 @@ impl TrainLoader {
             images,
             labels,
             names,
+            rcs: self.shared.rcs.as_ref().map(|_| draws),
         })
     }
 

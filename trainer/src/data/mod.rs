@@ -12,12 +12,14 @@
 //! - `loader`: the infinite, deterministic, multi-threaded [`TrainLoader`].
 //! - `val`: the fixed-order validation set [`ValSet`].
 //! - `ahead`: the worker threads both decode on, delivering in order.
+//! - `rcs`: rare-class sampling of the source (DAFormer Sec. 3.3), its cached statistics.
 
 mod ahead;
 pub(crate) mod augment;
 pub(crate) mod decode;
 pub(crate) mod layout;
 pub(crate) mod loader;
+pub(crate) mod rcs;
 pub(crate) mod val;
 
 pub(crate) use crate::error::Error;
@@ -26,6 +28,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use loader::{Batch, TrainLoader};
+pub use rcs::{
+    cache_path, class_probabilities, min_pixels, RcsClass, RcsDraw, RcsReport, RcsTable,
+    CLASS_SLOTS,
+};
 pub use val::{ValSample, ValSet};
 
 /// Which dataset format a folder holds.
@@ -185,6 +191,9 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Cityscapes split (`leftImg8bit/<split>/`); GTA5 and SYNTHIA ignore it. Default train.
     pub split: Split,
+    /// Rare-class sampling of the pairs (DAFormer Sec. 3.3; docs/method.md). Default off;
+    /// a run turns it on for the source loader only.
+    pub rcs: crate::config::RcsConfig,
 }
 
 impl Default for LoaderConfig {
@@ -199,6 +208,7 @@ impl Default for LoaderConfig {
                 .unwrap_or(1),
             prefetch: 4,
             split: Split::Train,
+            rcs: crate::config::RcsConfig::default(),
         }
     }
 }

@@ -64,11 +64,20 @@ impl MitSegmenter {
         }
     }
 
-    /// Forward on normalised input `[N, 3, H, W]`.
+    /// Forward on normalised input `[N, 3, H, W]`; `train` selects both batch
+    /// statistics and the stochastic layers ([`MitSegmenter::forward_with`]).
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> SegOutput {
-        let mut feats = self.encoder.forward_t(xs, train); // 4 x [N, C_i, H/2^(i+2), ..]
-        let fused = self.head.fused_t(&feats, train); // [N, D, H/4, W/4]
-        let logits = self.head.classify_t(&fused, train); // [N, K, H/4, W/4]
+        self.forward_with(xs, train, train)
+    }
+
+    /// Forward with the batch-norm mode (`batch_stats`) and the stochastic layers (drop
+    /// path, decoder dropout: `stochastic`) chosen apart. DAFormer's EMA teacher runs
+    /// with batch statistics and without the stochastic layers (`true, false`).
+    pub fn forward_with(&self, xs: &Tensor, batch_stats: bool, stochastic: bool) -> SegOutput {
+        // The encoder has no batch norm: its mode is drop path alone.
+        let mut feats = self.encoder.forward_t(xs, stochastic); // 4 x [N, C_i, H/2^(i+2), ..]
+        let fused = self.head.fused_t(&feats, batch_stats); // [N, D, H/4, W/4]
+        let logits = self.head.classify_t(&fused, stochastic); // [N, K, H/4, W/4]
         SegOutput {
             features: to_grid(&fused),
             grid_logits: to_grid(&logits),
@@ -138,6 +147,16 @@ impl Segmenter {
         match self {
             Segmenter::DeepLab(n) => n.forward_t(xs, train),
             Segmenter::Mit(n) => n.forward_t(xs, train),
+        }
+    }
+
+    /// Forward with batch-norm mode and stochastic layers chosen apart (see
+    /// [`MitSegmenter::forward_with`]); DeepLabv2 has no stochastic layer, so
+    /// `stochastic` changes nothing there.
+    pub fn forward_with(&self, xs: &Tensor, batch_stats: bool, stochastic: bool) -> SegOutput {
+        match self {
+            Segmenter::DeepLab(n) => n.forward_t(xs, batch_stats),
+            Segmenter::Mit(n) => n.forward_with(xs, batch_stats, stochastic),
         }
     }
 

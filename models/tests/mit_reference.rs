@@ -187,3 +187,33 @@ fn the_rccr_grid_is_every_second_stride_4_cell() {
         }
     }
 }
+
+/// DAFormer's teacher mode: batch statistics without drop path or dropout is exactly
+/// training mode with both rates 0, whatever the configured rates; training mode with
+/// the rates applies them (two forwards differ).
+#[test]
+fn forward_with_separates_batch_statistics_from_the_stochastic_layers() {
+    tch::manual_seed(5);
+    let cfg = ModelConfig {
+        drop_path_rate: Some(0.5),
+        decoder_dropout: Some(0.5),
+        ..ModelConfig::new(Backbone::MitB0, 5)
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = RccrNet::new(&vs.root(), &cfg);
+    let plain = ModelConfig {
+        drop_path_rate: Some(0.0),
+        decoder_dropout: Some(0.0),
+        ..cfg.clone()
+    };
+    let mut vs0 = nn::VarStore::new(Device::Cpu);
+    let net0 = RccrNet::new(&vs0.root(), &plain);
+    vs0.copy(&vs).unwrap();
+    let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+    let teacher = tch::no_grad(|| net.seg.forward_with(&x, true, false).logits);
+    let reference = tch::no_grad(|| net0.seg.forward_t(&x, true).logits);
+    assert!(teacher.allclose(&reference, 1e-6, 1e-6, false));
+    let a = tch::no_grad(|| net.seg.forward_t(&x, true).logits);
+    let b = tch::no_grad(|| net.seg.forward_t(&x, true).logits);
+    assert!(!a.allclose(&b, 1e-4, 1e-4, false));
+}

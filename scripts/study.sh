@@ -12,7 +12,13 @@
 #      (+RWC, +NS(R), +NS(C), +PS; full = rccr) run at it, paired with the baseline;
 #   5. the ladder's ends on STUDY_DOSE_SEEDS: source-only and the oracle (source-only on
 #      the target's labels), the same iterations from the same warm start;
-#   6. scripts/study_summary.py: per-seed paired differences, mean with a 95 % t interval,
+#   6. the successors' strategies (docs/study.md, "Successors' strategies"), each paired
+#      with the baseline on STUDY_SEEDS: +RCS, +FD, +MIC (switches at their published
+#      defaults, the row counts and warm-up scaled to the crop and the run), and the
+#      recipes configs/mic.toml vs configs/rccr-mic.toml (does RCCR add to the strongest
+#      recipe?); the recipes' AdamW rate is chosen on the HELD-OUT split first (2 seeds);
+#      then scripts/strategy_cost.sh times one iteration of each arm in one run;
+#   7. scripts/study_summary.py: per-seed paired differences, mean with a 95 % t interval,
 #      per-class differences, the ladder and its ratios, the contrastive gradient share;
 #      OUT/summary.md and OUT/summary.json.
 # Re-runnable and resumable: a run with OUT/runs/NAME/result.json is not run again; a run
@@ -24,7 +30,8 @@
 #      STUDY_SEEDS, STUDY_DOSE_SEEDS, STUDY_WARMUP_ITERS, STUDY_ITERS, STUDY_LR,
 #      STUDY_CROP, STUDY_SIZE, STUDY_JOBS (parallel runs, default 2), STUDY_THREADS (libtorch
 #      threads per run, default 1), STUDY_SYNTH_FLAGS (extra `rccr-train synth` flags of both
-#      draws, e.g. '--gap appearance').
+#      draws, e.g. '--gap appearance'), STUDY_PARTS (which of `paper successors` run,
+#      default both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-study}
@@ -39,6 +46,7 @@ CROP=${STUDY_CROP:-128}
 SIZE=${STUDY_SIZE:-256x128}
 JOBS=${STUDY_JOBS:-2}
 SYNTH_FLAGS=${STUDY_SYNTH_FLAGS:-}
+PARTS=${STUDY_PARTS:-paper successors}
 # One libtorch thread per run: on a shared 2-core machine two threads per process stall
 # at OpenMP barriers (measured here: baseline 1.14 s/iteration with 2 threads vs 0.235
 # with 1 while other work ran); two runs side by side use both cores.
@@ -140,8 +148,9 @@ run_all() {
   fi
 }
 
-# 2. Paired baseline vs rccr (paper settings).
+# 2. Paired baseline vs rccr (paper settings); the baseline is every part's reference.
 for s in $SEEDS; do echo "baseline|$s|--mode baseline"; echo "rccr|$s|--mode rccr"; done | run_all
+if [[ " $PARTS " == *" paper "* ]]; then
 # 3. Dose-response of mu (constant schedules; paper = the rccr runs, 0 = the baseline runs).
 for s in $DOSE_SEEDS; do
   for mu in 0.01 0.1 1; do echo "rccr-mu$mu|$s|--mode rccr --mu-schedule constant --mu-max $mu"; done
@@ -158,5 +167,31 @@ for s in $DOSE_SEEDS; do
 done | run_all
 # 5. The ladder's ends: source-only and the oracle, from the same warm start.
 for s in $DOSE_SEEDS; do echo "source-only|$s|--mode source-only"; echo "oracle|$s|--mode source-only"; done | run_all
+fi
+
+# 6. The successors' strategies. DAFormer's pseudo-label rows (15 / 120 of a 512 crop)
+# and warm-up (1500 of 40k iterations) scaled to this crop and run; the recipes' EMA
+# bound is the study's (0.99, as every arm: their 0.999 spans 1000 iterations, twice a
+# run); the AdamW rate is chosen on the held-out split.
+if [[ " $PARTS " == *" successors "* ]]; then
+  ROWS="--pseudo-ignore-top $((CROP * 15 / 512)) --pseudo-ignore-bottom $((CROP * 120 / 512))"
+  RECIPE="$ROWS --warmup-iters $((ITERS * 1500 / 40000)) --ema-alpha 0.99"
+  for s in $SEEDS; do
+    echo "rcs|$s|--mode baseline --rcs"
+    echo "fd|$s|--mode baseline --fd"
+    echo "mic|$s|--mode baseline --mic $ROWS"
+  done | run_all
+  for s in $DOSE_SEEDS; do for lr in 6e-4 2.4e-3; do
+    echo "recipe-mic-lr$lr|$s|--config configs/mic.toml $RECIPE --lr $lr"
+  done; done | run_all
+  ADAM_LR=$(python3 scripts/study_summary.py "$OUT" --select-lr)
+  log "recipes' AdamW rate chosen on the held-out split: $ADAM_LR"
+  for s in $SEEDS; do
+    echo "recipe-mic|$s|--config configs/mic.toml $RECIPE --lr $ADAM_LR"
+    echo "recipe-rccr-mic|$s|--config configs/rccr-mic.toml $RECIPE --lr $ADAM_LR"
+  done | run_all
+  [[ -f $OUT/cost.json ]] || STRATEGY_BIN=$BIN STRATEGY_LR=$ADAM_LR STRATEGY_ROWS="$ROWS" \
+    scripts/strategy_cost.sh "$DATA" "$OUT/cost.json" "$INIT" >"$OUT/cost.log" 2>&1 || log "cost timing FAILED (see $OUT/cost.log)"
+fi
 python3 scripts/study_summary.py "$OUT"
 log "done: $OUT/summary.md"

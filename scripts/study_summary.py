@@ -8,6 +8,10 @@ OUT/summary.json.
   study_summary.py OUT            the summary
   study_summary.py OUT --select   prints the mu setting with the best mean paired gain on
                                   the HELD-OUT split (paper | mu0.01 | mu0.1 | mu1)
+  study_summary.py OUT --select-lr  prints the recipes' AdamW rate with the best mean
+                                  HELD-OUT mIoU (runs recipe-mic-lr<RATE>)
+The successors' part: each switch paired with the baseline, rccr-mic with mic, their
+per-class differences and cost/ratio per iteration (OUT/cost.json).
 """
 import glob
 import json
@@ -32,11 +36,11 @@ def load(out):
     return runs
 
 
-def paired(runs, name, key="target_miou"):
-    """Per-seed (seed, baseline, run, run - baseline) in points, for seeds with both."""
+def paired(runs, name, key="target_miou", against="baseline"):
+    """Per-seed (seed, reference, run, run - reference) in points, for seeds with both."""
     out = []
     for (n, s), r in sorted(runs.items(), key=lambda kv: kv[0][1]):
-        b = runs.get(("baseline", s))
+        b = runs.get((against, s))
         if n == name and b is not None:
             out.append((s, 100 * b[key], 100 * r[key], 100 * (r[key] - b[key])))
     return out
@@ -96,11 +100,11 @@ def ladder(runs, md, js):
               f"(GTA5 -> Cityscapes with DeepLabv2: 36.6 / 65 = 0.56 and DACS 0.55).\n")
 
 
-def per_class(runs, md, js, name="rccr"):
-    """Per-class paired IoU differences (name - baseline) over the seeds both have."""
+def per_class(runs, md, js, name="rccr", against="baseline"):
+    """Per-class paired IoU differences (name - against) over the seeds both have."""
     rows = {}
     for (n, s), r in runs.items():
-        b = runs.get(("baseline", s))
+        b = runs.get((against, s))
         if n != name or b is None or not r.get("per_class_iou") or not b.get("per_class_iou"):
             continue
         for c, v in r["per_class_iou"].items():
@@ -109,17 +113,18 @@ def per_class(runs, md, js, name="rccr"):
                 rows.setdefault(c, []).append(100 * (v - w))
     if not rows:
         return
-    md.append(f"### Per-class IoU: {name} - baseline, paired by seed (points)\n")
-    md.append("| class | baseline mean IoU | diff, mean [95 % CI] | interval excludes 0 |")
+    md.append(f"### Per-class IoU: {name} - {against}, paired by seed (points)\n")
+    md.append(f"| class | {against} mean IoU | diff, mean [95 % CI] | interval excludes 0 |")
     md.append("|---|---:|---|---|")
-    js["per_class"] = {}
+    key = "per_class" if name == "rccr" and against == "baseline" else f"per_class_{name}"
+    js[key] = {}
     for c, d in rows.items():
         st = stats(d)
         base = [100 * r["per_class_iou"][c] for (n, _), r in runs.items()
-                if n == "baseline" and r.get("per_class_iou") and r["per_class_iou"].get(c) is not None]
+                if n == against and r.get("per_class_iou") and r["per_class_iou"].get(c) is not None]
         excl = st[3] is not None and (st[1] - st[3] > 0 or st[1] + st[3] < 0)
         md.append(f"| {c} | {sum(base) / len(base):.1f} | {fmt(st)} | {'yes' if excl else ''} |")
-        js["per_class"][c] = {"diffs": d, "stats": st}
+        js[key][c] = {"diffs": d, "stats": st}
     md.append("")
 
 
@@ -132,11 +137,61 @@ def select(runs):
     return best
 
 
+SUCCESSORS = [("+RCS", "rcs", "baseline"), ("+FD", "fd", "baseline"), ("+MIC", "mic", "baseline"),
+              ("+RCCR", "rccr", "baseline"), ("mic recipe", "recipe-mic", "baseline"),
+              ("rccr-mic recipe", "recipe-rccr-mic", "baseline"),
+              ("rccr-mic vs mic", "recipe-rccr-mic", "recipe-mic")]
+
+
+def select_lr(runs):
+    """The recipes' AdamW rate with the best mean held-out mIoU."""
+    means = {}
+    for (n, _), r in runs.items():
+        if n.startswith("recipe-mic-lr"):
+            means.setdefault(n[len("recipe-mic-lr"):], []).append(r["holdout_miou"])
+    return max(means, key=lambda k: sum(means[k]) / len(means[k]))
+
+
+def successors(runs, out, md, js):
+    """Each arm paired with its reference, its cost per iteration, per-class effects."""
+    if not any(n in ("rcs", "fd", "mic", "recipe-mic") for (n, _) in runs):
+        return
+    cost = {}
+    if os.path.exists(os.path.join(out, "cost.json")):
+        cost = json.load(open(os.path.join(out, "cost.json")))
+    md.append("### Successors' strategies, paired by seed (target val mIoU points)\n")
+    md.append("| arm | vs | diff, mean [95 % CI] | held-out diff | s / iteration (x baseline) |")
+    md.append("|---|---|---|---|---|")
+    js["successors"] = {}
+    for label, name, against in SUCCESSORS:
+        rows = paired(runs, name, against=against)
+        if not rows:
+            continue
+        st, sth = stats([x[3] for x in rows]), stats([x[3] for x in paired(runs, name, "holdout_miou", against)])
+        c = cost.get(name) if against == "baseline" else None
+        cs = f"{c['seconds_per_iteration']:.3f} (x{c['ratio_to_baseline']:.2f})" if c else ""
+        md.append(f"| {label} | {against} | {fmt(st)} | {fmt(sth)} | {cs} |")
+        js["successors"][label] = {"run": name, "against": against, "target": st, "holdout": sth, "rows": rows}
+    md.append("")
+    lrs = sorted({n for (n, _) in runs if n.startswith("recipe-mic-lr")})
+    if lrs:
+        sel = select_lr(runs)
+        js["recipe_lr"] = sel
+        md.append(f"Recipes' AdamW rate chosen on the held-out split from {[n[len('recipe-mic-lr'):] for n in lrs]}: **{sel}**.\n")
+    for name, against in (("rcs", "baseline"), ("fd", "baseline"), ("mic", "baseline"),
+                          ("recipe-mic", "baseline"), ("recipe-rccr-mic", "recipe-mic")):
+        if paired(runs, name, against=against):
+            per_class(runs, md, js, name, against)
+
+
 def main():
     out = sys.argv[1]
     runs = load(out)
     if "--select" in sys.argv:
         print(select(runs))
+        return
+    if "--select-lr" in sys.argv:
+        print(select_lr(runs))
         return
     md, js = [], {"runs": list(runs.values())}
     warm = os.path.join(out, "runs", "warmup", "result.json")
@@ -196,6 +251,7 @@ def main():
             md.append(f"| +{name} | {fmt(st)} | {fmt(sth)} |")
         st = stats([x[3] for x in paired(runs, full) if x[0] in (seeds or [])])
         md.append(f"| full RCCR | {fmt(st)} | |")
+    successors(runs, out, md, js)
     text = "\n".join(md) + "\n"
     open(os.path.join(out, "summary.md"), "w").write(text)
     json.dump(js, open(os.path.join(out, "summary.json"), "w"), indent=1)

@@ -19,7 +19,9 @@ use std::path::PathBuf;
 #[command(
     name = "rccr-train",
     version,
-    about = "RCCR domain-adaptive semantic segmentation: training, evaluation, benchmarks"
+    about = "RCCR domain-adaptive semantic segmentation: training, evaluation, benchmarks",
+    // An option given twice takes its last value (a script's flags after its defaults).
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -287,6 +289,9 @@ struct StrategyArgs {
     /// Weight decay (SGD: coupled; AdamW: decoupled).
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Upper bound of the teacher's EMA coefficient alpha.
+    #[arg(long)]
+    ema_alpha: Option<f64>,
 }
 
 impl StrategyArgs {
@@ -306,6 +311,7 @@ impl StrategyArgs {
         set(&mut o.optimizer, self.optimizer);
         set(&mut o.warmup_iters, self.warmup_iters);
         set(&mut o.weight_decay, self.weight_decay);
+        set(&mut o.ema_alpha, self.ema_alpha);
     }
 }
 
@@ -427,6 +433,7 @@ fn train_option_defaults() -> Vec<(&'static str, String)> {
         ("optimizer", show(&o.optimizer)),
         ("warmup_iters", show(&o.warmup_iters)),
         ("weight_decay", show(&o.weight_decay)),
+        ("ema_alpha", show(&o.ema_alpha)),
         ("mu_max", show(&m.mu_max)),
         ("val_every", show(&r.val_every)),
         ("save_every", show(&r.save_every)),
@@ -614,14 +621,26 @@ fn describe_recipe(path: &std::path::Path, a: &DescribeArgs) -> Result<ModelConf
     if a.json {
         println!("{}", serde_json::to_string(&c)?);
     } else {
-        let value = serde_json::to_value(&c)?;
+        let value = without_nulls(serde_json::to_value(&c)?);
         println!(
-            "# {} resolved\n{}",
+            "# {} resolved (unset options omitted)\n{}",
             path.display(),
             toml::to_string(&value)?
         );
     }
     Ok(c.model)
+}
+
+/// `v` without its null entries (TOML has no null: an unset option is an absent key).
+fn without_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter(|(_, x)| !x.is_null())
+            .map(|(k, x)| (k, without_nulls(x)))
+            .collect(),
+        other => other,
+    }
 }
 
 fn main() {

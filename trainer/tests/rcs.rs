@@ -488,6 +488,15 @@ fn unreadable_files_are_skipped_and_no_usable_class_is_an_error() {
     }
     // Image 00003 is skipped; a replacement draw may also have met label 00001.
     assert!((1..=2).contains(&l.skipped()), "{}", l.skipped());
+    // A cache that cannot be written (a folder in its place): the statistics stay in
+    // memory and the loader works.
+    let other = tempfile::tempdir().unwrap();
+    dataset(other.path(), 6);
+    std::fs::create_dir(other.path().join(".rccr-rcs-stats-32x24.json")).unwrap();
+    let mut l = TrainLoader::open(&spec_of(other.path()), &rcs_config(3), 0).unwrap();
+    assert_eq!(l.rcs().unwrap().cache, None);
+    assert_eq!(l.rcs().unwrap().labels_decoded, 6);
+    assert_eq!(l.next_batch().unwrap().rcs.unwrap().len(), 2);
     // Nothing covers all 768 pixels: no class to sample.
     let mut c = rcs_config(3);
     c.rcs.min_pixel_share = 1.0;

@@ -20,7 +20,8 @@
 //! Batch-norm policy: by default the BN affine parameters (gamma, beta) are frozen and
 //! not optimised (docs/design.md#network); their layers stay in training mode, so
 //! the running statistics keep updating. `train_bn_affine = true` trains them in the
-//! backbone group instead (the DAFormer choice).
+//! backbone group instead (the DAFormer choice). The BN layers of a decoder (MiT's
+//! `decode_head.`) are always trained, in the head group, as DAFormer does.
 
 use std::collections::BTreeMap;
 use tch::{nn, Tensor};
@@ -154,7 +155,7 @@ impl Optimiser {
             if rccr_models::is_buffer(name) {
                 continue;
             }
-            if !train_bn_affine && is_bn_affine(name, &vars) {
+            if !train_bn_affine && is_bn_affine(name, &vars) && group_of(name) == Group::Backbone {
                 let _ = var.set_requires_grad(false);
                 continue;
             }

@@ -47,7 +47,6 @@ use crate::optim::{group_of, Group, Optimiser, Rule};
 use crate::schedule;
 use crate::streams::{Purpose, Streams};
 use crate::trace::Trace;
-use rccr_models::deeplab::upsample_logits;
 use rccr_models::RccrNet;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Reduction, Tensor};
@@ -309,7 +308,10 @@ impl Trainer {
         let out = self.student_forward(|| {
             crate::amp::bf16_autocast(self.bf16(), || self.student.seg.forward_t(xn, true))
         })?;
-        let logits = upsample_logits(&out.logits.to_kind(Kind::Float), crop, crop);
+        let logits = self
+            .student
+            .seg
+            .upsample_logits(&out.logits.to_kind(Kind::Float), crop, crop);
         Ok((logits, out.encoder))
     }
 
@@ -446,14 +448,18 @@ impl Trainer {
         Ok(xt)
     }
 
-    /// Lines 5-7: the teacher on the un-augmented target (training-mode BN, no grad).
+    /// Lines 5-7: the teacher on the un-augmented target (training-mode BN, no drop path
+    /// or dropout, no grad).
     fn teacher_pass(&self, xt: &Tensor, crop: i64, threshold: f64) -> TeacherOut {
         tch::no_grad(|| {
             let xn = self.layout(self.teacher.seg.normalize(xt));
-            let out =
-                crate::amp::bf16_autocast(self.bf16(), || self.teacher.seg.forward_t(&xn, true));
+            // Batch statistics (DACS), no drop path or dropout (DAFormer's teacher).
+            let out = crate::amp::bf16_autocast(self.bf16(), || {
+                self.teacher.seg.forward_with(&xn, true, false)
+            });
             let logits = out.grid_logits.to_kind(Kind::Float);
-            let (max_prob, pseudo) = upsample_logits(&out.logits.to_kind(Kind::Float), crop, crop)
+            let (max_prob, pseudo) = (self.teacher.seg)
+                .upsample_logits(&out.logits.to_kind(Kind::Float), crop, crop)
                 .softmax(1, Kind::Float)
                 .max_dim(1, false);
             let q = mixing::confident_fraction(&max_prob, threshold);

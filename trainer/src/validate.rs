@@ -12,7 +12,6 @@ use rccr_infer::contract::default_class_names;
 use rccr_infer::metrics::ConfusionMatrix;
 use rccr_infer::report::class_table;
 use rccr_infer::taxonomy::{class_names, Protocol};
-use rccr_models::deeplab::upsample_logits;
 use rccr_models::RccrNet;
 use serde::Serialize;
 use std::time::Instant;
@@ -80,7 +79,8 @@ pub(crate) fn predict(
     let pred = tch::no_grad(|| {
         let x = net.seg.normalize(&image.to_device(device));
         let logits = crate::amp::bf16_autocast(bf16, || net.seg.forward_t(&x, false).logits);
-        let up = upsample_logits(&logits.to_kind(Kind::Float), height as i64, width as i64);
+        let up =
+            (net.seg).upsample_logits(&logits.to_kind(Kind::Float), height as i64, width as i64);
         up.argmax(1, false)
             .to_kind(Kind::Uint8)
             .flatten(0, -1)

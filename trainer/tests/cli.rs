@@ -161,12 +161,17 @@ fn a_config_file_is_read_and_flags_override_it() {
 }
 
 /// The value at `key` in the section of the default configuration that holds it (options
-/// named after their field; `--dist-*` are `run.dist` fields).
+/// named after their field; `--dist-*` are `run.dist` fields, `--rcs-*`, `--fd-*`, `--mic-*`
+/// those of `data.rcs`, `method.fd`, `method.mic`).
 fn config_default(defaults: &Value, flag: &str) -> Option<String> {
     let key = flag.replace('-', "_");
     let found = match key.as_str() {
         "dist_backend" => Some(&defaults["run"]["dist"]["backend"]),
         "dist_timeout" => Some(&defaults["run"]["dist"]["timeout_s"]),
+        "rcs_temperature" => Some(&defaults["data"]["rcs"]["temperature"]),
+        "fd_lambda" => Some(&defaults["method"]["fd"]["lambda"]),
+        "mic_lambda" => Some(&defaults["method"]["mic"]["lambda"]),
+        "mic_ratio" => Some(&defaults["method"]["mic"]["ratio"]),
         _ => ["model", "data", "method", "optim", "run"]
             .iter()
             .find_map(|s| defaults[s].get(&key)),

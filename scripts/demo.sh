@@ -38,10 +38,14 @@ step "generate the synthetic benchmark into $OUT/data"
 "$BIN/rccr-train" synth --out "$OUT/data" --seed "$SEED" --count "$COUNT" --size "$SIZE" >"$OUT/synth.json"
 echo "wrote $OUT/data (report: $OUT/synth.json)"
 
+# Each mode's recipe (docs/training.md, "Recipes"): the paper's settings, the crop, rate and
+# iterations of this demo given as flags over the file.
+recipe() { case $1 in baseline) echo configs/dacs.toml;; rccr) echo configs/rccr-paper.toml;; esac; }
 for mode in source-only baseline rccr; do
-  step "train $mode ($BACKBONE, $ITERS iterations, $DEVICE)"
+  config=$(recipe "$mode")
+  step "train $mode ($BACKBONE, $ITERS iterations, $DEVICE${config:+, recipe $config})"
   rm -rf "$OUT/runs/$mode"
-  "$BIN/rccr-train" train --mode "$mode" \
+  "$BIN/rccr-train" train ${config:+--config "$config"} --mode "$mode" \
     --source "gta5:$OUT/data/gta5" --target "cityscapes:$OUT/data/cityscapes" \
     --out "$OUT/runs/$mode" --backbone "$BACKBONE" --iterations "$ITERS" \
     --source-size "$SIZE" --target-size "$SIZE" --val-size "$SIZE" --crop "$CROP" --batch-size 2 --lr "$LR" \
@@ -71,7 +75,7 @@ print(f"RCCR teacher on target val (rccr-infer): fp32 {fp32:.2f}, int8 {int8:.2f
 PY
 
 step "target mIoU per class (teacher, Cityscapes-layout val)"
-python3 scripts/demo_table.py "$OUT/runs" source-only baseline rccr | tee "$OUT/table.md"
+python3 scripts/demo_table.py "$OUT/runs" source-only baseline:configs/dacs.toml rccr:configs/rccr-paper.toml | tee "$OUT/table.md"
 
 step "overview picture: 3 target val images, ground truth, source-only / baseline / RCCR"
 rm -rf "$OUT/overview"

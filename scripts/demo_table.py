@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prints a markdown table of the final validation (target mIoU per class) of several runs.
 
-usage: demo_table.py RUNS_DIR MODE [MODE ...]   (reads RUNS_DIR/MODE/metrics.jsonl)
+usage: demo_table.py RUNS_DIR MODE[:RECIPE] ...   (reads RUNS_DIR/MODE/metrics.jsonl; a
+column is headed by its mode and the recipe file it trained with)
 """
 import json
 import sys
@@ -20,11 +21,14 @@ def last_val(path):
 
 
 def main():
-    runs, modes = sys.argv[1], sys.argv[2:]
+    runs = sys.argv[1]
+    cols = [a.split(":", 1) + [None] for a in sys.argv[2:]]
+    modes = [c[0] for c in cols]
+    heads = [m if r is None else f"{m} (`{r}`)" for m, r, *_ in cols]
     vals = {m: last_val(f"{runs}/{m}/metrics.jsonl") for m in modes}
     classes = list(next(iter(vals.values()))["per_class_iou"].keys())
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"
-    print("| class | " + " | ".join(modes) + " |")
+    print("| class | " + " | ".join(heads) + " |")
     print("|---|" + "---:|" * len(modes))
     for c in classes:
         cells = [vals[m]["per_class_iou"].get(c) for m in modes]

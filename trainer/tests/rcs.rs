@@ -41,13 +41,13 @@ fn grid_id(k: usize, x: usize, y: usize) -> u8 {
         33
     } else if k % 5 == 1 && in_box((k * 7) % 24, 16, 8, 4) {
         26
-    } else if k % 3 == 0 && in_box((k * 5) % 28, 10, 4, 6) {
+    } else if k.is_multiple_of(3) && in_box((k * 5) % 28, 10, 4, 6) {
         24
     } else if x == (k * 11) % 32 && y == 20 {
         17
     } else if y < 6 {
         23
-    } else if y < 8 && x % 4 == 0 {
+    } else if y < 8 && x.is_multiple_of(4) {
         0
     } else {
         7
@@ -418,13 +418,11 @@ fn drawn_classes_follow_p_on_candidates_with_honest_crops() {
     assert!(hits as f64 >= 0.9 * n as f64, "{hits} hits of {n}");
 }
 
+/// A batch's names, images, labels and RCS draws.
+type Drawn = (Vec<String>, Vec<f32>, Vec<i64>, Vec<RcsDraw>);
+
 /// Names, images, labels and RCS draws of `n` batches from iteration `start`.
-fn run_rcs(
-    spec: &DatasetSpec,
-    c: &LoaderConfig,
-    start: u64,
-    n: usize,
-) -> Vec<(Vec<String>, Vec<f32>, Vec<i64>, Vec<RcsDraw>)> {
+fn run_rcs(spec: &DatasetSpec, c: &LoaderConfig, start: u64, n: usize) -> Vec<Drawn> {
     let mut l = TrainLoader::open(spec, c, start).unwrap();
     (0..n)
         .map(|_| {

@@ -291,6 +291,7 @@ fn checkpoints_keep_the_last_k_and_the_best() {
             teacher: &t.teacher_vs,
             optim: &t.opt,
             bank: &t.bank,
+            frozen: Vec::new(),
             iteration: it,
             config: &cfg,
             best: if it >= 2 { best } else { None },

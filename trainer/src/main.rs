@@ -612,15 +612,13 @@ struct BenchArgs {
     dist_timeout: Option<u32>,
 }
 
-/// Prints the resolved recipe of `path` (TOML, or JSON under `--json`, the network options
-/// applied) and returns its network.
-fn describe_recipe(path: &std::path::Path, a: &DescribeArgs) -> Result<ModelConfig> {
+/// The resolved recipe of `path` (the network options applied), printed as TOML unless
+/// `--json` (which prints it under `recipe` with the network's sizes).
+fn describe_recipe(path: &std::path::Path, a: &DescribeArgs) -> Result<TrainConfig> {
     let mut c = TrainConfig::from_file(path)?;
     a.net.apply(&mut c.model);
     c.validate()?;
-    if a.json {
-        println!("{}", serde_json::to_string(&c)?);
-    } else {
+    if !a.json {
         let value = without_nulls(serde_json::to_value(&c)?);
         println!(
             "# {} resolved (unset options omitted)\n{}",
@@ -628,7 +626,7 @@ fn describe_recipe(path: &std::path::Path, a: &DescribeArgs) -> Result<ModelConf
             toml::to_string(&value)?
         );
     }
-    Ok(c.model)
+    Ok(c)
 }
 
 /// `v` without its null entries (TOML has no null: an unset option is an absent key).
@@ -669,9 +667,12 @@ fn run_command(command: Command) -> Result<()> {
 }
 
 fn describe(a: &DescribeArgs) -> Result<()> {
-    let mut cfg = match &a.config {
-        Some(path) => describe_recipe(path, a)?,
-        None => ModelConfig::default(),
+    let (mut cfg, recipe) = match &a.config {
+        Some(path) => {
+            let c = describe_recipe(path, a)?;
+            (c.model.clone(), Some(c))
+        }
+        None => (ModelConfig::default(), None),
     };
     a.net.apply(&mut cfg);
     cfg.validate()?;
@@ -699,6 +700,10 @@ fn describe(a: &DescribeArgs) -> Result<()> {
         "model_config": cfg,
     });
     if a.json {
+        let mut json = json;
+        if let Some(c) = recipe {
+            json["recipe"] = serde_json::to_value(&c)?;
+        }
         println!("{json}");
     } else {
         println!("backbone               {}", cfg.backbone);

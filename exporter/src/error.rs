@@ -13,14 +13,6 @@ pub enum ExportError {
     /// An export or verification option out of range.
     #[error("invalid option: {0}")]
     Options(String),
-    /// A network family the exporter cannot write yet.
-    #[error(
-        "backbone `{backbone}`: MiT export is not implemented yet (DeepLabv2 backbones export)"
-    )]
-    UnsupportedNetwork {
-        /// The network's backbone.
-        backbone: String,
-    },
     /// A network tensor whose shape or type the exporter does not expect.
     #[error("unexpected network tensor: {0}")]
     Network(String),

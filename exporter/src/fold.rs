@@ -9,7 +9,7 @@
 
 use crate::ExportError;
 use rccr_models::layers::{ConvBn, BN_EPS};
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// A convolution with its batch norm folded in.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,29 +117,38 @@ pub(crate) fn conv_dims(weight: &Tensor) -> Result<[i64; 4], ExportError> {
 
 /// Folds a model [`ConvBn`] (eval-mode statistics, [`BN_EPS`]).
 pub(crate) fn fold_conv_bn(c: &ConvBn) -> Result<FoldedConv, ExportError> {
-    let dims = conv_dims(&c.conv.ws)?;
-    if c.conv.bs.is_some() {
+    fold_conv_and_bn(&c.conv, &c.bn)
+}
+
+/// Folds the inference-mode batch norm `bn` ([`BN_EPS`]) into the bias-free `conv` (also
+/// a grouped one: the fold is per output channel).
+pub(crate) fn fold_conv_and_bn(
+    conv: &nn::Conv2D,
+    bn: &nn::BatchNorm,
+) -> Result<FoldedConv, ExportError> {
+    let dims = conv_dims(&conv.ws)?;
+    if conv.bs.is_some() {
         return Err(ExportError::Network(
             "a convolution followed by batch norm has a bias; the model expects none".into(),
         ));
     }
     let out = dims[0] as usize;
-    let gamma = match &c.bn.ws {
+    let gamma = match &bn.ws {
         Some(w) => to_vec(w)?,
         None => vec![1.0; out],
     };
-    let beta = match &c.bn.bs {
+    let beta = match &bn.bs {
         Some(b) => to_vec(b)?,
         None => vec![0.0; out],
     };
     let bn = BnParams {
         gamma,
         beta,
-        mean: to_vec(&c.bn.running_mean)?,
-        var: to_vec(&c.bn.running_var)?,
+        mean: to_vec(&bn.running_mean)?,
+        var: to_vec(&bn.running_var)?,
         eps: BN_EPS,
     };
-    fold(dims, &to_vec(&c.conv.ws)?, &bn)
+    fold(dims, &to_vec(&conv.ws)?, &bn)
 }
 
 #[cfg(test)]

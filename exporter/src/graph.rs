@@ -25,6 +25,8 @@ pub enum Attr {
     Int(i64),
     /// `INTS`.
     Ints(Vec<i64>),
+    /// `FLOAT`.
+    Float(f32),
     /// `STRING`.
     Str(String),
 }
@@ -43,6 +45,10 @@ pub(crate) fn attribute(name: &str, value: Attr) -> AttributeProto {
         Attr::Ints(v) => {
             a.ints = v;
             a.r#type = AttributeType::Ints as i32;
+        }
+        Attr::Float(f) => {
+            a.f = f;
+            a.r#type = AttributeType::Float as i32;
         }
         Attr::Str(s) => {
             a.s = s.into_bytes();

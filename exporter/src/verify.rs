@@ -1,5 +1,6 @@
-//! Verification of an exported model: the tch teacher (inference mode, running batch-norm
-//! statistics; `normalize` then `forward_upsampled`) and ONNX Runtime on the CPU run the
+//! Verification of an exported model: the tch teacher of either family (inference mode,
+//! running batch-norm statistics, no dropout or drop path; `Segmenter::normalize` then
+//! `Segmenter::forward_upsampled`) and ONNX Runtime on the CPU run the
 //! same inputs (random images of several sizes, and optionally real images); the report
 //! gives the largest absolute logit difference and the share of pixels whose argmax agrees.
 //!
@@ -16,7 +17,7 @@ use prost::Message;
 use rccr_infer::contract::{INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
 use rccr_infer::labelmap::argmax_planes;
 use rccr_infer::seed::{SplitMix, GOLDEN_GAMMA};
-use rccr_models::{DeepLabV2, Segmenter};
+use rccr_models::Segmenter;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -323,7 +324,6 @@ pub fn verify(
     model_bytes: &[u8],
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, ExportError> {
-    let net = crate::network::deeplab_of(net)?;
     let model = ModelProto::decode(model_bytes)?;
     let fixed = fixed_input_shape(&model);
     let (run_model, has_labels) = with_logits_output(&model)?;
@@ -375,7 +375,7 @@ fn verify_inputs(
 }
 
 /// The tch teacher's upsampled logits and argmax labels of `x`, flattened.
-fn tch_reference(net: &DeepLabV2, x: &Tensor) -> Result<(Vec<f32>, Vec<i64>), ExportError> {
+fn tch_reference(net: &Segmenter, x: &Tensor) -> Result<(Vec<f32>, Vec<i64>), ExportError> {
     let reference = tch::no_grad(|| net.forward_upsampled(&net.normalize(x), false));
     let labels = reference.argmax(1, false);
     Ok((tensor_vec(&reference)?, tensor_vec(&labels)?))
@@ -429,7 +429,7 @@ fn output<T: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug>(
 
 /// Runs `x` through the tch teacher and ONNX Runtime and compares the two.
 fn compare_case(
-    net: &DeepLabV2,
+    net: &Segmenter,
     ort: &mut OrtRunner,
     input: String,
     x: &Tensor,
@@ -439,7 +439,7 @@ fn compare_case(
     let t0 = Instant::now();
     let (ref_logits, ref_labels) = tch_reference(net, x)?;
     let tch_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let (logits, labels, ort_ms) = ort.run(x, net.config.num_classes)?;
+    let (logits, labels, ort_ms) = ort.run(x, net.config().num_classes)?;
     let d = LogitDiff::of(&logits, &ref_logits);
     let bound = opts.tolerance.bound(d.max_abs_logit);
     let argmax_agreement = agreement(&labels, &ref_labels);

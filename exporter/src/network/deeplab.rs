@@ -49,9 +49,12 @@ impl Emitter {
         Ok(self.g.op("Sum", "layer5.sum", &refs, vec![]))
     }
 
-    /// `logits` = the 1/8 logits resized to the input's H x W, bilinear, align_corners
-    /// (`deeplab::upsample_logits`); the output size is computed in the graph.
-    pub(super) fn upsample_logits(&mut self, logits8: &str) {
+    /// `logits` = the network's logits resized to the input's H x W, bilinear, with the
+    /// Resize `coordinate_transformation_mode` of its training: `align_corners` for
+    /// DeepLabv2 (`deeplab::upsample_logits`), `half_pixel` (PyTorch's align_corners
+    /// false) for MiT (`Segmenter::upsample_logits`); the output size is computed in the
+    /// graph.
+    pub(super) fn upsample_logits(&mut self, logits8: &str, coordinates: &str) {
         let nc = self.g.op(
             "Shape",
             "upsample.logits_nc",
@@ -79,7 +82,7 @@ impl Emitter {
                 ("mode", Attr::Str("linear".into())),
                 (
                     "coordinate_transformation_mode",
-                    Attr::Str("align_corners".into()),
+                    Attr::Str(coordinates.into()),
                 ),
             ],
         );
@@ -101,8 +104,9 @@ impl Emitter {
     }
 }
 
-/// An ASPP branch's weight and bias (0 where it has none) as a [`FoldedConv`].
-fn biased_conv(conv: &tch::nn::Conv2D) -> Result<FoldedConv, ExportError> {
+/// A convolution's weight and bias (0 where it has none) as a [`FoldedConv`]: an ASPP
+/// branch, or a MiT convolution with bias.
+pub(super) fn biased_conv(conv: &tch::nn::Conv2D) -> Result<FoldedConv, ExportError> {
     let dims = fold::conv_dims(&conv.ws)?;
     let bias = match &conv.bs {
         Some(b) => fold::to_vec(b)?,

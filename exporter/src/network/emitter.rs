@@ -7,20 +7,36 @@ use crate::onnx::tensor_proto::DataType;
 use crate::ExportError;
 use rccr_models::layers::ConvBn;
 
+/// Square stride, padding and dilation, and the group count, of a `Conv`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Geom {
+    /// Stride.
+    pub(super) stride: i64,
+    /// Zero padding on every side.
+    pub(super) padding: i64,
+    /// Dilation.
+    pub(super) dilation: i64,
+    /// Groups (the channel count for a depthwise conv).
+    pub(super) group: i64,
+}
+
 /// Appends layers to a graph; parameters are stored as f32, or as f16 when `fp16`.
 pub(super) struct Emitter {
     /// The graph being built.
     pub(super) g: GraphBuilder,
     /// Store float parameters as float16 (each read through a `Cast` to float32).
     pub(super) fp16: bool,
+    /// The opset written (ops that exist only from some opset on are chosen by it).
+    pub(super) opset: i64,
 }
 
 impl Emitter {
     /// An empty graph.
-    pub(super) fn new(fp16: bool) -> Emitter {
+    pub(super) fn new(fp16: bool, opset: i64) -> Emitter {
         Emitter {
             g: GraphBuilder::new(),
             fp16,
+            opset,
         }
     }
 
@@ -49,6 +65,17 @@ impl Emitter {
         padding: i64,
         dilation: i64,
     ) -> String {
+        let geom = Geom {
+            stride,
+            padding,
+            dilation,
+            group: 1,
+        };
+        self.conv_geom(name, x, f, geom)
+    }
+
+    /// `Conv` `name` of `x` with weight and bias `f` and the square geometry `geom`.
+    pub(super) fn conv_geom(&mut self, name: &str, x: &str, f: &FoldedConv, geom: Geom) -> String {
         let w = self.param(&format!("{name}.weight"), &f.dims, &f.weight);
         let b = self.param(&format!("{name}.bias"), &[f.dims[0]], &f.bias);
         self.g.op(
@@ -57,10 +84,10 @@ impl Emitter {
             &[x, &w, &b],
             vec![
                 ("kernel_shape", Attr::Ints(vec![f.dims[2], f.dims[3]])),
-                ("strides", Attr::Ints(vec![stride, stride])),
-                ("pads", Attr::Ints(vec![padding; 4])),
-                ("dilations", Attr::Ints(vec![dilation, dilation])),
-                ("group", Attr::Int(1)),
+                ("strides", Attr::Ints(vec![geom.stride, geom.stride])),
+                ("pads", Attr::Ints(vec![geom.padding; 4])),
+                ("dilations", Attr::Ints(vec![geom.dilation, geom.dilation])),
+                ("group", Attr::Int(geom.group)),
             ],
         )
     }

@@ -1,6 +1,6 @@
-//! The teacher DeepLabv2 (encoder F_enc + ASPP classifier F_seg; the projector is a
+//! The teacher network (encoder F_enc + segmentation head F_seg; the projector is a
 //! training-only head and is left out) as an ONNX graph, by walking the public fields of
-//! [`DeepLabV2`]:
+//! the [`Segmenter`]. DeepLabv2 ([`DeepLabV2`]):
 //!
 //! ```text
 //! image (N x 3 x H x W, float32 RGB 0..255)
@@ -12,14 +12,30 @@
 //!   -> ArgMax axis 1                                          -> `labels` N x H x W int64
 //! ```
 //!
-//! This is exactly [`DeepLabV2::normalize`] followed by [`DeepLabV2::forward_upsampled`]
-//! in inference mode (running batch-norm statistics). The nodes of each part are emitted
-//! where the part lives in `rccr-models`: `resnet.rs` (stem, residual blocks) and
-//! `deeplab.rs` (normalisation, ASPP, upsampling, argmax); `emitter.rs` holds the layers
-//! they share (folded conv, ReLU, f16 parameters).
+//! A Mix Transformer (`rccr_models::MitSegmenter`, SegFormer / DAFormer):
+//!
+//! ```text
+//! image -> the same normalisation
+//!   -> 4 stages: patch-embedding Conv, LayerNormalization, blocks (LayerNormalization,
+//!      efficient self-attention: Gemm, Reshape/Transpose, spatial-reduction Conv,
+//!      MatMul, Softmax; Mix-FFN: Gemm, depthwise Conv, GELU), LayerNormalization
+//!   -> decoder: 1x1 embeddings, Resize half_pixel to stride 4, Concat, DAFormer's
+//!      fusion ASPP (BN folded) or SegFormer's linear_fuse, 1x1 classifier (1/4 logits)
+//!   -> Resize linear half_pixel (align_corners false) to H x W  -> `logits`
+//!   -> ArgMax axis 1                                             -> `labels`
+//! ```
+//!
+//! Both are exactly [`Segmenter::normalize`] followed by [`Segmenter::forward_upsampled`]
+//! in inference mode (running batch-norm statistics, no dropout or drop path), H and W
+//! dynamic. The nodes of each part are emitted where the part lives in `rccr-models`:
+//! `resnet.rs` (stem, residual blocks), `deeplab.rs` (normalisation, ASPP, upsampling,
+//! argmax), `mit.rs` (the MiT encoder), `decoder.rs` (the MiT decoders); `emitter.rs`
+//! holds the layers they share (folded conv, ReLU, f16 parameters).
 
+mod decoder;
 mod deeplab;
 mod emitter;
+mod mit;
 mod resnet;
 
 use crate::graph::{tensor_value_info, Dim};
@@ -32,15 +48,7 @@ use crate::options::{ir_version, ExportOptions, Outputs, Shape, Source};
 use crate::ExportError;
 use emitter::Emitter;
 use rccr_infer::contract::{self, INPUT_NAME, LABELS_OUTPUT, LOGITS_OUTPUT};
-use rccr_models::{DeepLabV2, ModelConfig, Segmenter};
-
-/// The DeepLabv2 of `seg`; a MiT network is [`ExportError::UnsupportedNetwork`].
-pub fn deeplab_of(seg: &Segmenter) -> Result<&DeepLabV2, ExportError> {
-    seg.as_deeplab()
-        .ok_or_else(|| ExportError::UnsupportedNetwork {
-            backbone: seg.config().backbone.to_string(),
-        })
-}
+use rccr_models::{ModelConfig, Segmenter};
 
 /// The ONNX model of `net` (inference mode) with metadata.
 pub fn build_model(
@@ -48,20 +56,30 @@ pub fn build_model(
     source: &Source,
     opts: &ExportOptions,
 ) -> Result<ModelProto, ExportError> {
-    let net = deeplab_of(net)?;
     opts.check()?;
-    let config = &net.config;
-    let mut e = Emitter::new(opts.fp16);
+    let config = net.config();
+    let mut e = Emitter::new(opts.fp16, opts.opset);
     let x = e.normalize(&config.input);
-    let features = e.encoder(&net.encoder, &x)?;
-    let logits8 = e.aspp(&net.classifier, &features)?;
-    e.upsample_logits(&logits8);
+    let graph_name = match net {
+        Segmenter::DeepLab(net) => {
+            let features = e.encoder(&net.encoder, &x)?;
+            let logits8 = e.aspp(&net.classifier, &features)?;
+            e.upsample_logits(&logits8, "align_corners");
+            "rccr_deeplabv2"
+        }
+        Segmenter::Mit(net) => {
+            let maps = e.mit_encoder(net, &x)?;
+            let logits4 = e.mit_head(&net.head, &maps)?;
+            e.upsample_logits(&logits4, "half_pixel");
+            "rccr_mit"
+        }
+    };
     if opts.outputs != Outputs::Logits {
         e.argmax();
     }
     let doc = doc_string(config, opts.outputs);
     let graph = e.g.finish(
-        "rccr_deeplabv2",
+        graph_name,
         vec![input_info(opts.fixed_shape)],
         output_infos(opts, config.num_classes),
         &doc,
@@ -114,9 +132,12 @@ fn output_infos(opts: &ExportOptions, classes: i64) -> Vec<ValueInfoProto> {
 
 /// The model's (and the graph's) doc string.
 fn doc_string(config: &ModelConfig, outputs: Outputs) -> String {
+    let network = match config.backbone.is_mit() {
+        true => format!("{} + {} decoder", config.backbone, config.decoder()),
+        false => format!("DeepLabv2 {}", config.backbone),
+    };
     format!(
-        "RCCR teacher (DeepLabv2 {}, {} classes). Input `image`: {}. Outputs: {}.",
-        config.backbone,
+        "RCCR teacher ({network}, {} classes). Input `image`: {}. Outputs: {}.",
         config.num_classes,
         contract::INPUT_FORMAT,
         outputs.names().join(", ")
@@ -150,25 +171,5 @@ fn model_proto(
             .map(|(key, value)| StringStringEntryProto { key, value })
             .collect(),
         ..Default::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rccr_models::{Backbone, RccrNet};
-
-    #[test]
-    fn a_mit_network_is_refused_with_a_typed_error_until_its_export_exists() {
-        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let net = RccrNet::new(&vs.root(), &ModelConfig::new(Backbone::MitB0, 3));
-        let source = Source {
-            checkpoint: "mit.safetensors".into(),
-            iteration: 0,
-        };
-        match build_model(&net.seg, &source, &ExportOptions::default()) {
-            Err(ExportError::UnsupportedNetwork { backbone }) => assert_eq!(backbone, "mit-b0"),
-            other => panic!("expected UnsupportedNetwork, got {:?}", other.map(|_| ())),
-        }
     }
 }

@@ -202,3 +202,72 @@ pub fn onnx_checker(model: &Path, extra: &str) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// A MiT network (`config.backbone` = `mit-b*`) in its own VarStore: the model's own
+/// initialisation (SegFormer's, seeded through tch), then, from a seeded local generator,
+/// every LayerNorm's scale in [0.5, 1.5) and shift in [-0.2, 0.2), every batch norm's
+/// running statistics and affine parameters randomised (as [`random_net`] does), the
+/// linear layers' and convolutions' biases in [-0.05, 0.05), and the query / key weights
+/// scaled by 8 so that the attention is far from uniform (the release's N(0, 0.02) gives
+/// near-equal scores, which would hide an error in the key layout), and the classifier's
+/// weights by 20 so that the logits are O(1-10) rather than mmseg's N(0, 0.01) scale.
+pub fn random_mit(config: &ModelConfig, seed: u64) -> (nn::VarStore, RccrNet) {
+    tch::manual_seed(seed as i64);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = RccrNet::new(&vs.root(), config);
+    let mut rng = Rng::new(seed);
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (name, var) in vars {
+            let shape = var.size();
+            let is_ln = name.contains("norm") && !name.contains(".bn.");
+            let is_bn = name.contains(".bn.");
+            let range = if name.ends_with("running_mean") {
+                Some((-0.2, 0.2))
+            } else if name.ends_with("running_var") {
+                Some((0.5, 2.0))
+            } else if (is_ln || is_bn) && name.ends_with(".weight") {
+                Some((0.5, 1.5))
+            } else if (is_ln || is_bn) && name.ends_with(".bias") {
+                Some((-0.2, 0.2))
+            } else if name.ends_with(".bias") {
+                Some((-0.05, 0.05))
+            } else {
+                None
+            };
+            let mut v = var.shallow_clone();
+            match range {
+                Some((lo, hi)) => {
+                    v.copy_(&random_tensor(&mut rng, &shape, lo, hi));
+                }
+                None if name.ends_with("attn.q.weight") || name.ends_with("attn.kv.weight") => {
+                    let _ = v.g_mul_scalar_(8.0);
+                }
+                None if name.ends_with("conv_seg.weight")
+                    || name.ends_with("linear_pred.weight") =>
+                {
+                    let _ = v.g_mul_scalar_(20.0);
+                }
+                None => {}
+            }
+        }
+    });
+    (vs, net)
+}
+
+/// A random MiT network ([`random_mit`]) checkpointed in `dir`, its teacher loaded back
+/// and exported with `opts`: the checkpoint, the teacher and the model.
+pub fn export_random_mit(
+    dir: &Path,
+    config: &ModelConfig,
+    seed: u64,
+    opts: &ExportOptions,
+) -> (PathBuf, LoadedNet, ModelProto) {
+    let (vs, _net) = random_mit(config, seed);
+    let ckpt = dir.join(format!("ckpt-{}-{seed}.safetensors", config.backbone));
+    write_checkpoint(&ckpt, &vs, config, 1234, true, true);
+    let loaded = load_teacher(&ckpt).unwrap();
+    let model = export_loaded(&loaded, &ckpt, opts).unwrap();
+    (ckpt, loaded, model)
+}

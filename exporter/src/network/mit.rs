@@ -90,14 +90,14 @@ impl Emitter {
             n: n.to_string(),
             nhw,
         };
-        let tokens = self.to_tokens(&format!("patch_embed{s}.tokens"), &map, f.dims[0]);
+        let tokens = self.tokens_of(&format!("patch_embed{s}.tokens"), &map, f.dims[0]);
         let name = format!("patch_embed{s}.norm");
         let mut t = self.layer_norm(&name, &tokens, &pe.norm, EMBED_LN_EPS)?;
         for (j, block) in stage.blocks.iter().enumerate() {
             t = self.mit_block(&format!("block{s}.{j}"), block, &t, &grid)?;
         }
         let t = self.layer_norm(&format!("norm{s}"), &t, &stage.norm, BLOCK_LN_EPS)?;
-        Ok(self.to_map(&format!("norm{s}.map"), &t, &grid))
+        Ok(self.map_of(&format!("norm{s}.map"), &t, &grid))
     }
 
     /// `x + Attn(LN(x))`, then `+ MixFFN(LN(.))` (`Block::forward_t`, no drop path).
@@ -190,7 +190,7 @@ impl Emitter {
     ) -> Result<String, ExportError> {
         let f = biased_conv(sr)?;
         check_kernel(&format!("{p}.sr"), &f, ratio, 0)?;
-        let map = self.to_map(&format!("{p}.sr.map"), x, grid);
+        let map = self.map_of(&format!("{p}.sr.map"), x, grid);
         let geom = Geom {
             stride: ratio,
             padding: 0,
@@ -198,7 +198,7 @@ impl Emitter {
             group: 1,
         };
         let y = self.conv_geom(&format!("{p}.sr"), &map, &f, geom);
-        let t = self.to_tokens(&format!("{p}.sr.tokens"), &y, f.dims[0]);
+        let t = self.tokens_of(&format!("{p}.sr.tokens"), &y, f.dims[0]);
         self.layer_norm(&format!("{p}.norm"), &t, norm, EMBED_LN_EPS)
     }
 
@@ -214,7 +214,7 @@ impl Emitter {
         let hidden = m.fc1.ws.size()[0];
         let f = biased_conv(&m.dwconv)?;
         check_kernel(&format!("{p}.dwconv.dwconv"), &f, 3, hidden)?;
-        let map = self.to_map(&format!("{p}.dwconv.map"), &h, grid);
+        let map = self.map_of(&format!("{p}.dwconv.map"), &h, grid);
         let geom = Geom {
             stride: 1,
             padding: 1,
@@ -222,7 +222,7 @@ impl Emitter {
             group: hidden,
         };
         let y = self.conv_geom(&format!("{p}.dwconv.dwconv"), &map, &f, geom);
-        let t = self.to_tokens(&format!("{p}.dwconv.tokens"), &y, hidden);
+        let t = self.tokens_of(&format!("{p}.dwconv.tokens"), &y, hidden);
         let g = self.gelu(&format!("{p}.act"), &t);
         self.linear(&format!("{p}.fc2"), &g, &m.fc2.ws, m.fc2.bs.as_ref())
     }
@@ -318,13 +318,13 @@ impl Emitter {
     }
 
     /// NCHW `map` with `c` channels as `[N*h*w, c]` tokens (`mit::to_tokens`).
-    fn to_tokens(&mut self, name: &str, map: &str, c: i64) -> String {
+    fn tokens_of(&mut self, name: &str, map: &str, c: i64) -> String {
         let nhwc = self.transpose(&format!("{name}.nhwc"), map, &[0, 2, 3, 1]);
         self.reshape_const(name, &nhwc, &[-1, c])
     }
 
     /// `[N*h*w, C]` tokens as an NCHW map of `grid`'s size (`mit::to_map`).
-    fn to_map(&mut self, name: &str, x: &str, grid: &Grid) -> String {
+    fn map_of(&mut self, name: &str, x: &str, grid: &Grid) -> String {
         let nhwc = self
             .g
             .op("Reshape", &format!("{name}.nhwc"), &[x, &grid.nhw], vec![]);

@@ -1,6 +1,7 @@
 //! Static int8 quantization of an exported fp32 model into the QDQ format
 //! (`QuantizeLinear` / `DequantizeLinear` pairs) that ONNX Runtime's CPU provider fuses
-//! into `QLinearConv` / `QLinearAdd` and runs with integer GEMMs (AVX-512 VNNI / AMX in
+//! into `QLinearConv` / `QLinearAdd` / `QGemm` / `QLinearMatMul` and runs with integer
+//! GEMMs (AVX-512 VNNI / AMX in
 //! MLAS). It is a deployment-only transformation of the teacher's forward pass (paper
 //! Sec. 3.1: the prediction `argmax_c p(c | x)`); training is untouched.
 //!
@@ -12,7 +13,9 @@
 //!   biases int32 with `scale_c = s_x * s_w,c` (the scale of the integer accumulator).
 //! - Activations: per-tensor asymmetric uint8, `scale = (hi - lo) / 255`, zero point
 //!   `round(-lo / scale)`, `[lo, hi]` calibrated on images ([`calibrate`]): every
-//!   non-constant input of a `Conv`, `Add`, `MaxPool` or `Sum`. Where such a tensor is a
+//!   non-constant input of a `Conv`, `Gemm` (MiT's linear layers: weights per output
+//!   channel as for `Conv`), `MatMul` (MiT's attention products, both inputs
+//!   activations), `MaxPool`, and of an `Add` or `Sum` of activations only. Where such a tensor is a
 //!   `Relu` output, the `Relu` is dropped and the `QuantizeLinear` reads its input:
 //!   with `lo = 0` the zero point is 0 and saturation at 0 *is* the Relu (bit-identical),
 //!   which gives ORT the `DQ -> Conv -> Q` / `DQ -> Add -> Q` groups it fuses.
@@ -20,15 +23,15 @@
 //!   as extra outputs; ranges are min/max or a percentile of |x| (per image, then the
 //!   widest over images), see [`CalibrationMethod`].
 //!
-//! What stays float: input normalisation, the sum of the ASPP branches, the bilinear
-//! upsampling and the argmax.
+//! What stays float: input normalisation, the bilinear upsampling and the argmax; in MiT
+//! also LayerNorm, Softmax, GELU, the attention scale and the reshapes.
 
 mod calibrate;
 mod rewrite;
 
 pub use calibrate::{calibrate, calibration_batches};
 
-use crate::onnx::{ModelProto, StringStringEntryProto};
+use crate::onnx::{ModelProto, NodeProto, StringStringEntryProto};
 use crate::ExportError;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -38,8 +41,27 @@ use std::str::FromStr;
 pub(crate) const WEIGHTS_INT8_QDQ: &str = "int8-qdq";
 /// Metadata key: the calibration that produced the activation ranges (JSON).
 pub(crate) const CALIBRATION_KEY: &str = "rccr.calibration";
-/// Ops whose non-constant inputs are quantized.
-pub const QUANTIZED_OPS: [&str; 4] = ["Conv", "Add", "MaxPool", "Sum"];
+/// Ops whose non-constant inputs are quantized (an `Add` or `Sum` only when all its
+/// inputs are activations, see [`is_quantized`]).
+pub const QUANTIZED_OPS: [&str; 6] = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "Sum"];
+/// Ops whose inputs 1 (weight, output channels first) and 2 (bias) are constants,
+/// quantized per output channel.
+pub const WEIGHTED_OPS: [&str; 2] = ["Conv", "Gemm"];
+
+/// Whether node `n` is quantized: its op is one of [`QUANTIZED_OPS`], and an `Add` or
+/// `Sum` reads no initialiser (an offset by a constant, such as the `+ 1` of GELU's erf
+/// form, stays float: quantizing its one activation would add error and save nothing).
+pub fn is_quantized(n: &NodeProto, inits: &HashSet<&str>) -> bool {
+    let op = n.op_type.as_str();
+    QUANTIZED_OPS.contains(&op)
+        && !(matches!(op, "Add" | "Sum") && n.input.iter().any(|x| inits.contains(x.as_str())))
+}
+
+/// Whether input `i` of node `n` is a constant (an initialiser, or the weight or bias of
+/// a [`WEIGHTED_OPS`] node).
+pub fn is_constant_input(n: &NodeProto, i: usize, inits: &HashSet<&str>) -> bool {
+    inits.contains(n.input[i].as_str()) || (WEIGHTED_OPS.contains(&n.op_type.as_str()) && i > 0)
+}
 /// Default `--min-agreement` for verifying an int8 model: the share of pixels whose
 /// argmax equals the fp32 libtorch teacher's.
 pub const DEFAULT_MIN_AGREEMENT: f64 = 0.99;
@@ -141,8 +163,8 @@ pub(crate) fn quantize_weights(w: &[f32], channels: usize) -> (Vec<i8>, Vec<f32>
     (q, scales)
 }
 
-/// The tensors whose ranges calibration must find: every input of a [`QUANTIZED_OPS`]
-/// node that is not an initialiser, in graph order, each once.
+/// The tensors whose ranges calibration must find: every non-constant input of a
+/// quantized node ([`is_quantized`], [`is_constant_input`]), in graph order, each once.
 pub fn activation_tensors(model: &ModelProto) -> Result<Vec<String>, ExportError> {
     let graph = model
         .graph
@@ -152,13 +174,12 @@ pub fn activation_tensors(model: &ModelProto) -> Result<Vec<String>, ExportError
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for n in &graph.node {
-        if !QUANTIZED_OPS.contains(&n.op_type.as_str()) {
+        if !is_quantized(n, &inits) {
             continue;
         }
         for (i, x) in n.input.iter().enumerate() {
-            // Conv's weight and bias are constants (quantized separately).
-            let constant = inits.contains(x.as_str()) || (n.op_type == "Conv" && i > 0);
-            if !x.is_empty() && !constant && seen.insert(x.clone()) {
+            // Weights and biases are constants (quantized separately).
+            if !x.is_empty() && !is_constant_input(n, i, &inits) && seen.insert(x.clone()) {
                 out.push(x.clone());
             }
         }

@@ -1,9 +1,10 @@
 //! The QDQ graph rewrite of [`super::quantize`]: activation parameters from the
 //! calibrated ranges, `QuantizeLinear` after every calibrated tensor (a foldable `Relu`
 //! becomes its `QuantizeLinear`), `DequantizeLinear` before every quantized-op input, and
-//! int8 / int32 weights and biases of every `Conv` with their own `DequantizeLinear`.
+//! int8 / int32 weights and biases of every `Conv` and `Gemm` with their own
+//! `DequantizeLinear`.
 
-use super::{activation_params, quantize_weights, Calibration, QUANTIZED_OPS};
+use super::{activation_params, is_quantized, quantize_weights, Calibration, WEIGHTED_OPS};
 use crate::graph::{Attr, GraphBuilder};
 use crate::onnx::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
 use crate::ExportError;
@@ -22,6 +23,10 @@ pub(super) fn rewrite_graph(
 ) -> Result<(), ExportError> {
     let params = calibrated_params(graph, acts, calibration)?;
     let fold_relu = foldable_relus(graph, &params);
+    let quantized: Vec<bool> = {
+        let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        graph.node.iter().map(|n| is_quantized(n, &inits)).collect()
+    };
     let mut r = Rewriter {
         g: GraphBuilder::new(),
         inits: graph
@@ -43,7 +48,7 @@ pub(super) fn rewrite_graph(
         if fold_relu.contains(&n.name) {
             r.quantize_node(&n.input[0], &n.output[0]);
         } else {
-            r.rewrite_node(k, n)?;
+            r.rewrite_node(k, n, quantized[k])?;
         }
     }
     let (kept, (nodes, new_inits)) = (r.kept_initialisers(), r.g.into_parts());
@@ -88,16 +93,18 @@ fn calibrated_params(
 /// zero point 0: their `QuantizeLinear` saturates at 0, which is the Relu.
 fn foldable_relus(graph: &GraphProto, params: &Params) -> HashSet<String> {
     let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    let mut consumers: HashMap<&str, Vec<&str>> = HashMap::new();
+    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut consumers: HashMap<&str, Vec<bool>> = HashMap::new();
     for n in &graph.node {
         for x in &n.input {
-            consumers.entry(x).or_default().push(n.op_type.as_str());
+            consumers
+                .entry(x)
+                .or_default()
+                .push(is_quantized(n, &inits));
         }
     }
     let foldable = |y: &str| {
-        consumers
-            .get(y)
-            .is_some_and(|c| c.iter().all(|op| QUANTIZED_OPS.contains(op)))
+        consumers.get(y).is_some_and(|c| c.iter().all(|&q| q))
             && !graph_outputs.contains(y)
             && params.get(y).is_some_and(|&(_, zp)| zp == 0)
     };
@@ -139,13 +146,19 @@ impl Rewriter {
         );
     }
 
-    /// Node `k` with Q/DQ around it: its calibrated inputs dequantized, a `Conv`'s weight
-    /// and bias quantized, its calibrated outputs quantized.
-    fn rewrite_node(&mut self, k: usize, mut n: NodeProto) -> Result<(), ExportError> {
-        if QUANTIZED_OPS.contains(&n.op_type.as_str()) {
+    /// Node `k` with Q/DQ around it when `quantized`: its calibrated inputs dequantized, a
+    /// `Conv`'s or `Gemm`'s weight and bias quantized; its calibrated outputs quantized.
+    fn rewrite_node(
+        &mut self,
+        k: usize,
+        mut n: NodeProto,
+        quantized: bool,
+    ) -> Result<(), ExportError> {
+        if quantized {
             let conv_src = n.input.first().cloned().unwrap_or_default();
             self.dequantize_inputs(k, &mut n);
-            if n.op_type == "Conv" {
+            if WEIGHTED_OPS.contains(&n.op_type.as_str()) {
+                check_gemm_layout(&n)?;
                 self.quantize_conv(&mut n, &conv_src)?;
             }
         }
@@ -160,11 +173,13 @@ impl Rewriter {
     }
 
     /// Reads every calibrated activation input of `n` through a `DequantizeLinear`
-    /// (`{x}.dq.{k}`); a `Conv`'s weight and bias are left to [`Self::quantize_conv`].
+    /// (`{x}.dq.{k}`); a `Conv`'s or `Gemm`'s weight and bias are left to
+    /// [`Self::quantize_conv`].
     fn dequantize_inputs(&mut self, k: usize, n: &mut NodeProto) {
+        let weighted = WEIGHTED_OPS.contains(&n.op_type.as_str());
         for i in 0..n.input.len() {
             let x = n.input[i].clone();
-            if x.is_empty() || (n.op_type == "Conv" && i > 0) || !self.params.contains_key(&x) {
+            if x.is_empty() || (weighted && i > 0) || !self.params.contains_key(&x) {
                 continue;
             }
             let dq = format!("{x}.dq.{k}");
@@ -285,6 +300,27 @@ impl Rewriter {
         kept.sort_by(|a, b| a.name.cmp(&b.name));
         kept
     }
+}
+
+/// Refuses a `Gemm` whose weight is not `[out, in]` (`transB = 1`, `transA = 0`): the
+/// weight is quantized per output channel along its first axis, as a conv's.
+fn check_gemm_layout(n: &NodeProto) -> Result<(), ExportError> {
+    if n.op_type != "Gemm" {
+        return Ok(());
+    }
+    let attr = |name: &str| {
+        n.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map_or(0, |a| a.i)
+    };
+    if attr("transB") == 1 && attr("transA") == 0 {
+        return Ok(());
+    }
+    Err(ExportError::Network(format!(
+        "gemm `{}`: only transB = 1, transA = 0 (weight [out, in]) is quantized",
+        n.name
+    )))
 }
 
 /// The values of a float32 initialiser (raw or `float_data`).

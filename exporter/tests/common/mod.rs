@@ -207,11 +207,12 @@ pub fn onnx_checker(model: &Path, extra: &str) -> Vec<u8> {
 /// initialisation (SegFormer's, seeded through tch), then, from a seeded local generator,
 /// every LayerNorm's scale in [0.5, 1.5) and shift in [-0.2, 0.2), every batch norm's
 /// running statistics and affine parameters randomised (as [`random_net`] does), the
-/// linear layers' and convolutions' biases in [-0.05, 0.05), and the query / key weights
-/// scaled by 8 so that the attention is far from uniform (the release's N(0, 0.02) gives
-/// near-equal scores, which would hide an error in the key layout), and the classifier's
+/// linear layers' and convolutions' biases in [-0.05, 0.05), the query / key weights
+/// scaled by `attention_gain` (8 makes the attention far from uniform: the release's
+/// N(0, 0.02) gives near-equal scores, which would hide an error in the key layout; 1
+/// keeps the release's scale), and the classifier's
 /// weights by 20 so that the logits are O(1-10) rather than mmseg's N(0, 0.01) scale.
-pub fn random_mit(config: &ModelConfig, seed: u64) -> (nn::VarStore, RccrNet) {
+pub fn random_mit(config: &ModelConfig, seed: u64, attention_gain: f64) -> (nn::VarStore, RccrNet) {
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = RccrNet::new(&vs.root(), config);
@@ -242,7 +243,7 @@ pub fn random_mit(config: &ModelConfig, seed: u64) -> (nn::VarStore, RccrNet) {
                     v.copy_(&random_tensor(&mut rng, &shape, lo, hi));
                 }
                 None if name.ends_with("attn.q.weight") || name.ends_with("attn.kv.weight") => {
-                    let _ = v.g_mul_scalar_(8.0);
+                    let _ = v.g_mul_scalar_(attention_gain);
                 }
                 None if name.ends_with("conv_seg.weight")
                     || name.ends_with("linear_pred.weight") =>
@@ -256,15 +257,26 @@ pub fn random_mit(config: &ModelConfig, seed: u64) -> (nn::VarStore, RccrNet) {
     (vs, net)
 }
 
-/// A random MiT network ([`random_mit`]) checkpointed in `dir`, its teacher loaded back
-/// and exported with `opts`: the checkpoint, the teacher and the model.
+/// A random MiT network ([`random_mit`], attention gain 8) checkpointed in `dir`, its
+/// teacher loaded back and exported with `opts`: the checkpoint, the teacher and the model.
 pub fn export_random_mit(
     dir: &Path,
     config: &ModelConfig,
     seed: u64,
     opts: &ExportOptions,
 ) -> (PathBuf, LoadedNet, ModelProto) {
-    let (vs, _net) = random_mit(config, seed);
+    export_random_mit_with(dir, config, seed, 8.0, opts)
+}
+
+/// [`export_random_mit`] with the query / key weights scaled by `attention_gain`.
+pub fn export_random_mit_with(
+    dir: &Path,
+    config: &ModelConfig,
+    seed: u64,
+    attention_gain: f64,
+    opts: &ExportOptions,
+) -> (PathBuf, LoadedNet, ModelProto) {
+    let (vs, _net) = random_mit(config, seed, attention_gain);
     let ckpt = dir.join(format!("ckpt-{}-{seed}.safetensors", config.backbone));
     write_checkpoint(&ckpt, &vs, config, 1234, true, true);
     let loaded = load_teacher(&ckpt).unwrap();

@@ -251,3 +251,50 @@ fn rccr_infer_runs_an_exported_mit_model_like_libtorch() {
         assert!(agreement >= 0.999, "{}: {agreement}", p.display());
     }
 }
+
+#[test]
+fn rccr_export_cli_verifies_mit_fp32_and_fp16_and_writes_int8() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mit_b0(Decoder::Segformer, 19);
+    let (ckpt, _, _) = export_random_mit(dir.path(), &config, 17, &ExportOptions::default());
+    let images = dir.path().join("images");
+    write_images(&images, 2, 64, 48);
+    let ckpt = ckpt.to_str().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (fp32, fp16, int8) = (out("m.onnx"), out("m16.onnx"), out("m8.onnx"));
+    let runs: [Vec<&str>; 3] = [
+        vec![
+            "--out",
+            &fp32,
+            "--verify-shape",
+            "1x40x72",
+            "--verify-shape",
+            "2x33x33",
+        ],
+        vec!["--out", &fp16, "--fp16", "--verify-shape", "1x40x72"],
+        vec![
+            "--out",
+            &int8,
+            "--int8",
+            "--calibration-images",
+            images.to_str().unwrap(),
+            "--calibration-size",
+            "64x48",
+            "--min-agreement",
+            "0.8",
+        ],
+    ];
+    for args in runs {
+        let mut all = vec!["--checkpoint", ckpt, "--verify", "--json"];
+        all.extend(&args);
+        let o = common::rccr_export(&all);
+        assert!(
+            o.status.success(),
+            "{all:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["verify"]["passed"], true, "{all:?}: {v}");
+        assert!(std::path::Path::new(args[1]).is_file());
+    }
+}

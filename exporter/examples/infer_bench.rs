@@ -9,6 +9,7 @@
 //! ```sh
 //! cargo run --release -p rccr-exporter --example infer_bench                # resnet101, 1024x512
 //! cargo run --release -p rccr-exporter --example infer_bench -- --backbone small --size 256x128 --count 2
+//! cargo run --release -p rccr-exporter --example infer_bench -- --backbone mit-b2 --decoder daformer
 //! cargo run --release -p rccr-exporter --example infer_bench -- --checkpoint CKPT --images DIR
 //! ```
 //!
@@ -32,7 +33,7 @@ use rccr_infer::contract::{INPUT_NAME, LABELS_OUTPUT};
 use rccr_infer::segmenter::preprocess;
 use rccr_infer::{Batch, Provider, Segmenter, SegmenterOptions, SessionOptions, Size};
 use rccr_models::checkpoint::LoadedNet;
-use rccr_models::{Backbone, ModelConfig};
+use rccr_models::{Backbone, Decoder, ModelConfig};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -42,9 +43,12 @@ struct Args {
     /// Trainer checkpoint to benchmark (default: a random network of --backbone).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Backbone of the random network.
+    /// Backbone of the random network (`resnet101`, ..., `mit-b0` ... `mit-b5`).
     #[arg(long, default_value = "resnet101")]
     backbone: Backbone,
+    /// Decoder of a random MiT network (`daformer`, the default, or `segformer`).
+    #[arg(long)]
+    decoder: Option<Decoder>,
     /// Classes of the random network.
     #[arg(long, default_value_t = 19)]
     classes: i64,
@@ -236,6 +240,14 @@ fn setup(args: &Args) -> Result<Setup> {
 fn checkpoint(args: &Args, dir: &Path) -> PathBuf {
     match &args.checkpoint {
         Some(c) => c.clone(),
+        None if args.backbone.is_mit() => {
+            let mut config = ModelConfig::new(args.backbone, args.classes);
+            config.decoder = args.decoder;
+            let (vs, _) = common::random_mit(&config, 1, 1.0);
+            let path = dir.join(format!("ckpt-{}-1.safetensors", config.backbone));
+            common::write_checkpoint(&path, &vs, &config, 1234, true, false);
+            path
+        }
         None => {
             let config = ModelConfig::new(args.backbone, args.classes);
             common::checkpoint(dir, &config, 1).0
@@ -436,6 +448,7 @@ fn main() -> Result<()> {
     drop(variants);
     let summary = serde_json::json!({
         "backbone": config.backbone.name(),
+        "decoder": config.decoder().to_string(),
         "classes": config.num_classes,
         "width": s.w, "height": s.h,
         "images": xs.len(), "warmup": args.warmup, "threads": s.threads,

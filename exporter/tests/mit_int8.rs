@@ -116,6 +116,27 @@ fn mit_b0_int8_covers_gemm_matmul_and_conv_and_agrees_with_fp32() {
         .filter(|t| t.data_type == DataType::Int8 as i32 && t.name.ends_with(".weight.int8"))
         .count();
     assert_eq!(int8_weights, 6 * 8 + 31);
+    // DAFormer's ASPP branches join in a quantized Concat (read only by the bottleneck
+    // conv), so their Relus fold into QuantizeLinear: only the int64 shape Concats and
+    // the stride-4 embedding Concat (read by the 1x1 ASPP branch and 3 depthwise convs,
+    // also quantized) remain as they were.
+    let aspp = g
+        .node
+        .iter()
+        .find(|n| n.name == "decode_head.fuse_layer.concat")
+        .unwrap();
+    for x in &aspp.input {
+        assert_eq!(producers[x.as_str()], "DequantizeLinear", "{x}");
+    }
+    let relus = |m: &rccr_exporter::onnx::ModelProto| {
+        common::op_types(m).iter().filter(|o| *o == "Relu").count()
+    };
+    // fp32: 7 ASPP + 1 bottleneck ConvModules; int8: all folded.
+    assert_eq!((relus(&fp32), relus(&q)), (8, 0));
+    // The official checker accepts the int8 model.
+    let path = dir.path().join("mit-int8.onnx");
+    std::fs::write(&path, encode(&q).unwrap()).unwrap();
+    common::onnx_checker(&path, "");
     // GELU's `+ 1` stays float (an Add with a constant input is not quantized).
     let gelu_add = g
         .node

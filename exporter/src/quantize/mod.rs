@@ -15,7 +15,8 @@
 //!   `round(-lo / scale)`, `[lo, hi]` calibrated on images ([`calibrate`]): every
 //!   non-constant input of a `Conv`, `Gemm` (MiT's linear layers: weights per output
 //!   channel as for `Conv`), `MatMul` (MiT's attention products, both inputs
-//!   activations), `MaxPool`, and of an `Add` or `Sum` of activations only. Where such a tensor is a
+//!   activations), `MaxPool`, of an `Add` or `Sum` of activations only, and of a `Concat`
+//!   read only by quantized ops ([`quantized_nodes`]). Where such a tensor is a
 //!   `Relu` output, the `Relu` is dropped and the `QuantizeLinear` reads its input:
 //!   with `lo = 0` the zero point is 0 and saturation at 0 *is* the Relu (bit-identical),
 //!   which gives ORT the `DQ -> Conv -> Q` / `DQ -> Add -> Q` groups it fuses.
@@ -31,10 +32,10 @@ mod rewrite;
 
 pub use calibrate::{calibrate, calibration_batches};
 
-use crate::onnx::{ModelProto, NodeProto, StringStringEntryProto};
+use crate::onnx::{GraphProto, ModelProto, NodeProto, StringStringEntryProto};
 use crate::ExportError;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 
 /// The `rccr.weights` metadata value of a quantized model.
@@ -55,6 +56,38 @@ pub fn is_quantized(n: &NodeProto, inits: &HashSet<&str>) -> bool {
     let op = n.op_type.as_str();
     QUANTIZED_OPS.contains(&op)
         && !(matches!(op, "Add" | "Sum") && n.input.iter().any(|x| inits.contains(x.as_str())))
+}
+
+/// Which nodes of `graph` are quantized, in node order: those [`is_quantized`] accepts,
+/// and a `Concat` whose output is no graph output and is read only by such nodes (it
+/// then joins activations that are quantized anyway, e.g. DAFormer's ASPP branches before
+/// the bottleneck conv: its inputs' `Relu`s fold and the branch convs become integer
+/// convs; a `Concat` of int64 shapes feeds `Reshape` / `Resize` and stays as it is).
+pub fn quantized_nodes(graph: &GraphProto) -> Vec<bool> {
+    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let base: Vec<bool> = graph.node.iter().map(|n| is_quantized(n, &inits)).collect();
+    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (k, n) in graph.node.iter().enumerate() {
+        for x in &n.input {
+            consumers.entry(x.as_str()).or_default().push(k);
+        }
+    }
+    let joins_quantized = |n: &NodeProto| {
+        n.op_type == "Concat"
+            && n.output.len() == 1
+            && !outputs.contains(n.output[0].as_str())
+            && !n.input.iter().any(|x| inits.contains(x.as_str()))
+            && consumers
+                .get(n.output[0].as_str())
+                .is_some_and(|c| c.iter().all(|&j| base[j]))
+    };
+    graph
+        .node
+        .iter()
+        .zip(&base)
+        .map(|(n, &b)| b || joins_quantized(n))
+        .collect()
 }
 
 /// Whether input `i` of node `n` is a constant (an initialiser, or the weight or bias of
@@ -164,19 +197,17 @@ pub(crate) fn quantize_weights(w: &[f32], channels: usize) -> (Vec<i8>, Vec<f32>
 }
 
 /// The tensors whose ranges calibration must find: every non-constant input of a
-/// quantized node ([`is_quantized`], [`is_constant_input`]), in graph order, each once.
+/// quantized node ([`quantized_nodes`], [`is_constant_input`]), in graph order, each once.
 pub fn activation_tensors(model: &ModelProto) -> Result<Vec<String>, ExportError> {
     let graph = model
         .graph
         .as_ref()
         .ok_or_else(|| ExportError::Network("the model has no graph".into()))?;
     let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let quantized = quantized_nodes(graph);
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for n in &graph.node {
-        if !is_quantized(n, &inits) {
-            continue;
-        }
+    for (n, _) in graph.node.iter().zip(&quantized).filter(|(_, &q)| q) {
         for (i, x) in n.input.iter().enumerate() {
             // Weights and biases are constants (quantized separately).
             if !x.is_empty() && !is_constant_input(n, i, &inits) && seen.insert(x.clone()) {

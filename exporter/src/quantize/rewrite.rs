@@ -4,7 +4,7 @@
 //! int8 / int32 weights and biases of every `Conv` and `Gemm` with their own
 //! `DequantizeLinear`.
 
-use super::{activation_params, is_quantized, quantize_weights, Calibration, WEIGHTED_OPS};
+use super::{activation_params, quantize_weights, quantized_nodes, Calibration, WEIGHTED_OPS};
 use crate::graph::{Attr, GraphBuilder};
 use crate::onnx::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
 use crate::ExportError;
@@ -22,11 +22,8 @@ pub(super) fn rewrite_graph(
     calibration: &Calibration,
 ) -> Result<(), ExportError> {
     let params = calibrated_params(graph, acts, calibration)?;
-    let fold_relu = foldable_relus(graph, &params);
-    let quantized: Vec<bool> = {
-        let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        graph.node.iter().map(|n| is_quantized(n, &inits)).collect()
-    };
+    let quantized = quantized_nodes(graph);
+    let fold_relu = foldable_relus(graph, &params, &quantized);
     let mut r = Rewriter {
         g: GraphBuilder::new(),
         inits: graph
@@ -91,16 +88,12 @@ fn calibrated_params(
 
 /// The `Relu` nodes whose output only quantized ops read, is no graph output and has
 /// zero point 0: their `QuantizeLinear` saturates at 0, which is the Relu.
-fn foldable_relus(graph: &GraphProto, params: &Params) -> HashSet<String> {
+fn foldable_relus(graph: &GraphProto, params: &Params, quantized: &[bool]) -> HashSet<String> {
     let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut consumers: HashMap<&str, Vec<bool>> = HashMap::new();
-    for n in &graph.node {
+    for (n, &q) in graph.node.iter().zip(quantized) {
         for x in &n.input {
-            consumers
-                .entry(x)
-                .or_default()
-                .push(is_quantized(n, &inits));
+            consumers.entry(x).or_default().push(q);
         }
     }
     let foldable = |y: &str| {

@@ -1,19 +1,25 @@
 //! Whole training iterations checked against an independent implementation: `rccr-train
-//! trace` runs K = 3 iterations on tiny synthetic data (the memory bank holds entries from
-//! t = 2) and writes every tensor of each step; tests/reference/rccr_replay.py, written
-//! from the paper in plain PyTorch (float64), recomputes the pseudo-labels, q, the
-//! anchor / label / keep masks, L_CE, L_cons, L_cont and L, the gradients, the SGD step,
-//! the EMA teacher and the BN statistics, and fails on any disagreement; it also replays
-//! the successors' terms (DAFormer's rare-class sampling, thing-class feature distance,
-//! warm-up, AdamW and pseudo-label row ignoring; MIC's masked image consistency). Six
-//! cases: (a) rccr with every component, mu constant 1, thresholds at which PS keeps some
-//! anchors and drops others and 0 < q < 1; (b) rccr without PS, MB and NS(R) (paper mu
-//! schedule, default lr); (d) rccr without NS(C), where only Eq. 8 keeps an anchor's own
-//! cells out of its negatives; (c) the baseline; (e) rccr as (a) with RCS, FD, MIC,
-//! AdamW (decoupled weight decay 0.05), a 5-iteration warm-up and the top 8 / bottom 16
-//! pseudo-label rows ignored; (f) the baseline with MIC and FD at their default weights,
-//! SGD, no warm-up. Two tampered copies of a case (e) step (MIC on but its tensors gone;
-//! L_FD off by 1 %) must make the replay fail.
+//! trace` runs K = 3 iterations (2 on MiT) on tiny synthetic data (the memory bank holds
+//! entries from t = 2) and writes every tensor of each step;
+//! tests/reference/rccr_replay.py, written from the paper in plain PyTorch (float64),
+//! recomputes the pseudo-labels, q, the anchor / label / keep masks, L_CE, L_cons, L_cont
+//! and L, the gradients, the SGD step, the EMA teacher and the BN statistics, and fails on
+//! any disagreement; it also replays the successors' terms (DAFormer's rare-class
+//! sampling, thing-class feature distance, warm-up, AdamW and pseudo-label row ignoring;
+//! MIC's masked image consistency) and, for a MiT network, re-types the Mix Transformer
+//! and DAFormer's decoder (SegFormer Sec. 3; DAFormer Sec. 3.2) with RCCR's grid on the
+//! fused decoder feature. Seven cases: (a) rccr with every component, mu constant 1,
+//! thresholds at which PS keeps some anchors and drops others and 0 < q < 1; (b) rccr
+//! without PS, MB and NS(R) (paper mu schedule, default lr); (d) rccr without NS(C), where
+//! only Eq. 8 keeps an anchor's own cells out of its negatives; (c) the baseline; (e) rccr
+//! as (a) with RCS, FD, MIC, AdamW (decoupled weight decay 0.05), a 5-iteration warm-up
+//! and the top 8 / bottom 16 pseudo-label rows ignored; (f) the baseline with MIC and FD
+//! at their default weights, SGD, no warm-up; (g) rccr on MiT-B0 with the DAFormer
+//! decoder (stride-4 logits upsampled with align_corners false, the 1/8 grid subsampled
+//! from the fused decoder feature, the decoder's BN trained in the head group), AdamW
+//! (weight decay 0.05, none on the LayerNorms), drop path and decoder dropout 0 so that
+//! the replay is deterministic. Two tampered copies of a case (e) step (MIC on but its
+//! tensors gone; L_FD off by 1 %) must make the replay fail.
 
 mod common;
 
@@ -42,6 +48,11 @@ fn python() -> Command {
 
 /// Runs `rccr-train trace` with the common tiny settings plus `extra`; returns the files.
 fn trace(data: &Path, out: &Path, extra: &[&str]) -> Vec<PathBuf> {
+    trace_steps(data, out, extra, ITERATIONS)
+}
+
+/// [`trace`] for `iterations` iterations.
+fn trace_steps(data: &Path, out: &Path, extra: &[&str], iterations: usize) -> Vec<PathBuf> {
     let res = bin()
         .args(common::tiny_args(
             "trace",
@@ -51,12 +62,12 @@ fn trace(data: &Path, out: &Path, extra: &[&str]) -> Vec<PathBuf> {
             out,
         ))
         .args(["--prefetch", "1", "--seed", "3", "--device", "cpu"])
-        .args(["--iterations", &ITERATIONS.to_string()])
+        .args(["--iterations", &iterations.to_string()])
         .args(extra)
         .output()
         .unwrap();
     common::assert_ok(&res);
-    let files: Vec<PathBuf> = (1..=ITERATIONS)
+    let files: Vec<PathBuf> = (1..=iterations)
         .map(|t| out.join(format!("step_{t:07}.safetensors")))
         .collect();
     for f in &files {
@@ -210,6 +221,30 @@ fn assert_switches_exercised(case: &str, files: &[PathBuf], rcs: bool) {
     }
 }
 
+/// Asserts that the traced rccr steps exercise PS (a step keeps some anchors of the box
+/// and drops others, with bank negatives), the confidence weight (0 < q < 1 at some
+/// step) and the bank (empty at t = 1, filled from t = 2).
+fn assert_contrast_exercised(case: &str, files: &[PathBuf]) {
+    let steps: Vec<StepFacts> = files.iter().map(|f| facts(f)).collect();
+    println!("case {case}, per step: {steps:?}");
+    assert!(
+        steps
+            .iter()
+            .any(|s| 0 < s.anchors && s.anchors < s.in_box && s.bank > 0),
+        "case {case}: no step where PS keeps some anchors and drops others with bank \
+         negatives: adjust ps_threshold ({steps:?})"
+    );
+    assert!(
+        steps.iter().any(|s| 0.0 < s.q && s.q < 1.0),
+        "case {case}: q is 0 or 1 at every step: adjust pseudo_threshold ({steps:?})"
+    );
+    assert_eq!(steps[0].bank, 0, "case {case}: the bank is empty at t = 1");
+    assert!(
+        steps[1..].iter().all(|s| s.bank > 0),
+        "case {case}: the bank offers negatives from t = 2 ({steps:?})"
+    );
+}
+
 /// Flags of the rccr cases that exercise L_cont at full weight: mu = 1 throughout, a
 /// learning rate at which three steps move the teacher.
 const STRONG: [&str; 6] = ["--mu-schedule", "constant", "--mu-max", "1", "--lr", "0.01"];
@@ -235,24 +270,7 @@ fn traced_iterations_match_the_independent_replay() {
     let mut flags = vec!["--config", cfg, "--mode", "rccr"];
     flags.extend(STRONG);
     let a = trace(&data, &tmp.path().join("a"), &flags);
-    let steps: Vec<StepFacts> = a.iter().map(|f| facts(f)).collect();
-    println!("case a, per step: {steps:?}");
-    assert!(
-        steps
-            .iter()
-            .any(|s| 0 < s.anchors && s.anchors < s.in_box && s.bank > 0),
-        "no step where PS keeps some anchors and drops others with bank negatives: \
-         adjust ps_threshold ({steps:?})"
-    );
-    assert!(
-        steps.iter().any(|s| 0.0 < s.q && s.q < 1.0),
-        "q is 0 or 1 at every step: adjust pseudo_threshold ({steps:?})"
-    );
-    assert_eq!(steps[0].bank, 0, "the bank is empty at t = 1");
-    assert!(
-        steps[1..].iter().all(|s| s.bank > 0),
-        "the bank offers negatives from t = 2 ({steps:?})"
-    );
+    assert_contrast_exercised("a", &a);
     replay("a (rccr, all components)", &a);
 
     // (b) rccr without PS, MB and NS(R).
@@ -336,8 +354,33 @@ fn traced_iterations_match_the_independent_replay() {
     );
     assert_switches_exercised("f", &f, false);
     replay("f (baseline + MIC, FD)", &f);
+
+    // (g) rccr on MiT-B0 + DAFormer (64 px crops: a multiple of 32, so stages 1..4 are
+    // 16, 8, 4, 2 cells wide, the logits 16 x 16 and the RCCR grid 8 x 8) with the flags
+    // of (a), two iterations (a float64 MiT step costs seconds). A random MiT teacher is
+    // less confident than DeepLab's: at delta = 0.09 and a q threshold of 0.12, step 2
+    // keeps 2 of its 8 box cells as anchors, with bank negatives, and 0 < q < 1. AdamW
+    // with weight decay 0.05 (decaying a LayerNorm would show) and adam_eps = 1: the
+    // update is then a smooth function of g, where eps << |g| makes it lr sign(g), a sign
+    // that float32 noise flips on entries with |g| near the noise (the formula, moments
+    // and decay rules are the same).
+    let cfg_g = tmp.path().join("mit.toml");
+    std::fs::write(
+        &cfg_g,
+        "[model]\ndrop_path_rate = 0.0\ndecoder_dropout = 0.0\n\
+         [method]\nps_threshold = 0.09\npseudo_threshold = 0.12\n\
+         [optim]\nadam_eps = 1.0\nweight_decay = 0.05\n",
+    )
+    .unwrap();
+    let mut flags = vec!["--config", cfg_g.to_str().unwrap(), "--mode", "rccr"];
+    flags.extend(["--backbone", "mit-b0", "--decoder", "daformer"]);
+    flags.extend(["--optimizer", "adamw"]);
+    flags.extend(STRONG);
+    let g = trace_steps(&data, &tmp.path().join("g"), &flags, 2);
+    assert_contrast_exercised("g", &g);
+    replay("g (MiT-B0 + DAFormer, rccr, AdamW)", &g);
     println!(
-        "trace_replay: six cases in {:.1} s",
+        "trace_replay: seven cases in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

@@ -220,7 +220,7 @@ impl TrainConfig {
     }
 
     /// MIC's patches must tile the crop; the ignored rows must leave some; MIC needs a
-    /// teacher; FD's classes must exist.
+    /// teacher; FD's classes must exist when it is on.
     fn validate_masks(&self) -> Result<()> {
         let (crop, m) = (self.data.crop, &self.method);
         let patch = m.mic.patch.unwrap_or(crop / 8);
@@ -242,7 +242,8 @@ impl TrainConfig {
             ));
         }
         let n = self.model.num_classes;
-        if let Some(c) = m.fd.classes.iter().find(|&&c| c < 0 || c >= n) {
+        let bad_class = m.fd.classes.iter().find(|&&c| c < 0 || c >= n);
+        if let Some(c) = bad_class.filter(|_| m.fd.enabled) {
             return invalid(format!(
                 "method.fd.classes holds {c}, not a class of a {n}-class network"
             ));

@@ -6,15 +6,15 @@
 # and its ratio to the baseline's. One libtorch thread, one data worker.
 #   scripts/strategy_cost.sh DATA OUT.json INIT
 # DATA: a `rccr-train synth` folder; INIT: the model both networks start from.
-# Env: STRATEGY_BIN (rccr-train), STRATEGY_ITERS (40), STRATEGY_ROUNDS (3), STRATEGY_SIZE
+# Env: STRATEGY_BIN (rccr-train), STRATEGY_ITERS (30), STRATEGY_ROUNDS (2), STRATEGY_SIZE
 #      (256x128), STRATEGY_CROP (128), STRATEGY_LR (AdamW rate of the recipes, 2.4e-3),
 #      STRATEGY_ROWS (the pseudo-label row flags of the recipes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=$1 OUT=$2 INIT=$3
 BIN=${STRATEGY_BIN:-target/release/rccr-train}
-ITERS=${STRATEGY_ITERS:-40}
-ROUNDS=${STRATEGY_ROUNDS:-3}
+ITERS=${STRATEGY_ITERS:-30}
+ROUNDS=${STRATEGY_ROUNDS:-2}
 SIZE=${STRATEGY_SIZE:-256x128}
 CROP=${STRATEGY_CROP:-128}
 ADAM_LR=${STRATEGY_LR:-2.4e-3}

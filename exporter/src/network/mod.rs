@@ -1,6 +1,6 @@
 //! The teacher network (encoder F_enc + segmentation head F_seg; the projector is a
 //! training-only head and is left out) as an ONNX graph, by walking the public fields of
-//! the [`Segmenter`]. DeepLabv2 ([`DeepLabV2`]):
+//! the [`Segmenter`]. DeepLabv2 ([`DeepLabV2`](rccr_models::DeepLabV2)):
 //!
 //! ```text
 //! image (N x 3 x H x W, float32 RGB 0..255)

@@ -160,6 +160,19 @@ impl Segmenter {
         }
     }
 
+    /// The final encoder stage alone (`SegOutput::encoder`: layer4 of DeepLabv2, stage 4 of
+    /// MiT), without the decoder or classifier; `train` selects BN batch statistics
+    /// (DeepLabv2) or drop path (MiT).
+    pub fn encoder_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            Segmenter::DeepLab(n) => n.encoder.forward_t(xs, train),
+            Segmenter::Mit(n) => {
+                let mut stages = n.encoder.forward_t(xs, train);
+                stages.pop().expect("four stages")
+            }
+        }
+    }
+
     /// The projector's input on the stride-8 grid, without the classifier.
     pub fn features_t(&self, xs: &Tensor, train: bool) -> Tensor {
         match self {

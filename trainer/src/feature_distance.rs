@@ -48,7 +48,7 @@ impl FrozenEncoder {
 
     /// F_frozen(x) on normalised input: eval mode, no gradient.
     pub fn features(&self, xn: &Tensor) -> Tensor {
-        tch::no_grad(|| self.net.seg.forward_t(xn, false).encoder)
+        tch::no_grad(|| self.net.seg.encoder_t(xn, false))
     }
 }
 

@@ -246,26 +246,35 @@ impl Optimiser {
         }
     }
 
-    /// The optimiser state by name: `momentum.<var>` (SGD) or `adam.exp_avg.<var>`,
-    /// `adam.exp_avg_sq.<var>`, `adam.step.<var>` (AdamW).
-    pub fn state(&self) -> Vec<(String, &Tensor)> {
+    /// The optimiser state as (slot, parameter, tensor): slot `momentum` (SGD) or
+    /// `adam.exp_avg`, `adam.exp_avg_sq`, `adam.step` (AdamW).
+    pub fn slots(&self) -> Vec<(&'static str, &str, &Tensor)> {
         let mut out = Vec::new();
         for p in &self.params {
+            let name = p.name.as_str();
             match &p.slots {
-                Slots::Sgd { momentum } => out.push((format!("momentum.{}", p.name), momentum)),
+                Slots::Sgd { momentum } => out.push(("momentum", name, momentum)),
                 Slots::AdamW {
                     exp_avg,
                     exp_avg_sq,
                     step,
                     ..
-                } => {
-                    out.push((format!("adam.exp_avg.{}", p.name), exp_avg));
-                    out.push((format!("adam.exp_avg_sq.{}", p.name), exp_avg_sq));
-                    out.push((format!("adam.step.{}", p.name), step));
-                }
+                } => out.extend([
+                    ("adam.exp_avg", name, exp_avg),
+                    ("adam.exp_avg_sq", name, exp_avg_sq),
+                    ("adam.step", name, step),
+                ]),
             }
         }
         out
+    }
+
+    /// The optimiser state by name, `<slot>.<var>` ([`Optimiser::slots`]).
+    pub fn state(&self) -> Vec<(String, &Tensor)> {
+        self.slots()
+            .into_iter()
+            .map(|(slot, name, t)| (format!("{slot}.{name}"), t))
+            .collect()
     }
 
     /// Restores the state written by [`Optimiser::state`]; an error names what the map

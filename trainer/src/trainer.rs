@@ -787,19 +787,8 @@ impl Trainer {
             tr.begin(self.iteration + 1);
             tr.put_vars("student.before.", &self.student_vs);
             tr.put_vars("teacher.before.", &self.teacher_vs);
-            for (n, m) in self.opt.state() {
-                // `momentum.<var>` -> `momentum.before.<var>`, `adam.exp_avg.<var>` ->
-                // `adam.exp_avg.before.<var>`.
-                let slot = [
-                    "adam.exp_avg_sq.",
-                    "adam.exp_avg.",
-                    "adam.step.",
-                    "momentum.",
-                ]
-                .into_iter()
-                .find(|s| n.starts_with(s))
-                .expect("optimiser state names start with their slot");
-                tr.put(&format!("{slot}before.{}", &n[slot.len()..]), m);
+            for (slot, name, t) in self.opt.slots() {
+                tr.put(&format!("{slot}.before.{name}"), t);
             }
         }
     }

@@ -93,26 +93,20 @@ fn restore_frozen(trainer: &mut Trainer, ck: &Loaded, path: &Path) -> Result<()>
     let Some(frozen) = &trainer.frozen else {
         return Ok(());
     };
+    let is_encoder = |n: &str| crate::optim::group_of(n) == crate::optim::Group::Backbone;
     let saved = ck.with_prefix(checkpoint::FROZEN);
-    for (name, mut var) in frozen.encoder_vars() {
-        match saved.get(&name) {
-            Some(t) if t.size() == var.size() => {
-                tch::no_grad(|| var.copy_(&t.to_device(var.device())));
-            }
-            _ => {
-                return Err(Error::BadCheckpoint {
-                    path: path.to_path_buf(),
-                    msg: format!(
-                        "method.fd is on but the checkpoint lacks the frozen encoder's \
-                         `{}{name}` (it was trained without the feature distance: resume \
-                         without --fd)",
-                        checkpoint::FROZEN
-                    ),
-                })
-            }
-        }
+    let report = rccr_models::weights::load_into(&frozen.vs, &saved, is_encoder, path)?;
+    match report.missing.first() {
+        None => Ok(()),
+        Some(name) => Err(Error::BadCheckpoint {
+            path: path.to_path_buf(),
+            msg: format!(
+                "method.fd is on but the checkpoint lacks the frozen encoder's `{}{name}` (it \
+                 was trained without the feature distance: resume without --fd)",
+                checkpoint::FROZEN
+            ),
+        }),
     }
-    Ok(())
 }
 
 /// `--init`: an ImageNet backbone (torchvision names) or a PyTorch checkpoint into the

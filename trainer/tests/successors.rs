@@ -39,6 +39,23 @@ fn config(data: &Path, mode: Mode, mu_max: f64) -> TrainConfig {
     c
 }
 
+/// Trains (or resumes) as configured.
+fn try_train(
+    cfg: &TrainConfig,
+    out: &Path,
+    stop_at: Option<u64>,
+    resume: Option<&Path>,
+) -> rccr_trainer::Result<rccr_trainer::run::RunSummary> {
+    let opts = RunOptions {
+        out: out.to_path_buf(),
+        quiet: true,
+        stop_at,
+        resume: resume.map(Path::to_path_buf),
+        ..Default::default()
+    };
+    run(cfg, &opts)
+}
+
 /// Trains (or resumes) and returns every tensor of the last checkpoint.
 fn train(
     cfg: &TrainConfig,
@@ -46,17 +63,8 @@ fn train(
     stop_at: Option<u64>,
     resume: Option<&Path>,
 ) -> BTreeMap<String, Tensor> {
-    let summary = run(
-        cfg,
-        &RunOptions {
-            out: out.to_path_buf(),
-            quiet: true,
-            stop_at,
-            resume: resume.map(Path::to_path_buf),
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("training in {} failed: {e:#}", out.display()));
+    let summary = try_train(cfg, out, stop_at, resume)
+        .unwrap_or_else(|e| panic!("training in {} failed: {e:#}", out.display()));
     let ck = checkpoint::load(&summary.last_checkpoint.expect("a checkpoint")).unwrap();
     ck.with_prefix("")
 }
@@ -156,4 +164,26 @@ fn resume_is_exact_with_every_switch_on() {
             &diff[..diff.len().min(5)]
         );
     }
+}
+
+#[test]
+fn resuming_with_fd_from_a_run_without_it_is_refused_naming_the_fix() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::synth_lib(&data);
+    let mut cfg = config(&data, Mode::Baseline, 0.0);
+    (cfg.method.fd.enabled, cfg.run.save_every) = (false, 2);
+    let out = tmp.path().join("run");
+    train(&cfg, &out, Some(2), None);
+    cfg.method.fd.enabled = true;
+    let ck = out.join("checkpoints/iter_0000002.safetensors");
+    let err = try_train(&cfg, &out, None, Some(&ck))
+        .expect_err("a resume with FD from a checkpoint without its frozen encoder must fail");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("fd.") && msg.contains("resume without --fd"),
+        "{msg}"
+    );
 }

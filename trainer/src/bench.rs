@@ -19,7 +19,7 @@ use crate::config::{
 };
 use crate::error::{Context, Result};
 use crate::trainer::{Phases, Trainer};
-use rccr_models::{Backbone, ModelConfig};
+use rccr_models::ModelConfig;
 use serde::Serialize;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -27,10 +27,8 @@ use tch::{Device, Kind, Tensor};
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// Encoder.
-    pub backbone: Backbone,
-    /// Classes.
-    pub num_classes: i64,
+    /// The network (backbone, decoder, classes), as `rccr-train train` builds it.
+    pub model: ModelConfig,
     /// Square crop side.
     pub crop: u32,
     /// Images per domain.
@@ -214,12 +212,12 @@ fn synthetic(cfg: &BenchConfig) -> Batches {
     // Labels: a random class per 32 x 32 block (a few classes per crop), some ignored.
     let blocks = (c / 32).max(1);
     let coarse = Tensor::randint(
-        cfg.num_classes + 1,
+        cfg.model.num_classes + 1,
         [b, 1, blocks, blocks],
         (Kind::Int64, cfg.device),
     );
     let coarse = coarse.where_self(
-        &coarse.lt(cfg.num_classes),
+        &coarse.lt(cfg.model.num_classes),
         &Tensor::from(crate::mixing::IGNORE).to_device(cfg.device),
     );
     let ys = coarse
@@ -276,10 +274,18 @@ fn sync(device: Device) {
     }
 }
 
+/// The network as reported: the backbone, and the decoder where it is a choice (MiT).
+fn network_name(m: &ModelConfig) -> String {
+    match m.backbone.is_mit() {
+        true => format!("{} + {}", m.backbone.name(), m.decoder().name()),
+        false => m.backbone.name().into(),
+    }
+}
+
 /// The training configuration of one measured mode.
 fn train_config(cfg: &BenchConfig, mode: Mode) -> TrainConfig {
     TrainConfig {
-        model: ModelConfig::new(cfg.backbone, cfg.num_classes),
+        model: cfg.model.clone(),
         data: DataConfig {
             crop: cfg.crop,
             batch_size: cfg.batch_size,
@@ -432,7 +438,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     Ok(BenchReport {
         implementation: "rccr-train".into(),
         device: rccr_models::device::device_name(cfg.device),
-        backbone: cfg.backbone.name().into(),
+        backbone: network_name(&cfg.model),
         crop: cfg.crop,
         batch_size: cfg.batch_size,
         precision: format!("{:?}", cfg.precision).to_lowercase(),

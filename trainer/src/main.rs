@@ -549,16 +549,8 @@ struct EvalArgs {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// resnet101 | resnet50 | small | mit-b0 | mit-b1 | ... | mit-b5 (a MiT takes the
-    /// ImageNet RGB mean / std input normalisation and the daformer decoder by default).
-    #[arg(long)]
-    backbone: Option<Backbone>,
-    /// Segmentation head: aspp (ResNets) | daformer (MiT, default) | segformer (MiT).
-    #[arg(long)]
-    decoder: Option<Decoder>,
-    /// Output classes.
-    #[arg(long)]
-    num_classes: Option<i64>,
+    #[command(flatten)]
+    net: NetworkArgs,
     /// Square crop side.
     #[arg(long)]
     crop: Option<u32>,
@@ -915,8 +907,11 @@ fn bench_config(
     group: Option<std::rc::Rc<rccr_trainer::dist::ProcessGroup>>,
 ) -> BenchConfig {
     BenchConfig {
-        backbone: a.backbone.unwrap_or(d.model.backbone),
-        num_classes: a.num_classes.unwrap_or(d.model.num_classes),
+        model: {
+            let mut m = d.model.clone();
+            a.net.apply(&mut m);
+            m
+        },
         crop: a.crop.unwrap_or(d.data.crop),
         batch_size: a.batch_size.unwrap_or(d.data.batch_size),
         device,

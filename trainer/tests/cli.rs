@@ -119,6 +119,26 @@ fn bench_reports_both_modes_and_their_ratio() {
 }
 
 #[test]
+fn bench_builds_the_decoder_it_is_given_and_refuses_one_that_does_not_fit() {
+    let bench = |decoder: &str| {
+        bin()
+            .args(["bench", "--backbone", "mit-b0", "--decoder", decoder, "--crop", "32"])
+            .args(["--batch-size", "1", "--device", "cpu", "--iterations", "1"])
+            .args(["--warmup", "0", "--mode", "baseline", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = bench("segformer");
+    common::assert_ok(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backbone"], "mit-b0 + segformer");
+    let out = bench("aspp");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not fit backbone `mit-b0`"), "{err}");
+}
+
+#[test]
 fn a_config_file_is_read_and_flags_override_it() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("run.toml");

@@ -48,7 +48,8 @@ struct Cli {
     /// Scale verification images down to at most this many pixels on the longer side.
     #[arg(long, default_value_t = 512)]
     verify_max_side: u32,
-    /// Random verification shapes NxHxW (repeatable); default 1x64x96, 2x80x80, 1x65x65.
+    /// Random verification shapes NxHxW (repeatable; implies --verify); default 1x64x96,
+    /// 2x80x80, 1x65x65.
     #[arg(long = "verify-shape", value_name = "NxHxW")]
     verify_shapes: Vec<Shape>,
     /// Override the absolute pass bound on max |logit diff| (default 1e-4; with --fp16
@@ -104,13 +105,14 @@ impl Cli {
                 calibration_size: self.calibration_size,
                 min_agreement: self.min_agreement,
             }),
-            verify: (self.verify || self.verify_images.is_some()).then(|| VerifyRequest {
-                images: self.verify_images.clone(),
-                max_images: self.verify_max_images,
-                max_side: self.verify_max_side,
-                shapes: self.verify_shapes.clone(),
-                tolerance: self.tolerance,
-            }),
+            verify: (self.verify || self.verify_images.is_some() || !self.verify_shapes.is_empty())
+                .then(|| VerifyRequest {
+                    images: self.verify_images.clone(),
+                    max_images: self.verify_max_images,
+                    max_side: self.verify_max_side,
+                    shapes: self.verify_shapes.clone(),
+                    tolerance: self.tolerance,
+                }),
             progress: true,
         }
     }

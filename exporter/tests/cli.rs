@@ -46,7 +46,7 @@ fn verified_export_writes_the_model_and_a_json_report() {
         ckpt.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--verify",
+        // A verification shape alone asks for verification (as --verify-images does).
         "--verify-shape",
         "1x40x56",
         "--outputs",

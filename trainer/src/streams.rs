@@ -8,6 +8,11 @@
 //! `--mode baseline` bit for bit). Data sampling follows the same rule in the loaders
 //! (`crate::data::augment::rng_for`, keyed by seed and global sample index). A resumed
 //! run needs no generator state: iteration t's streams are rebuilt from t.
+//!
+//! The network's own randomness (MiT's stochastic depth and decoder dropout) draws from
+//! libtorch's global generator, which is re-seeded from a stream of its own before each
+//! student pass ([`Streams::seed_torch`]): the `rccr` run's extra CutMix pass cannot shift
+//! the `baseline` passes' draws, and a resumed run draws what the whole run drew.
 
 use crate::data::augment::mix;
 use rand::SeedableRng;
@@ -32,6 +37,14 @@ pub enum Purpose {
     MicMask = 7,
     /// Colour jitter and blur of MIC's masked image.
     MicAug = 8,
+    /// The network's draws in the student's pass on the source batch.
+    SourcePass = 9,
+    /// ... on the ClassMix images (L_cons).
+    ClassMixPass = 10,
+    /// ... on the CutMix images (L_cont's E_cut).
+    CutMixPass = 11,
+    /// ... on MIC's masked image.
+    MicPass = 12,
 }
 
 /// Salt that separates these streams from the data loaders' (which mix the bare seed).
@@ -51,6 +64,13 @@ impl Streams {
     pub fn rng(&self, purpose: Purpose, iteration: u64) -> ChaCha8Rng {
         let base = mix(self.seed ^ SALT, self.rank, purpose as u64);
         ChaCha8Rng::seed_from_u64(mix(base, purpose as u64, iteration))
+    }
+
+    /// Re-seeds libtorch's global generator (CPU and CUDA) from the stream of `purpose`
+    /// at `iteration`, for the student pass that draws stochastic depth and dropout.
+    pub fn seed_torch(&self, purpose: Purpose, iteration: u64) {
+        use rand::RngCore;
+        tch::manual_seed((self.rng(purpose, iteration).next_u64() >> 1) as i64);
     }
 }
 

@@ -297,15 +297,20 @@ impl Trainer {
     }
 
     /// The student's logits at the crop size (bilinear, align_corners, as DACS).
-    fn student_logits(&self, x: &Tensor, crop: i64) -> Result<Tensor> {
+    fn student_logits(&self, x: &Tensor, crop: i64, pass: Purpose) -> Result<Tensor> {
         let xn = self.layout(self.student.seg.normalize(x));
-        Ok(self.student_on_normalised(&xn, crop)?.0)
+        Ok(self.student_on_normalised(&xn, crop, pass)?.0)
     }
 
     /// The student's forward on normalised input: crop-size logits and the final encoder
     /// features.
-    fn student_on_normalised(&self, xn: &Tensor, crop: i64) -> Result<(Tensor, Tensor)> {
-        let out = self.student_forward(|| {
+    fn student_on_normalised(
+        &self,
+        xn: &Tensor,
+        crop: i64,
+        pass: Purpose,
+    ) -> Result<(Tensor, Tensor)> {
+        let out = self.student_forward(pass, || {
             crate::amp::bf16_autocast(self.bf16(), || self.student.seg.forward_t(xn, true))
         })?;
         let logits = self
@@ -315,8 +320,10 @@ impl Trainer {
         Ok((logits, out.encoder))
     }
 
-    /// Runs a student forward, with synchronised batch norm under `--sync-bn`.
-    fn student_forward<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+    /// Runs a student forward, with synchronised batch norm under `--sync-bn`, its
+    /// stochastic depth and dropout drawn from the stream of `pass` (crate::streams).
+    fn student_forward<T>(&self, pass: Purpose, f: impl FnOnce() -> T) -> Result<T> {
+        self.streams.seed_torch(pass, self.iteration);
         let Some(d) = self.ddp.as_ref().filter(|d| d.sync_bn) else {
             return Ok(f());
         };
@@ -397,7 +404,7 @@ impl Trainer {
     /// encoder features when the feature distance is on, back-propagated.
     fn source_step(&mut self, xs: &Tensor, ys: &Tensor, s: &mut StepState) -> Result<()> {
         let xn = self.layout(self.student.seg.normalize(xs));
-        let (logits, encoder) = self.student_on_normalised(&xn, s.crop)?;
+        let (logits, encoder) = self.student_on_normalised(&xn, s.crop, Purpose::SourcePass)?;
         let loss_ce = cross_entropy(&logits, ys);
         let loss = match self.feature_distance(&xn, &encoder.to_kind(Kind::Float), ys) {
             Some(fd) => {
@@ -546,7 +553,7 @@ impl Trainer {
         self.rec("mic.y", &teacher.pseudo);
         self.rec("mic.w", &weight);
         let xn = self.layout(self.student.seg.normalize(&x_aug) * &mask);
-        let (logits, _) = self.student_on_normalised(&xn, crop)?;
+        let (logits, _) = self.student_on_normalised(&xn, crop, Purpose::MicPass)?;
         let ce = logits.cross_entropy_loss::<Tensor>(
             &teacher.pseudo,
             None,
@@ -589,7 +596,7 @@ impl Trainer {
         self.rec("classmix.x", &x_class);
         self.rec("classmix.y", &y_class);
         self.rec("classmix.w", &weight);
-        let logits = self.student_logits(&x_class, crop)?;
+        let logits = self.student_logits(&x_class, crop, Purpose::ClassMixPass)?;
         let ce = logits.cross_entropy_loss::<Tensor>(&y_class, None, Reduction::None, IGNORE, 0.0);
         let loss_cons = (ce * weight).mean(Kind::Float);
         (&loss_cons * self.cfg.method.lambda_cons).backward();
@@ -649,7 +656,7 @@ impl Trainer {
         self.rec_box(&cut);
         let xn = self.layout(self.student.seg.normalize(&x_cut));
         let e_cut = self
-            .student_forward(|| {
+            .student_forward(Purpose::CutMixPass, || {
                 crate::amp::bf16_autocast(self.bf16(), || {
                     let f = self.student.seg.features_t(&xn, true);
                     self.student.projector.forward(&f)

@@ -10,12 +10,9 @@
 
 mod common;
 
-use rccr_trainer::checkpoint;
+use common::{differing, train, try_train};
 use rccr_trainer::config::{Mode, MuSchedule, Optimizer, TrainConfig};
-use rccr_trainer::run::{run, RunOptions};
-use std::collections::BTreeMap;
 use std::path::Path;
-use tch::Tensor;
 
 const ITERATIONS: u64 = 8;
 
@@ -37,57 +34,6 @@ fn config(data: &Path, mode: Mode, mu_max: f64) -> TrainConfig {
     let o = &mut c.optim;
     (o.optimizer, o.lr, o.warmup_iters, o.weight_decay) = (Optimizer::Adamw, 1e-3, 3, 0.01);
     c
-}
-
-/// Trains (or resumes) as configured.
-fn try_train(
-    cfg: &TrainConfig,
-    out: &Path,
-    stop_at: Option<u64>,
-    resume: Option<&Path>,
-) -> rccr_trainer::Result<rccr_trainer::run::RunSummary> {
-    let opts = RunOptions {
-        out: out.to_path_buf(),
-        quiet: true,
-        stop_at,
-        resume: resume.map(Path::to_path_buf),
-        ..Default::default()
-    };
-    run(cfg, &opts)
-}
-
-/// Trains (or resumes) and returns every tensor of the last checkpoint.
-fn train(
-    cfg: &TrainConfig,
-    out: &Path,
-    stop_at: Option<u64>,
-    resume: Option<&Path>,
-) -> BTreeMap<String, Tensor> {
-    let summary = try_train(cfg, out, stop_at, resume)
-        .unwrap_or_else(|e| panic!("training in {} failed: {e:#}", out.display()));
-    let ck = checkpoint::load(&summary.last_checkpoint.expect("a checkpoint")).unwrap();
-    ck.with_prefix("")
-}
-
-/// The names under `prefix` whose tensors differ bitwise (or exist in one map only).
-fn differing(
-    a: &BTreeMap<String, Tensor>,
-    b: &BTreeMap<String, Tensor>,
-    prefix: &str,
-) -> Vec<String> {
-    let names: std::collections::BTreeSet<&String> = a
-        .keys()
-        .chain(b.keys())
-        .filter(|n| n.starts_with(prefix))
-        .collect();
-    names
-        .into_iter()
-        .filter(|n| match (a.get(*n), b.get(*n)) {
-            (Some(x), Some(y)) => !x.equal(y),
-            _ => true,
-        })
-        .cloned()
-        .collect()
 }
 
 #[test]

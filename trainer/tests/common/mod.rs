@@ -150,3 +150,55 @@ pub fn batch(seed: i64) -> (Tensor, Tensor, Tensor) {
         .to_kind(Kind::Int64);
     (xs, ys, xt)
 }
+
+/// Trains (or resumes) as configured.
+pub fn try_train(
+    cfg: &TrainConfig,
+    out: &Path,
+    stop_at: Option<u64>,
+    resume: Option<&Path>,
+) -> rccr_trainer::Result<rccr_trainer::run::RunSummary> {
+    let opts = rccr_trainer::run::RunOptions {
+        out: out.to_path_buf(),
+        quiet: true,
+        stop_at,
+        resume: resume.map(Path::to_path_buf),
+        ..Default::default()
+    };
+    rccr_trainer::run::run(cfg, &opts)
+}
+
+/// Trains (or resumes) and returns every tensor of the last checkpoint.
+pub fn train(
+    cfg: &TrainConfig,
+    out: &Path,
+    stop_at: Option<u64>,
+    resume: Option<&Path>,
+) -> std::collections::BTreeMap<String, Tensor> {
+    let summary = try_train(cfg, out, stop_at, resume)
+        .unwrap_or_else(|e| panic!("training in {} failed: {e:#}", out.display()));
+    let ck =
+        rccr_trainer::checkpoint::load(&summary.last_checkpoint.expect("a checkpoint")).unwrap();
+    ck.with_prefix("")
+}
+
+/// The names under `prefix` whose tensors differ bitwise (or exist in one map only).
+pub fn differing(
+    a: &std::collections::BTreeMap<String, Tensor>,
+    b: &std::collections::BTreeMap<String, Tensor>,
+    prefix: &str,
+) -> Vec<String> {
+    let names: std::collections::BTreeSet<&String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names
+        .into_iter()
+        .filter(|n| match (a.get(*n), b.get(*n)) {
+            (Some(x), Some(y)) => !x.equal(y),
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,132 @@
+//! Training a MiT (docs/method.md, "The MiT network") keeps the trainer's guarantees with
+//! MiT's own randomness (stochastic depth, decoder dropout) and every switch on:
+//! - pairing: `baseline` and `rccr` with mu = 0 of one seed end with bit-identical
+//!   teachers, so the drop-path and dropout draws are not shifted by the contrastive
+//!   branch; control: mu = 0.1 changes the teacher;
+//! - exact resume: stopped at 3 and resumed from iteration 2, the student, teacher,
+//!   AdamW state, FD's frozen MiT encoder and the memory bank equal an uninterrupted run;
+//! - the SegFormer decoder trains in every mode, and RCCR with each Table 3 component off.
+
+mod common;
+
+use common::{differing, train};
+use rccr_models::{Backbone, Decoder};
+use rccr_trainer::config::{Mode, MuSchedule, Optimizer, TrainConfig};
+use std::path::Path;
+
+/// libtorch's global generator initialises the networks: one test at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// MiT-B0 at 64 px crops (a multiple of 32: every stage has whole cells), AdamW with
+/// warm-up, RCS, FD and MIC on, q = 1 so the pseudo-label terms weigh in.
+fn config(data: &Path, mode: Mode, mu_max: f64, iterations: u64) -> TrainConfig {
+    let mut c = common::tiny_config(data, iterations);
+    c.model.set_backbone(Backbone::MitB0);
+    assert!(c.model.drop_path() > 0.0 && c.model.dropout() > 0.0);
+    c.data.rcs.enabled = true;
+    let m = &mut c.method;
+    (m.mode, m.mu_max, m.mu_schedule) = (mode, mu_max, MuSchedule::Constant);
+    (m.components.ps, m.pseudo_threshold) = (false, 0.0);
+    (m.fd.enabled, m.mic.enabled) = (true, true);
+    let o = &mut c.optim;
+    (o.optimizer, o.lr, o.warmup_iters) = (Optimizer::Adamw, 1e-3, 2);
+    c
+}
+
+fn data(tmp: &Path) -> std::path::PathBuf {
+    let data = tmp.join("data");
+    common::synth_lib(&data);
+    data
+}
+
+#[test]
+fn mit_pairing_and_resume_are_exact_with_every_switch_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path());
+    let run = |mode, mu, name: &str| {
+        train(
+            &config(&data, mode, mu, 4),
+            &tmp.path().join(name),
+            None,
+            None,
+        )
+    };
+    let base = run(Mode::Baseline, 0.0, "b");
+    let zero = run(Mode::Rccr, 0.0, "r0");
+    let diff = differing(&base, &zero, "teacher.");
+    assert!(
+        diff.is_empty(),
+        "teachers differ in {:?}",
+        &diff[..diff.len().min(5)]
+    );
+    assert!(
+        base.keys().any(|n| n.starts_with("fd.block1.")),
+        "FD's frozen MiT encoder"
+    );
+    let whole = run(Mode::Rccr, 0.1, "whole");
+    let teachers = base.keys().filter(|n| n.starts_with("teacher.")).count();
+    let moved = differing(&base, &whole, "teacher.").len();
+    assert!(
+        moved > teachers / 2,
+        "mu = 0.1 changed {moved} of {teachers} teacher tensors"
+    );
+    let mut cut = config(&data, Mode::Rccr, 0.1, 4);
+    cut.run.save_every = 2;
+    let part = tmp.path().join("part");
+    train(&cut, &part, Some(3), None);
+    let ck = part.join("checkpoints/iter_0000002.safetensors");
+    let resumed = train(&cut, &part, None, Some(&ck));
+    for prefix in ["student.", "teacher.", "optim.", "fd.", "bank."] {
+        let diff = differing(&whole, &resumed, prefix);
+        assert!(
+            diff.is_empty(),
+            "{prefix}: differ after resume in {:?}",
+            &diff[..diff.len().min(5)]
+        );
+    }
+}
+
+#[test]
+fn the_segformer_decoder_trains_in_every_mode_and_rccr_without_each_component() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data(tmp.path());
+    let mut runs: Vec<(String, TrainConfig)> = [Mode::SourceOnly, Mode::Baseline, Mode::Rccr]
+        .into_iter()
+        .map(|m| {
+            let mut c = config(&data, m, 0.1, 2);
+            c.method.mic.enabled = m != Mode::SourceOnly; // MIC needs pseudo-labels
+            (format!("{m:?}"), c)
+        })
+        .collect();
+    type Off = fn(&mut rccr_trainer::config::Components);
+    let offs: [(&str, Off); 3] = [
+        ("no-ns-random", |k| k.ns_random = false),
+        ("no-ns-category", |k| k.ns_category = false),
+        ("no-mb", |k| k.mb = false),
+    ];
+    for (name, off) in offs {
+        let mut c = config(&data, Mode::Rccr, 0.1, 2);
+        off(&mut c.method.components);
+        runs.push((name.into(), c));
+    }
+    for (name, mut c) in runs {
+        c.model.decoder = Some(Decoder::Segformer);
+        let ck = train(&c, &tmp.path().join(&name), None, None);
+        // SegFormer's head names (and no DAFormer fusion layer) in what was trained.
+        assert!(
+            ck.keys()
+                .any(|n| n.starts_with("teacher.decode_head.linear_fuse.")),
+            "{name}"
+        );
+        assert!(!ck.keys().any(|n| n.contains("fuse_layer")), "{name}");
+        let finite = ck
+            .iter()
+            .filter(|(n, _)| n.starts_with("student."))
+            .all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1);
+        assert!(finite, "{name}: a non-finite student weight");
+    }
+}

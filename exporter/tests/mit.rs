@@ -81,13 +81,7 @@ fn mit_b0_fp16_weights_within_the_fp16_bound_and_not_the_fp32_one() {
         tolerance: Tolerance::default_for(true),
         ..Default::default()
     };
-    let r = run(&config, &opts, &vopts);
-    assert!(r.passed, "{}", r.summary());
-    // Rounded weights really are used, and the error stays far below a structural one.
-    assert!(r.max_abs_diff > 1e-5, "{}", r.summary());
-    for c in &r.cases {
-        assert!(c.max_abs_diff <= 1e-2 * c.max_abs_logit, "{}", r.summary());
-    }
+    common::assert_fp16_report(&run(&config, &opts, &vopts));
 }
 
 #[test]

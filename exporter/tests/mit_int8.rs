@@ -9,7 +9,7 @@ mod common;
 use common::export_random_mit_with;
 use rccr_exporter::graph::{tensor_value_info, Attr, Dim, GraphBuilder};
 use rccr_exporter::onnx::tensor_proto::DataType;
-use rccr_exporter::onnx::{ModelProto, OperatorSetIdProto};
+use rccr_exporter::onnx::ModelProto;
 use rccr_exporter::quantize::{self, CalibrationMethod};
 use rccr_exporter::quantize::{Calibration, Range};
 use rccr_exporter::verify::{self, verify, VerifyOptions};
@@ -165,15 +165,7 @@ fn tiny_model() -> ModelProto {
         vec![tensor_value_info("y", DataType::Float, &d, "")],
         "",
     );
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
+    common::opset17_model(graph)
 }
 
 #[test]

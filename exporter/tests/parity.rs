@@ -85,14 +85,7 @@ fn small_parity_fp16_weights() {
         tolerance: Tolerance::default_for(true),
         ..Default::default()
     };
-    let r = run(&config, &opts, &vopts);
-    assert!(r.passed, "{}", r.summary());
-    // Rounded weights really are used: the logits differ beyond fp32 rounding ...
-    assert!(r.max_abs_diff > 1e-5, "{}", r.summary());
-    // ... but far less than any structural error would.
-    for c in &r.cases {
-        assert!(c.max_abs_diff <= 1e-2 * c.max_abs_logit);
-    }
+    common::assert_fp16_report(&run(&config, &opts, &vopts));
     // The fp32 bound rejects the same model.
     let vopts = VerifyOptions::default();
     let r = run(&config, &opts, &vopts);

@@ -11,7 +11,7 @@ use common::{initializer, op_types};
 use prost::Message;
 use rccr_exporter::encode;
 use rccr_exporter::graph::{tensor_value_info, Attr, Dim, GraphBuilder};
-use rccr_exporter::onnx::{tensor_proto::DataType, ModelProto, OperatorSetIdProto, TensorProto};
+use rccr_exporter::onnx::{tensor_proto::DataType, ModelProto, TensorProto};
 use rccr_exporter::quantize::{self, Calibration, CalibrationMethod, Range};
 use rccr_exporter::verify::{self, VerifyOptions};
 use rccr_exporter::{ExportOptions, Shape};
@@ -66,15 +66,7 @@ fn tiny_model() -> ModelProto {
         )],
         "",
     );
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
+    common::opset17_model(graph)
 }
 
 fn f32s(t: &TensorProto) -> Vec<f32> {

@@ -283,3 +283,27 @@ pub fn export_random_mit_with(
     let model = export_loaded(&loaded, &ckpt, opts).unwrap();
     (ckpt, loaded, model)
 }
+
+/// A model of `graph` at IR 8 / opset 17 (the small hand-built graphs of the tests).
+pub fn opset17_model(graph: GraphProto) -> ModelProto {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![rccr_exporter::onnx::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// An fp16 export's verification: it passed, its rounded weights were really used (the
+/// logits differ beyond fp32 rounding), and no case errs as much as a structural slip
+/// would (1e-2 x max |logit|).
+pub fn assert_fp16_report(r: &rccr_exporter::VerifyReport) {
+    assert!(r.passed, "{}", r.summary());
+    assert!(r.max_abs_diff > 1e-5, "{}", r.summary());
+    for c in &r.cases {
+        assert!(c.max_abs_diff <= 1e-2 * c.max_abs_logit, "{}", r.summary());
+    }
+}

@@ -122,7 +122,15 @@ fn bench_reports_both_modes_and_their_ratio() {
 fn bench_builds_the_decoder_it_is_given_and_refuses_one_that_does_not_fit() {
     let bench = |decoder: &str| {
         bin()
-            .args(["bench", "--backbone", "mit-b0", "--decoder", decoder, "--crop", "32"])
+            .args([
+                "bench",
+                "--backbone",
+                "mit-b0",
+                "--decoder",
+                decoder,
+                "--crop",
+                "32",
+            ])
             .args(["--batch-size", "1", "--device", "cpu", "--iterations", "1"])
             .args(["--warmup", "0", "--mode", "baseline", "--json"])
             .output()

@@ -452,6 +452,7 @@ const DESCRIBE_DEFAULTS: &[&str] = &["backbone", "num_classes", "aspp_branches"]
 const BENCH_DEFAULTS: &[&str] = &[
     "backbone",
     "num_classes",
+    "aspp_branches",
     "crop",
     "batch_size",
     "device",

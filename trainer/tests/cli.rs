@@ -273,7 +273,7 @@ fn help_defaults_are_the_config_defaults() {
     assert_eq!(help_agrees_with_config("describe", &[]), 3);
     assert_eq!(
         help_agrees_with_config("bench", &["iterations", "warmup"]),
-        10
+        11
     );
 }
 

@@ -289,6 +289,6 @@ impl MitHead {
             MitHead::Daformer(h) => (&h.conv_seg, h.dropout),
             MitHead::Segformer(h) => (&h.linear_pred, h.dropout),
         };
-        fused.feature_dropout(p, train).apply(conv)
+        crate::stochastic::channel_dropout(fused, p, train).apply(conv)
     }
 }

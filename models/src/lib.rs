@@ -28,6 +28,7 @@ pub mod projector;
 pub mod pth;
 pub mod resnet;
 pub mod segmenter;
+pub mod stochastic;
 pub mod weights;
 
 pub use config::{Backbone, Decoder, InputNorm, ModelConfig, GRID_STRIDE, OUTPUT_STRIDE};

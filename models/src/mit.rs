@@ -217,7 +217,8 @@ impl MixFfn {
 }
 
 /// Stochastic depth (Huang et al. 2016): in training, each sample's residual branch is
-/// dropped with probability `p` and the kept ones scaled by 1 / (1 - p).
+/// dropped with probability `p` and the kept ones scaled by 1 / (1 - p) (masks from
+/// [`crate::stochastic`]).
 pub fn drop_path(xs: &Tensor, p: f64, train: bool) -> Tensor {
     if !train || p <= 0.0 {
         return xs.shallow_clone();
@@ -225,8 +226,7 @@ pub fn drop_path(xs: &Tensor, p: f64, train: bool) -> Tensor {
     let keep = 1.0 - p;
     let mut shape = vec![1i64; xs.dim()];
     shape[0] = xs.size()[0];
-    let mask = Tensor::empty(shape.as_slice(), (xs.kind(), xs.device())).bernoulli_float_(keep);
-    xs * (mask / keep)
+    xs * (crate::stochastic::keep_mask(&shape, keep, xs) / keep)
 }
 
 /// One transformer block: pre-norm attention and Mix-FFN, each residual.

@@ -9,10 +9,11 @@
 //! (`crate::data::augment::rng_for`, keyed by seed and global sample index). A resumed
 //! run needs no generator state: iteration t's streams are rebuilt from t.
 //!
-//! The network's own randomness (MiT's stochastic depth and decoder dropout) draws from
-//! libtorch's global generator, which is re-seeded from a stream of its own before each
-//! student pass ([`Streams::seed_torch`]): the `rccr` run's extra CutMix pass cannot shift
-//! the `baseline` passes' draws, and a resumed run draws what the whole run drew.
+//! The network's own randomness (MiT's stochastic depth and decoder dropout) draws, in
+//! each student pass, from a per-thread generator seeded by that pass's stream
+//! ([`Streams::pass_seed`], `rccr_models::stochastic`): the `rccr` run's extra CutMix pass
+//! cannot shift the `baseline` passes' draws, a resumed run draws what the whole run
+//! drew, and nothing touches libtorch's global generator during training.
 
 use crate::data::augment::mix;
 use rand::SeedableRng;
@@ -66,11 +67,11 @@ impl Streams {
         ChaCha8Rng::seed_from_u64(mix(base, purpose as u64, iteration))
     }
 
-    /// Re-seeds libtorch's global generator (CPU and CUDA) from the stream of `purpose`
-    /// at `iteration`, for the student pass that draws stochastic depth and dropout.
-    pub fn seed_torch(&self, purpose: Purpose, iteration: u64) {
+    /// The seed of the network's own draws (drop path, dropout) in a student pass:
+    /// `rccr_models::stochastic::with_seed` takes it.
+    pub fn pass_seed(&self, pass: Purpose, iteration: u64) -> u64 {
         use rand::RngCore;
-        tch::manual_seed((self.rng(purpose, iteration).next_u64() >> 1) as i64);
+        self.rng(pass, iteration).next_u64()
     }
 }
 

@@ -323,7 +323,8 @@ impl Trainer {
     /// Runs a student forward, with synchronised batch norm under `--sync-bn`, its
     /// stochastic depth and dropout drawn from the stream of `pass` (crate::streams).
     fn student_forward<T>(&self, pass: Purpose, f: impl FnOnce() -> T) -> Result<T> {
-        self.streams.seed_torch(pass, self.iteration);
+        let seed = self.streams.pass_seed(pass, self.iteration);
+        let f = || rccr_models::stochastic::with_seed(seed, f);
         let Some(d) = self.ddp.as_ref().filter(|d| d.sync_bn) else {
             return Ok(f());
         };

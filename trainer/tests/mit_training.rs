@@ -55,12 +55,7 @@ fn mit_pairing_and_resume_are_exact_with_every_switch_on() {
     };
     let base = run(Mode::Baseline, 0.0, "b");
     let zero = run(Mode::Rccr, 0.0, "r0");
-    let diff = differing(&base, &zero, "teacher.");
-    assert!(
-        diff.is_empty(),
-        "teachers differ in {:?}",
-        &diff[..diff.len().min(5)]
-    );
+    common::assert_same_under(&base, &zero, &["teacher."]);
     assert!(
         base.keys().any(|n| n.starts_with("fd.block1.")),
         "FD's frozen MiT encoder"
@@ -72,20 +67,10 @@ fn mit_pairing_and_resume_are_exact_with_every_switch_on() {
         moved > teachers / 2,
         "mu = 0.1 changed {moved} of {teachers} teacher tensors"
     );
-    let mut cut = config(&data, Mode::Rccr, 0.1, 4);
-    cut.run.save_every = 2;
-    let part = tmp.path().join("part");
-    train(&cut, &part, Some(3), None);
-    let ck = part.join("checkpoints/iter_0000002.safetensors");
-    let resumed = train(&cut, &part, None, Some(&ck));
-    for prefix in ["student.", "teacher.", "optim.", "fd.", "bank."] {
-        let diff = differing(&whole, &resumed, prefix);
-        assert!(
-            diff.is_empty(),
-            "{prefix}: differ after resume in {:?}",
-            &diff[..diff.len().min(5)]
-        );
-    }
+    let cfg = config(&data, Mode::Rccr, 0.1, 4);
+    let resumed = common::stopped_at_3_and_resumed_from_2(&cfg, &tmp.path().join("part"));
+    let prefixes = ["student.", "teacher.", "optim.", "fd.", "bank."];
+    common::assert_same_under(&whole, &resumed, &prefixes);
 }
 
 #[test]

@@ -55,12 +55,7 @@ fn pairing_holds_with_every_switch_on() {
         None,
         None,
     );
-    let diff = differing(&base, &zero, "teacher.");
-    assert!(
-        diff.is_empty(),
-        "teachers differ in {:?}",
-        &diff[..diff.len().min(5)]
-    );
+    common::assert_same_under(&base, &zero, &["teacher."]);
     assert!(base.keys().any(|n| n.starts_with("optim.adam.exp_avg.")));
     assert!(base.keys().any(|n| n.starts_with("fd.")));
     let teachers = base.keys().filter(|n| n.starts_with("teacher.")).count();
@@ -95,21 +90,9 @@ fn resume_is_exact_with_every_switch_on() {
     common::synth_lib(&data);
     let cfg = config(&data, Mode::Rccr, 0.1);
     let whole = train(&cfg, &tmp.path().join("whole"), None, None);
-    let mut cut = cfg.clone();
-    cut.run.save_every = 2;
-    let part = tmp.path().join("part");
-    train(&cut, &part, Some(3), None);
-    let ck = part.join("checkpoints/iter_0000002.safetensors");
-    assert!(ck.is_file(), "no checkpoint at iteration 2");
-    let resumed = train(&cut, &part, None, Some(&ck));
-    for prefix in ["student.", "teacher.", "optim.", "fd.", "bank."] {
-        let diff = differing(&whole, &resumed, prefix);
-        assert!(
-            diff.is_empty(),
-            "{prefix}: differ after resume in {:?}",
-            &diff[..diff.len().min(5)]
-        );
-    }
+    let resumed = common::stopped_at_3_and_resumed_from_2(&cfg, &tmp.path().join("part"));
+    let prefixes = ["student.", "teacher.", "optim.", "fd.", "bank."];
+    common::assert_same_under(&whole, &resumed, &prefixes);
 }
 
 #[test]

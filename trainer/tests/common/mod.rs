@@ -202,3 +202,33 @@ pub fn differing(
         .cloned()
         .collect()
 }
+
+/// Trains `cfg` with a checkpoint every 2 iterations into `out`, stops at 3, resumes from
+/// the checkpoint of iteration 2 and returns every tensor of the resumed run's last one.
+pub fn stopped_at_3_and_resumed_from_2(
+    cfg: &TrainConfig,
+    out: &Path,
+) -> std::collections::BTreeMap<String, Tensor> {
+    let mut cut = cfg.clone();
+    cut.run.save_every = 2;
+    train(&cut, out, Some(3), None);
+    let ck = out.join("checkpoints/iter_0000002.safetensors");
+    assert!(ck.is_file(), "no checkpoint at iteration 2");
+    train(&cut, out, None, Some(&ck))
+}
+
+/// Panics naming the tensors under each of `prefixes` that differ between `a` and `b`.
+pub fn assert_same_under(
+    a: &std::collections::BTreeMap<String, Tensor>,
+    b: &std::collections::BTreeMap<String, Tensor>,
+    prefixes: &[&str],
+) {
+    for prefix in prefixes {
+        let diff = differing(a, b, prefix);
+        assert!(
+            diff.is_empty(),
+            "{prefix}: differ in {:?}",
+            &diff[..diff.len().min(5)]
+        );
+    }
+}

@@ -8,33 +8,59 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
-use tch::Tensor;
+use tch::{Device, Tensor};
+
+/// Uniforms drawn and uploaded per call to the device at a time: a pass's masks (MiT-B5:
+/// 2 x 52 blocks x batch, plus the decoder's channels) usually fit in one upload, so a
+/// GPU pass does not stall on a host copy per block.
+const CHUNK: i64 = 4096;
+
+/// A pass's generator and the uniforms it has uploaded but not yet handed out.
+struct Stream {
+    rng: ChaCha8Rng,
+    buffer: Option<Tensor>,
+    used: i64,
+}
 
 thread_local! {
-    static STREAM: RefCell<Option<ChaCha8Rng>> = const { RefCell::new(None) };
+    static STREAM: RefCell<Option<Stream>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with this thread's masks drawn from a generator seeded with `seed`.
 pub fn with_seed<T>(seed: u64, f: impl FnOnce() -> T) -> T {
-    let previous = STREAM.with(|s| s.borrow_mut().replace(ChaCha8Rng::seed_from_u64(seed)));
+    let stream = Stream {
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        buffer: None,
+        used: 0,
+    };
+    let previous = STREAM.with(|s| s.borrow_mut().replace(stream));
     let out = f();
     STREAM.with(|s| *s.borrow_mut() = previous);
     out
 }
 
+/// The next `n` uniforms in [0, 1) of this thread's stream on `device` (None outside
+/// [`with_seed`]), uploaded [`CHUNK`] at a time.
+fn uniforms(n: i64, device: Device) -> Option<Tensor> {
+    STREAM.with(|s| {
+        let mut s = s.borrow_mut();
+        let st = s.as_mut()?;
+        let left = |b: &Tensor| b.device() == device && b.size()[0] - st.used >= n;
+        if !st.buffer.as_ref().is_some_and(left) {
+            let v: Vec<f32> = (0..n.max(CHUNK)).map(|_| st.rng.gen::<f32>()).collect();
+            st.buffer = Some(Tensor::from_slice(&v).to_device(device));
+            st.used = 0;
+        }
+        let u = st.buffer.as_ref()?.narrow(0, st.used, n);
+        st.used += n;
+        Some(u)
+    })
+}
+
 /// A mask of `shape` like `xs` (kind, device): each entry 1 with probability `keep`, else 0.
 pub fn keep_mask(shape: &[i64], keep: f64, xs: &Tensor) -> Tensor {
-    let drawn = STREAM.with(|s| {
-        s.borrow_mut().as_mut().map(|rng| {
-            let n: i64 = shape.iter().product();
-            let v: Vec<f32> = (0..n)
-                .map(|_| f32::from(u8::from(rng.gen_bool(keep))))
-                .collect();
-            Tensor::from_slice(&v).view(shape)
-        })
-    });
-    match drawn {
-        Some(m) => m.to_kind(xs.kind()).to_device(xs.device()),
+    match uniforms(shape.iter().product(), xs.device()) {
+        Some(u) => u.lt(keep).to_kind(xs.kind()).view(shape),
         None => Tensor::empty(shape, (xs.kind(), xs.device())).bernoulli_float_(keep),
     }
 }
@@ -79,5 +105,12 @@ mod tests {
         let kept = y.gt(0.0).sum(Kind::Int64).int64_value(&[]) / 4;
         assert!((200..312).contains(&kept), "{kept} of 512 channels kept");
         assert!(channel_dropout(&x, 0.5, false).equal(&x));
+        // Past one upload the stream goes on: 3 masks of 2048 draw 6144 > CHUNK values,
+        // the same ones for the same seed, and not a repeat of the first upload's.
+        let big = Tensor::ones([2048, 1], (Kind::Float, Device::Cpu));
+        let three = |seed| with_seed(seed, || [0; 3].map(|_| channel_dropout(&big, 0.5, true)));
+        let (a, b) = (three(7), three(7));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.equal(y)));
+        assert!(!a[2].equal(&a[0]) && !a[2].equal(&a[1]));
     }
 }

@@ -34,13 +34,18 @@ impl FrozenEncoder {
         FrozenEncoder { vs, net }
     }
 
+    /// Whether variable `name` is the encoder's (what the frozen copy keeps and compares).
+    pub fn is_encoder_var(name: &str) -> bool {
+        crate::optim::group_of(name) == crate::optim::Group::Backbone
+    }
+
     /// The encoder's variables (what checkpoints and traces keep), by name.
     pub fn encoder_vars(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self
             .vs
             .variables()
             .into_iter()
-            .filter(|(n, _)| crate::optim::group_of(n) == crate::optim::Group::Backbone)
+            .filter(|(n, _)| Self::is_encoder_var(n))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v

@@ -67,12 +67,7 @@ pub fn quantized_nodes(graph: &GraphProto) -> Vec<bool> {
     let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let base: Vec<bool> = graph.node.iter().map(|n| is_quantized(n, &inits)).collect();
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (k, n) in graph.node.iter().enumerate() {
-        for x in &n.input {
-            consumers.entry(x.as_str()).or_default().push(k);
-        }
-    }
+    let consumers = consumers(graph);
     let joins_quantized = |n: &NodeProto| {
         n.op_type == "Concat"
             && n.output.len() == 1
@@ -88,6 +83,17 @@ pub fn quantized_nodes(graph: &GraphProto) -> Vec<bool> {
         .zip(&base)
         .map(|(n, &b)| b || joins_quantized(n))
         .collect()
+}
+
+/// The indices of the nodes that read each tensor of `graph`, by tensor name.
+pub(crate) fn consumers(graph: &GraphProto) -> HashMap<&str, Vec<usize>> {
+    let mut out: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (k, n) in graph.node.iter().enumerate() {
+        for x in &n.input {
+            out.entry(x.as_str()).or_default().push(k);
+        }
+    }
+    out
 }
 
 /// Whether input `i` of node `n` is a constant (an initialiser, or the weight or bias of

@@ -4,7 +4,9 @@
 //! int8 / int32 weights and biases of every `Conv` and `Gemm` with their own
 //! `DequantizeLinear`.
 
-use super::{activation_params, quantize_weights, quantized_nodes, Calibration, WEIGHTED_OPS};
+use super::{
+    activation_params, consumers, quantize_weights, quantized_nodes, Calibration, WEIGHTED_OPS,
+};
 use crate::graph::{Attr, GraphBuilder};
 use crate::onnx::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
 use crate::ExportError;
@@ -90,14 +92,11 @@ fn calibrated_params(
 /// zero point 0: their `QuantizeLinear` saturates at 0, which is the Relu.
 fn foldable_relus(graph: &GraphProto, params: &Params, quantized: &[bool]) -> HashSet<String> {
     let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    let mut consumers: HashMap<&str, Vec<bool>> = HashMap::new();
-    for (n, &q) in graph.node.iter().zip(quantized) {
-        for x in &n.input {
-            consumers.entry(x).or_default().push(q);
-        }
-    }
+    let consumers = consumers(graph);
     let foldable = |y: &str| {
-        consumers.get(y).is_some_and(|c| c.iter().all(|&q| q))
+        consumers
+            .get(y)
+            .is_some_and(|c| c.iter().all(|&j| quantized[j]))
             && !graph_outputs.contains(y)
             && params.get(y).is_some_and(|&(_, zp)| zp == 0)
     };

@@ -8,6 +8,7 @@ use crate::config::TrainConfig;
 use crate::dist::{Launch, ProcessGroup};
 use crate::ema;
 use crate::error::{Context, Error, Result};
+use crate::feature_distance::FrozenEncoder;
 use crate::trainer::Trainer;
 use rccr_models::device::device_name;
 use std::path::{Path, PathBuf};
@@ -93,8 +94,8 @@ fn restore_frozen(trainer: &mut Trainer, ck: &Loaded, path: &Path) -> Result<()>
     let Some(frozen) = &trainer.frozen else {
         return Ok(());
     };
-    let is_encoder = |n: &str| crate::optim::group_of(n) == crate::optim::Group::Backbone;
     let saved = ck.with_prefix(checkpoint::FROZEN);
+    let is_encoder = FrozenEncoder::is_encoder_var;
     let report = rccr_models::weights::load_into(&frozen.vs, &saved, is_encoder, path)?;
     match report.missing.first() {
         None => Ok(()),

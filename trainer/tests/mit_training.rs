@@ -11,25 +11,18 @@ mod common;
 
 use common::{differing, train};
 use rccr_models::{Backbone, Decoder};
-use rccr_trainer::config::{Mode, MuSchedule, Optimizer, TrainConfig};
+use rccr_trainer::config::{Mode, TrainConfig};
 use std::path::Path;
 
 /// libtorch's global generator initialises the networks: one test at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// MiT-B0 at 64 px crops (a multiple of 32: every stage has whole cells), AdamW with
-/// warm-up, RCS, FD and MIC on, q = 1 so the pseudo-label terms weigh in.
+/// MiT-B0 at 64 px crops (a multiple of 32: every stage has whole cells) with every
+/// switch on ([`common::every_switch_config`]).
 fn config(data: &Path, mode: Mode, mu_max: f64, iterations: u64) -> TrainConfig {
-    let mut c = common::tiny_config(data, iterations);
+    let mut c = common::every_switch_config(data, mode, mu_max, iterations);
     c.model.set_backbone(Backbone::MitB0);
     assert!(c.model.drop_path() > 0.0 && c.model.dropout() > 0.0);
-    c.data.rcs.enabled = true;
-    let m = &mut c.method;
-    (m.mode, m.mu_max, m.mu_schedule) = (mode, mu_max, MuSchedule::Constant);
-    (m.components.ps, m.pseudo_threshold) = (false, 0.0);
-    (m.fd.enabled, m.mic.enabled) = (true, true);
-    let o = &mut c.optim;
-    (o.optimizer, o.lr, o.warmup_iters) = (Optimizer::Adamw, 1e-3, 2);
     c
 }
 

@@ -11,7 +11,7 @@
 mod common;
 
 use common::{differing, train, try_train};
-use rccr_trainer::config::{Mode, MuSchedule, Optimizer, TrainConfig};
+use rccr_trainer::config::{Mode, TrainConfig};
 use std::path::Path;
 
 const ITERATIONS: u64 = 8;
@@ -20,20 +20,8 @@ const ITERATIONS: u64 = 8;
 /// time so that no other test's networks draw from it in between.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Every switch on; q = 1 (threshold 0) so the pseudo-label terms weigh in.
 fn config(data: &Path, mode: Mode, mu_max: f64) -> TrainConfig {
-    let mut c = common::tiny_config(data, ITERATIONS);
-    c.data.rcs.enabled = true;
-    let m = &mut c.method;
-    (m.mode, m.mu_max, m.mu_schedule) = (mode, mu_max, MuSchedule::Constant);
-    m.components.ps = false;
-    m.pseudo_threshold = 0.0;
-    (m.pseudo_ignore_top, m.pseudo_ignore_bottom) = (4, 8);
-    m.fd.enabled = true;
-    m.mic.enabled = true;
-    let o = &mut c.optim;
-    (o.optimizer, o.lr, o.warmup_iters, o.weight_decay) = (Optimizer::Adamw, 1e-3, 3, 0.01);
-    c
+    common::every_switch_config(data, mode, mu_max, ITERATIONS)
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! output. (Each test binary uses a subset.)
 #![allow(dead_code)]
 
-use rccr_trainer::config::{Size, TrainConfig};
+use rccr_trainer::config::{Mode, MuSchedule, Optimizer, Size, TrainConfig};
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -133,6 +133,22 @@ pub fn tiny_config(data: &Path, iterations: u64) -> TrainConfig {
     let r = &mut c.run;
     (r.iterations, r.seed, r.device) = (iterations, 7, "cpu".into());
     (r.val_every, r.save_every, r.log_every, r.val_limit) = (0, 0, 1, Some(2));
+    c
+}
+
+/// [`tiny_config`] with every successors' switch on (RCS, FD, MIC, pseudo-label rows
+/// ignored, AdamW with warm-up), PS off and q = 1 (threshold 0) so the pseudo-label terms
+/// weigh in, mu held at `mu_max`.
+pub fn every_switch_config(data: &Path, mode: Mode, mu_max: f64, iterations: u64) -> TrainConfig {
+    let mut c = tiny_config(data, iterations);
+    c.data.rcs.enabled = true;
+    let m = &mut c.method;
+    (m.mode, m.mu_max, m.mu_schedule) = (mode, mu_max, MuSchedule::Constant);
+    (m.components.ps, m.pseudo_threshold) = (false, 0.0);
+    (m.pseudo_ignore_top, m.pseudo_ignore_bottom) = (4, 8);
+    (m.fd.enabled, m.mic.enabled) = (true, true);
+    let o = &mut c.optim;
+    (o.optimizer, o.lr, o.warmup_iters, o.weight_decay) = (Optimizer::Adamw, 1e-3, 3, 0.01);
     c
 }
 

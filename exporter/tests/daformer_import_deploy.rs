@@ -324,25 +324,13 @@ fn read_pgm(path: &Path) -> (u32, u32, Vec<u8>) {
 fn the_c_abi_segments_with_the_exported_daformer_like_rccr_infer_and_pytorch() {
     let d = deployed();
     let lib = built("examples/librccr_infer.so");
-    let lib_dir = lib.parent().unwrap().display().to_string();
     let infer = common::repo_root().join("infer");
     let exe = d.path("segment");
-    run(
-        Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-            .args([
-                "-std=c11",
-                "-D_POSIX_C_SOURCE=200809L",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-            ])
-            .arg("-I")
-            .arg(infer.join("include"))
-            .arg(infer.join("examples/c/segment.c"))
-            .arg("-o")
-            .arg(&exe)
-            .args([format!("-L{lib_dir}"), "-lrccr_infer".into()])
-            .args([format!("-Wl,-rpath,{lib_dir}"), "-lpthread".into()]),
+    rccr_test_support::compile_c(
+        &infer.join("include"),
+        &[infer.join("examples/c/segment.c")],
+        &exe,
+        &rccr_test_support::c_library_link(lib.parent().unwrap()),
     );
     let out = d.path("pred-c");
     std::fs::create_dir_all(&out).unwrap();

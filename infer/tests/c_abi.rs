@@ -57,36 +57,13 @@ fn lib_dir() -> PathBuf {
     dir
 }
 
-/// Compiles C `sources` into `out` with the system compiler, linking `link`.
+/// Compiles C `sources` into `out` against this crate's header, linking `link`.
 fn compile(sources: &[PathBuf], out: &Path, link: &[String]) {
-    let o = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args([
-            "-std=c11",
-            "-D_POSIX_C_SOURCE=200809L",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-O1",
-        ])
-        .arg("-I")
-        .arg(manifest().join("include"))
-        .args(sources)
-        .arg("-o")
-        .arg(out)
-        .args(link)
-        .output()
-        .expect("the system C compiler `cc` (install gcc or clang, or set CC)");
-    assert!(o.status.success(), "cc failed:\n{}", text(&o));
+    rccr_test_support::compile_c(&manifest().join("include"), sources, out, link);
 }
 
 fn dynamic_link() -> Vec<String> {
-    let dir = lib_dir().display().to_string();
-    vec![
-        format!("-L{dir}"),
-        "-lrccr_infer".into(),
-        format!("-Wl,-rpath,{dir}"),
-        "-lpthread".into(),
-    ]
+    rccr_test_support::c_library_link(&lib_dir())
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {

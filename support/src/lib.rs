@@ -12,7 +12,8 @@
 //! - [`work_dir`]: a kept or temporary folder to write into;
 //! - [`Rng`]: a local seeded generator over rccr-infer's SplitMix64;
 //! - [`png`]: PNG byte builders for corrupt-file tests;
-//! - [`c_functions`]: the `rccr_*` functions a C header declares.
+//! - [`c_functions`]: the `rccr_*` functions a C header declares; [`compile_c`] and
+//!   [`c_library_link`]: a C program against `rccr_infer.h` and the shared library.
 //!
 //! It depends on no rccr crate but the light core of rccr-infer (no ONNX Runtime, no
 //! libtorch), so every crate of the workspace can use it.
@@ -99,6 +100,46 @@ pub fn work_dir(keep: Option<&Path>) -> std::io::Result<(Option<tempfile::TempDi
             Ok((Some(tmp), dir))
         }
     }
+}
+
+/// Compiles C `sources` into `out` with the system compiler (`$CC`, else `cc`): C11 with
+/// every warning an error, `include` on the header path, linking `link`; panics with the
+/// compiler's output when it fails.
+pub fn compile_c(include: &Path, sources: &[PathBuf], out: &Path, link: &[String]) {
+    let o = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args([
+            "-std=c11",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-O1",
+        ])
+        .arg("-I")
+        .arg(include)
+        .args(sources)
+        .arg("-o")
+        .arg(out)
+        .args(link)
+        .output()
+        .expect("the system C compiler `cc` (install gcc or clang, or set CC)");
+    assert!(
+        o.status.success(),
+        "cc failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The linker flags for `librccr_infer.so` in `lib_dir`, found at run time by an rpath.
+pub fn c_library_link(lib_dir: &Path) -> Vec<String> {
+    let dir = lib_dir.display();
+    vec![
+        format!("-L{dir}"),
+        "-lrccr_infer".into(),
+        format!("-Wl,-rpath,{dir}"),
+        "-lpthread".into(),
+    ]
 }
 
 #[cfg(test)]
